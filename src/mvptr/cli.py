@@ -1,0 +1,136 @@
+"""The ``mvptr`` command.
+
+    mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P]
+    mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [key=value ...]
+    mvptr evaluate --model DIR [--config PRESET] [key=value ...]
+    mvptr demo [--config PRESET] [--fresh] [key=value ...]
+
+Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, save_config
+
+
+def _config(args):
+    cfg = load_config(args.config, args.overrides)
+    from .pipeline import set_threads
+
+    set_threads(cfg)
+    return cfg
+
+
+def cmd_prepare(args) -> None:
+    if args.what == "demo":
+        from .data.demo_world import generate_demo_world
+
+        summary = generate_demo_world(args.out or "data/demo", n_train=args.n_train, n_val=args.n_val,
+                                      n_test=args.n_test, seed=args.seed, image_size=args.image_size)
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        if not args.captions or not args.out:
+            raise SystemExit("mvptr prepare phrases: --captions and --out are required")
+        from .text.phrases import prepare_phrases
+
+        stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process)
+        print(json.dumps(stats, indent=2))
+
+
+def cmd_pretrain(args) -> None:
+    from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
+    from .checkpoint import load_model_dir
+    from .text.phrases import PhraseVocab
+
+    cfg = _config(args)
+    out = Path(cfg.out_dir)
+    save_config(cfg, out / "config.yaml")
+    if args.stage == "stage2" and args.init_model:
+        bundle = load_model_dir(args.init_model, cfg.device)
+    elif args.stage == "stage2":
+        bundle = load_model_dir(out / "stage1" / "model", cfg.device)
+    else:
+        bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
+        result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume)
+        print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
+
+
+def cmd_evaluate(args) -> None:
+    from .checkpoint import load_model_dir
+    from .pipeline import evaluate, write_json
+
+    cfg = _config(args)
+    bundle = load_model_dir(args.model, cfg.device)
+    result = evaluate(cfg, bundle)
+    write_json(Path(args.model).parent / "eval.json", result)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    cfg = _config(args)
+    report = run_demo(cfg, resume=not args.fresh)
+    print((Path(cfg.out_dir) / "report.md").read_text())
+    print(f"report: {Path(cfg.out_dir) / 'report.json'} ({report['seconds']['total']} s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="generate the demo world or parse phrases")
+    prep.add_argument("what", choices=["demo", "phrases"])
+    prep.add_argument("--out")
+    prep.add_argument("--captions")
+    prep.add_argument("--min-count", type=int, default=50)
+    prep.add_argument("--n-process", type=int, default=1)
+    prep.add_argument("--n-train", type=int, default=3000)
+    prep.add_argument("--n-val", type=int, default=200)
+    prep.add_argument("--n-test", type=int, default=500)
+    prep.add_argument("--image-size", type=int, default=96)
+    prep.add_argument("--seed", type=int, default=0)
+    prep.set_defaults(func=cmd_prepare)
+
+    def with_config(sp):
+        sp.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage1.epochs=2")
+
+    pre = sub.add_parser("pretrain", help="pre-train stage 1, stage 2 or both")
+    pre.add_argument("--stage", choices=["stage1", "stage2", "both"], default="both")
+    pre.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    pre.add_argument("--init-model", help="model directory to start stage 2 from")
+    with_config(pre)
+    pre.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory")
+    ev.add_argument("--model", required=True)
+    with_config(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="prepare, pre-train and evaluate on the demo world")
+    demo.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier demo run")
+    with_config(demo)
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"mvptr: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Typed configuration: dataclasses, YAML presets and ``key=value`` overrides.
+
+A run's configuration is the dataclass defaults, then a preset from ``configs/``
+(or any YAML file), then command-line overrides. OmegaConf checks every key
+against the dataclasses, so a misspelt key is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 768
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    text_layers: int = 6
+    visual_layers: int = 6
+    multimodal_layers: int = 6
+    vocab_size: int = 30522
+    max_position: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    region_feat_dim: int = 2054  # detector features + the 6 box numbers, as in VinVL
+    embed_dim: int = 768  # width of the global (VSC) embeddings
+    temperature: float = 0.07  # initial VSC temperature (learnable)
+    wpg_layer: int = 3  # multimodal layer (1-based) whose outputs WPG aligns
+    # "concepts": one input row per tag class (mean of its word pieces), MCR^v over tag classes.
+    # "word_pieces": tags as word-piece tokens, MCR^v over word pieces (official code).
+    tag_mode: str = "concepts"
+    merged_attention: bool = False  # Table 4 row 7: one encoder over {w, c, t, r}
+
+
+@dataclass
+class InitConfig:
+    # "minilm" (packaged MiniLM-L6), "random", or a path to a local BERT-architecture directory.
+    source: str = "minilm"
+
+
+@dataclass
+class DataConfig:
+    captions: str = "data/demo/captions.json"
+    features: str = "data/demo/features.tsv"
+    predictions: str = "data/demo/predictions.tsv"
+    phrase_cache: str = "data/demo/phrases/phrase_cache.jsonl"
+    phrase_vocab: str = "data/demo/phrases/phrase_vocab.json"
+    train_split: str = "train"
+    max_tokens: int = 35
+    max_phrases: int = 5
+    max_tags: int = 20
+    max_regions: int = 50
+    num_workers: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    mcr_v: bool = True
+    mcr_s: bool = True
+    vsc: bool = True
+    wpg: bool = True
+    itm: bool = True
+    mlm: bool = True
+    use_phrases: bool = True
+    use_tags: bool = True
+    tag_mask_prob: float = 0.25
+    phrase_mask_prob: float = 0.25
+    mlm_mask_prob: float = 0.15
+    # "hungarian" (paper) or "aligned" (official code: labels at their own positions)
+    mcr_matching: str = "hungarian"
+    wpg_margin: float = 0.2
+    # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax
+    negative_sampling: str = "sampled"
+    # "half_each" (paper: n negatives, half from each distribution) or "both" (2n, ALBEF style)
+    itm_negatives: str = "half_each"
+    # False: MLM shares the masked forward pass with VSC/ITM/WPG (official, cheaper);
+    # True: a clean pass for VSC/ITM/WPG and a masked pass for MLM/MCR (ALBEF style).
+    mlm_separate_pass: bool = False
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage1"
+    # which encoders train; "stage1" = uni-modal encoders, "stage2" = everything
+    objectives: list = field(default_factory=lambda: ["mcr_v", "mcr_s", "vsc"])
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 caps the number of optimizer steps
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.2
+    grad_clip: float = 1.0
+    log_every: int = 10
+    save_every: int = 0  # steps; 0 = only at the end
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    max_images: int = 0  # 0 = all
+    k_c: int = 128  # captions re-ranked per image
+    k_i: int = 64  # images re-ranked per caption
+    batch_size: int = 128
+    # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
+    rerank_score: str = "itm"
+    entities_dir: str = "data/demo/flickr30k_entities"
+
+
+@dataclass
+class DemoConfig:
+    data_dir: str = "data/demo"
+    n_train: int = 3000
+    n_val: int = 200
+    n_test: int = 500
+    image_size: int = 96
+    min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
+    n_process: int = 1
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/demo"
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            name="stage2", objectives=["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"], epochs=2.0
+        )
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {', '.join(known)})")
+
+
+def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if preset:
+            path = _preset_path(preset)
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, value = item.split("=", 1)
+            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise ConfigError(f"unknown config key {key!r}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+    except (ConfigKeyError, ValidationError) as err:
+        raise ConfigError(f"bad config: {err}") from None
+    return OmegaConf.to_object(cfg)
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), d)
+    return OmegaConf.to_object(cfg)

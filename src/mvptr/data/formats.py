@@ -1,0 +1,685 @@
+"""Readers and writers for every on-disk dataset format used by mvptr.
+
+Each format has exactly one reader and one writer here, so the on-disk layout is
+defined in one place:
+
+* captions: Karpathy-split JSON (COCO, Flickr30k) and ALBEF-style caption lists;
+* VinVL TSV files: region features and detector predictions, each with a
+  ``.lineidx`` file of row byte offsets for random access;
+* Flickr30k Entities: bracket-annotated sentence files and Pascal-VOC-like box XML;
+* the phrase cache: JSON lines of scene-graph tuples parsed from captions.
+
+Bad input raises :class:`FormatError`, whose message names the file, the line
+number or image id, and what was expected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "FormatError",
+    "CaptionRecord",
+    "karpathy_tokens",
+    "write_karpathy_json",
+    "read_captions",
+    "build_lineidx",
+    "TSVFile",
+    "write_vinvl_features",
+    "write_vinvl_predictions",
+    "VinVLFeatures",
+    "VinVLPredictions",
+    "EntityPhrase",
+    "EntitySentence",
+    "read_flickr30k_sentences",
+    "read_flickr30k_annotation",
+    "write_flickr30k_entities",
+    "write_phrase_cache",
+    "read_phrase_cache",
+]
+
+PathLike = str | os.PathLike
+
+
+class FormatError(ValueError):
+    """Input that does not follow the expected dataset format."""
+
+
+def _load_json(path: PathLike) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: expected a JSON document: {e}") from None
+
+
+def _check_field(path: PathLike, where: str, value: str, what: str) -> None:
+    # Tabs and newlines would break the TSV/JSONL row structure on disk.
+    if not isinstance(value, str) or not value or re.search(r"[\t\r\n]", value):
+        raise FormatError(f"{path} ({where}): expected {what} as a non-empty string "
+                          f"without tabs or newlines, got {value!r}")
+
+
+# --------------------------------------------------------------------------- captions
+
+@dataclass
+class CaptionRecord:
+    image_id: str
+    caption: str
+    split: str
+    sent_id: int
+
+
+def karpathy_tokens(sentence: str) -> list[str]:
+    """Lower-cased words of ``sentence`` without punctuation ("Man's hat." -> ["mans", "hat"])."""
+    return re.findall(r"[a-z0-9]+", sentence.lower().replace("'", ""))
+
+
+def write_karpathy_json(path: PathLike, images: Sequence[Mapping[str, Any]],
+                        dataset: str = "demo") -> None:
+    """Write captions in the Karpathy-split JSON layout used for COCO and Flickr30k.
+
+    ``images`` holds dicts with "filename", "imgid", "split", "sentences" (raw
+    strings) and optionally "cocoid". Sentence ids are numbered globally from 0.
+    """
+    out_images = []
+    sentid = 0
+    for img in images:
+        sentences, sentids = [], []
+        for raw in img["sentences"]:
+            sentences.append({"tokens": karpathy_tokens(raw), "raw": raw,
+                              "imgid": img["imgid"], "sentid": sentid})
+            sentids.append(sentid)
+            sentid += 1
+        entry = {"filename": img["filename"], "imgid": img["imgid"], "split": img["split"],
+                 "sentids": sentids, "sentences": sentences}
+        # COCO entries carry the image folder and id; Flickr30k entries do not.
+        for key in ("filepath", "cocoid"):
+            if key in img:
+                entry[key] = img[key]
+        out_images.append(entry)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"images": out_images, "dataset": dataset}, f)
+
+
+def _caption_text(path: PathLike, where: str, raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise FormatError(f"{path} ({where}): expected a non-empty caption string, got {raw!r}")
+    return raw.strip()
+
+
+def _read_karpathy(path: PathLike, data: dict) -> list[CaptionRecord]:
+    images = data["images"]
+    if not isinstance(images, list):
+        raise FormatError(f"{path}: expected \"images\" to be a list")
+    records = []
+    for n, img in enumerate(images):
+        if not isinstance(img, dict) or "split" not in img or "sentences" not in img \
+                or ("cocoid" not in img and "filename" not in img):
+            raise FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
+                              f"\"sentences\" and \"filename\" or \"cocoid\"")
+        image_id = str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem
+        for k, sent in enumerate(img["sentences"]):
+            where = f"image {image_id}, sentence {k}"
+            if not isinstance(sent, dict):
+                raise FormatError(f"{path} ({where}): expected a sentence object with \"raw\"")
+            caption = _caption_text(path, where, sent.get("raw"))
+            records.append(CaptionRecord(image_id, caption, str(img["split"]),
+                                         int(sent.get("sentid", k))))
+    return records
+
+
+def _read_caption_list(path: PathLike, data: list) -> list[CaptionRecord]:
+    records = []
+    per_image: dict[str, int] = {}  # several entries may share an image; keep sent ids unique
+    for n, entry in enumerate(data):
+        if not isinstance(entry, dict) or "caption" not in entry \
+                or ("image_id" not in entry and not isinstance(entry.get("image"), str)):
+            raise FormatError(f"{path} (entry {n}): expected an object with \"caption\" and "
+                              f"\"image\" or \"image_id\"")
+        image_id = str(entry["image_id"]) if "image_id" in entry else Path(entry["image"]).stem
+        captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+        split = str(entry.get("split", "train"))
+        for k, raw in enumerate(captions):
+            caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)
+            sent_id = per_image.get(image_id, 0)
+            per_image[image_id] = sent_id + 1
+            records.append(CaptionRecord(image_id, caption, split, sent_id))
+    return records
+
+
+def read_captions(path: PathLike, splits: Iterable[str] | None = None) -> list[CaptionRecord]:
+    """Read captions from a Karpathy JSON or an ALBEF-style caption list.
+
+    Karpathy: image_id is str(cocoid) when present, else the filename stem; split
+    names are kept as they are (e.g. "restval"), and sent_id is the file's sentid.
+    ALBEF list (``[{"image", "caption": str | [str], "image_id"?, "split"?}]``):
+    image_id is str(image_id) when present, else the stem of "image"; split is
+    "train" unless given; sent_id counts the captions of each image from 0.
+    ``splits`` keeps only records whose split is listed.
+    """
+    data = _load_json(path)
+    if isinstance(data, dict) and "images" in data:
+        records = _read_karpathy(path, data)
+    elif isinstance(data, list):
+        records = _read_caption_list(path, data)
+    else:
+        raise FormatError(f"{path}: expected a Karpathy JSON object with \"images\" or a list "
+                          f"of caption entries")
+    if splits is not None:
+        keep = set(splits)
+        records = [r for r in records if r.split in keep]
+    return records
+
+
+# --------------------------------------------------------------------------- TSV files
+
+def _lineidx_path(tsv_path: PathLike) -> Path:
+    p = Path(tsv_path)
+    return p.with_suffix(".lineidx")
+
+
+def _write_tsv(tsv_path: PathLike, rows: Iterable[Sequence[str]]) -> None:
+    """Write tab-separated rows and the matching ``.lineidx`` of row byte offsets."""
+    offsets = []
+    with open(tsv_path, "wb") as f:
+        for fields in rows:
+            offsets.append(f.tell())
+            f.write("\t".join(fields).encode("utf-8") + b"\n")
+    with open(_lineidx_path(tsv_path), "w", encoding="ascii") as f:
+        f.writelines(f"{o}\n" for o in offsets)
+
+
+def build_lineidx(tsv_path: PathLike) -> Path:
+    """Create ``<stem>.lineidx`` for an existing TSV file; returns its path."""
+    out = _lineidx_path(tsv_path)
+    try:
+        with open(tsv_path, "rb") as f, open(out, "w", encoding="ascii") as idx:
+            offset = 0
+            for line in f:
+                idx.write(f"{offset}\n")
+                offset += len(line)
+    except FileNotFoundError:
+        raise FormatError(f"{tsv_path}: file not found") from None
+    return out
+
+
+class TSVFile:
+    """Random access to the rows of a TSV file through its ``.lineidx`` offsets.
+
+    The file handle is opened on first use and reopened in a new process (e.g. a
+    DataLoader worker), since a handle shared across a fork would share its
+    position; the object pickles without it.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise FormatError(f"{self.path}: file not found")
+        idx_path = _lineidx_path(self.path)
+        if not idx_path.is_file():
+            raise FormatError(
+                f"{self.path}: index {idx_path} not found; create it with "
+                f"mvptr.data.formats.build_lineidx({self.path!r})")
+        offsets = []
+        with open(idx_path, encoding="ascii", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    offsets.append(int(line))
+                except ValueError:
+                    raise FormatError(f"{idx_path} line {n}: expected a decimal byte offset, "
+                                      f"got {line.strip()!r}") from None
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._fh = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def _handle(self):
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = open(self.path, "rb")
+            self._pid = os.getpid()
+        return self._fh
+
+    def seek(self, i: int):
+        """Position the file handle at the start of row ``i`` and return it."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.path}: row {i} out of range (file has {len(self)} rows)")
+        fh = self._handle()
+        fh.seek(int(self._offsets[i]))
+        return fh
+
+    def row(self, i: int) -> list[str]:
+        """Fields of row ``i`` (line ``i + 1``)."""
+        line = self.seek(i).readline()
+        if not line:
+            raise FormatError(f"{self.path} line {i + 1}: offset past the end of the file; "
+                              f"the .lineidx is stale, rebuild it with build_lineidx")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{self.path} line {i + 1}: expected UTF-8 text: {e}") from None
+        return text.rstrip("\r\n").split("\t")
+
+    def key(self, i: int) -> str:
+        """First field of row ``i``, read without loading the rest of a long row."""
+        fh = self.seek(i)
+        buf = b""
+        while True:
+            chunk = fh.read(256)
+            buf += chunk
+            end = min((p for p in (buf.find(b"\t"), buf.find(b"\n")) if p >= 0), default=-1)
+            if end >= 0 or not chunk:
+                return buf[:end if end >= 0 else len(buf)].decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fh"] = None
+        state["_pid"] = None
+        return state
+
+
+class _ImageTSV:
+    """A TSV keyed by image id in its first column."""
+
+    def __init__(self, tsv_path: PathLike, imageid2idx: PathLike | Mapping[str, int] | None = None):
+        self.tsv = TSVFile(tsv_path)
+        self.path = self.tsv.path
+        if imageid2idx is None:
+            default = Path(self.path).with_name("imageid2idx.json")
+            imageid2idx = default if default.is_file() else None
+        if imageid2idx is None:
+            self._index = self._scan()
+        else:
+            source = "imageid2idx" if isinstance(imageid2idx, Mapping) else imageid2idx
+            data = imageid2idx if isinstance(imageid2idx, Mapping) else _load_json(imageid2idx)
+            if not isinstance(data, Mapping) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+                raise FormatError(f"{source}: expected an object mapping image ids to row indices")
+            self._index = {str(k): v for k, v in data.items()}
+
+    def _scan(self) -> dict[str, int]:
+        index: dict[str, int] = {}
+        for i in range(len(self.tsv)):
+            key = self.tsv.key(i)
+            if key in index:
+                raise FormatError(f"{self.path} line {i + 1}: image {key} already appears on "
+                                  f"line {index[key] + 1}")
+            index[key] = i
+        return index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, image_id) -> bool:
+        return str(image_id) in self._index
+
+    def ids(self) -> list[str]:
+        return list(self._index)
+
+    def _fields(self, image_id, count: int) -> tuple[str, list[str]]:
+        """(location for error messages, fields) of an image's row."""
+        image_id = str(image_id)
+        if image_id not in self._index:
+            raise FormatError(f"{self.path}: image {image_id} not found")
+        i = self._index[image_id]
+        where = f"{self.path} line {i + 1} (image {image_id})"
+        try:
+            fields = self.tsv.row(i)
+        except IndexError:
+            raise FormatError(f"{where}: row index {i} beyond the {len(self.tsv)} rows "
+                              f"of the file") from None
+        if len(fields) != count:
+            raise FormatError(f"{where}: expected {count} tab-separated fields, got {len(fields)}")
+        if fields[0] != image_id:
+            raise FormatError(f"{where}: row holds image {fields[0]}; the image index is stale")
+        return where, fields
+
+
+def write_vinvl_features(tsv_path: PathLike, rows: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Write region features as ``image_id \\t num_boxes \\t base64(float32 bytes)`` rows."""
+    def lines():
+        for image_id, feats in rows:
+            _check_field(tsv_path, "features row", image_id, "an image id")
+            feats = np.asarray(feats)
+            if feats.ndim != 2:
+                raise FormatError(f"{tsv_path} (image {image_id}): expected a (num_boxes, dim) "
+                                  f"feature array, got shape {feats.shape}")
+            data = np.ascontiguousarray(feats, dtype="<f4").tobytes()
+            yield image_id, str(feats.shape[0]), base64.b64encode(data).decode("ascii")
+    _write_tsv(tsv_path, lines())
+
+
+class VinVLFeatures(_ImageTSV):
+    """Region features of a VinVL features TSV, looked up by image id.
+
+    The row of each image comes from ``imageid2idx`` (a dict or JSON path), else
+    from ``imageid2idx.json`` beside the TSV, else from one scan of the first column.
+    """
+
+    def __init__(self, tsv_path: PathLike, feat_dim: int | None = None,
+                 imageid2idx: PathLike | Mapping[str, int] | None = None):
+        super().__init__(tsv_path, imageid2idx)
+        self.feat_dim = feat_dim
+
+    def __getitem__(self, image_id) -> np.ndarray:
+        where, (_, num_boxes, b64) = self._fields(image_id, 3)
+        try:
+            n = int(num_boxes)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise FormatError(f"{where}: expected a non-negative integer box count, "
+                              f"got {num_boxes!r}") from None
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise FormatError(f"{where}: expected base64 feature data: {e}") from None
+        return self._decode(where, raw, n)
+
+    def _decode(self, where: str, raw: bytes, n: int) -> np.ndarray:
+        dim, size = self.feat_dim, len(raw)
+        if n == 0:
+            if size:
+                raise FormatError(f"{where}: num_boxes is 0 but the row holds {size} bytes")
+            return np.zeros((0, dim or 0), dtype=np.float32)
+        # With feat_dim known, read the box count from the data; else the width.
+        if dim is not None:
+            if size % (4 * dim) == 0:
+                if size // (4 * dim) != n:
+                    raise FormatError(f"{where}: num_boxes is {n} but the data holds "
+                                      f"{size // (4 * dim)} boxes of width {dim}")
+            elif size % (4 * n) == 0:
+                raise FormatError(f"{where}: expected feature width {dim}, got {size // (4 * n)} "
+                                  f"({size} bytes for {n} boxes)")
+            else:
+                raise FormatError(f"{where}: byte length {size} is not a multiple of 4*{dim}")
+        elif size % (4 * n):
+            raise FormatError(f"{where}: byte length {size} is not a multiple of "
+                              f"4*num_boxes ({4 * n})")
+        # astype copies: frombuffer's view is read-only, which torch.from_numpy warns about.
+        return np.frombuffer(raw, dtype="<f4").reshape(n, -1).astype(np.float32)
+
+
+def write_vinvl_predictions(tsv_path: PathLike, rows: Iterable[tuple[str, Mapping]]) -> None:
+    """Write detector outputs as ``image_id \\t json`` rows.
+
+    The JSON holds "image_h", "image_w", "num_boxes" and "objects", a list of
+    ``{"rect": [x1, y1, x2, y2], "class": str, "conf": float}``.
+    """
+    def lines():
+        for image_id, pred in rows:
+            _check_field(tsv_path, "predictions row", image_id, "an image id")
+            yield image_id, json.dumps(pred)
+    _write_tsv(tsv_path, lines())
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class VinVLPredictions(_ImageTSV):
+    """Detector predictions (boxes, object tags) of a VinVL predictions TSV, by image id."""
+
+    def __getitem__(self, image_id) -> dict:
+        where, (_, text) = self._fields(image_id, 2)
+        try:
+            pred = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{where}: expected a JSON object: {e}") from None
+        if not isinstance(pred, dict) or not isinstance(pred.get("objects"), list):
+            raise FormatError(f"{where}: expected a JSON object with an \"objects\" list")
+        w, h = pred.get("image_w"), pred.get("image_h")
+        for k, obj in enumerate(pred["objects"]):
+            rect = obj.get("rect") if isinstance(obj, dict) else None
+            if not (isinstance(rect, list) and len(rect) == 4 and all(map(_is_number, rect))):
+                raise FormatError(f"{where}: object {k}: expected \"rect\" of 4 numbers, "
+                                  f"got {rect!r}")
+            if not isinstance(obj.get("class"), str):
+                raise FormatError(f"{where}: object {k}: expected a string \"class\", "
+                                  f"got {obj.get('class')!r}")
+            x1, y1, x2, y2 = rect
+            # One pixel of slack: detectors clip to [0, w] or [0, w - 1] inconsistently.
+            if _is_number(w) and _is_number(h) and (
+                    min(x1, y1) < -1 or max(x1, x2) > w + 1 or max(y1, y2) > h + 1):
+                raise FormatError(f"{where}: object {k}: box {rect} lies outside the "
+                                  f"{w}x{h} image")
+        if "num_boxes" in pred and pred["num_boxes"] != len(pred["objects"]):
+            raise FormatError(f"{where}: num_boxes is {pred['num_boxes']} but there are "
+                              f"{len(pred['objects'])} objects")
+        return pred
+
+
+# --------------------------------------------------------------------------- Flickr30k Entities
+
+@dataclass
+class EntityPhrase:
+    text: str
+    entity_id: str
+    first_word: int
+    types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EntitySentence:
+    text: str
+    phrases: list[EntityPhrase]
+
+
+# "[/EN#<id>/<type>[/<type>...] <words>]"
+_ENTITY_RE = re.compile(r"\[/EN#(\w+)((?:/[^\s/\]]+)+)\s+([^\[\]]*?)\s*\]")
+
+
+def _parse_entity_line(path: PathLike, lineno: int, line: str) -> EntitySentence:
+    words: list[str] = []
+    phrases = []
+
+    def plain(segment: str) -> None:
+        if "[" in segment or "]" in segment:
+            raise FormatError(f"{path} line {lineno}: expected phrases as "
+                              f"\"[/EN#<id>/<type> words]\", got unmatched bracket in "
+                              f"{segment.strip()!r}")
+        words.extend(segment.split())
+
+    pos = 0
+    for m in _ENTITY_RE.finditer(line):
+        plain(line[pos:m.start()])
+        phrase_words = m.group(3).split()
+        if not phrase_words:
+            raise FormatError(f"{path} line {lineno}: expected words in phrase {m.group(0)!r}")
+        phrases.append(EntityPhrase(" ".join(phrase_words), m.group(1), len(words),
+                                    m.group(2).strip("/").split("/")))
+        words.extend(phrase_words)
+        pos = m.end()
+    plain(line[pos:])
+    return EntitySentence(" ".join(words), phrases)
+
+
+def read_flickr30k_sentences(path: PathLike) -> list[EntitySentence]:
+    """Parse a Flickr30k Entities ``Sentences/<image>.txt`` file, one sentence a line.
+
+    ``[/EN#18/people A man] in [/EN#19/clothing an orange hat] starring at something .``
+    gives text "A man in an orange hat starring at something ." with phrases
+    ("A man", "18", 0, ["people"]) and ("an orange hat", "19", 3, ["clothing"]).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    return [_parse_entity_line(path, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def _xml_int(path: PathLike, elem: ET.Element, tag: str, where: str) -> int:
+    child = elem.find(tag)
+    try:
+        return int(child.text.strip())
+    except (AttributeError, ValueError):
+        got = None if child is None else child.text
+        raise FormatError(f"{path} ({where}): expected an integer <{tag}>, got {got!r}") from None
+
+
+def read_flickr30k_annotation(path: PathLike) -> dict:
+    """Parse a Flickr30k Entities ``Annotations/<image>.xml`` file.
+
+    Returns ``{"width", "height", "depth", "boxes": {entity_id: [[x1, y1, x2, y2], ...]},
+    "nobox": set, "scene": set}``; an object with several <name> children gives
+    its box to each of those entities.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except ET.ParseError as e:
+        raise FormatError(f"{path}: malformed XML: {e}") from None
+    size = root.find("size")
+    if root.tag != "annotation" or size is None:
+        raise FormatError(f"{path}: expected an <annotation> root with a <size> element")
+    out = {key: _xml_int(path, size, key, "size") for key in ("width", "height", "depth")}
+    boxes: dict[str, list[list[int]]] = {}
+    nobox: set[str] = set()
+    scene: set[str] = set()
+    for k, obj in enumerate(root.iter("object")):
+        names = [(n.text or "").strip() for n in obj.findall("name")]
+        if not names or not all(names):
+            raise FormatError(f"{path} (object {k}): expected one or more non-empty <name> ids")
+        bndbox = obj.find("bndbox")
+        if bndbox is not None:
+            where = f"object {k}, entity {names[0]}"
+            box = [_xml_int(path, bndbox, t, where) for t in ("xmin", "ymin", "xmax", "ymax")]
+            for name in names:
+                boxes.setdefault(name, []).append(box)
+        if (obj.findtext("nobndbox") or "").strip() == "1":
+            nobox.update(names)
+        if (obj.findtext("scene") or "").strip() == "1":
+            scene.update(names)
+    out.update(boxes=boxes, nobox=nobox, scene=scene)
+    return out
+
+
+def write_flickr30k_entities(root: PathLike, image_id: str,
+                             sentences: Sequence[tuple[Sequence[str], Sequence[tuple]]],
+                             boxes: Mapping[str, Sequence[Sequence[int]]],
+                             width: int, height: int) -> None:
+    """Write ``root/Sentences/<image_id>.txt`` and ``root/Annotations/<image_id>.xml``.
+
+    ``sentences`` holds ``(words, mentions)`` with mentions ``(start, end, entity_id)``
+    or ``(start, end, entity_id, type_or_types)`` over word positions, end
+    exclusive; the type is "other" when not given. Mentioned entities without
+    boxes are written as <nobndbox> objects.
+    """
+    root = Path(root)
+    lines = []
+    mentioned: list[str] = []
+    for n, (words, mentions) in enumerate(sentences):
+        out, pos = [], 0
+        for mention in sorted(mentions, key=lambda m: m[0]):
+            start, end, entity_id = mention[:3]
+            types = mention[3] if len(mention) > 3 else "other"
+            types = [types] if isinstance(types, str) else list(types)
+            if not pos <= start < end <= len(words):
+                raise FormatError(f"{image_id} sentence {n}: mention ({start}, {end}) overlaps "
+                                  f"another or lies outside the {len(words)} words")
+            out += words[pos:start]
+            out.append(f"[/EN#{entity_id}/{'/'.join(types)} {' '.join(words[start:end])}]")
+            pos = end
+            if str(entity_id) not in mentioned:
+                mentioned.append(str(entity_id))
+        out += words[pos:]
+        lines.append(" ".join(out))
+    (root / "Sentences").mkdir(parents=True, exist_ok=True)
+    (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "filename").text = f"{image_id}.jpg"
+    size = ET.SubElement(ann, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(int(value))
+    for entity_id, entity_boxes in boxes.items():
+        for box in entity_boxes:
+            obj = ET.SubElement(ann, "object")
+            ET.SubElement(obj, "name").text = str(entity_id)
+            bndbox = ET.SubElement(obj, "bndbox")
+            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+                ET.SubElement(bndbox, tag).text = str(int(value))
+    boxed = {str(k) for k in boxes}
+    # Entity 0 marks non-visual phrases, which have no object in the annotation.
+    for entity_id in mentioned:
+        if entity_id not in boxed and entity_id != "0":
+            obj = ET.SubElement(ann, "object")
+            ET.SubElement(obj, "name").text = entity_id
+            ET.SubElement(obj, "nobndbox").text = "1"
+            ET.SubElement(obj, "scene").text = "0"
+    ET.indent(ann)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(ann).write(root / "Annotations" / f"{image_id}.xml", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- phrase cache
+
+def write_phrase_cache(path: PathLike,
+                       records: Iterable[tuple[str, Sequence[Sequence[str]]]]) -> None:
+    """Append ``(id, tuples)`` records as JSON lines ``{"id": ..., "phrases": [[...], ...]}``.
+
+    A torn last line left by an interrupted write is cut off first, so appending
+    always continues after the last complete record.
+    """
+    path = Path(path)
+    if path.exists():
+        with open(path, "r+b") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"id": str(rid), "phrases": [list(t) for t in tuples]}) + "\n"
+                        for rid, tuples in records))
+        f.flush()
+
+
+def read_phrase_cache(path: PathLike) -> dict[str, list[tuple[str, ...]]]:
+    """Read a phrase cache; a later record for the same id replaces an earlier one.
+
+    An unterminated last line that is not valid JSON (an interrupted write) is ignored.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    lines = text.split("\n")
+    cache: dict[str, list[tuple[str, ...]]] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # torn tail: the only line without a trailing newline
+                break
+            raise FormatError(f"{path} line {n}: expected a JSON object: {e}") from None
+        phrases = rec.get("phrases") if isinstance(rec, dict) else None
+        if phrases is None or "id" not in rec or not isinstance(phrases, list) or not all(
+                isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
+            raise FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
+                              f"[[word, ...], ...]}}")
+        cache[str(rec["id"])] = [tuple(t) for t in phrases]
+    return cache
+

@@ -1,0 +1,296 @@
+"""Image-caption pairs as MVPTR's multi-level input, and the batch collator with masking.
+
+A sample is a caption (word pieces + phrase concepts) and its image (region features +
+tags). The collator pads, then masks words (MLM), phrases (MCR^s) and tags (MCR^v) with
+BERT's 80/10/10 rule, vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig, ObjectiveConfig
+from ..model.losses import IGNORE
+from ..model.mvptr import MASK_ID, PAD_ID
+from ..text.phrases import PhraseVocab
+from ..text.tokenizer import WordPieces
+from .formats import CaptionRecord, VinVLFeatures, VinVLPredictions, read_captions, read_phrase_cache
+
+FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
+
+
+class ImageSource:
+    """Regions and tags of an image from VinVL ``features.tsv`` + ``predictions.tsv``."""
+
+    def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int):
+        self.features = VinVLFeatures(features, feat_dim=feat_dim)
+        self.predictions = VinVLPredictions(predictions)
+        self.max_regions, self.max_tags = max_regions, max_tags
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.features
+
+    def __call__(self, image_id: str) -> dict:
+        feats = self.features[image_id]
+        pred = self.predictions[image_id]
+        objects = pred["objects"]
+        if len(objects) != len(feats):
+            raise ValueError(
+                f"image {image_id}: {len(feats)} feature rows but {len(objects)} predicted objects"
+            )
+        n = min(len(feats), self.max_regions)
+        # tags: the most confident detections' class names
+        order = sorted(range(len(objects)), key=lambda i: -float(objects[i].get("conf", 1.0)))
+        tags = [objects[i]["class"] for i in order[: self.max_tags]]
+        boxes = np.asarray([o["rect"] for o in objects[:n]], dtype=np.float32).reshape(n, 4)
+        return {
+            "region_feats": np.ascontiguousarray(feats[:n], dtype=np.float32),
+            "boxes": boxes,
+            "tags": tags,
+            "width": float(pred["image_w"]),
+            "height": float(pred["image_h"]),
+        }
+
+
+def load_phrase_indices(
+    records: list[CaptionRecord], cache_path: str, vocab: PhraseVocab, max_phrases: int
+) -> list[list[int]]:
+    cache = read_phrase_cache(cache_path)
+    missing = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
+    if missing:
+        r = missing[0]
+        raise ValueError(
+            f"{cache_path}: no phrases for {len(missing)} captions (first: image {r.image_id}, sentence {r.sent_id}); "
+            "run `mvptr prepare phrases` on these captions"
+        )
+    return [vocab.encode(cache[f"{r.image_id}:{r.sent_id}"], max_phrases) for r in records]
+
+
+class PairDataset(Dataset):
+    """(caption, image) pairs of one split; text is tokenised once up front."""
+
+    def __init__(
+        self,
+        records: list[CaptionRecord],
+        images: ImageSource,
+        token_ids: list[list[int]],
+        phrase_ids: list[list[int]],
+    ):
+        missing = [r.image_id for r in records if r.image_id not in images]
+        if missing:
+            raise ValueError(f"{len(missing)} captioned images have no region features (first: {missing[0]})")
+        self.records, self.images = records, images
+        self.token_ids, self.phrase_ids = token_ids, phrase_ids
+        ids = sorted({r.image_id for r in records})
+        self.image_index = {image_id: i for i, image_id in enumerate(ids)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        return {
+            "image_id": r.image_id,
+            "image_index": self.image_index[r.image_id],
+            "input_ids": self.token_ids[i],
+            "phrases": self.phrase_ids[i],
+            **self.images(r.image_id),
+        }
+
+
+def build_pair_dataset(
+    data: DataConfig, pieces: WordPieces, vocab: PhraseVocab, region_feat_dim: int, split: str, max_images: int = 0
+) -> PairDataset:
+    records = read_captions(data.captions, splits=[split])
+    if not records:
+        raise ValueError(f"{data.captions}: no captions in split {split!r}")
+    if max_images:
+        keep = sorted({r.image_id for r in records})[:max_images]
+        keep_set = set(keep)
+        records = [r for r in records if r.image_id in keep_set]
+    images = ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags)
+    tokens = pieces.captions([r.caption for r in records])
+    phrases = load_phrase_indices(records, data.phrase_cache, vocab, data.max_phrases)
+    return PairDataset(records, images, tokens, phrases)
+
+
+def tag_vocab_from(images: ImageSource, image_ids) -> list[str]:
+    """All tag classes predicted on the given images, sorted."""
+    names: set[str] = set()
+    for image_id in image_ids:
+        names.update(o["class"] for o in images.predictions[image_id]["objects"])
+    return sorted(names)
+
+
+def bert_mask(
+    ids: torch.Tensor,
+    candidates: torch.Tensor,
+    prob: float,
+    mask_value: int,
+    random_low: int,
+    random_high: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select candidates with ``prob``; of those 80% -> mask_value, 10% -> random id, 10% kept.
+
+    Returns (masked ids, labels) with labels = original id at selected positions, else IGNORE.
+    """
+    u = torch.rand(ids.shape, generator=generator)
+    selected = candidates & (u < prob)
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
+    v = torch.rand(ids.shape, generator=generator)
+    out = ids.clone()
+    out[selected & (v < 0.8)] = mask_value
+    rand = selected & (v >= 0.8) & (v < 0.9)
+    if random_high > random_low:
+        out[rand] = torch.randint(random_low, random_high, (int(rand.sum()),), generator=generator)
+    return out, labels
+
+
+def pad_lists(lists: list[list[int]], pad: int) -> torch.Tensor:
+    width = max((len(x) for x in lists), default=0)
+    out = np.full((len(lists), width), pad, dtype=np.int64)
+    for i, x in enumerate(lists):
+        out[i, : len(x)] = x
+    return torch.from_numpy(out)
+
+
+@dataclass
+class Masking:
+    """Which sets to mask in a batch, and with what probability (0 = not masked)."""
+
+    words: float = 0.0
+    phrases: float = 0.0
+    tags: float = 0.0
+
+    @classmethod
+    def for_objectives(cls, obj: ObjectiveConfig, active: list[str]) -> "Masking":
+        return cls(
+            words=obj.mlm_mask_prob if "mlm" in active else 0.0,
+            phrases=obj.phrase_mask_prob if "mcr_s" in active and obj.use_phrases else 0.0,
+            tags=obj.tag_mask_prob if "mcr_v" in active and obj.use_tags else 0.0,
+        )
+
+
+class Collator:
+    """Pads a list of samples into tensors and applies the masking of the active objectives.
+
+    Concept mode: each tag is one unit (a tag class, embedded as the mean of its pieces) and
+    MCR^v labels are tag-class indices. Word-piece mode: each piece of each tag is a unit
+    and labels are word ids (the official code's reading).
+    """
+
+    def __init__(
+        self,
+        pieces: WordPieces,
+        tag_vocab: list[str],
+        num_phrases: int,
+        vocab_size: int,
+        tag_mode: str = "concepts",
+        use_phrases: bool = True,
+        use_tags: bool = True,
+        masking: Masking | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if tag_mode not in ("concepts", "word_pieces"):
+            raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
+        self.pieces, self.tag_vocab, self.tag_mode = pieces, tag_vocab, tag_mode
+        self.tag_index = {name: i for i, name in enumerate(tag_vocab)}
+        self.num_phrases, self.vocab_size = num_phrases, vocab_size
+        self.use_phrases, self.use_tags = use_phrases, use_tags
+        self.masking = masking or Masking()
+        self.generator = generator
+        # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
+        self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
+
+    def _tags(self, batch_tags: list[list[str]]) -> dict:
+        if self.tag_mode == "word_pieces":
+            units = [[p for name in tags for p in self.pieces.pieces(name)] for tags in batch_tags]
+            ids = pad_lists(units, PAD_ID)
+            present = ids != PAD_ID
+            ids, labels = bert_mask(
+                ids, present, self.masking.tags, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
+            )
+            return {"tag_pieces": ids[..., None], "tag_mask": present, "tag_labels": labels}
+        table = list(self.tag_table)
+        extra: dict[str, int] = {}
+        rows = []
+        for tags in batch_tags:
+            row = []
+            for name in tags:
+                i = self.tag_index.get(name)
+                if i is None:  # a class unseen in training: embedded, never a target
+                    i = extra.setdefault(name, len(table))
+                    if i == len(table):
+                        table.append(self.pieces.pieces(name))
+                row.append(i)
+            rows.append(row)
+        idx = pad_lists(rows, -1)
+        present = idx >= 0
+        known = present & (idx < len(self.tag_vocab))
+        idx_masked, labels = bert_mask(
+            idx, known, self.masking.tags, len(self.tag_vocab), 0, len(self.tag_vocab), self.generator
+        )
+        piece_table = pad_lists([list(t) for t in table], PAD_ID)
+        pieces = piece_table[idx_masked.clamp(min=0)]
+        pieces[~present] = PAD_ID
+        return {"tag_pieces": pieces, "tag_mask": present, "tag_labels": labels}
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {}
+        if "input_ids" in items[0]:
+            batch.update(self.text(items))
+        if "region_feats" in items[0]:
+            batch.update(self.image(items))
+        if "image_index" in items[0]:
+            batch["image_index"] = torch.tensor([it["image_index"] for it in items])
+        return batch
+
+    def text(self, items: list[dict]) -> dict:
+        input_ids = pad_lists([it["input_ids"] for it in items], PAD_ID)
+        word_mask = input_ids != PAD_ID
+        tok = self.pieces.tokenizer
+        special = (input_ids == tok.cls_token_id) | (input_ids == tok.sep_token_id)
+        input_ids, mlm_labels = bert_mask(
+            input_ids, word_mask & ~special, self.masking.words, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
+        )
+        phrases = pad_lists([it["phrases"] if self.use_phrases else [] for it in items], -1)
+        phrase_mask = phrases >= 0
+        phrases_masked, phrase_labels = bert_mask(
+            phrases, phrase_mask, self.masking.phrases, -2, 0, self.num_phrases, self.generator
+        )
+        # phrase rows sit after the word rows of the shared table; -2 marks [MASK]
+        phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)
+        phrase_ids[~phrase_mask] = PAD_ID
+        return {
+            "input_ids": input_ids,
+            "word_mask": word_mask,
+            "mlm_labels": mlm_labels,
+            "phrase_ids": phrase_ids,
+            "phrase_mask": phrase_mask,
+            "phrase_labels": phrase_labels,
+        }
+
+    def image(self, items: list[dict]) -> dict:
+        tags = self._tags([it["tags"] if self.use_tags else [] for it in items])
+        n = max(len(it["region_feats"]) for it in items)
+        d = items[0]["region_feats"].shape[1]
+        feats = np.zeros((len(items), n, d), dtype=np.float32)
+        boxes = np.zeros((len(items), n, 4), dtype=np.float32)
+        region_mask = np.zeros((len(items), n), dtype=bool)
+        for i, it in enumerate(items):
+            k = len(it["region_feats"])
+            feats[i, :k] = it["region_feats"]
+            boxes[i, :k] = it["boxes"]
+            region_mask[i, :k] = True
+        return {
+            **tags,
+            "region_feats": torch.from_numpy(feats),
+            "region_mask": torch.from_numpy(region_mask),
+            "boxes": torch.from_numpy(boxes),
+            "image_size": torch.tensor([[it["width"], it["height"]] for it in items], dtype=torch.float32),
+        }

@@ -1,0 +1,99 @@
+"""Phrase grounding on Flickr30k Entities files (paper 4.2.3).
+
+A mention's representation is the mean of the multimodal outputs of its word pieces; it
+is grounded to the region whose multimodal output is most similar (cosine). A mention is
+correct when that region's box has IoU > 0.5 with the ground truth (the union of the
+entity's boxes, the original Flickr30k Entities protocol, or any one of them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.formats import read_flickr30k_annotation, read_flickr30k_sentences
+from ..model.mvptr import MVPTR
+from ..vision.regions import box_iou
+
+
+def ground_truth_box(boxes: list, protocol: str) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if protocol == "merged":
+        return np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]
+    if protocol == "any":
+        return b
+    raise ValueError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")
+
+
+def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_tokens: int, phrase_lookup) -> list[dict]:
+    """One example per sentence: word pieces, phrase concepts and the mentions with boxes.
+
+    phrase_lookup(image_id, sentence_text) -> list of phrase ids (may be empty).
+    """
+    root = Path(entities_dir)
+    examples = []
+    for image_id in image_ids:
+        ann_file = root / "Annotations" / f"{image_id}.xml"
+        sent_file = root / "Sentences" / f"{image_id}.txt"
+        if not ann_file.exists() or not sent_file.exists():
+            continue
+        boxes = read_flickr30k_annotation(ann_file)["boxes"]
+        for sentence in read_flickr30k_sentences(sent_file):
+            words = sentence.text.split()
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_tokens)
+            word_ids = enc.word_ids()
+            mentions = []
+            for ph in sentence.phrases:
+                if ph.entity_id not in boxes:
+                    continue
+                span = range(ph.first_word, ph.first_word + len(ph.text.split()))
+                pos = [i for i, w in enumerate(word_ids) if w is not None and w in span]
+                if pos:
+                    mentions.append((pos, boxes[ph.entity_id]))
+            if mentions:
+                examples.append({
+                    "image_id": image_id,
+                    "input_ids": enc["input_ids"],
+                    "phrases": phrase_lookup(image_id, sentence.text),
+                    "mentions": mentions,
+                })
+    return examples
+
+
+@torch.no_grad()
+def evaluate_grounding(
+    model: MVPTR, examples: list[dict], images, collate, batch_size: int = 64,
+    device: str = "cpu", protocol: str = "merged",
+) -> dict:
+    """Accuracy (%) of zero-shot or fine-tuned grounding, and the accuracy of a random region."""
+    correct, chance, total = 0, 0.0, 0
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        items = [{**ex, **images(ex["image_id"])} for ex in chunk]
+        batch = {k: v.to(device) for k, v in collate(items).items()}
+        text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+        image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+        fused = model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
+        regions = F.normalize(fused.hidden[:, text.hidden.shape[1] :].float(), dim=-1)
+        for b, ex in enumerate(chunk):
+            n_regions = int(batch["region_mask"][b].sum())
+            if n_regions == 0:
+                total += len(ex["mentions"])
+                continue
+            det = items[b]["boxes"][:n_regions]
+            for pos, gt_boxes in ex["mentions"]:
+                phrase = F.normalize(fused.hidden[b, pos].float().mean(0), dim=-1)
+                best = int((regions[b, :n_regions] @ phrase).argmax())
+                hits = box_iou(det, ground_truth_box(gt_boxes, protocol)).max(1) > 0.5
+                correct += int(hits[best])
+                chance += float(hits.mean())
+                total += 1
+    return {
+        "acc": round(100.0 * correct / max(total, 1), 2),
+        "chance": round(100.0 * chance / max(total, 1), 2),
+        "mentions": total,
+    }

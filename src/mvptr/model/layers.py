@@ -1,0 +1,147 @@
+"""BERT-compatible transformer layers with fused (SDPA) attention.
+
+Parameter names follow Hugging Face's ``BertLayer`` so that a BERT state dict
+loads by renaming prefixes only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.hidden_size % cfg.num_heads:
+            raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
+        self.num_heads = cfg.num_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_p = cfg.attention_dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        return x.view(b, n, self.num_heads, h // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        # key_mask: (B, L) bool, True where a key may be attended to
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout_p if self.training else 0.0
+        )
+        b, _, n, d = out.shape
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self = SelfAttention(cfg)
+        self.output = AttentionOutput(cfg)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, key_mask), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))
+
+
+class Output(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.intermediate = Intermediate(cfg)
+        self.output = Output(cfg)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x, key_mask)
+        return self.output(self.intermediate(a), a)
+
+
+class Encoder(nn.Module):
+    """A stack of layers; can stop early and hand back chosen intermediate layers."""
+
+    def __init__(self, cfg: ModelConfig, num_layers: int):
+        super().__init__()
+        self.layer = nn.ModuleList(TransformerLayer(cfg) for _ in range(num_layers))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor,
+        keep_layers: tuple[int, ...] = (),
+        stop_after: int | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run layers 1..stop_after (1-based); return the last output and {layer: output} for keep_layers."""
+        kept = {}
+        for i, layer in enumerate(self.layer[:stop_after], start=1):
+            x = layer(x, key_mask)
+            if i in keep_layers:
+                kept[i] = x
+        return x, kept
+
+
+class Embeddings(nn.Module):
+    """Shared table of word, tag and phrase rows, plus BERT's position and segment embeddings."""
+
+    def __init__(self, cfg: ModelConfig, num_phrases: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size + num_phrases, cfg.hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(cfg.max_position, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, rows: torch.Tensor, position_ids: torch.Tensor | None, token_type: int
+    ) -> torch.Tensor:
+        """rows: already looked-up (B, L, H) inputs; position_ids None means no position embedding."""
+        x = rows + self.token_type_embeddings.weight[token_type]
+        if position_ids is not None:
+            x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class Transform(nn.Module):
+    """BERT's prediction-head transform: dense, GELU, LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(x)))

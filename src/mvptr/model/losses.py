@@ -1,0 +1,127 @@
+"""The pre-training objectives as pure functions of tensors (paper equations 1-9).
+
+Label tensors use -100 for "no target", as torch's cross entropy does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+IGNORE = -100
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    # a zero that keeps the graph connected, so every rank/step sees the same parameters used
+    return like.sum() * 0.0
+
+
+def hungarian_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Reorder each sample's masked concept labels among its masked positions (eq. 1).
+
+    logits (B, L, C), labels (B, L) with IGNORE at unmasked positions. The assignment
+    minimises sum_i 1 - p(label_{a(i)} | position i), so the loss does not depend on the
+    order in which the (unordered) concepts were written.
+    """
+    valid = labels != IGNORE
+    counts = valid.sum(1)
+    todo = torch.nonzero(counts >= 2).flatten().tolist()
+    if not todo:
+        return labels
+    with torch.no_grad():
+        probs = logits[todo].float().softmax(-1)
+        lab = labels[todo].clamp(min=0)
+        # cost[b, i, j] = 1 - p(label at j | position i)
+        cost = (1.0 - probs.gather(-1, lab[:, None, :].expand(-1, lab.shape[1], -1))).cpu().numpy()
+    valid_np = valid[todo].cpu().numpy()
+    lab_np = labels[todo].cpu().numpy()
+    out = labels.clone()
+    for row, b in enumerate(todo):
+        idx = np.flatnonzero(valid_np[row])
+        r, c = linear_sum_assignment(cost[row][np.ix_(idx, idx)])
+        out[b, torch.as_tensor(idx[r])] = torch.as_tensor(lab_np[row, idx[c]], device=labels.device)
+    return out
+
+
+def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungarian") -> torch.Tensor:
+    """Masked concept recovering (eqs. 2-3): cross entropy over concepts at masked positions."""
+    if matching == "hungarian":
+        labels = hungarian_labels(logits, labels)
+    elif matching != "aligned":
+        raise ValueError(f"unknown MCR matching {matching!r} (expected 'hungarian' or 'aligned')")
+    if not (labels != IGNORE).any():
+        return _zero(logits)
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+def vsc_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """U / tau: rows are images, columns are texts."""
+    return logit_scale.exp() * image_emb @ text_emb.t()
+
+
+def vsc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the in-batch similarity matrix (eqs. 4-5); row i matches column i."""
+    logits = vsc_logits(image_emb, text_emb, logit_scale).float()
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def sample_negatives(
+    logits: torch.Tensor, exclude: torch.Tensor, mode: str = "sampled", generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one in-batch negative per row of ``logits`` (rows: queries, columns: candidates).
+
+    ``exclude`` (B, B) marks candidates that are not negatives (the positive itself and other
+    captions of the same image). "sampled" draws from softmax(logits) over the rest (the paper's
+    p^{v2s} / p^{s2v}); "hardest" takes the argmax (official code). Returns (indices, valid):
+    rows with no admissible candidate are marked invalid.
+    """
+    with torch.no_grad():
+        masked = logits.float().masked_fill(exclude, float("-inf"))
+        valid = ~exclude.all(1)
+        masked[~valid] = 0.0  # any finite row; its pick is discarded
+        if mode == "hardest":
+            idx = masked.argmax(1)
+        elif mode == "sampled":
+            idx = torch.multinomial(masked.softmax(1), 1, generator=generator).squeeze(1)
+        else:
+            raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled' or 'hardest')")
+    return idx, valid
+
+
+def wpg_similarity(
+    phrase_hidden: torch.Tensor, phrase_mask: torch.Tensor, region_hidden: torch.Tensor, region_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """S^wpg(V, S) = mean over phrases of max over regions of cosine (eq. 6).
+
+    Returns (similarity (P,), valid (P,)): a pair is valid when it has a phrase and a region.
+    """
+    p = F.normalize(phrase_hidden.float(), dim=-1)
+    r = F.normalize(region_hidden.float(), dim=-1)
+    cos = torch.einsum("pmh,prh->pmr", p, r).masked_fill(~region_mask[:, None, :].bool(), float("-inf"))
+    best = cos.max(-1).values.masked_fill(~phrase_mask.bool(), 0.0)
+    best = torch.nan_to_num(best, neginf=0.0)
+    n = phrase_mask.sum(1)
+    valid = (n > 0) & region_mask.bool().any(1)
+    return best.sum(1) / n.clamp(min=1), valid
+
+
+def wpg_loss(pos: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Hinge loss max(0, margin + S(V', S) - S(V, S)) over valid pairs (eq. 7, with max for min)."""
+    if not valid.any():
+        return _zero(pos) + _zero(neg)
+    return F.relu(margin + neg - pos)[valid].mean()
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary matching cross entropy over positives and hard negatives (eq. 8)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked language modelling cross entropy over masked word pieces (eq. 9)."""
+    if not (labels != IGNORE).any():
+        return _zero(logits)
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)

@@ -1,0 +1,193 @@
+"""MVPTR: textual, visual and multimodal encoders over multi-level inputs (paper section 3).
+
+Textual sequence: ``[CLS] w1..wN [SEP] c1..cM`` (words, then phrase concepts), segment 0.
+Visual sequence: ``[CLS] t1..tK r1..rR`` (tag concepts, then regions), segment 1.
+Multimodal sequence: the textual outputs followed by the region outputs only (tags and
+the visual [CLS] are dropped so that MLM cannot copy tag words).
+
+Phrases and tags are unordered sets: every phrase of a caption shares one position id
+(the one after [SEP]) and every tag shares position 1, so permuting a set permutes its
+outputs and nothing else. Regions get no position embedding; their boxes carry position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .heads import PairClassifier, TiedClassifier
+from .layers import Embeddings, Encoder
+
+CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0
+
+
+@dataclass
+class TextOutput:
+    hidden: torch.Tensor  # (B, N + M, H): words then phrases
+    mask: torch.Tensor  # (B, N + M) bool
+    num_words: int  # N, the padded word length
+    global_emb: torch.Tensor  # (B, E), L2-normalised
+
+    @property
+    def phrase_hidden(self) -> torch.Tensor:
+        return self.hidden[:, self.num_words :]
+
+
+@dataclass
+class ImageOutput:
+    hidden: torch.Tensor  # (B, 1 + K + R, H): [CLS], tags, regions
+    mask: torch.Tensor  # (B, 1 + K + R) bool
+    num_tags: int  # K, the padded tag length
+    global_emb: torch.Tensor  # (B, E), L2-normalised
+
+    @property
+    def tag_hidden(self) -> torch.Tensor:
+        return self.hidden[:, 1 : 1 + self.num_tags]
+
+    @property
+    def region_hidden(self) -> torch.Tensor:
+        return self.hidden[:, 1 + self.num_tags :]
+
+    @property
+    def region_mask(self) -> torch.Tensor:
+        return self.mask[:, 1 + self.num_tags :]
+
+
+@dataclass
+class FusedOutput:
+    hidden: torch.Tensor  # (P, N + M + R, H) last computed layer
+    mask: torch.Tensor
+    layers: dict[int, torch.Tensor]  # kept intermediate layers (1-based)
+
+
+class MVPTR(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_phrases: int, tag_pieces: torch.Tensor):
+        """tag_pieces: (T, P) word-piece ids of each tag class, 0-padded."""
+        super().__init__()
+        self.cfg = cfg
+        self.num_phrases = num_phrases
+        h = cfg.hidden_size
+        self.embeddings = Embeddings(cfg, num_phrases)
+        self.region_embed = nn.Linear(cfg.region_feat_dim, h)
+        self.text_encoder = Encoder(cfg, cfg.text_layers)
+        self.visual_encoder = Encoder(cfg, cfg.visual_layers)
+        self.multimodal_encoder = Encoder(cfg, cfg.multimodal_layers)
+        self.text_proj = nn.Linear(h, cfg.embed_dim, bias=False)
+        self.visual_proj = nn.Linear(h, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+        self.register_buffer("tag_pieces", tag_pieces.long().clone())
+        num_tag_classes = cfg.vocab_size if cfg.tag_mode == "word_pieces" else len(tag_pieces)
+        self.mlm_head = TiedClassifier(cfg, cfg.vocab_size)
+        self.mcr_phrase_head = TiedClassifier(cfg, max(num_phrases, 1))
+        self.mcr_tag_head = TiedClassifier(cfg, max(num_tag_classes, 1))
+        self.itm_head = PairClassifier(cfg, 2)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+    # ----- embedding tables ---------------------------------------------------------------
+    @property
+    def word_rows(self) -> torch.Tensor:
+        return self.embeddings.word_embeddings.weight[: self.cfg.vocab_size]
+
+    @property
+    def phrase_rows(self) -> torch.Tensor:
+        return self.embeddings.word_embeddings.weight[self.cfg.vocab_size :]
+
+    def piece_mean(self, pieces: torch.Tensor) -> torch.Tensor:
+        """Mean word row of 0-padded word-piece ids (..., P) -> (..., H)."""
+        present = (pieces != PAD_ID).unsqueeze(-1).to(self.word_rows.dtype)
+        rows = self.embeddings.word_embeddings(pieces)
+        return (rows * present).sum(-2) / present.sum(-2).clamp(min=1.0)
+
+    def tag_class_rows(self) -> torch.Tensor:
+        """Candidate rows for MCR^v: tag classes (mean of pieces) or word pieces."""
+        if self.cfg.tag_mode == "word_pieces":
+            return self.word_rows
+        return self.piece_mean(self.tag_pieces)
+
+    # ----- encoders ---------------------------------------------------------------------
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        word_mask: torch.Tensor,
+        phrase_ids: torch.Tensor,
+        phrase_mask: torch.Tensor,
+    ) -> TextOutput:
+        """input_ids (B, N) word pieces; phrase_ids (B, M) rows of the shared table (vocab + index)."""
+        b, n = input_ids.shape
+        m = phrase_ids.shape[1]
+        word_pos = torch.arange(n, device=input_ids.device).expand(b, n)
+        # every phrase sits at the position right after its caption's [SEP]
+        phrase_pos = word_mask.sum(1, keepdim=True).expand(b, m)
+        ids = torch.cat([input_ids, phrase_ids], 1)
+        pos = torch.cat([word_pos, phrase_pos], 1)
+        mask = torch.cat([word_mask, phrase_mask], 1).bool()
+        x = self.embeddings(self.embeddings.word_embeddings(ids), pos, token_type=0)
+        hidden, _ = self.text_encoder(x, mask)
+        return TextOutput(hidden, mask, n, F.normalize(self.text_proj(hidden[:, 0]), dim=-1))
+
+    def encode_image(
+        self,
+        tag_pieces: torch.Tensor,
+        tag_mask: torch.Tensor,
+        region_feats: torch.Tensor,
+        region_mask: torch.Tensor,
+    ) -> ImageOutput:
+        """tag_pieces (B, K, P) word pieces of each tag; region_feats (B, R, D)."""
+        b, k = tag_mask.shape
+        dev = region_feats.device
+        cls = self.embeddings.word_embeddings(torch.full((b, 1), CLS_ID, device=dev))
+        concept_rows = torch.cat([cls, self.piece_mean(tag_pieces)], 1)
+        pos = torch.ones(b, 1 + k, dtype=torch.long, device=dev)
+        pos[:, 0] = 0
+        concepts = self.embeddings(concept_rows, pos, token_type=1)
+        regions = self.embeddings(self.region_embed(region_feats), None, token_type=1)
+        x = torch.cat([concepts, regions], 1)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), tag_mask.bool(), region_mask.bool()], 1)
+        hidden, _ = self.visual_encoder(x, mask)
+        return ImageOutput(hidden, mask, k, F.normalize(self.visual_proj(hidden[:, 0]), dim=-1))
+
+    def fuse(
+        self,
+        text_hidden: torch.Tensor,
+        text_mask: torch.Tensor,
+        region_hidden: torch.Tensor,
+        region_mask: torch.Tensor,
+        keep_layers: tuple[int, ...] = (),
+        stop_after: int | None = None,
+    ) -> FusedOutput:
+        x = torch.cat([text_hidden, region_hidden], 1)
+        mask = torch.cat([text_mask, region_mask], 1).bool()
+        hidden, layers = self.multimodal_encoder(x, mask, keep_layers, stop_after)
+        return FusedOutput(hidden, mask, layers)
+
+    # ----- heads ------------------------------------------------------------------------
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlm_head(hidden, self.word_rows)
+
+    def mcr_phrase_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mcr_phrase_head(hidden, self.phrase_rows)
+
+    def mcr_tag_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mcr_tag_head(hidden, self.tag_class_rows())
+
+    def itm_logits(self, fused_hidden: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(fused_hidden[:, 0])
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.logit_scale.exp())

