@@ -34,6 +34,9 @@ class ModelConfig:
     region_feat_dim: int = 2054  # detector features + the 6 box numbers, as in VinVL
     embed_dim: int = 768  # width of the global (VSC) embeddings
     temperature: float = 0.07  # initial VSC temperature (learnable)
+    # what the global (VSC) embedding projects: the [CLS] output (paper) or the mean of all
+    # outputs (for initialisations trained with mean pooling, such as the packaged MiniLM)
+    global_pool: str = "cls"
     wpg_layer: int = 3  # multimodal layer (1-based) whose outputs WPG aligns
     # "concepts": one input row per tag class (mean of its word pieces), MCR^v over tag classes.
     # "word_pieces": tags as word-piece tokens, MCR^v over word pieces (official code).

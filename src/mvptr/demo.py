@@ -12,7 +12,7 @@ from .data.demo_world import generate_demo_world
 from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab, write_json
 from .text.phrases import PhraseVocab, prepare_phrases
 
-MODELS = ("pretrained", "minilm_init", "random_init", "chance")
+ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
@@ -45,7 +45,12 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
     vocab = PhraseVocab.load(cfg.data.phrase_vocab)
     tags = training_tag_vocab(cfg)
     results = {}
-    for name, source in (("random_init", "random"), ("minilm_init", "minilm")):
+    # baselines: the initialised model before pre-training, and a randomly initialised one
+    baselines = {"random_init": "random"}
+    if cfg.init.source != "random":
+        name = "minilm_init" if cfg.init.source == "minilm" else "bert_init"
+        baselines[name] = cfg.init.source
+    for name, source in baselines.items():
         with timed(seconds, f"evaluate_{name}"):
             results[name] = evaluate(cfg, new_bundle(cfg, vocab, tags, source))
     bundle = new_bundle(cfg, vocab, tags)
@@ -68,9 +73,10 @@ def build_report(results: dict, seconds: dict, training: dict) -> dict:
     retrieval["chance"] = {"uni": chance["retrieval"], "rerank": chance["retrieval"]}
     grounding = {name: {"acc": r["grounding"]["acc"]} for name, r in results.items()}
     grounding["chance"] = {"acc": chance["grounding"]}
+    models = [m for m in ORDER if m in retrieval]
     return {
-        "retrieval": {m: retrieval[m] for m in MODELS},
-        "grounding": {m: grounding[m] for m in MODELS},
+        "retrieval": {m: retrieval[m] for m in models},
+        "grounding": {m: grounding[m] for m in models},
         "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
         "eval_set": {"images": some["images"], "captions": some["captions"],
                      "mentions": some["grounding"]["mentions"], "pairs_rescored": some["retrieval"]["pairs_scored"]},
@@ -90,7 +96,7 @@ def report_markdown(report: dict) -> str:
         "| model | ranking | " + " | ".join(METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
     ]
-    for model in MODELS:
+    for model in report["retrieval"]:
         for kind in ("uni", "rerank"):
             r = report["retrieval"][model][kind]
             lines.append(f"| {model} | {kind} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
@@ -101,7 +107,7 @@ def report_markdown(report: dict) -> str:
         "| model | accuracy |",
         "|---|---|",
     ]
-    lines += [f"| {m} | {report['grounding'][m]['acc']:.2f} |" for m in MODELS]
+    lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items()]
     lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
     lines += ["", "Training.", "", "| stage | steps | samples/s | last losses |", "|---|---|---|---|"]

@@ -90,7 +90,7 @@ def itm_scores(
     for start in tqdm(range(0, len(pairs), batch_size), desc="re-rank", disable=not progress, leave=False):
         v, t = pairs[start : start + batch_size].T
         fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v])
-        logits = model.itm_logits(fused.hidden).float()
+        logits = model.itm_logits(fused).float()
         out[start : start + len(v)] = (logits[:, 1] - logits[:, 0]).cpu()
     return out
 

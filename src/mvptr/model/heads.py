@@ -23,23 +23,23 @@ class TiedClassifier(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT's pooler: dense + tanh on the [CLS] output."""
+    """BERT's pooler: dense + tanh on the sequence summary ([CLS] output, or the mean)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(cls_hidden))
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(summary))
 
 
 class PairClassifier(nn.Module):
-    """Pooler + linear layer on the multimodal [CLS]: ITM (2 classes), SNLI-VE (3), VQA (answers)."""
+    """Pooler + linear layer on the multimodal summary: ITM (2 classes), SNLI-VE (3), VQA (answers)."""
 
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
         self.pooler = Pooler(cfg)
         self.classifier = nn.Linear(cfg.hidden_size, num_classes)
 
-    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooler(cls_hidden))
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pooler(summary))

@@ -138,7 +138,7 @@ class MVPTR(nn.Module):
         mask = torch.cat([word_mask, phrase_mask], 1).bool()
         x = self.embeddings(self.embeddings.word_embeddings(ids), pos, token_type=0)
         hidden, _ = self.text_encoder(x, mask)
-        return TextOutput(hidden, mask, n, F.normalize(self.text_proj(hidden[:, 0]), dim=-1))
+        return TextOutput(hidden, mask, n, F.normalize(self.text_proj(self.pool(hidden, mask)), dim=-1))
 
     def encode_image(
         self,
@@ -159,7 +159,15 @@ class MVPTR(nn.Module):
         x = torch.cat([concepts, regions], 1)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), tag_mask.bool(), region_mask.bool()], 1)
         hidden, _ = self.visual_encoder(x, mask)
-        return ImageOutput(hidden, mask, k, F.normalize(self.visual_proj(hidden[:, 0]), dim=-1))
+        return ImageOutput(hidden, mask, k, F.normalize(self.visual_proj(self.pool(hidden, mask)), dim=-1))
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.cfg.global_pool == "cls":
+            return hidden[:, 0]
+        if self.cfg.global_pool == "mean":
+            w = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+        raise ValueError(f"unknown global_pool {self.cfg.global_pool!r} (expected 'cls' or 'mean')")
 
     def fuse(
         self,
@@ -185,9 +193,9 @@ class MVPTR(nn.Module):
     def mcr_tag_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mcr_tag_head(hidden, self.tag_class_rows())
 
-    def itm_logits(self, fused_hidden: torch.Tensor) -> torch.Tensor:
-        return self.itm_head(fused_hidden[:, 0])
+    def itm_logits(self, fused: FusedOutput) -> torch.Tensor:
+        return self.itm_head(self.pool(fused.hidden, fused.mask))
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.logit_scale.exp())
+        return 1.0 / self.logit_scale.detach().exp().item()

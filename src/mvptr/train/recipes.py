@@ -98,7 +98,7 @@ def pretraining_losses(
     if "itm" in active:
         labels = torch.zeros(len(t_idx), dtype=torch.long)
         labels[:b] = 1  # label 1 = matched pair
-        out["itm"] = L.itm_loss(model.itm_logits(fused.hidden), labels.to(fused.hidden.device))
+        out["itm"] = L.itm_loss(model.itm_logits(fused), labels.to(fused.hidden.device))
     if "mlm" in active:
         # only masked positions reach the vocabulary-sized decoder
         masked = batch["mlm_labels"] != L.IGNORE

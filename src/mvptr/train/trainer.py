@@ -189,15 +189,15 @@ def train(
         done = step + 1
         bar.update(1)
         if done % stage.log_every == 0 or done == total:
-            last = {k: round(float(v), 5) for k, v in losses.items()}
+            last = {k: round(v.item(), 5) for k, v in losses.items()}
             record = {
-                "stage": stage.name, "step": done, "loss": round(float(loss), 5), **last,
+                "stage": stage.name, "step": done, "loss": round(loss.item(), 5), **last,
                 "lr": scheduler.get_last_lr()[0], "temperature": round(model.temperature, 5),
                 "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
             }
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if (stage.save_every and done % stage.save_every == 0) or done == total:
             save_model_dir(ckpt, bundle, {
                 "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -1,0 +1,67 @@
+"""A tiny world through the whole pipeline: prepare, phrases, both stages, evaluation, report."""
+
+import json
+
+import pytest
+
+from mvptr.cli import main
+from mvptr.config import load_config
+from mvptr.data.demo_world import generate_demo_world
+from mvptr.text.phrases import prepare_phrases
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    generate_demo_world(root, n_train=96, n_val=8, n_test=24, seed=0, detector_epochs=1, progress=False)
+    prepare_phrases(root / "captions.json", root / "phrases", min_count=2)
+    return root
+
+
+def overrides(world, out):
+    return [
+        f"out_dir={out}",
+        f"demo.data_dir={world}",
+        f"data.captions={world}/captions.json",
+        f"data.features={world}/features.tsv",
+        f"data.predictions={world}/predictions.tsv",
+        f"data.phrase_cache={world}/phrases/phrase_cache.jsonl",
+        f"data.phrase_vocab={world}/phrases/phrase_vocab.json",
+        f"eval.entities_dir={world}/flickr30k_entities",
+    ]
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world, tmp_path):
+    out = tmp_path / "run"
+    args = overrides(world, out) + ["stage1.epochs=4", "stage2.epochs=4", "threads=2"]
+    assert main(["demo", "--config", "tiny", *args]) == 0
+
+    for stage, names in (("stage1", ["mcr_v", "mcr_s", "vsc"]), ("stage2", ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"])):
+        rows = read_metrics(out / stage / "metrics.jsonl")
+        assert set(names) <= set(rows[0]), f"{stage} logs {sorted(rows[0])}"
+        first = sum(r["loss"] for r in rows[:5]) / 5
+        last = sum(r["loss"] for r in rows[-5:]) / 5
+        assert last < first, f"{stage}: loss went from {first:.3f} to {last:.3f}"
+        assert (out / stage / "model" / "model.safetensors").exists()
+
+    report = json.loads((out / "report.json").read_text())
+    keys = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"}
+    assert list(report["retrieval"]) == ["pretrained", "random_init", "chance"]
+    for model in report["retrieval"]:
+        for kind in ("uni", "rerank"):
+            r = report["retrieval"][model][kind]
+            assert set(r) == keys and all(0 <= r[k] <= 100 for k in keys - {"rsum"})
+        assert 0 <= report["grounding"][model]["acc"] <= 100
+    assert report["seconds"]["stage1"] > 0
+    assert "| pretrained | rerank |" in (out / "report.md").read_text()
+    saved = load_config(str(out / "config.yaml"))
+    assert saved.stage1.epochs == 4
+
+
+def test_unknown_config_key_is_an_error_that_names_it(capsys):
+    assert main(["pretrain", "--config", "tiny", "stage1.epochz=3"]) == 2
+    assert "stage1.epochz" in capsys.readouterr().err
