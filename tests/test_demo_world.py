@@ -55,7 +55,8 @@ def _entities(out, image_id):
     root = out / "flickr30k_entities"
     lines = (root / "Sentences" / f"{image_id}.txt").read_text().splitlines()
     ann = ET.parse(root / "Annotations" / f"{image_id}.xml").getroot()
-    boxes = {obj.findtext("name"): [int(obj.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+    boxes = {obj.findtext("name"): [int(obj.find("bndbox").findtext(t))
+                                    for t in ("xmin", "ymin", "xmax", "ymax")]
              for obj in ann.iter("object")}
     return lines, ann, boxes
 
@@ -64,8 +65,8 @@ def _entities(out, image_id):
 
 def test_files_written(world):
     out, summary = world
-    for name in ("captions.json", "features.tsv", "features.lineidx", "predictions.tsv", "predictions.lineidx",
-                 "detector.safetensors", "world.json"):
+    for name in ("captions.json", "features.tsv", "features.lineidx", "predictions.tsv",
+                 "predictions.lineidx", "detector.safetensors", "world.json"):
         assert (out / name).is_file(), name
     assert len(list((out / "images").glob("*.png"))) == N_TRAIN + N_VAL + N_TEST
     assert len(list((out / "flickr30k_entities" / "Sentences").glob("*.txt"))) == N_VAL + N_TEST
@@ -190,7 +191,8 @@ def test_same_seed_same_bytes(world, tmp_path):
     _generate(tmp_path / "again")
     for name in ("captions.json", "features.tsv", "predictions.tsv"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
-    assert (tmp_path / "again" / "images" / "000042.png").read_bytes() == (out / "images" / "000042.png").read_bytes()
+    png = "images/000042.png"
+    assert (tmp_path / "again" / png).read_bytes() == (out / png).read_bytes()
 
 
 def test_other_seed_other_world(world, tmp_path):

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from ..vision.detect import DemoDetector
 from ..vision.regions import box_iou
-from .formats import write_flickr30k_entities, write_karpathy_json, write_vinvl_features, write_vinvl_predictions
+from .formats import (write_flickr30k_entities, write_karpathy_json, write_vinvl_features,
+                      write_vinvl_predictions)
 
 __all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption",
            "render_scene", "make_captions", "generate_demo_world"]
@@ -114,7 +115,9 @@ def _unit_polygon(shape: str) -> np.ndarray:
         radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.48)
         return np.stack([radii * np.cos(angles), -radii * np.sin(angles)], 1)
     t = np.linspace(0, 2 * np.pi, 80, endpoint=False)  # heart curve
-    return np.stack([16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))], 1)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    return np.stack([x, -y], 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,7 +194,8 @@ def render_scene(rng: np.random.Generator, image_size: int = 96,
     # Light background: a tinted base colour, smooth low-frequency shading, pixel noise.
     base = rng.uniform(225, 248) + rng.uniform(-6, 6, 3)
     coarse = np.clip(np.rint(128 + rng.normal(0, 4, (6, 6, 3))), 0, 255).astype(np.uint8)
-    shading = np.asarray(Image.fromarray(coarse).resize((image_size, image_size), Image.BILINEAR), dtype=float)
+    shading = np.asarray(Image.fromarray(coarse).resize((image_size, image_size), Image.BILINEAR),
+                         dtype=float)
     img = base + shading - 128
 
     objects = []

@@ -113,7 +113,8 @@ class DemoDetector(nn.Module):
         emb = F.relu(self.embed(self.backbone(crops)) + self.size_embed(self.size_norm(box_sizes)))
         return emb, {a: head(emb) for a, head in self.heads.items()}
 
-    def _inputs(self, pixels: torch.Tensor, img_idx: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, pixels: torch.Tensor, img_idx: np.ndarray,
+                boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """CNN inputs for ``boxes`` (N, 4) of images ``pixels[img_idx]`` (uint8, (B, 3, H, W)).
 
         Returns square crops (N, 3, c, c) around the boxes, normalised (outside the image
@@ -197,8 +198,9 @@ class DemoDetector(nn.Module):
         """Train the CNN on ground-truth object crops of ``images``.
 
         ``images`` are HxWx3 uint8 arrays of one size; ``objects[i]`` lists image i's
-        objects as dicts with "box" (xyxy pixels), "shape", "color" and "size". A ``holdout`` fraction of the images is kept out of
-        training to measure accuracy on unseen crops. Training boxes are jittered by up
+        objects as dicts with "box" (xyxy pixels), "shape", "color" and "size". A
+        ``holdout`` fraction of the images is kept out of training to measure accuracy on
+        unseen crops. Training boxes are jittered by up
         to ``jitter`` of the box side, since proposals are not pixel-exact. The result is
         deterministic given ``seed`` (parameters are re-initialised from it).
 
@@ -259,7 +261,8 @@ class DemoDetector(nn.Module):
 
     @_one_thread()
     @torch.no_grad()
-    def detect(self, images: Sequence[np.ndarray], batch_size: int = 128, progress: bool = False) -> list[Regions]:
+    def detect(self, images: Sequence[np.ndarray], batch_size: int = 128,
+               progress: bool = False) -> list[Regions]:
         """Regions of each HxWx3 uint8 image: boxes, features (n, feat_dim + 6), tags, confidences."""
         self.eval()
         out: list[Regions] = []
@@ -279,7 +282,8 @@ class DemoDetector(nn.Module):
                 emb, logits = self(*self._inputs(torch.from_numpy(batch).permute(0, 3, 1, 2), img_idx, boxes))
                 confs, classes = logits["shape"].softmax(1).max(1)
             else:  # nothing but background in the whole batch
-                emb, confs, classes = torch.zeros(0, self.feat_dim), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+                emb, confs = torch.zeros(0, self.feat_dim), torch.zeros(0)
+                classes = torch.zeros(0, dtype=torch.long)
             feats = np.concatenate([emb.numpy(), box_position_features(boxes, w, h)], axis=1)
             tags = [self.classes["shape"][c] for c in classes.tolist()]
             first = 0
