@@ -2,42 +2,17 @@
 
 import json
 
-import pytest
-
 from mvptr.cli import main
 from mvptr.config import load_config
-from mvptr.data.demo_world import generate_demo_world
-from mvptr.text.phrases import prepare_phrases
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_demo_world(root, n_train=96, n_val=8, n_test=24, seed=0, detector_epochs=1, progress=False)
-    prepare_phrases(root / "captions.json", root / "phrases", min_count=2)
-    return root
-
-
-def overrides(world, out):
-    return [
-        f"out_dir={out}",
-        f"demo.data_dir={world}",
-        f"data.captions={world}/captions.json",
-        f"data.features={world}/features.tsv",
-        f"data.predictions={world}/predictions.tsv",
-        f"data.phrase_cache={world}/phrases/phrase_cache.jsonl",
-        f"data.phrase_vocab={world}/phrases/phrase_vocab.json",
-        f"eval.entities_dir={world}/flickr30k_entities",
-    ]
 
 
 def read_metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world, tmp_path):
+def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world_args, tmp_path):
     out = tmp_path / "run"
-    args = overrides(world, out) + ["stage1.epochs=4", "stage2.epochs=4", "threads=2"]
+    args = world_args(out) + ["stage1.epochs=4", "stage2.epochs=4", "threads=2"]
     assert main(["demo", "--config", "tiny", *args]) == 0
 
     for stage, names in (("stage1", ["mcr_v", "mcr_s", "vsc"]), ("stage2", ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"])):

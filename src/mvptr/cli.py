@@ -21,9 +21,9 @@ from .config import ConfigError, load_config, save_config
 
 def _config(args):
     cfg = load_config(args.config, args.overrides)
-    from .pipeline import set_threads
+    from .pipeline import configure_torch
 
-    set_threads(cfg)
+    configure_torch(cfg)
     return cfg
 
 

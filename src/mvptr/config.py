@@ -135,6 +135,8 @@ class Config:
     out_dir: str = "runs/demo"
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
+    # deterministic kernels: the same seed gives the same weights, also after a resume
+    deterministic: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -25,9 +25,10 @@ from .train.recipes import pretraining_recipe
 from .train.trainer import TrainResult, train
 
 
-def set_threads(cfg: Config) -> None:
+def configure_torch(cfg: Config) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
 
 
 def image_source(cfg: Config) -> ImageSource:
@@ -68,6 +69,7 @@ def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: 
 
 def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
                    progress: bool = True) -> TrainResult:
+    configure_torch(cfg)
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
     dataset = build_pair_dataset(
         cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.phrase_vocab,

@@ -1,0 +1,72 @@
+"""The training loop: exact resume after an interruption, ablation switches, bad output dirs."""
+
+import json
+
+import pytest
+import torch
+
+from mvptr.checkpoint import load_model_dir
+from mvptr.config import load_config
+from mvptr.pipeline import new_bundle, pretrain_stage, training_tag_vocab
+from mvptr.text.phrases import PhraseVocab
+from mvptr.train import recipes
+
+
+def setup(world_args, out, *extra):
+    cfg = load_config("tiny", world_args(out) + ["stage2.epochs=1", "stage2.save_every=2", *extra])
+    return cfg, new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(world_args, tmp_path, monkeypatch):
+    cfg, bundle = setup(world_args, tmp_path / "a")
+    pretrain_stage(cfg, cfg.stage2, bundle, tmp_path / "a", progress=False)
+    reference = bundle.model.state_dict()
+
+    cfg, bundle = setup(world_args, tmp_path / "b")
+    real = recipes.pretraining_losses
+    calls = {"n": 0}
+
+    def crash_at_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipes, "pretraining_losses", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_stage(cfg, cfg.stage2, bundle, tmp_path / "b", progress=False)
+    monkeypatch.setattr(recipes, "pretraining_losses", real)
+
+    cfg, fresh = setup(world_args, tmp_path / "b")  # a new process would start from scratch
+    result = pretrain_stage(cfg, cfg.stage2, fresh, tmp_path / "b", resume=True, progress=False)
+    assert result.steps == 96 * 5 // 16 - 2  # the first two steps came from the checkpoint
+    resumed = fresh.model.state_dict()
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+    saved = load_model_dir(tmp_path / "b" / "model").model.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in reference.items())
+
+
+def test_switching_off_phrases_and_tags_removes_their_objectives(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "objectives.use_phrases=false", "objectives.use_tags=false",
+                        "stage2.max_steps=2")
+    pretrain_stage(cfg, cfg.stage2, bundle, tmp_path, progress=False)
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"vsc", "itm", "mlm"} <= set(last) and not {"mcr_v", "mcr_s", "wpg"} & set(last)
+
+
+def test_stage1_optimises_only_the_uni_modal_side(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2")
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    after = bundle.model.state_dict()
+    assert torch.equal(before["multimodal_encoder.layer.0.output.dense.weight"], after["multimodal_encoder.layer.0.output.dense.weight"])
+    assert not torch.equal(before["text_encoder.layer.0.output.dense.weight"], after["text_encoder.layer.0.output.dense.weight"])
+
+
+def test_an_unwritable_output_directory_fails_before_training(world_args, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cfg, bundle = setup(world_args, blocker / "out", "stage1.max_steps=2")
+    with pytest.raises(OSError, match="cannot write to output directory"):
+        pretrain_stage(cfg, cfg.stage1, bundle, blocker / "out", progress=False)
