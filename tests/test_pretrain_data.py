@@ -84,3 +84,20 @@ def test_bert_mask_proportions():
     assert abs(sel.float().mean().item() - 0.25) < 0.01
     assert abs((out[sel] == MASK_ID).float().mean().item() - 0.8) < 0.02
     assert abs((out[sel] == 5000).float().mean().item() - 0.1) < 0.02
+
+
+def test_mlm_masks_a_separate_copy_unless_the_pass_is_shared():
+    gen = torch.Generator().manual_seed(0)
+    names = ["circle", "traffic light", "zebra crossing"]
+    separate = Collator(WordPieces(TOK, 16), names, 3, VOCAB, masking=Masking(words=0.5), generator=gen)
+    clean = Collator(WordPieces(TOK, 16), names, 3, VOCAB)
+    its = items() * 4
+    b, ref = separate(its), clean(its)
+    assert torch.equal(b["input_ids"], ref["input_ids"])  # the alignment objectives see every word
+    sel = b["mlm_labels"] != IGNORE
+    assert sel.any() and (b["mlm_input_ids"][sel] != ref["input_ids"][sel]).any()
+    shared = Collator(WordPieces(TOK, 16), names, 3, VOCAB, masking=Masking(words=0.5),
+                      generator=torch.Generator().manual_seed(0), separate_mlm=False)
+    s = shared(its)
+    assert "mlm_input_ids" not in s
+    assert torch.equal(s["input_ids"], b["mlm_input_ids"])

@@ -2,6 +2,8 @@
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
     mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P]
+    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D]
+    mvptr features export --store DIR --out DIR
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
@@ -41,6 +43,24 @@ def cmd_prepare(args) -> None:
 
         stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process)
         print(json.dumps(stats, indent=2))
+
+
+def cmd_features(args) -> None:
+    from .data.formats import FormatError
+    from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
+
+    try:
+        if args.what == "convert":
+            if not args.features or not args.predictions or not args.out:
+                raise SystemExit("mvptr features convert: --features, --predictions and --out are required")
+            summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim)
+        else:
+            if not args.store or not args.out:
+                raise SystemExit("mvptr features export: --store and --out are required")
+            summary = convert_memmap_to_vinvl(args.store, args.out)
+    except (FormatError, FileExistsError) as err:
+        raise SystemExit(f"mvptr features {args.what}: {err}") from None
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_pretrain(args) -> None:
@@ -98,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--image-size", type=int, default=96)
     prep.add_argument("--seed", type=int, default=0)
     prep.set_defaults(func=cmd_prepare)
+
+    feat = sub.add_parser("features", help="convert VinVL TSV features to a memmap float16 store, or back")
+    feat.add_argument("what", choices=["convert", "export"])
+    feat.add_argument("--features", help="VinVL features.tsv (convert)")
+    feat.add_argument("--predictions", help="VinVL predictions.tsv (convert)")
+    feat.add_argument("--feat-dim", type=int, help="expected feature width (convert; default: from the data)")
+    feat.add_argument("--store", help="feature store directory (export)")
+    feat.add_argument("--out", help="store directory (convert) or TSV directory (export)")
+    feat.set_defaults(func=cmd_features)
 
     def with_config(sp):
         sp.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")

@@ -85,9 +85,9 @@ class ObjectiveConfig:
     negative_sampling: str = "sampled"
     # "half_each" (paper: n negatives, half from each distribution) or "both" (2n, ALBEF style)
     itm_negatives: str = "half_each"
-    # False: MLM shares the masked forward pass with VSC/ITM/WPG (official, cheaper);
-    # True: a clean pass for VSC/ITM/WPG and a masked pass for MLM/MCR (ALBEF style).
-    mlm_separate_pass: bool = False
+    # True: MLM reads its own pass over word-masked captions, and VSC/ITM/WPG see every word
+    # (ALBEF style); False: one pass with masked words for everything (official, cheaper)
+    mlm_separate_pass: bool = True
 
 
 @dataclass

@@ -63,7 +63,7 @@ def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: 
     return Collator(
         WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.tag_vocab, bundle.model.num_phrases,
         cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
-        masking, gen,
+        masking, gen, cfg.objectives.mlm_separate_pass,
     )
 
 

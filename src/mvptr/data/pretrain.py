@@ -18,41 +18,34 @@ from ..model.losses import IGNORE
 from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
-from .formats import CaptionRecord, VinVLFeatures, VinVLPredictions, read_captions, read_phrase_cache
+from ..vision.stores import open_store
+from .formats import CaptionRecord, read_captions, read_phrase_cache
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
 
 class ImageSource:
-    """Regions and tags of an image from VinVL ``features.tsv`` + ``predictions.tsv``."""
+    """Regions and tags of an image from a feature store: a memmap store directory or the
+    VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``)."""
 
     def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int):
-        self.features = VinVLFeatures(features, feat_dim=feat_dim)
-        self.predictions = VinVLPredictions(predictions)
+        self.store = open_store(features, predictions, feat_dim)
         self.max_regions, self.max_tags = max_regions, max_tags
 
     def __contains__(self, image_id: str) -> bool:
-        return image_id in self.features
+        return image_id in self.store
 
     def __call__(self, image_id: str) -> dict:
-        feats = self.features[image_id]
-        pred = self.predictions[image_id]
-        objects = pred["objects"]
-        if len(objects) != len(feats):
-            raise ValueError(
-                f"image {image_id}: {len(feats)} feature rows but {len(objects)} predicted objects"
-            )
-        n = min(len(feats), self.max_regions)
-        # tags: the most confident detections' class names
-        order = sorted(range(len(objects)), key=lambda i: -float(objects[i].get("conf", 1.0)))
-        tags = [objects[i]["class"] for i in order[: self.max_tags]]
-        boxes = np.asarray([o["rect"] for o in objects[:n]], dtype=np.float32).reshape(n, 4)
+        image = self.store[image_id]
+        n = self.max_regions
+        # tags: the most confident detections' class names (a stable sort keeps ties in detector order)
+        order = np.argsort(-image["confs"], kind="stable")[: self.max_tags]
         return {
-            "region_feats": np.ascontiguousarray(feats[:n], dtype=np.float32),
-            "boxes": boxes,
-            "tags": tags,
-            "width": float(pred["image_w"]),
-            "height": float(pred["image_h"]),
+            "region_feats": image["region_feats"][:n],
+            "boxes": image["boxes"][:n],
+            "tags": [image["classes"][i] for i in order],
+            "width": image["width"],
+            "height": image["height"],
         }
 
 
@@ -122,7 +115,7 @@ def tag_vocab_from(images: ImageSource, image_ids) -> list[str]:
     """All tag classes predicted on the given images, sorted."""
     names: set[str] = set()
     for image_id in image_ids:
-        names.update(o["class"] for o in images.predictions[image_id]["objects"])
+        names.update(images.store.detections(image_id)["classes"])
     return sorted(names)
 
 
@@ -179,6 +172,9 @@ class Masking:
 class Collator:
     """Pads a list of samples into tensors and applies the masking of the active objectives.
 
+    Words masked for MLM go to ``mlm_input_ids`` (``separate_mlm``, the default) or replace
+    ``input_ids`` (one shared masked pass, the official code's choice).
+
     Concept mode: each tag is one unit (a tag class, embedded as the mean of its pieces) and
     MCR^v labels are tag-class indices. Word-piece mode: each piece of each tag is a unit
     and labels are word ids (the official code's reading).
@@ -195,6 +191,7 @@ class Collator:
         use_tags: bool = True,
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
+        separate_mlm: bool = True,
     ):
         if tag_mode not in ("concepts", "word_pieces"):
             raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
@@ -204,6 +201,7 @@ class Collator:
         self.use_phrases, self.use_tags = use_phrases, use_tags
         self.masking = masking or Masking()
         self.generator = generator
+        self.separate_mlm = separate_mlm
         # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
         self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
 
@@ -255,9 +253,11 @@ class Collator:
         word_mask = input_ids != PAD_ID
         tok = self.pieces.tokenizer
         special = (input_ids == tok.cls_token_id) | (input_ids == tok.sep_token_id)
-        input_ids, mlm_labels = bert_mask(
+        masked_ids, mlm_labels = bert_mask(
             input_ids, word_mask & ~special, self.masking.words, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
         )
+        # with a separate MLM pass the other objectives keep every word
+        words = {"input_ids": input_ids, "mlm_input_ids": masked_ids} if self.separate_mlm else {"input_ids": masked_ids}
         phrases = pad_lists([it["phrases"] if self.use_phrases else [] for it in items], -1)
         phrase_mask = phrases >= 0
         phrases_masked, phrase_labels = bert_mask(
@@ -267,7 +267,7 @@ class Collator:
         phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)
         phrase_ids[~phrase_mask] = PAD_ID
         return {
-            "input_ids": input_ids,
+            **words,
             "word_mask": word_mask,
             "mlm_labels": mlm_labels,
             "phrase_ids": phrase_ids,

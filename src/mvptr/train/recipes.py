@@ -100,9 +100,16 @@ def pretraining_losses(
         labels[:b] = 1  # label 1 = matched pair
         out["itm"] = L.itm_loss(model.itm_logits(fused), labels.to(fused.hidden.device))
     if "mlm" in active:
+        if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
+            masked_text = model.encode_text(
+                batch["mlm_input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"]
+            )
+            mlm_hidden = model.fuse(masked_text.hidden, masked_text.mask, image.region_hidden, image.region_mask).hidden
+        else:
+            mlm_hidden = fused.hidden[:b]
         # only masked positions reach the vocabulary-sized decoder
         masked = batch["mlm_labels"] != L.IGNORE
-        words = fused.hidden[:b, : text.num_words][masked]
+        words = mlm_hidden[:, : text.num_words][masked]
         out["mlm"] = L.mlm_loss(model.mlm_logits(words), batch["mlm_labels"][masked])
     if wpg_on:
         out["wpg"] = _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, obj.wpg_margin)
@@ -115,8 +122,11 @@ def _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, marg
     n, m = text.num_words, text.phrase_hidden.shape[1]
     b = len(idx)
 
+    # a phrase masked for MCR^s no longer names its concept: it does not take part
+    phrases = batch["phrase_mask"] & (batch["phrase_labels"] == L.IGNORE)
+
     def phrase_region_sim(h: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
-        return L.wpg_similarity(h[:, n : n + m], batch["phrase_mask"][t], h[:, n + m :], image.region_mask[v])
+        return L.wpg_similarity(h[:, n : n + m], phrases[t], h[:, n + m :], image.region_mask[v])
 
     pos, valid = phrase_region_sim(fused.layers[layer][:b], idx, idx)
     neg = torch.zeros_like(pos)

@@ -1,0 +1,328 @@
+"""Region feature stores: where the pre-training data reads each image's regions.
+
+Two stores give the same per-image dict (``region_feats`` float32 (n, D), ``boxes``
+float32 (n, 4), ``confs`` float32 (n,), ``classes`` (n class names), ``width``,
+``height``):
+
+* :class:`TSVStore` reads the VinVL ``features.tsv`` + ``predictions.tsv`` pair: a
+  base64 float32 row and a JSON row to decode per image;
+* :class:`MemmapStore` reads a directory written by :func:`convert_vinvl_to_memmap`:
+  features as one memory-mapped float16 matrix (half the bytes of float32, nothing to
+  parse), detections as flat numpy arrays, and per-image row ranges in ``offsets.npy``.
+
+Layout of a memmap store directory::
+
+    meta.json      {"format": "mvptr-feature-store", "version": 1, "feat_dim": D,
+                    "num_images": N, "num_regions": R, "dtype": "float16"}
+    ids.json       the N image ids, in row order
+    classes.json   class names; tag_ids index into it
+    offsets.npy    int64 (N + 1,): image i owns region rows offsets[i]:offsets[i + 1]
+    features.f16   raw little-endian float16 (R, D), no header
+    boxes.npy      float32 (R, 4), xyxy pixels
+    confs.npy      float32 (R,)
+    tag_ids.npy    int32 (R,)
+    sizes.npy      float32 (N, 2): width, height
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from array import array
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.formats import (FormatError, VinVLFeatures, VinVLPredictions, write_vinvl_features,
+                            write_vinvl_predictions)
+
+__all__ = ["MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap", "convert_memmap_to_vinvl"]
+
+FORMAT = "mvptr-feature-store"
+VERSION = 1
+_FP16_MAX = 65504.0
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: expected a JSON document: {e}") from None
+
+
+def _detections(where: str, pred: dict) -> dict:
+    """Boxes, confidences, class names and image size from one VinVL prediction."""
+    objects = pred["objects"]
+    w, h = pred.get("image_w"), pred.get("image_h")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, h)):
+        raise FormatError(f"{where}: expected numbers \"image_w\" and \"image_h\", got {w!r}, {h!r}")
+    return {
+        "boxes": np.asarray([o["rect"] for o in objects], dtype=np.float32).reshape(len(objects), 4),
+        "confs": np.asarray([o.get("conf", 1.0) for o in objects], dtype=np.float32),
+        "classes": [o["class"] for o in objects],
+        "width": float(w),
+        "height": float(h),
+    }
+
+
+class TSVStore:
+    """Images of a VinVL ``features.tsv`` + ``predictions.tsv`` pair, by image id."""
+
+    def __init__(self, features_tsv, predictions_tsv, feat_dim: int | None = None):
+        self.features = VinVLFeatures(features_tsv, feat_dim=feat_dim)
+        self.predictions = VinVLPredictions(predictions_tsv)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __contains__(self, image_id) -> bool:
+        return image_id in self.features
+
+    def ids(self) -> list[str]:
+        return self.features.ids()
+
+    def detections(self, image_id) -> dict:
+        """The image without its features: boxes, confs, classes, width, height."""
+        return _detections(f"{self.predictions.path} (image {image_id})", self.predictions[image_id])
+
+    def __getitem__(self, image_id) -> dict:
+        feats = self.features[image_id]
+        image = self.detections(image_id)
+        if len(feats) != len(image["classes"]):
+            raise FormatError(f"{self.features.path} (image {image_id}): {len(feats)} feature rows but "
+                              f"{self.predictions.path} lists {len(image['classes'])} objects")
+        image["region_feats"] = feats
+        return image
+
+
+class MemmapStore:
+    """A feature store directory (see the module docstring), read through memory maps.
+
+    The maps are opened on first use and again in a new process (a DataLoader worker),
+    so the object pickles as a few small fields; every worker shares the page cache.
+    """
+
+    def __init__(self, path, feat_dim: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FormatError(f"{self.path}: feature store directory not found")
+        meta = _read_json(self.path / "meta.json")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else meta
+            raise FormatError(f"{self.path / 'meta.json'}: expected format {FORMAT!r} version {VERSION}, "
+                              f"got {got!r}")
+        missing = [k for k in ("feat_dim", "num_images", "num_regions") if k not in meta]
+        if missing:
+            raise FormatError(f"{self.path / 'meta.json'}: missing {', '.join(missing)}")
+        if meta.get("dtype") != "float16":
+            raise FormatError(f"{self.path / 'meta.json'}: expected dtype \"float16\", got {meta.get('dtype')!r}")
+        self.feat_dim = int(meta["feat_dim"])
+        self.num_images, self.num_regions = int(meta["num_images"]), int(meta["num_regions"])
+        if feat_dim is not None and feat_dim != self.feat_dim:
+            raise FormatError(f"{self.path}: stored features have width {self.feat_dim}, expected {feat_dim} "
+                              f"(model.region_feat_dim)")
+        self._ids = [str(i) for i in _read_json(self.path / "ids.json")]
+        self._index = {image_id: i for i, image_id in enumerate(self._ids)}
+        self.class_names = _read_json(self.path / "classes.json")
+        if len(self._index) != self.num_images:
+            raise FormatError(f"{self.path / 'ids.json'}: expected {self.num_images} distinct image ids, "
+                              f"got {len(self._index)}")
+        self._maps: dict[str, np.ndarray] | None = None
+        self._pid: int | None = None
+        self._check(self._arrays())
+
+    def _check(self, a: dict[str, np.ndarray]) -> None:
+        n, r = self.num_images, self.num_regions
+        expected = {"offsets": (n + 1,), "boxes": (r, 4), "confs": (r,), "tag_ids": (r,), "sizes": (n, 2)}
+        for name, shape in expected.items():
+            if a[name].shape != shape:
+                raise FormatError(f"{self.path / (name + '.npy')}: expected shape {shape}, got {a[name].shape}")
+        offsets = a["offsets"]
+        if offsets[0] != 0 or offsets[-1] != r or (np.diff(offsets) < 0).any():
+            raise FormatError(f"{self.path / 'offsets.npy'}: expected non-decreasing row offsets from 0 to {r}")
+
+    def _map(self) -> dict[str, np.ndarray]:
+        feat_path = self.path / "features.f16"
+        try:
+            size = feat_path.stat().st_size
+        except FileNotFoundError:
+            raise FormatError(f"{feat_path}: file not found") from None
+        if size != self.num_regions * self.feat_dim * 2:
+            raise FormatError(f"{feat_path}: expected {self.num_regions} x {self.feat_dim} float16 values "
+                              f"({self.num_regions * self.feat_dim * 2} bytes), got {size} bytes")
+        # np.asarray drops the memmap subclass, so slices are plain arrays (and a zero-byte
+        # file, which mmap refuses, needs no map at all).
+        maps = {"features": np.asarray(np.memmap(feat_path, dtype="<f2", mode="r",
+                                                 shape=(self.num_regions, self.feat_dim)))
+                if size else np.zeros((0, self.feat_dim), dtype="<f2")}
+        for name in ("offsets", "boxes", "confs", "tag_ids", "sizes"):
+            npy = self.path / f"{name}.npy"
+            try:
+                maps[name] = np.asarray(np.load(npy, mmap_mode="r"))
+            except FileNotFoundError:
+                raise FormatError(f"{npy}: file not found") from None
+            except ValueError as e:
+                raise FormatError(f"{npy}: expected a numpy array file: {e}") from None
+        return maps
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        if self._maps is None or self._pid != os.getpid():
+            self._maps, self._pid = self._map(), os.getpid()
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None, "_pid": None}
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __contains__(self, image_id) -> bool:
+        return str(image_id) in self._index
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def _read(self, image_id, features: bool) -> dict:
+        i = self._index.get(str(image_id))
+        if i is None:
+            raise FormatError(f"{self.path}: image {image_id} not found")
+        a = self._arrays()
+        start, end = a["offsets"][i : i + 2].tolist()
+        width, height = a["sizes"][i].tolist()
+        names = self.class_names
+        image = {
+            "boxes": np.array(a["boxes"][start:end]),
+            "confs": np.array(a["confs"][start:end]),
+            "classes": [names[t] for t in a["tag_ids"][start:end].tolist()],
+            "width": width,
+            "height": height,
+        }
+        if features:
+            # one vectorised widening; the float16 rows themselves stay in the page cache
+            image["region_feats"] = a["features"][start:end].astype(np.float32)
+        return image
+
+    def detections(self, image_id) -> dict:
+        """The image without its features: boxes, confs, classes, width, height."""
+        return self._read(image_id, features=False)
+
+    def __getitem__(self, image_id) -> dict:
+        return self._read(image_id, features=True)
+
+
+def open_store(features: str, predictions: str, feat_dim: int | None = None) -> MemmapStore | TSVStore:
+    """A memmap store when ``features`` is a directory (``predictions`` is then unused), else the TSV pair."""
+    if os.path.isdir(features):
+        return MemmapStore(features, feat_dim)
+    return TSVStore(features, predictions, feat_dim)
+
+
+def _raw_to_npy(raw: Path, dtype: str, shape: tuple[int, ...]) -> None:
+    """Turn a headerless array file into ``.npy`` by streaming it behind a header."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    with open(raw, "rb") as src, open(raw.with_suffix(".npy"), "wb") as dst:
+        np.lib.format.write_array_header_1_0(dst, header)
+        shutil.copyfileobj(src, dst, 1 << 22)
+    raw.unlink()
+
+
+def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: int | None = None,
+                            progress: bool = True) -> dict:
+    """Write a memmap store from a VinVL TSV pair, one image at a time.
+
+    Region data goes straight to files as it is read, so memory holds only a few numbers
+    per image. The store is built in ``<out_dir>.tmp`` and renamed into place when
+    complete, so ``out_dir`` is either absent or a whole store. ``feat_dim`` defaults
+    to the width of the first image with regions.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another output directory")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():  # left by an interrupted conversion
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    feats = VinVLFeatures(features_tsv, feat_dim=feat_dim)
+    preds = VinVLPredictions(predictions_tsv)
+    ids = feats.ids()
+    dim = feat_dim
+    class_ids: dict[str, int] = {}
+    offsets, sizes = array("q", [0]), array("f")
+    with open(tmp / "features.f16", "wb") as f_feat, open(tmp / "boxes.raw", "wb") as f_boxes, \
+            open(tmp / "confs.raw", "wb") as f_confs, open(tmp / "tag_ids.raw", "wb") as f_tags:
+        for image_id in tqdm(ids, desc="convert", unit="img", disable=not progress):
+            x = feats[image_id]
+            image = _detections(f"{preds.path} (image {image_id})", preds[image_id])
+            where = f"{feats.path} (image {image_id})"
+            if len(x) != len(image["classes"]):
+                raise FormatError(f"{where}: {len(x)} feature rows but {preds.path} lists "
+                                  f"{len(image['classes'])} objects")
+            if len(x):
+                dim = x.shape[1] if dim is None else dim
+                if x.shape[1] != dim:
+                    raise FormatError(f"{where}: expected feature width {dim}, got {x.shape[1]}")
+                half = x.astype("<f2")
+                if (np.isinf(half) & np.isfinite(x)).any():
+                    raise FormatError(f"{where}: feature values beyond float16's range (+-{_FP16_MAX:g})")
+                f_feat.write(half.tobytes())
+            f_boxes.write(image["boxes"].astype("<f4").tobytes())
+            f_confs.write(image["confs"].astype("<f4").tobytes())
+            tags = [class_ids.setdefault(name, len(class_ids)) for name in image["classes"]]
+            f_tags.write(np.asarray(tags, dtype="<i4").tobytes())
+            offsets.append(offsets[-1] + len(x))
+            sizes.extend((image["width"], image["height"]))
+    if dim is None:
+        shutil.rmtree(tmp)
+        raise FormatError(f"{feats.path}: no image has regions, so the feature width is unknown; pass feat_dim")
+    regions = offsets[-1]
+    np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.int64))
+    np.save(tmp / "sizes.npy", np.frombuffer(sizes, dtype=np.float32).reshape(-1, 2))
+    _raw_to_npy(tmp / "boxes.raw", "<f4", (regions, 4))
+    _raw_to_npy(tmp / "confs.raw", "<f4", (regions,))
+    _raw_to_npy(tmp / "tag_ids.raw", "<i4", (regions,))
+    (tmp / "ids.json").write_text(json.dumps(ids), encoding="utf-8")
+    (tmp / "classes.json").write_text(json.dumps(list(class_ids)), encoding="utf-8")
+    meta = {"format": FORMAT, "version": VERSION, "feat_dim": dim, "num_images": len(ids),
+            "num_regions": regions, "dtype": "float16"}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.rename(out)
+    return {**meta, "num_classes": len(class_ids), "out_dir": str(out),
+            "bytes": sum(p.stat().st_size for p in out.iterdir()), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def convert_memmap_to_vinvl(store_dir, out_dir, progress: bool = True) -> dict:
+    """Write ``features.tsv`` and ``predictions.tsv`` (with ``.lineidx`` files) from a memmap store.
+
+    Features are the stored float16 values widened to float32; an ``imageid2idx.json``
+    beside them spares readers a scan of the ids.
+    """
+    store = MemmapStore(store_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = store.ids()
+
+    def predictions():
+        for image_id in ids:
+            image = store.detections(image_id)
+            objects = [{"rect": box, "class": name, "conf": conf} for box, name, conf
+                       in zip(image["boxes"].tolist(), image["classes"], image["confs"].tolist())]
+            yield image_id, {"image_h": _number(image["height"]), "image_w": _number(image["width"]),
+                             "num_boxes": len(objects), "objects": objects}
+
+    write_vinvl_features(out / "features.tsv", ((i, store[i]["region_feats"])
+                                                for i in tqdm(ids, desc="export", unit="img", disable=not progress)))
+    write_vinvl_predictions(out / "predictions.tsv", predictions())
+    (out / "imageid2idx.json").write_text(json.dumps({image_id: k for k, image_id in enumerate(ids)}),
+                                          encoding="utf-8")
+    return {"out_dir": str(out), "num_images": len(ids), "num_regions": store.num_regions,
+            "feat_dim": store.feat_dim}
