@@ -60,25 +60,30 @@ def _pad_cat(chunks: list[torch.Tensor], value) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _encode_all(batches, device: str, encode) -> EncodedSet:
+    embs, hiddens, masks = [], [], []
+    for b in batches:
+        emb, hidden, mask = encode({k: v.to(device) for k, v in b.items()})
+        embs.append(emb)
+        hiddens.append(hidden)
+        masks.append(mask)
+    return EncodedSet(torch.cat(embs), _pad_cat(hiddens, 0.0), _pad_cat(masks, False))
+
+
 def encode_texts(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
-    embs, hiddens, masks = [], [], []
-    for b in batches:
-        out = model.encode_text(*(b[k].to(device) for k in ("input_ids", "word_mask", "phrase_ids", "phrase_mask")))
-        embs.append(out.global_emb)
-        hiddens.append(out.hidden)
-        masks.append(out.mask)
-    return EncodedSet(torch.cat(embs), _pad_cat(hiddens, 0.0), _pad_cat(masks, False))
+    def encode(b):
+        out = model.encode_text(b["input_ids"], b["word_mask"], b["phrase_ids"], b["phrase_mask"])
+        return out.global_emb, out.hidden, out.mask
+
+    return _encode_all(batches, device, encode)
 
 
-@torch.no_grad()
 def encode_images(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
-    embs, hiddens, masks = [], [], []
-    for b in batches:
-        out = model.encode_image(*(b[k].to(device) for k in ("tag_pieces", "tag_mask", "region_feats", "region_mask")))
-        embs.append(out.global_emb)
-        hiddens.append(out.region_hidden)
-        masks.append(out.region_mask)
-    return EncodedSet(torch.cat(embs), _pad_cat(hiddens, 0.0), _pad_cat(masks, False))
+    def encode(b):
+        out = model.encode_image(b["tag_pieces"], b["tag_mask"], b["region_feats"], b["region_mask"])
+        return out.global_emb, out.region_hidden, out.region_mask
+
+    return _encode_all(batches, device, encode)
 
 
 @torch.no_grad()

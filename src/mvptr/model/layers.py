@@ -38,10 +38,12 @@ class SelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1)
 
 
-class AttentionOutput(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class ResidualOutput(nn.Module):
+    """Dense projection back to the hidden size, dropout, residual, LayerNorm (both sub-layers)."""
+
+    def __init__(self, cfg: ModelConfig, in_features: int):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(in_features, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -53,7 +55,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self = SelfAttention(cfg)
-        self.output = AttentionOutput(cfg)
+        self.output = ResidualOutput(cfg, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(x, key_mask), x)
@@ -68,23 +70,12 @@ class Intermediate(nn.Module):
         return F.gelu(self.dense(x))
 
 
-class Output(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
-
-
 class TransformerLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attention = Attention(cfg)
         self.intermediate = Intermediate(cfg)
-        self.output = Output(cfg)
+        self.output = ResidualOutput(cfg, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         a = self.attention(x, key_mask)
