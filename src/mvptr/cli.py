@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier demo run")
     with_config(demo)
     demo.set_defaults(func=cmd_demo)
+
+    from .viz import add_visualize_parser
+
+    add_visualize_parser(sub)
     return p
 
 

@@ -11,6 +11,7 @@ from .config import Config, save_config
 from .data.demo_world import generate_demo_world
 from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab, write_json
 from .text.phrases import PhraseVocab, prepare_phrases
+from .viz import make_demo_figures
 
 ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -60,7 +61,10 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
         stage2 = pretrain_stage(cfg, cfg.stage2, bundle, out / "stage2", resume)
     with timed(seconds, "evaluate_pretrained"):
         results["pretrained"] = evaluate(cfg, bundle)
+    with timed(seconds, "figures"):
+        figures = make_demo_figures(cfg, bundle, out / "figures")
     report = build_report(results, seconds, {"stage1": stage1, "stage2": stage2})
+    report["figures"] = {name: str(Path(path).relative_to(out)) for name, path in figures.items()}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(report_markdown(report))
     return report
@@ -108,6 +112,8 @@ def report_markdown(report: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items()]
+    for name, path in report.get("figures", {}).items():
+        lines += ["", f"![{name}]({path})"]
     lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
     lines += ["", "Training.", "", "| stage | steps | samples/s | last losses |", "|---|---|---|---|"]

@@ -41,7 +41,7 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
         if not ann_file.exists() or not sent_file.exists():
             continue
         boxes = read_flickr30k_annotation(ann_file)["boxes"]
-        for sentence in read_flickr30k_sentences(sent_file):
+        for index, sentence in enumerate(read_flickr30k_sentences(sent_file)):
             words = sentence.text.split()
             enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_tokens)
             word_ids = enc.word_ids()
@@ -56,11 +56,35 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
             if mentions:
                 examples.append({
                     "image_id": image_id,
+                    "sentence_index": index,
                     "input_ids": enc["input_ids"],
                     "phrases": phrase_lookup(image_id, sentence.text),
                     "mentions": mentions,
                 })
     return examples
+
+
+@torch.no_grad()
+def choose_regions(model: MVPTR, batch: dict, mentions: list[list]) -> list[list[int]]:
+    """The region chosen for each mention of each caption of a collated batch (-1 where the
+    image has no regions): the one whose multimodal output is most similar (cosine) to the
+    mean multimodal output of the mention's word pieces. mentions[b]: (positions, ...) pairs."""
+    text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+    image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+    fused = model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
+    regions = F.normalize(fused.hidden[:, text.hidden.shape[1] :].float(), dim=-1)
+    chosen = []
+    for b, caption_mentions in enumerate(mentions):
+        n_regions = int(batch["region_mask"][b].sum())
+        picks = []
+        for pos, *_ in caption_mentions:
+            if n_regions == 0:
+                picks.append(-1)
+                continue
+            phrase = F.normalize(fused.hidden[b, pos].float().mean(0), dim=-1)
+            picks.append(int((regions[b, :n_regions] @ phrase).argmax()))
+        chosen.append(picks)
+    return chosen
 
 
 @torch.no_grad()
@@ -75,19 +99,14 @@ def evaluate_grounding(
         chunk = examples[start : start + batch_size]
         items = [{**ex, **images(ex["image_id"])} for ex in chunk]
         batch = {k: v.to(device) for k, v in collate(items).items()}
-        text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-        image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
-        fused = model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
-        regions = F.normalize(fused.hidden[:, text.hidden.shape[1] :].float(), dim=-1)
+        chosen = choose_regions(model, batch, [ex["mentions"] for ex in chunk])
         for b, ex in enumerate(chunk):
             n_regions = int(batch["region_mask"][b].sum())
             if n_regions == 0:
                 total += len(ex["mentions"])
                 continue
             det = items[b]["boxes"][:n_regions]
-            for pos, gt_boxes in ex["mentions"]:
-                phrase = F.normalize(fused.hidden[b, pos].float().mean(0), dim=-1)
-                best = int((regions[b, :n_regions] @ phrase).argmax())
+            for (pos, gt_boxes), best in zip(ex["mentions"], chosen[b]):
                 hits = box_iou(det, ground_truth_box(gt_boxes, protocol)).max(1) > 0.5
                 correct += int(hits[best])
                 chance += float(hits.mean())
