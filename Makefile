@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/mvptr demo --config demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf runs/demo data/demo
