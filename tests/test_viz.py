@@ -14,7 +14,7 @@ from mvptr.checkpoint import save_model_dir
 from mvptr.config import load_config
 from mvptr.data.formats import read_captions
 from mvptr.eval import grounding
-from mvptr.pipeline import _phrase_lookup, collator, image_source, new_bundle, training_tag_vocab
+from mvptr.pipeline import phrase_lookup, collator, image_source, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 
@@ -68,7 +68,7 @@ def test_grounding_picks_the_region_that_evaluate_grounding_picks(setup, tmp_pat
     path, chosen = viz.plot_grounding(bundle, cfg, image_id, sentence, tmp_path / "grounding.png")
     assert_png(path)
 
-    lookup = _phrase_lookup(cfg, bundle.phrase_vocab, cfg.eval.split)
+    lookup = phrase_lookup(cfg, bundle.phrase_vocab, cfg.eval.split)
     examples = grounding.grounding_examples(cfg.eval.entities_dir, [image_id], bundle.tokenizer, cfg.data.max_tokens,
                                             lookup)
     example = next(ex for ex in examples if ex["sentence_index"] == sentence)
@@ -91,7 +91,7 @@ def padded_batch(cfg, bundle, n=8):
     records = read_captions(cfg.data.captions, splits=[cfg.eval.split])[: 5 * n : 5]  # different images
     images = image_source(cfg)
     pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
-    lookup = _phrase_lookup(cfg, bundle.phrase_vocab, cfg.eval.split)
+    lookup = phrase_lookup(cfg, bundle.phrase_vocab, cfg.eval.split)
     items = [{"input_ids": ids, "phrases": lookup(r.image_id, r.caption), **images(r.image_id)}
              for r, ids in zip(records, pieces.captions([r.caption for r in records]))]
     return collator(cfg, bundle)(items)

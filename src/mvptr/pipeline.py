@@ -80,7 +80,7 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
                  cfg.device, cfg.data.num_workers, progress)
 
 
-def _phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str):
+def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str):
     cache = read_phrase_cache(cfg.data.phrase_cache)
     by_text = {}
     for r in read_captions(cfg.data.captions, splits=[split]):
@@ -108,7 +108,7 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True) -> dict:
     retrieval = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
                                    progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
-                                  _phrase_lookup(cfg, bundle.phrase_vocab, e.split))
+                                  phrase_lookup(cfg, bundle.phrase_vocab, e.split))
     grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
     per_image = len(dataset) / len(image_ids)
     return {

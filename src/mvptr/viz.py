@@ -20,13 +20,14 @@ the command-line parser stays cheap.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .data.formats import read_json_lines
 
 LOSSES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg", "loss")
 TITLES = {
@@ -66,18 +67,9 @@ def read_metrics(metrics_files) -> list[dict]:
     stages: dict[str, dict[int, dict]] = {}
     for path in metrics_files:
         path = Path(path)
-        lines = path.read_text().splitlines()
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                if n == len(lines):
-                    continue
-                raise ValueError(f"{path} line {n}: not a JSON object ({err})") from None
+        for n, row in read_json_lines(path):
             if not isinstance(row, dict) or "step" not in row:
-                raise ValueError(f"{path} line {n}: expected a JSON object with a \"step\", got {line[:80]!r}")
+                raise ValueError(f"{path} line {n}: expected a JSON object with a \"step\", got {str(row)[:80]!r}")
             stages.setdefault(str(row.get("stage", path.parent.name)), {})[int(row["step"])] = row
     rows, offset = [], 0
     for stage, by_step in stages.items():
@@ -207,9 +199,9 @@ class SentenceGrounding:
 
 def _grounding_example(bundle, cfg, image_id: str, sentence_index: int | None):
     from .eval.grounding import grounding_examples
-    from .pipeline import _phrase_lookup
+    from .pipeline import phrase_lookup
 
-    lookup = _phrase_lookup(cfg, bundle.phrase_vocab, _split_of(cfg, image_id))
+    lookup = phrase_lookup(cfg, bundle.phrase_vocab, _split_of(cfg, image_id))
     examples = grounding_examples(cfg.eval.entities_dir, [image_id], bundle.tokenizer, cfg.data.max_tokens, lookup)
     for ex in examples:
         if sentence_index is None or ex["sentence_index"] == sentence_index:
@@ -393,14 +385,14 @@ def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> 
     Cells are probabilities of the whole attention row, averaged over heads."""
     import torch
 
-    from .pipeline import _phrase_lookup, collator, image_source
+    from .pipeline import phrase_lookup, collator, image_source
     from .text.tokenizer import WordPieces
 
     record = _caption(cfg, image_id, sentence_index)
     source = image_source(cfg)
     image = source(image_id)
     input_ids = WordPieces(bundle.tokenizer, cfg.data.max_tokens).captions([record.caption])[0]
-    phrases = _phrase_lookup(cfg, bundle.phrase_vocab, record.split)(image_id, record.caption)
+    phrases = phrase_lookup(cfg, bundle.phrase_vocab, record.split)(image_id, record.caption)
     model = bundle.model
     was_training = model.training
     model.eval()

@@ -654,10 +654,11 @@ def write_phrase_cache(path: PathLike,
         f.flush()
 
 
-def read_phrase_cache(path: PathLike) -> dict[str, list[tuple[str, ...]]]:
-    """Read a phrase cache; a later record for the same id replaces an earlier one.
+def read_json_lines(path: PathLike):
+    """Yield (line number, decoded value) of a JSON-lines file, skipping blank lines.
 
-    An unterminated last line that is not valid JSON (an interrupted write) is ignored.
+    An unterminated last line that is not valid JSON (an interrupted append) is ignored;
+    any other undecodable line is a FormatError naming the file and line.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -665,16 +666,25 @@ def read_phrase_cache(path: PathLike) -> dict[str, list[tuple[str, ...]]]:
     except FileNotFoundError:
         raise FormatError(f"{path}: file not found") from None
     lines = text.split("\n")
-    cache: dict[str, list[tuple[str, ...]]] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             if n == len(lines):  # torn tail: the only line without a trailing newline
-                break
+                return
             raise FormatError(f"{path} line {n}: expected a JSON object: {e}") from None
+        yield n, value
+
+
+def read_phrase_cache(path: PathLike) -> dict[str, list[tuple[str, ...]]]:
+    """Read a phrase cache; a later record for the same id replaces an earlier one.
+
+    An unterminated last line that is not valid JSON (an interrupted write) is ignored.
+    """
+    cache: dict[str, list[tuple[str, ...]]] = {}
+    for n, rec in read_json_lines(path):
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
         if phrases is None or "id" not in rec or not isinstance(phrases, list) or not all(
                 isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
