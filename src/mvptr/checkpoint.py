@@ -3,12 +3,20 @@
 A model directory holds ``config.json``, ``model.safetensors``, the tokenizer files,
 ``phrase_vocab.json`` and ``tag_vocab.json``. Optimiser/scheduler/RNG state goes to a
 separate ``training_state.pt`` that loads with ``weights_only=True``.
+
+A directory is written beside its final place (``NAME.tmp``), flushed to disk, then
+swapped in by renames, so a process killed at any moment leaves either the old or the
+new directory complete; :func:`recover_dir` finishes an interrupted swap.
+
+Weights in pickle files (``pytorch_model.bin``, ``*.pt``) can run code when loaded:
+they are refused unless the caller says the file is trusted (``trust_pickle=True``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,11 @@ from .text.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
+PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
+
+
+class UntrustedPickleError(ValueError):
+    pass
 
 
 @dataclass
@@ -32,24 +45,49 @@ class Bundle:
     phrase_vocab: PhraseVocab
     tag_vocab: list[str]
 
+    def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
+        return save_model_dir(path, self, training_state)
 
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a fully written directory into place; the old one survives until the new one is there."""
-    _fsync_dir(tmp)
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
     old = final.with_name(final.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if not final.exists():  # an earlier swap was cut between its two renames
+            old.rename(final)
+        else:
+            shutil.rmtree(old)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    _fsync(final.parent)  # the renames themselves reach the disk
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_dir(path: str | Path) -> Path:
+    """Finish a swap that was killed between its renames: the previous directory comes back."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+    return path
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a complete checkpoint (a model directory with training state)."""
+    return (recover_dir(path) / STATE_FILE).exists()
 
 
 def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None = None) -> Path:
@@ -72,17 +110,49 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
     return final
 
 
-def load_model_dir(path: str | Path, device: str = "cpu") -> Bundle:
+def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a pickle file when ``trust_pickle`` says it is safe."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    if not trust_pickle:
+        raise UntrustedPickleError(
+            f"{path} is a pickle file, and loading a pickle can run arbitrary code; if you trust its source, "
+            "pass trust_pickle=True (command line: --trust-pickle)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # trusted, but holds more than tensors
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def weights_file(path: Path) -> Path:
+    for name in (MODEL_FILE, *PICKLE_FILES):
+        if (path / name).exists():
+            return path / name
+    raise FileNotFoundError(f"{path}: no {MODEL_FILE} (nor {', '.join(PICKLE_FILES)})")
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> Bundle:
+    """Model, tokenizer and vocabularies of a model directory; every weight must fit exactly."""
+    path = recover_dir(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file}: not found (is {path} an mvptr model directory?)")
     config = json.loads(cfg_file.read_text())
     if config.get("format", "").split("/")[0] != "mvptr":
         raise ValueError(f"{cfg_file}: not an mvptr model directory (for official checkpoints use `mvptr convert official`)")
-    state = load_file(str(path / MODEL_FILE), device=device)
+    source = weights_file(path)
+    state = {k: v.to(device) for k, v in load_weights(source, trust_pickle).items()}
+    if "tag_pieces" not in state:
+        raise ValueError(f"{source}: no tag_pieces buffer; not written by mvptr")
     model = MVPTR(model_config_from_dict(config["model"]), config["num_phrases"], state["tag_pieces"])
-    load_state_strict(model, state, str(path / MODEL_FILE))
+    load_state_strict(model, state, str(source))
     return Bundle(
         model.to(device),
         load_tokenizer(path),

@@ -7,6 +7,7 @@
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
+    mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 """
@@ -102,6 +103,17 @@ def cmd_demo(args) -> None:
     print(f"report: {Path(cfg.out_dir) / 'report.json'} ({report['seconds']['total']} s)")
 
 
+def cmd_convert(args) -> None:
+    from .checkpoint import UntrustedPickleError
+    from .model.convert import convert_official
+
+    try:
+        report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)
+    except UntrustedPickleError as err:
+        raise SystemExit(f"mvptr convert: {err}") from None
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .viz import add_visualize_parser
 
     add_visualize_parser(sub)
+
+    conv = sub.add_parser("convert", help="an official MVPTR checkpoint as an mvptr model directory")
+    conv.add_argument("what", choices=["official"])
+    conv.add_argument("src", help="directory with config.json, pytorch_model.bin and id2phrase_new.json")
+    conv.add_argument("out", help="model directory to write")
+    conv.add_argument("--trust-pickle", action="store_true",
+                      help="load pytorch_model.bin although pickle files can run code: only for trusted sources")
+    conv.set_defaults(func=cmd_convert)
     return p
 
 

@@ -42,6 +42,11 @@ class ModelConfig:
     # "word_pieces": tags as word-piece tokens, MCR^v over word pieces (official code).
     tag_mode: str = "concepts"
     merged_attention: bool = False  # Table 4 row 7: one encoder over {w, c, t, r}
+    # "mvptr" (paper: phrases after [SEP], sets share one position) or "official" (the released
+    # code's sequences: phrases before [SEP], consecutive positions, [SEP] after the tags, regions
+    # embedded without the embedding LayerNorm), for checkpoints from `mvptr convert official`
+    layout: str = "mvptr"
+    region_layer_norm: bool = False  # official layout only: LayerNorm on region embeddings
 
 
 @dataclass

@@ -8,6 +8,13 @@ the visual [CLS] are dropped so that MLM cannot copy tag words).
 Phrases and tags are unordered sets: every phrase of a caption shares one position id
 (the one after [SEP]) and every tag shares position 1, so permuting a set permutes its
 outputs and nothing else. Regions get no position embedding; their boxes carry position.
+
+``layout: official`` reproduces the released code's sequences for converted checkpoints:
+``[CLS] w1..wN c1..cM [SEP]`` and ``[CLS] t1..tK [SEP] r1..rR`` with consecutive positions,
+and regions embedded by their linear layer alone (optionally LayerNorm), without the
+segment, position and embedding LayerNorm. Self-attention without positions is
+order-free, so tokens keep their places here and only their position ids follow the
+official order; ``ImageOutput.tag_start`` skips the visual [SEP].
 """
 
 from __future__ import annotations
@@ -44,18 +51,19 @@ class ImageOutput:
     mask: torch.Tensor  # (B, 1 + K + R) bool
     num_tags: int  # K, the padded tag length
     global_emb: torch.Tensor  # (B, E), L2-normalised
+    tag_start: int = 1  # 2 in the official layout, whose [SEP] follows [CLS] here
 
     @property
     def tag_hidden(self) -> torch.Tensor:
-        return self.hidden[:, 1 : 1 + self.num_tags]
+        return self.hidden[:, self.tag_start : self.tag_start + self.num_tags]
 
     @property
     def region_hidden(self) -> torch.Tensor:
-        return self.hidden[:, 1 + self.num_tags :]
+        return self.hidden[:, self.tag_start + self.num_tags :]
 
     @property
     def region_mask(self) -> torch.Tensor:
-        return self.mask[:, 1 + self.num_tags :]
+        return self.mask[:, self.tag_start + self.num_tags :]
 
 
 @dataclass
@@ -69,11 +77,16 @@ class MVPTR(nn.Module):
     def __init__(self, cfg: ModelConfig, num_phrases: int, tag_pieces: torch.Tensor):
         """tag_pieces: (T, P) word-piece ids of each tag class, 0-padded."""
         super().__init__()
+        if cfg.layout not in ("mvptr", "official"):
+            raise ValueError(f"unknown layout {cfg.layout!r} (expected 'mvptr' or 'official')")
         self.cfg = cfg
         self.num_phrases = num_phrases
         h = cfg.hidden_size
+        self.official = cfg.layout == "official"
         self.embeddings = Embeddings(cfg, num_phrases)
         self.region_embed = nn.Linear(cfg.region_feat_dim, h)
+        if self.official and cfg.region_layer_norm:
+            self.region_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.text_encoder = Encoder(cfg, cfg.text_layers)
         self.visual_encoder = Encoder(cfg, cfg.visual_layers)
         self.multimodal_encoder = Encoder(cfg, cfg.multimodal_layers)
@@ -133,6 +146,10 @@ class MVPTR(nn.Module):
         word_pos = torch.arange(n, device=input_ids.device).expand(b, n)
         # every phrase sits at the position right after its caption's [SEP]
         phrase_pos = word_mask.sum(1, keepdim=True).expand(b, m)
+        if self.official:  # [CLS] words phrases [SEP]: phrases take [SEP]'s place, [SEP] moves after them
+            sep = word_mask.sum(1, keepdim=True) - 1
+            phrase_pos = sep + torch.arange(m, device=input_ids.device)
+            word_pos = torch.where(word_pos == sep, sep + phrase_mask.sum(1, keepdim=True), word_pos)
         ids = torch.cat([input_ids, phrase_ids], 1)
         pos = torch.cat([word_pos, phrase_pos], 1)
         mask = torch.cat([word_mask, phrase_mask], 1).bool()
@@ -151,15 +168,27 @@ class MVPTR(nn.Module):
         b, k = tag_mask.shape
         dev = region_feats.device
         cls = self.embeddings.word_embeddings(torch.full((b, 1), CLS_ID, device=dev))
-        concept_rows = torch.cat([cls, self.piece_mean(tag_pieces)], 1)
-        pos = torch.ones(b, 1 + k, dtype=torch.long, device=dev)
-        pos[:, 0] = 0
+        specials = torch.ones(b, 1, dtype=torch.long, device=dev)
+        if self.official:  # [CLS] t1..tK [SEP] at consecutive positions; [SEP] is stored after [CLS]
+            sep = self.embeddings.word_embeddings(torch.full((b, 1), SEP_ID, device=dev))
+            concept_rows = torch.cat([cls, sep, self.piece_mean(tag_pieces)], 1)
+            pos = torch.cat([0 * specials, 1 + tag_mask.sum(1, keepdim=True), 1 + torch.arange(k, device=dev).expand(b, k)], 1)
+            specials = torch.ones(b, 2, dtype=torch.long, device=dev)
+            regions = self.region_embed(region_feats)
+            if self.cfg.region_layer_norm:
+                regions = self.region_norm(regions)
+            regions = self.embeddings.dropout(regions)
+        else:
+            concept_rows = torch.cat([cls, self.piece_mean(tag_pieces)], 1)
+            pos = torch.ones(b, 1 + k, dtype=torch.long, device=dev)
+            pos[:, 0] = 0
+            regions = self.embeddings(self.region_embed(region_feats), None, token_type=1)
         concepts = self.embeddings(concept_rows, pos, token_type=1)
-        regions = self.embeddings(self.region_embed(region_feats), None, token_type=1)
         x = torch.cat([concepts, regions], 1)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=dev), tag_mask.bool(), region_mask.bool()], 1)
+        mask = torch.cat([specials.bool(), tag_mask.bool(), region_mask.bool()], 1)
         hidden, _ = self.visual_encoder(x, mask)
-        return ImageOutput(hidden, mask, k, F.normalize(self.visual_proj(self.pool(hidden, mask)), dim=-1))
+        emb = F.normalize(self.visual_proj(self.pool(hidden, mask)), dim=-1)
+        return ImageOutput(hidden, mask, k, emb, specials.shape[1])
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "cls":
@@ -199,3 +228,18 @@ class MVPTR(nn.Module):
     @property
     def temperature(self) -> float:
         return 1.0 / self.logit_scale.detach().exp().item()
+
+    # ----- model directories ----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, device: str = "cpu", trust_pickle: bool = False) -> MVPTR:
+        """The model of a model directory (``mvptr.checkpoint.load_model_dir`` also gives the
+        tokenizer and vocabularies). Missing, unexpected or misshapen weights are an error."""
+        from ..checkpoint import load_model_dir
+
+        return load_model_dir(path, device, trust_pickle).model
+
+    def save_pretrained(self, path, tokenizer, phrase_vocab, tag_vocab: list[str], training_state: dict | None = None):
+        """Write a model directory atomically: config, safetensors weights, tokenizer, vocabularies."""
+        from ..checkpoint import Bundle, save_model_dir
+
+        return save_model_dir(path, Bundle(self, tokenizer, phrase_vocab, list(tag_vocab)), training_state)
