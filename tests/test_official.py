@@ -82,7 +82,7 @@ def bert_layer(s, p, x, mask):
         return F.layer_norm(v, (H,), s[f"{p}{name}.weight"], s[f"{p}{name}.bias"], 1e-12)
 
     b, n, _ = x.shape
-    heads = lambda v: v.view(b, n, HEADS, H // HEADS).transpose(1, 2)  # noqa: E731
+    heads = lambda v: v.view(b, n, HEADS, H // HEADS).transpose(1, 2)
     q, k, v = (heads(lin(f"attention.self.{t}", x)) for t in ("query", "key", "value"))
     scores = q @ k.transpose(-1, -2) / math.sqrt(H // HEADS) + (1.0 - mask[:, None, None, :].float()) * -10000.0
     ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, H)
@@ -139,7 +139,7 @@ def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path,
     # the official inputs: [CLS] words phrases [SEP]; [CLS] tags [SEP] (padded)
     seq_a = [w[:-1] + [int(p) for p in ph] + [102] for w, ph in zip(words, phrases)]
     seq_b = [[101] + t + [102] for t in tags]
-    pad = lambda rows: torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])  # noqa: E731
+    pad = lambda rows: torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])
     ids_a, ids_b = pad(seq_a), pad(seq_b)
     ref = reference(state, ids_a, ids_a != 0, ids_b, ids_b != 0, feats, region_mask)
 

@@ -249,7 +249,7 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
         else:
             unused.append(key)  # tied decoders, position_ids, fine-tuned or QA heads
     load_state_strict(model, state, str(weights))
-    tokenizer = load_tokenizer(src if (src / "vocab.txt").exists() else None)
+    tokenizer = load_tokenizer(src if any((src / n).exists() for n in ("vocab.txt", "tokenizer.json")) else None)
     save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, []))
     return {
         "source": str(weights),

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoint import Bundle, STATE_FILE, load_model_dir, load_state_strict, save_model_dir
+from ..checkpoint import Bundle, STATE_FILE, has_checkpoint, load_model_dir, load_state_strict, save_model_dir
 from ..config import StageConfig
 from .recipes import Recipe
 
@@ -142,7 +142,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     start, skipped = 0, 0
     ckpt = out_dir / "model"
-    if resume and (ckpt / STATE_FILE).exists():
+    if resume and has_checkpoint(ckpt):
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
         if state.get("recipe") != recipe.name:
             raise ValueError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}")

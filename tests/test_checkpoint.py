@@ -1,0 +1,89 @@
+"""Model directories: round trip, strict loading, pickle refusal, atomic replacement."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mvptr.checkpoint import (
+    MODEL_FILE,
+    Bundle,
+    UntrustedPickleError,
+    has_checkpoint,
+    load_model_dir,
+    load_training_state,
+    save_model_dir,
+)
+from mvptr.config import load_config
+from mvptr.model.mvptr import MVPTR
+from mvptr.text.phrases import PhraseVocab
+from mvptr.text.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    cfg = load_config("tiny").model
+    vocab = PhraseVocab({"red circle": 3, "circle left of square": 2}, min_count=1)
+    model = MVPTR(cfg, len(vocab), torch.tensor([[4418, 0], [2417, 2598]]))
+    return Bundle(model.eval(), load_tokenizer(), vocab, ["circle", "red square"])
+
+
+def test_save_and_load_pretrained_round_trip(bundle, tmp_path):
+    bundle.model.save_pretrained(tmp_path / "m", bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
+    assert {"config.json", MODEL_FILE, "phrase_vocab.json", "tag_vocab.json", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "m").iterdir()}
+    loaded = MVPTR.from_pretrained(tmp_path / "m")
+    for k, v in bundle.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    full = load_model_dir(tmp_path / "m")
+    assert full.tag_vocab == bundle.tag_vocab and full.phrase_vocab.phrase(1) == "circle left of square"
+    assert full.tokenizer("a red circle")["input_ids"] == bundle.tokenizer("a red circle")["input_ids"]
+
+
+def test_missing_unexpected_and_misshapen_weights_are_named(bundle, tmp_path):
+    save_model_dir(tmp_path / "m", bundle)
+    path = tmp_path / "m" / MODEL_FILE
+    state = load_file(str(path))
+    state.pop("itm_head.classifier.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["text_proj.weight"] = torch.zeros(3, 3)
+    save_file(state, str(path))
+    with pytest.raises(ValueError) as err:
+        load_model_dir(tmp_path / "m")
+    msg = str(err.value)
+    assert "itm_head.classifier.bias" in msg and "extra.weight" in msg and "text_proj.weight: (3, 3)" in msg
+
+
+def test_pickled_weights_load_only_when_trusted(bundle, tmp_path):
+    save_model_dir(tmp_path / "m", bundle)
+    state = load_file(str(tmp_path / "m" / MODEL_FILE))
+    (tmp_path / "m" / MODEL_FILE).unlink()
+    torch.save(state, tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(UntrustedPickleError, match="--trust-pickle"):
+        load_model_dir(tmp_path / "m")
+    loaded = load_model_dir(tmp_path / "m", trust_pickle=True).model
+    assert torch.equal(loaded.text_proj.weight, bundle.model.text_proj.weight)
+
+
+def test_training_state_loads_with_weights_only(bundle, tmp_path):
+    save_model_dir(tmp_path / "m", bundle, {"step": 3, "rng": torch.get_rng_state()})
+    assert load_training_state(tmp_path / "m")["step"] == 3
+    torch.save({"step": 3, "evil": object()}, tmp_path / "m" / "training_state.pt")  # not plain data
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_training_state(tmp_path / "m")
+
+
+def test_a_swap_cut_between_its_renames_recovers_the_previous_directory(bundle, tmp_path):
+    save_model_dir(tmp_path / "m", bundle, {"step": 2})
+    # killed after `m` became `m.old` and before `m.tmp` became `m`
+    (tmp_path / "m").rename(tmp_path / "m.old")
+    shutil.copytree(tmp_path / "m.old", tmp_path / "m.tmp")
+    (tmp_path / "m.tmp" / MODEL_FILE).write_bytes(b"torn")
+    assert has_checkpoint(tmp_path / "m")
+    assert load_training_state(tmp_path / "m")["step"] == 2
+    save_model_dir(tmp_path / "m", bundle, {"step": 4})  # the next save clears the leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["num_phrases"] == 2
