@@ -1,15 +1,18 @@
 """The ``mvptr`` command.
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
-    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P]
-    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
+    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
-    mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [key=value ...]
-    mvptr evaluate --model DIR [--config PRESET] [key=value ...]
+    mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
+    mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
+command; the skipped samples are counted by reason, printed at the end (on stderr) and saved
+as ``skipped.json`` beside the command's outputs.
 """
 
 from __future__ import annotations
@@ -20,14 +23,28 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, save_config
+from .data.formats import FormatError
 
 
 def _config(args):
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["data.skip_bad=true"] if getattr(args, "skip_bad", False) else [])
+    cfg = load_config(args.config, overrides)
     from .pipeline import configure_torch
 
     configure_torch(cfg)
     return cfg
+
+
+def _skipped(args):
+    from .data.formats import SkippedSamples
+
+    return SkippedSamples() if args.skip_bad else None
+
+
+def _report_skipped(skipped, path: Path) -> None:
+    if skipped is not None:
+        skipped.save(path)
+        print(f"{skipped.report()}\n(details: {path})", file=sys.stderr)
 
 
 def cmd_prepare(args) -> None:
@@ -40,21 +57,30 @@ def cmd_prepare(args) -> None:
     else:
         if not args.captions or not args.out:
             raise SystemExit("mvptr prepare phrases: --captions and --out are required")
+        from .data.formats import FormatError
         from .text.phrases import prepare_phrases
 
-        stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process)
+        skipped = _skipped(args)
+        try:
+            stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process,
+                                    skip=skipped)
+        except FormatError as err:
+            raise SystemExit(f"mvptr prepare phrases: {err}") from None
         print(json.dumps(stats, indent=2))
+        _report_skipped(skipped, Path(args.out) / "skipped.json")
 
 
 def cmd_features(args) -> None:
     from .data.formats import FormatError
     from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 
+    skipped = _skipped(args)
     try:
         if args.what == "convert":
             if not args.features or not args.predictions or not args.out:
                 raise SystemExit("mvptr features convert: --features, --predictions and --out are required")
-            summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim)
+            summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim,
+                                              skip=skipped)
         else:
             if not args.store or not args.out:
                 raise SystemExit("mvptr features export: --store and --out are required")
@@ -62,11 +88,13 @@ def cmd_features(args) -> None:
     except (FormatError, FileExistsError) as err:
         raise SystemExit(f"mvptr features {args.what}: {err}") from None
     print(json.dumps(summary, indent=2))
+    _report_skipped(skipped, Path(args.out) / "skipped.json")
 
 
 def cmd_pretrain(args) -> None:
     from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .checkpoint import load_model_dir
+    from .data.formats import SkippedSamples
     from .text.phrases import PhraseVocab
 
     cfg = _config(args)
@@ -79,19 +107,25 @@ def cmd_pretrain(args) -> None:
     else:
         bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
-        result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume)
+        skipped = SkippedSamples() if cfg.data.skip_bad else None
+        result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
         print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
+        _report_skipped(skipped, out / name / "skipped.json")
 
 
 def cmd_evaluate(args) -> None:
     from .checkpoint import load_model_dir
     from .pipeline import evaluate, write_json
 
+    from .data.formats import SkippedSamples
+
     cfg = _config(args)
     bundle = load_model_dir(args.model, cfg.device)
-    result = evaluate(cfg, bundle)
+    skipped = SkippedSamples() if cfg.data.skip_bad else None
+    result = evaluate(cfg, bundle, skipped=skipped)
     write_json(Path(args.model).parent / "eval.json", result)
     print(json.dumps(result, indent=2))
+    _report_skipped(skipped, Path(args.model).parent / "skipped.json")
 
 
 def cmd_demo(args) -> None:
@@ -114,6 +148,9 @@ def cmd_convert(args) -> None:
     print(json.dumps(report, indent=2))
 
 
+SKIP_HELP = "leave out bad samples, count them by reason and save skipped.json, instead of stopping"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
     sub = p.add_subparsers(dest="command", required=True)
@@ -129,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--n-test", type=int, default=500)
     prep.add_argument("--image-size", type=int, default=96)
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     prep.set_defaults(func=cmd_prepare)
 
     feat = sub.add_parser("features", help="convert VinVL TSV features to a memmap float16 store, or back")
@@ -138,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--feat-dim", type=int, help="expected feature width (convert; default: from the data)")
     feat.add_argument("--store", help="feature store directory (export)")
     feat.add_argument("--out", help="store directory (convert) or TSV directory (export)")
+    feat.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     feat.set_defaults(func=cmd_features)
 
     def with_config(sp):
@@ -148,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--stage", choices=["stage1", "stage2", "both"], default="both")
     pre.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
     pre.add_argument("--init-model", help="model directory to start stage 2 from")
+    pre.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     with_config(pre)
     pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory")
     ev.add_argument("--model", required=True)
+    ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     with_config(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -181,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except ConfigError as err:
         print(f"mvptr: {err}", file=sys.stderr)
+        return 2
+    except FormatError as err:
+        hint = "; --skip-bad leaves such samples out" if hasattr(args, "skip_bad") else ""
+        print(f"mvptr: {err}{hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -56,6 +56,17 @@ class InitConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """One corpus of a pre-training mix: its own captions, features and phrase cache."""
+
+    name: str = ""  # namespaces its image ids ("<name>/<image id>"); no "/"
+    captions: str = ""
+    features: str = ""  # VinVL features.tsv or a memmap store directory
+    predictions: str = ""  # VinVL predictions.tsv (unused with a store directory)
+    phrase_cache: str = ""
+
+
+@dataclass
 class DataConfig:
     captions: str = "data/demo/captions.json"
     features: str = "data/demo/features.tsv"
@@ -68,6 +79,10 @@ class DataConfig:
     max_tags: int = 20
     max_regions: int = 50
     num_workers: int = 0
+    # pre-train on several corpora at once; empty = the single corpus named above
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    # leave out bad samples (counted by reason in skipped.json) instead of stopping at the first
+    skip_bad: bool = False
 
 
 @dataclass

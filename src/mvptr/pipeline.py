@@ -6,6 +6,7 @@ The command line (``cli.py``) and the demo are thin layers over these.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,8 +14,9 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import Bundle
 from .config import Config, StageConfig
-from .data.formats import read_captions, read_phrase_cache
-from .data.pretrain import Collator, ImageSource, Masking, build_pair_dataset, pad_lists, tag_vocab_from
+from .data.formats import SkippedSamples, read_captions, read_phrase_cache
+from .data.pretrain import (Collator, ImageSource, Masking, build_pair_dataset, caption_records, open_images,
+                            pad_lists, tag_vocab_from)
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, encode_images, encode_texts, evaluate_retrieval
 from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir
@@ -32,13 +34,15 @@ def configure_torch(cfg: Config) -> None:
 
 
 def image_source(cfg: Config) -> ImageSource:
-    d = cfg.data
-    return ImageSource(d.features, d.predictions, cfg.model.region_feat_dim, d.max_regions, d.max_tags)
+    return open_images(cfg.data, cfg.model.region_feat_dim)
 
 
 def training_tag_vocab(cfg: Config) -> list[str]:
-    records = read_captions(cfg.data.captions, splits=[cfg.data.train_split])
-    return tag_vocab_from(image_source(cfg), sorted({r.image_id for r in records}))
+    # bad samples are counted when the dataset is built; here they are only passed over
+    skip = SkippedSamples() if cfg.data.skip_bad else None
+    records = caption_records(cfg.data, cfg.data.train_split, skip)
+    return tag_vocab_from(open_images(cfg.data, cfg.model.region_feat_dim, skip),
+                          sorted({r.image_id for r in records}), skip_bad=cfg.data.skip_bad)
 
 
 def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], source: str | None = None) -> Bundle:
@@ -68,35 +72,58 @@ def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: 
 
 
 def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, skipped: SkippedSamples | None = None) -> TrainResult:
+    """Train one stage. With ``cfg.data.skip_bad``, bad samples go to ``skipped`` (a new
+    record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
+    samples of each corpus."""
     configure_torch(cfg)
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
+    if cfg.data.skip_bad and skipped is None:
+        skipped = SkippedSamples()
     dataset = build_pair_dataset(
         cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.phrase_vocab,
-        cfg.model.region_feat_dim, cfg.data.train_split,
+        cfg.model.region_feat_dim, cfg.data.train_split, skip=skipped if cfg.data.skip_bad else None,
     )
+    out_dir = Path(out_dir)
+    counts = ", ".join(f"{name} {c['captions']} captions / {c['images']} images"
+                       for name, c in dataset.corpus_counts.items())
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # every rank reads the same
+        print(f"{stage.name}: {len(dataset)} samples ({counts})", flush=True)
+        write_json(out_dir / "data.json", {"split": cfg.data.train_split, "samples": len(dataset),
+                                           "corpora": dataset.corpus_counts,
+                                           "skipped": skipped.summary()["skipped_samples"] if skipped else 0})
+        if skipped is not None:
+            skipped.save(out_dir / "skipped.json")
     masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
     return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
                  cfg.device, cfg.data.num_workers, progress)
 
 
-def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str):
-    cache = read_phrase_cache(cfg.data.phrase_cache)
+def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamples | None = None):
+    # bad records were counted when the dataset was built; here they are only passed over
+    quiet = SkippedSamples() if skip is not None else None
+    cache = read_phrase_cache(cfg.data.phrase_cache, quiet)
     by_text = {}
-    for r in read_captions(cfg.data.captions, splits=[split]):
+    for r in read_captions(cfg.data.captions, splits=[split], skip=quiet):
         tuples = cache.get(f"{r.image_id}:{r.sent_id}", [])
         by_text[(r.image_id, " ".join(r.caption.lower().split()))] = vocab.encode(tuples, cfg.data.max_phrases)
     return lambda image_id, text: by_text.get((image_id, " ".join(text.lower().split())), [])
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, bundle: Bundle, progress: bool = True) -> dict:
-    """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``."""
+def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: SkippedSamples | None = None) -> dict:
+    """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``.
+
+    It reads the single-corpus fields of ``cfg.data`` (``data.corpora`` is for pre-training).
+    With ``cfg.data.skip_bad``, bad samples go to ``skipped`` instead of raising.
+    """
     model = bundle.model.eval()
     e = cfg.eval
+    data = replace(cfg.data, corpora=[])
+    skip = (skipped if skipped is not None else SkippedSamples()) if data.skip_bad else None
     pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
-    dataset = build_pair_dataset(cfg.data, pieces, bundle.phrase_vocab, cfg.model.region_feat_dim, e.split,
-                                 e.max_images)
+    dataset = build_pair_dataset(data, pieces, bundle.phrase_vocab, cfg.model.region_feat_dim, e.split,
+                                 e.max_images, skip=skip)
     collate = collator(cfg, bundle)
     image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
     text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
@@ -108,7 +135,7 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True) -> dict:
     retrieval = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
                                    progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
-                                  phrase_lookup(cfg, bundle.phrase_vocab, e.split))
+                                  phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
     grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
     per_image = len(dataset) / len(image_ids)
     return {
@@ -117,6 +144,7 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True) -> dict:
         "chance": {"retrieval": chance_recall(len(image_ids), round(per_image)), "grounding": grounding["chance"]},
         "images": len(image_ids),
         "captions": len(dataset),
+        **({"skipped": skip.summary()["skipped_samples"]} if skip is not None else {}),
     }
 
 

@@ -10,7 +10,9 @@ defined in one place:
 * the phrase cache: JSON lines of scene-graph tuples parsed from captions.
 
 Bad input raises :class:`FormatError`, whose message names the file, the line
-number or image id, and what was expected.
+number or image id, and what was expected. Readers of many samples also take a
+:class:`SkippedSamples` (``--skip-bad``): a bad sample is then left out and recorded
+there, with its reason and message, instead of raising.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "FormatError",
+    "SkippedSamples",
     "CaptionRecord",
     "karpathy_tokens",
     "write_karpathy_json",
@@ -52,7 +55,70 @@ PathLike = str | os.PathLike
 
 
 class FormatError(ValueError):
-    """Input that does not follow the expected dataset format."""
+    """Input that does not follow the expected dataset format.
+
+    ``reason`` names the kind of problem ("bad base64", "empty caption", ...); skipped
+    samples are counted by it.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed input"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (str(self), self.reason)
+
+
+class SkippedSamples:
+    """Bad samples left out under ``--skip-bad``, counted by reason.
+
+    Each entry keeps the error message, which names the file, line or image id.
+    """
+
+    def __init__(self):
+        self.entries: list[dict] = []
+
+    def add(self, err: FormatError, samples: int = 1) -> None:
+        """Record ``err``; ``samples`` is how many samples it removed (e.g. all captions of an image)."""
+        self.entries.append({"reason": getattr(err, "reason", "malformed input"), "samples": samples,
+                             "message": str(err)})
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def summary(self, examples: int = 5) -> dict:
+        """Totals, and per reason: problems, samples left out and the first messages."""
+        by_reason: dict[str, dict] = {}
+        for e in self.entries:
+            r = by_reason.setdefault(e["reason"], {"problems": 0, "samples": 0, "first": []})
+            r["problems"] += 1
+            r["samples"] += e["samples"]
+            if len(r["first"]) < examples:
+                r["first"].append(e["message"])
+        return {"skipped_samples": sum(e["samples"] for e in self.entries), "problems": len(self.entries),
+                "by_reason": by_reason}
+
+    def report(self) -> str:
+        """Human-readable summary, one line per reason plus its first message."""
+        s = self.summary(examples=1)
+        if not self.entries:
+            return "skipped: nothing"
+        lines = [f"skipped {s['skipped_samples']} samples ({s['problems']} problems):"]
+        for reason, r in sorted(s["by_reason"].items(), key=lambda kv: -kv[1]["samples"]):
+            lines.append(f"  {reason}: {r['samples']} samples, {r['problems']} problems; first: {r['first'][0]}")
+        return "\n".join(lines)
+
+    def save(self, path: PathLike) -> None:
+        """The summary plus every entry, as JSON."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({**self.summary(), "entries": self.entries}, f, indent=1)
+
+
+def _skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int = 1) -> None:
+    if skip is None:
+        raise err
+    skip.add(err, samples)
 
 
 def _load_json(path: PathLike) -> Any:
@@ -116,51 +182,64 @@ def write_karpathy_json(path: PathLike, images: Sequence[Mapping[str, Any]],
 
 def _caption_text(path: PathLike, where: str, raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
-        raise FormatError(f"{path} ({where}): expected a non-empty caption string, got {raw!r}")
+        raise FormatError(f"{path} ({where}): expected a non-empty caption string, got {raw!r}",
+                          "empty caption")
     return raw.strip()
 
 
-def _read_karpathy(path: PathLike, data: dict) -> list[CaptionRecord]:
+def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None) -> list[CaptionRecord]:
     images = data["images"]
     if not isinstance(images, list):
         raise FormatError(f"{path}: expected \"images\" to be a list")
     records = []
     for n, img in enumerate(images):
-        if not isinstance(img, dict) or "split" not in img or "sentences" not in img \
+        if not isinstance(img, dict) or "split" not in img or not isinstance(img.get("sentences"), list) \
                 or ("cocoid" not in img and "filename" not in img):
-            raise FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
-                              f"\"sentences\" and \"filename\" or \"cocoid\"")
+            _skip_or_raise(skip, FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
+                              f"\"sentences\" and \"filename\" or \"cocoid\"", "bad caption entry"))
+            continue
         image_id = str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem
         for k, sent in enumerate(img["sentences"]):
             where = f"image {image_id}, sentence {k}"
-            if not isinstance(sent, dict):
-                raise FormatError(f"{path} ({where}): expected a sentence object with \"raw\"")
-            caption = _caption_text(path, where, sent.get("raw"))
+            try:
+                if not isinstance(sent, dict):
+                    raise FormatError(f"{path} ({where}): expected a sentence object with \"raw\"",
+                                      "bad caption entry")
+                caption = _caption_text(path, where, sent.get("raw"))
+            except FormatError as err:
+                _skip_or_raise(skip, err)
+                continue
             records.append(CaptionRecord(image_id, caption, str(img["split"]),
                                          int(sent.get("sentid", k))))
     return records
 
 
-def _read_caption_list(path: PathLike, data: list) -> list[CaptionRecord]:
+def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None) -> list[CaptionRecord]:
     records = []
     per_image: dict[str, int] = {}  # several entries may share an image; keep sent ids unique
     for n, entry in enumerate(data):
         if not isinstance(entry, dict) or "caption" not in entry \
                 or ("image_id" not in entry and not isinstance(entry.get("image"), str)):
-            raise FormatError(f"{path} (entry {n}): expected an object with \"caption\" and "
-                              f"\"image\" or \"image_id\"")
+            _skip_or_raise(skip, FormatError(f"{path} (entry {n}): expected an object with \"caption\" "
+                                             f"and \"image\" or \"image_id\"", "bad caption entry"))
+            continue
         image_id = str(entry["image_id"]) if "image_id" in entry else Path(entry["image"]).stem
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         split = str(entry.get("split", "train"))
         for k, raw in enumerate(captions):
-            caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)
+            try:
+                caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)
+            except FormatError as err:
+                _skip_or_raise(skip, err)
+                continue
             sent_id = per_image.get(image_id, 0)
             per_image[image_id] = sent_id + 1
             records.append(CaptionRecord(image_id, caption, split, sent_id))
     return records
 
 
-def read_captions(path: PathLike, splits: Iterable[str] | None = None) -> list[CaptionRecord]:
+def read_captions(path: PathLike, splits: Iterable[str] | None = None,
+                  skip: SkippedSamples | None = None) -> list[CaptionRecord]:
     """Read captions from a Karpathy JSON or an ALBEF-style caption list.
 
     Karpathy: image_id is str(cocoid) when present, else the filename stem; split
@@ -168,13 +247,14 @@ def read_captions(path: PathLike, splits: Iterable[str] | None = None) -> list[C
     ALBEF list (``[{"image", "caption": str | [str], "image_id"?, "split"?}]``):
     image_id is str(image_id) when present, else the stem of "image"; split is
     "train" unless given; sent_id counts the captions of each image from 0.
-    ``splits`` keeps only records whose split is listed.
+    ``splits`` keeps only records whose split is listed. With ``skip``, a bad caption
+    or entry is recorded there and left out instead of raising.
     """
     data = _load_json(path)
     if isinstance(data, dict) and "images" in data:
-        records = _read_karpathy(path, data)
+        records = _read_karpathy(path, data, skip)
     elif isinstance(data, list):
-        records = _read_caption_list(path, data)
+        records = _read_caption_list(path, data, skip)
     else:
         raise FormatError(f"{path}: expected a Karpathy JSON object with \"images\" or a list "
                           f"of caption entries")
@@ -267,11 +347,11 @@ class TSVFile:
         line = self.seek(i).readline()
         if not line:
             raise FormatError(f"{self.path} line {i + 1}: offset past the end of the file; "
-                              f"the .lineidx is stale, rebuild it with build_lineidx")
+                              f"the .lineidx is stale, rebuild it with build_lineidx", "stale index")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise FormatError(f"{self.path} line {i + 1}: expected UTF-8 text: {e}") from None
+            raise FormatError(f"{self.path} line {i + 1}: expected UTF-8 text: {e}", "not UTF-8") from None
         return text.rstrip("\r\n").split("\t")
 
     def key(self, i: int) -> str:
@@ -300,14 +380,15 @@ class TSVFile:
 class _ImageTSV:
     """A TSV keyed by image id in its first column."""
 
-    def __init__(self, tsv_path: PathLike, imageid2idx: PathLike | Mapping[str, int] | None = None):
+    def __init__(self, tsv_path: PathLike, imageid2idx: PathLike | Mapping[str, int] | None = None,
+                 skip: SkippedSamples | None = None):
         self.tsv = TSVFile(tsv_path)
         self.path = self.tsv.path
         if imageid2idx is None:
             default = Path(self.path).with_name("imageid2idx.json")
             imageid2idx = default if default.is_file() else None
         if imageid2idx is None:
-            self._index = self._scan()
+            self._index = self._scan(skip)
         else:
             source = "imageid2idx" if isinstance(imageid2idx, Mapping) else imageid2idx
             data = imageid2idx if isinstance(imageid2idx, Mapping) else _load_json(imageid2idx)
@@ -316,13 +397,14 @@ class _ImageTSV:
                 raise FormatError(f"{source}: expected an object mapping image ids to row indices")
             self._index = {str(k): v for k, v in data.items()}
 
-    def _scan(self) -> dict[str, int]:
+    def _scan(self, skip: SkippedSamples | None) -> dict[str, int]:
         index: dict[str, int] = {}
         for i in range(len(self.tsv)):
             key = self.tsv.key(i)
-            if key in index:
-                raise FormatError(f"{self.path} line {i + 1}: image {key} already appears on "
-                                  f"line {index[key] + 1}")
+            if key in index:  # skipped: the first row of the image is kept
+                _skip_or_raise(skip, FormatError(f"{self.path} line {i + 1}: image {key} already appears on "
+                                                 f"line {index[key] + 1}", "duplicate image"), samples=0)
+                continue
             index[key] = i
         return index
 
@@ -339,18 +421,19 @@ class _ImageTSV:
         """(location for error messages, fields) of an image's row."""
         image_id = str(image_id)
         if image_id not in self._index:
-            raise FormatError(f"{self.path}: image {image_id} not found")
+            raise FormatError(f"{self.path}: image {image_id} not found", "image not found")
         i = self._index[image_id]
         where = f"{self.path} line {i + 1} (image {image_id})"
         try:
             fields = self.tsv.row(i)
         except IndexError:
             raise FormatError(f"{where}: row index {i} beyond the {len(self.tsv)} rows "
-                              f"of the file") from None
+                              f"of the file", "stale index") from None
         if len(fields) != count:
-            raise FormatError(f"{where}: expected {count} tab-separated fields, got {len(fields)}")
+            raise FormatError(f"{where}: expected {count} tab-separated fields, got {len(fields)}",
+                              "truncated row")
         if fields[0] != image_id:
-            raise FormatError(f"{where}: row holds image {fields[0]}; the image index is stale")
+            raise FormatError(f"{where}: row holds image {fields[0]}; the image index is stale", "stale index")
         return where, fields
 
 
@@ -376,8 +459,8 @@ class VinVLFeatures(_ImageTSV):
     """
 
     def __init__(self, tsv_path: PathLike, feat_dim: int | None = None,
-                 imageid2idx: PathLike | Mapping[str, int] | None = None):
-        super().__init__(tsv_path, imageid2idx)
+                 imageid2idx: PathLike | Mapping[str, int] | None = None, skip: SkippedSamples | None = None):
+        super().__init__(tsv_path, imageid2idx, skip)
         self.feat_dim = feat_dim
 
     def __getitem__(self, image_id) -> np.ndarray:
@@ -388,33 +471,33 @@ class VinVLFeatures(_ImageTSV):
                 raise ValueError
         except ValueError:
             raise FormatError(f"{where}: expected a non-negative integer box count, "
-                              f"got {num_boxes!r}") from None
+                              f"got {num_boxes!r}", "bad box count") from None
         try:
             raw = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise FormatError(f"{where}: expected base64 feature data: {e}") from None
+            raise FormatError(f"{where}: expected base64 feature data: {e}", "bad base64") from None
         return self._decode(where, raw, n)
 
     def _decode(self, where: str, raw: bytes, n: int) -> np.ndarray:
         dim, size = self.feat_dim, len(raw)
         if n == 0:
             if size:
-                raise FormatError(f"{where}: num_boxes is 0 but the row holds {size} bytes")
+                raise FormatError(f"{where}: num_boxes is 0 but the row holds {size} bytes", "box count mismatch")
             return np.zeros((0, dim or 0), dtype=np.float32)
         # With feat_dim known, read the box count from the data; else the width.
         if dim is not None:
             if size % (4 * dim) == 0:
                 if size // (4 * dim) != n:
                     raise FormatError(f"{where}: num_boxes is {n} but the data holds "
-                                      f"{size // (4 * dim)} boxes of width {dim}")
+                                      f"{size // (4 * dim)} boxes of width {dim}", "box count mismatch")
             elif size % (4 * n) == 0:
                 raise FormatError(f"{where}: expected feature width {dim}, got {size // (4 * n)} "
-                                  f"({size} bytes for {n} boxes)")
+                                  f"({size} bytes for {n} boxes)", "wrong feature width")
             else:
-                raise FormatError(f"{where}: byte length {size} is not a multiple of 4*{dim}")
+                raise FormatError(f"{where}: byte length {size} is not a multiple of 4*{dim}", "bad byte length")
         elif size % (4 * n):
             raise FormatError(f"{where}: byte length {size} is not a multiple of "
-                              f"4*num_boxes ({4 * n})")
+                              f"4*num_boxes ({4 * n})", "bad byte length")
         # astype copies: frombuffer's view is read-only, which torch.from_numpy warns about.
         return np.frombuffer(raw, dtype="<f4").reshape(n, -1).astype(np.float32)
 
@@ -444,27 +527,27 @@ class VinVLPredictions(_ImageTSV):
         try:
             pred = json.loads(text)
         except json.JSONDecodeError as e:
-            raise FormatError(f"{where}: expected a JSON object: {e}") from None
+            raise FormatError(f"{where}: expected a JSON object: {e}", "bad predictions JSON") from None
         if not isinstance(pred, dict) or not isinstance(pred.get("objects"), list):
-            raise FormatError(f"{where}: expected a JSON object with an \"objects\" list")
+            raise FormatError(f"{where}: expected a JSON object with an \"objects\" list", "bad predictions JSON")
         w, h = pred.get("image_w"), pred.get("image_h")
         for k, obj in enumerate(pred["objects"]):
             rect = obj.get("rect") if isinstance(obj, dict) else None
             if not (isinstance(rect, list) and len(rect) == 4 and all(map(_is_number, rect))):
                 raise FormatError(f"{where}: object {k}: expected \"rect\" of 4 numbers, "
-                                  f"got {rect!r}")
+                                  f"got {rect!r}", "bad box")
             if not isinstance(obj.get("class"), str):
                 raise FormatError(f"{where}: object {k}: expected a string \"class\", "
-                                  f"got {obj.get('class')!r}")
+                                  f"got {obj.get('class')!r}", "bad class")
             x1, y1, x2, y2 = rect
             # One pixel of slack: detectors clip to [0, w] or [0, w - 1] inconsistently.
             if _is_number(w) and _is_number(h) and (
                     min(x1, y1) < -1 or max(x1, x2) > w + 1 or max(y1, y2) > h + 1):
                 raise FormatError(f"{where}: object {k}: box {rect} lies outside the "
-                                  f"{w}x{h} image")
+                                  f"{w}x{h} image", "box outside image")
         if "num_boxes" in pred and pred["num_boxes"] != len(pred["objects"]):
             raise FormatError(f"{where}: num_boxes is {pred['num_boxes']} but there are "
-                              f"{len(pred['objects'])} objects")
+                              f"{len(pred['objects'])} objects", "box count mismatch")
         return pred
 
 
@@ -496,7 +579,7 @@ def _parse_entity_line(path: PathLike, lineno: int, line: str) -> EntitySentence
         if "[" in segment or "]" in segment:
             raise FormatError(f"{path} line {lineno}: expected phrases as "
                               f"\"[/EN#<id>/<type> words]\", got unmatched bracket in "
-                              f"{segment.strip()!r}")
+                              f"{segment.strip()!r}", "bad entity sentence")
         words.extend(segment.split())
 
     pos = 0
@@ -504,7 +587,8 @@ def _parse_entity_line(path: PathLike, lineno: int, line: str) -> EntitySentence
         plain(line[pos:m.start()])
         phrase_words = m.group(3).split()
         if not phrase_words:
-            raise FormatError(f"{path} line {lineno}: expected words in phrase {m.group(0)!r}")
+            raise FormatError(f"{path} line {lineno}: expected words in phrase {m.group(0)!r}",
+                              "bad entity sentence")
         phrases.append(EntityPhrase(" ".join(phrase_words), m.group(1), len(words),
                                     m.group(2).strip("/").split("/")))
         words.extend(phrase_words)
@@ -513,19 +597,27 @@ def _parse_entity_line(path: PathLike, lineno: int, line: str) -> EntitySentence
     return EntitySentence(" ".join(words), phrases)
 
 
-def read_flickr30k_sentences(path: PathLike) -> list[EntitySentence]:
+def read_flickr30k_sentences(path: PathLike, skip: SkippedSamples | None = None) -> list[EntitySentence]:
     """Parse a Flickr30k Entities ``Sentences/<image>.txt`` file, one sentence a line.
 
     ``[/EN#18/people A man] in [/EN#19/clothing an orange hat] starring at something .``
     gives text "A man in an orange hat starring at something ." with phrases
     ("A man", "18", 0, ["people"]) and ("an orange hat", "19", 3, ["clothing"]).
+    With ``skip``, a malformed line is recorded there and left out.
     """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise FormatError(f"{path}: file not found") from None
-    return [_parse_entity_line(path, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append(_parse_entity_line(path, n, line))
+            except FormatError as err:
+                _skip_or_raise(skip, err)
+    return out
 
 
 def _xml_int(path: PathLike, elem: ET.Element, tag: str, where: str) -> int:
@@ -534,7 +626,8 @@ def _xml_int(path: PathLike, elem: ET.Element, tag: str, where: str) -> int:
         return int(child.text.strip())
     except (AttributeError, ValueError):
         got = None if child is None else child.text
-        raise FormatError(f"{path} ({where}): expected an integer <{tag}>, got {got!r}") from None
+        raise FormatError(f"{path} ({where}): expected an integer <{tag}>, got {got!r}",
+                          "bad annotation") from None
 
 
 def read_flickr30k_annotation(path: PathLike) -> dict:
@@ -549,10 +642,10 @@ def read_flickr30k_annotation(path: PathLike) -> dict:
     except FileNotFoundError:
         raise FormatError(f"{path}: file not found") from None
     except ET.ParseError as e:
-        raise FormatError(f"{path}: malformed XML: {e}") from None
+        raise FormatError(f"{path}: malformed XML: {e}", "malformed XML") from None
     size = root.find("size")
     if root.tag != "annotation" or size is None:
-        raise FormatError(f"{path}: expected an <annotation> root with a <size> element")
+        raise FormatError(f"{path}: expected an <annotation> root with a <size> element", "bad annotation")
     out = {key: _xml_int(path, size, key, "size") for key in ("width", "height", "depth")}
     boxes: dict[str, list[list[int]]] = {}
     nobox: set[str] = set()
@@ -560,7 +653,8 @@ def read_flickr30k_annotation(path: PathLike) -> dict:
     for k, obj in enumerate(root.iter("object")):
         names = [(n.text or "").strip() for n in obj.findall("name")]
         if not names or not all(names):
-            raise FormatError(f"{path} (object {k}): expected one or more non-empty <name> ids")
+            raise FormatError(f"{path} (object {k}): expected one or more non-empty <name> ids",
+                              "bad annotation")
         bndbox = obj.find("bndbox")
         if bndbox is not None:
             where = f"object {k}, entity {names[0]}"
@@ -654,7 +748,7 @@ def write_phrase_cache(path: PathLike,
         f.flush()
 
 
-def read_json_lines(path: PathLike):
+def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
     """Yield (line number, decoded value) of a JSON-lines file, skipping blank lines.
 
     An unterminated last line that is not valid JSON (an interrupted append) is ignored;
@@ -674,22 +768,25 @@ def read_json_lines(path: PathLike):
         except json.JSONDecodeError as e:
             if n == len(lines):  # torn tail: the only line without a trailing newline
                 return
-            raise FormatError(f"{path} line {n}: expected a JSON object: {e}") from None
+            _skip_or_raise(skip, FormatError(f"{path} line {n}: expected a JSON object: {e}", "bad JSON line"))
+            continue
         yield n, value
 
 
-def read_phrase_cache(path: PathLike) -> dict[str, list[tuple[str, ...]]]:
+def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dict[str, list[tuple[str, ...]]]:
     """Read a phrase cache; a later record for the same id replaces an earlier one.
 
     An unterminated last line that is not valid JSON (an interrupted write) is ignored.
+    With ``skip``, a malformed line is recorded there and left out.
     """
     cache: dict[str, list[tuple[str, ...]]] = {}
-    for n, rec in read_json_lines(path):
+    for n, rec in read_json_lines(path, skip):
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
         if phrases is None or "id" not in rec or not isinstance(phrases, list) or not all(
                 isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
-            raise FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
-                              f"[[word, ...], ...]}}")
+            _skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
+                                             f"[[word, ...], ...]}}", "bad phrase record"))
+            continue
         cache[str(rec["id"])] = [tuple(t) for t in phrases]
     return cache
 

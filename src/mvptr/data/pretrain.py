@@ -7,19 +7,19 @@ BERT's 80/10/10 rule, vectorised over the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, ObjectiveConfig
+from ..config import CorpusConfig, DataConfig, ObjectiveConfig
 from ..model.losses import IGNORE
 from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
-from ..vision.stores import open_store
-from .formats import CaptionRecord, read_captions, read_phrase_cache
+from ..vision.stores import CorpusStores, open_store
+from .formats import CaptionRecord, FormatError, SkippedSamples, read_captions, read_phrase_cache
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
@@ -28,9 +28,16 @@ class ImageSource:
     """Regions and tags of an image from a feature store: a memmap store directory or the
     VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``)."""
 
-    def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int):
-        self.store = open_store(features, predictions, feat_dim)
+    def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int,
+                 skip: SkippedSamples | None = None):
+        self.store = open_store(features, predictions, feat_dim, skip)
         self.max_regions, self.max_tags = max_regions, max_tags
+
+    @classmethod
+    def of_store(cls, store, max_regions: int, max_tags: int) -> ImageSource:
+        images = cls.__new__(cls)
+        images.store, images.max_regions, images.max_tags = store, max_regions, max_tags
+        return images
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.store
@@ -50,17 +57,23 @@ class ImageSource:
 
 
 def load_phrase_indices(
-    records: list[CaptionRecord], cache_path: str, vocab: PhraseVocab, max_phrases: int
-) -> list[list[int]]:
-    cache = read_phrase_cache(cache_path)
+    records: list[CaptionRecord], cache_path: str, vocab: PhraseVocab, max_phrases: int,
+    skip: SkippedSamples | None = None,
+) -> tuple[list[CaptionRecord], list[list[int]]]:
+    """The records that have phrases in the cache, and their phrase ids. A caption missing
+    from the cache is an error, or with ``skip`` a skipped sample."""
+    cache = read_phrase_cache(cache_path, skip)
     missing = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
-    if missing:
+    if missing and skip is None:
         r = missing[0]
-        raise ValueError(
+        raise FormatError(
             f"{cache_path}: no phrases for {len(missing)} captions (first: image {r.image_id}, sentence {r.sent_id}); "
-            "run `mvptr prepare phrases` on these captions"
+            "run `mvptr prepare phrases` on these captions", "no phrases"
         )
-    return [vocab.encode(cache[f"{r.image_id}:{r.sent_id}"], max_phrases) for r in records]
+    for r in missing:
+        skip.add(FormatError(f"{cache_path}: no phrases for image {r.image_id}, sentence {r.sent_id}", "no phrases"))
+    records = [r for r in records if f"{r.image_id}:{r.sent_id}" in cache]
+    return records, [vocab.encode(cache[f"{r.image_id}:{r.sent_id}"], max_phrases) for r in records]
 
 
 class PairDataset(Dataset):
@@ -75,7 +88,8 @@ class PairDataset(Dataset):
     ):
         missing = [r.image_id for r in records if r.image_id not in images]
         if missing:
-            raise ValueError(f"{len(missing)} captioned images have no region features (first: {missing[0]})")
+            raise FormatError(f"{len(missing)} captioned images have no region features (first: {missing[0]})",
+                              "image not found")
         self.records, self.images = records, images
         self.token_ids, self.phrase_ids = token_ids, phrase_ids
         ids = sorted({r.image_id for r in records})
@@ -95,27 +109,108 @@ class PairDataset(Dataset):
         }
 
 
+def corpora(data: DataConfig) -> list[CorpusConfig]:
+    """``data.corpora``, or one unnamed corpus of the single-corpus fields when it is empty."""
+    if not data.corpora:
+        return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache)]
+    names = [c.name for c in data.corpora]
+    for c in data.corpora:
+        if not c.name or "/" in c.name or names.count(c.name) > 1:
+            raise ValueError(f"data.corpora: expected distinct non-empty names without '/', got {names}")
+        if not (c.captions and c.features and c.phrase_cache):
+            raise ValueError(f"data.corpora: corpus {c.name!r} needs captions, features and phrase_cache")
+    return list(data.corpora)
+
+
+def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | None = None) -> ImageSource:
+    """The region store of each corpus; with several corpora, image ids are "<corpus>/<image id>"."""
+    parts = corpora(data)
+    if not data.corpora:
+        return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip)
+    stores = {c.name: open_store(c.features, c.predictions, region_feat_dim, skip) for c in parts}
+    return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags)
+
+
+def _qualified(name: str, records: list[CaptionRecord]) -> list[CaptionRecord]:
+    return [replace(r, image_id=f"{name}/{r.image_id}") for r in records] if name else records
+
+
+def caption_records(data: DataConfig, split: str, skip: SkippedSamples | None = None) -> list[CaptionRecord]:
+    """The captions of ``split`` in every corpus, image ids qualified as in :func:`open_images`."""
+    return [r for c in corpora(data) for r in _qualified(c.name, read_captions(c.captions, [split], skip))]
+
+
+def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
+                  skip: SkippedSamples | None) -> list[CaptionRecord]:
+    """Drop the captions of images with no features; with ``skip``, read every image once and
+    also drop those whose features or detections are bad."""
+    per_image: dict[str, int] = {}
+    for r in records:
+        per_image[r.image_id] = per_image.get(r.image_id, 0) + 1
+    bad = set()
+    for image_id, n in per_image.items():
+        try:
+            if image_id not in images:
+                raise FormatError(f"{where}: image {image_id} is captioned but has no region features",
+                                  "image not found")
+            if skip is not None:
+                images.store[image_id]
+        except FormatError as err:
+            if skip is None:
+                raise
+            skip.add(err, samples=n)
+            bad.add(image_id)
+    return [r for r in records if r.image_id not in bad]
+
+
 def build_pair_dataset(
-    data: DataConfig, pieces: WordPieces, vocab: PhraseVocab, region_feat_dim: int, split: str, max_images: int = 0
+    data: DataConfig, pieces: WordPieces, vocab: PhraseVocab, region_feat_dim: int, split: str, max_images: int = 0,
+    skip: SkippedSamples | None = None,
 ) -> PairDataset:
-    records = read_captions(data.captions, splits=[split])
-    if not records:
-        raise ValueError(f"{data.captions}: no captions in split {split!r}")
+    """The (caption, image) pairs of ``split`` over every corpus (see :func:`corpora`).
+
+    Without ``skip`` the first bad sample raises :class:`FormatError`. With it, bad captions,
+    phrase records and images are left out and recorded there; every image is then read once
+    up front, so nothing bad is met during training. ``corpus_counts`` holds the captions
+    and images of each corpus.
+    """
+    images = open_images(data, region_feat_dim, skip)
+    parts = corpora(data)
+    per_corpus = [(c, _qualified(c.name, read_captions(c.captions, splits=[split], skip=skip))) for c in parts]
+    if not any(recs for _, recs in per_corpus):
+        raise ValueError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}")
     if max_images:
-        keep = sorted({r.image_id for r in records})[:max_images]
-        keep_set = set(keep)
-        records = [r for r in records if r.image_id in keep_set]
-    images = ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags)
+        keep = set(sorted({r.image_id for _, recs in per_corpus for r in recs})[:max_images])
+        per_corpus = [(c, [r for r in recs if r.image_id in keep]) for c, recs in per_corpus]
+    records, phrases, counts = [], [], {}
+    for c, recs in per_corpus:
+        recs = _check_images(recs, images, c.features, skip)
+        # the phrase cache is keyed by the corpus's own image ids
+        prefix = len(c.name) + 1 if c.name else 0
+        own = [replace(r, image_id=r.image_id[prefix:]) for r in recs]
+        own, ids = load_phrase_indices(own, c.phrase_cache, vocab, data.max_phrases, skip)
+        recs = _qualified(c.name, own)
+        records += recs
+        phrases += ids
+        counts[c.name or "data"] = {"captions": len(recs), "images": len({r.image_id for r in recs})}
+    if not records:
+        raise ValueError(f"no usable captions in split {split!r}: every sample was skipped")
     tokens = pieces.captions([r.caption for r in records])
-    phrases = load_phrase_indices(records, data.phrase_cache, vocab, data.max_phrases)
-    return PairDataset(records, images, tokens, phrases)
+    dataset = PairDataset(records, images, tokens, phrases)
+    dataset.corpus_counts = counts
+    return dataset
 
 
-def tag_vocab_from(images: ImageSource, image_ids) -> list[str]:
-    """All tag classes predicted on the given images, sorted."""
+def tag_vocab_from(images: ImageSource, image_ids, skip_bad: bool = False) -> list[str]:
+    """All tag classes predicted on the given images, sorted. With ``skip_bad``, images with
+    missing or bad detections are passed over (the dataset build counts them)."""
     names: set[str] = set()
     for image_id in image_ids:
-        names.update(images.store.detections(image_id)["classes"])
+        try:
+            names.update(images.store.detections(image_id)["classes"])
+        except FormatError:
+            if not skip_bad:
+                raise
     return sorted(names)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.formats import read_flickr30k_annotation, read_flickr30k_sentences
+from ..data.formats import FormatError, SkippedSamples, read_flickr30k_annotation, read_flickr30k_sentences
 from ..model.mvptr import MVPTR
 from ..vision.regions import box_iou
 
@@ -28,10 +28,12 @@ def ground_truth_box(boxes: list, protocol: str) -> np.ndarray:
     raise ValueError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")
 
 
-def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_tokens: int, phrase_lookup) -> list[dict]:
+def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_tokens: int, phrase_lookup,
+                       skip: SkippedSamples | None = None) -> list[dict]:
     """One example per sentence: word pieces, phrase concepts and the mentions with boxes.
 
-    phrase_lookup(image_id, sentence_text) -> list of phrase ids (may be empty).
+    phrase_lookup(image_id, sentence_text) -> list of phrase ids (may be empty). With ``skip``,
+    an image whose annotation is bad, or a bad sentence line, is left out and recorded there.
     """
     root = Path(entities_dir)
     examples = []
@@ -40,8 +42,14 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
         sent_file = root / "Sentences" / f"{image_id}.txt"
         if not ann_file.exists() or not sent_file.exists():
             continue
-        boxes = read_flickr30k_annotation(ann_file)["boxes"]
-        for index, sentence in enumerate(read_flickr30k_sentences(sent_file)):
+        try:
+            boxes = read_flickr30k_annotation(ann_file)["boxes"]
+        except FormatError as err:
+            if skip is None:
+                raise
+            skip.add(err)
+            continue
+        for index, sentence in enumerate(read_flickr30k_sentences(sent_file, skip)):
             words = sentence.text.split()
             enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_tokens)
             word_ids = enc.word_ids()

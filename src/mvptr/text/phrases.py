@@ -49,7 +49,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from mvptr.data.formats import read_captions, read_phrase_cache, write_phrase_cache
+from mvptr.data.formats import SkippedSamples, read_captions, read_phrase_cache, write_phrase_cache
 
 __all__ = [
     "PhraseExtractor",
@@ -248,19 +248,20 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
                     min_count: int = 50, splits: Iterable[str] = ("train",),
                     batch_size: int = 256, n_process: int = 1,
                     extractor: PhraseExtractor | None = None,
-                    chunk_size: int = 4096) -> dict:
+                    chunk_size: int = 4096, skip: SkippedSamples | None = None) -> dict:
     """Parse all captions into ``out_dir/phrase_cache.jsonl``; build ``phrase_vocab.json``.
 
     Every caption of every split is parsed (records keyed ``"{image_id}:{sent_id}"``);
     the vocabulary is built from ``splits`` only. Captions already in the cache are
     not parsed again, and the cache grows ``chunk_size`` captions at a time, so an
     interrupted run resumes where it stopped. Returns :func:`statistics` of ``splits``.
+    With ``skip``, bad captions and bad cache lines are left out and recorded there.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_path = out_dir / "phrase_cache.jsonl"
-    records = read_captions(captions_path)
-    cache = read_phrase_cache(cache_path) if cache_path.exists() else {}
+    records = read_captions(captions_path, skip=skip)
+    cache = read_phrase_cache(cache_path, skip) if cache_path.exists() else {}
 
     todo = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
     if todo:

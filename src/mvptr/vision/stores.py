@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.formats import (FormatError, VinVLFeatures, VinVLPredictions, write_vinvl_features,
+from ..data.formats import (FormatError, SkippedSamples, VinVLFeatures, VinVLPredictions, write_vinvl_features,
                             write_vinvl_predictions)
 
-__all__ = ["MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap", "convert_memmap_to_vinvl"]
+__all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap", "convert_memmap_to_vinvl"]
 
 FORMAT = "mvptr-feature-store"
 VERSION = 1
@@ -61,7 +61,8 @@ def _detections(where: str, pred: dict) -> dict:
     objects = pred["objects"]
     w, h = pred.get("image_w"), pred.get("image_h")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (w, h)):
-        raise FormatError(f"{where}: expected numbers \"image_w\" and \"image_h\", got {w!r}, {h!r}")
+        raise FormatError(f"{where}: expected numbers \"image_w\" and \"image_h\", got {w!r}, {h!r}",
+                          "bad image size")
     return {
         "boxes": np.asarray([o["rect"] for o in objects], dtype=np.float32).reshape(len(objects), 4),
         "confs": np.asarray([o.get("conf", 1.0) for o in objects], dtype=np.float32),
@@ -74,9 +75,11 @@ def _detections(where: str, pred: dict) -> dict:
 class TSVStore:
     """Images of a VinVL ``features.tsv`` + ``predictions.tsv`` pair, by image id."""
 
-    def __init__(self, features_tsv, predictions_tsv, feat_dim: int | None = None):
-        self.features = VinVLFeatures(features_tsv, feat_dim=feat_dim)
-        self.predictions = VinVLPredictions(predictions_tsv)
+    def __init__(self, features_tsv, predictions_tsv, feat_dim: int | None = None,
+                 skip: SkippedSamples | None = None):
+        # ``skip`` takes the duplicate rows found when the files are indexed
+        self.features = VinVLFeatures(features_tsv, feat_dim=feat_dim, skip=skip)
+        self.predictions = VinVLPredictions(predictions_tsv, skip=skip)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -96,7 +99,8 @@ class TSVStore:
         image = self.detections(image_id)
         if len(feats) != len(image["classes"]):
             raise FormatError(f"{self.features.path} (image {image_id}): {len(feats)} feature rows but "
-                              f"{self.predictions.path} lists {len(image['classes'])} objects")
+                              f"{self.predictions.path} lists {len(image['classes'])} objects",
+                              "features/objects mismatch")
         image["region_feats"] = feats
         return image
 
@@ -221,11 +225,12 @@ class MemmapStore:
         return self._read(image_id, features=True)
 
 
-def open_store(features: str, predictions: str, feat_dim: int | None = None) -> MemmapStore | TSVStore:
+def open_store(features: str, predictions: str, feat_dim: int | None = None,
+               skip: SkippedSamples | None = None) -> MemmapStore | TSVStore:
     """A memmap store when ``features`` is a directory (``predictions`` is then unused), else the TSV pair."""
     if os.path.isdir(features):
         return MemmapStore(features, feat_dim)
-    return TSVStore(features, predictions, feat_dim)
+    return TSVStore(features, predictions, feat_dim, skip)
 
 
 def _raw_to_npy(raw: Path, dtype: str, shape: tuple[int, ...]) -> None:
@@ -237,14 +242,33 @@ def _raw_to_npy(raw: Path, dtype: str, shape: tuple[int, ...]) -> None:
     raw.unlink()
 
 
+def _checked_image(feats: VinVLFeatures, preds: VinVLPredictions, image_id: str,
+                   dim: int | None) -> tuple[np.ndarray, dict]:
+    """Features and detections of one image, checked for the store: rows match objects, one
+    width throughout, values within float16's range."""
+    x = feats[image_id]
+    image = _detections(f"{preds.path} (image {image_id})", preds[image_id])
+    where = f"{feats.path} (image {image_id})"
+    if len(x) != len(image["classes"]):
+        raise FormatError(f"{where}: {len(x)} feature rows but {preds.path} lists "
+                          f"{len(image['classes'])} objects", "features/objects mismatch")
+    if len(x):
+        if dim is not None and x.shape[1] != dim:
+            raise FormatError(f"{where}: expected feature width {dim}, got {x.shape[1]}", "wrong feature width")
+        if (np.isinf(x.astype("<f2")) & np.isfinite(x)).any():
+            raise FormatError(f"{where}: feature values beyond float16's range (+-65504)", "float16 overflow")
+    return x, image
+
+
 def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: int | None = None,
-                            progress: bool = True) -> dict:
+                            progress: bool = True, skip: SkippedSamples | None = None) -> dict:
     """Write a memmap store from a VinVL TSV pair, one image at a time.
 
     Region data goes straight to files as it is read, so memory holds only a few numbers
     per image. The store is built in ``<out_dir>.tmp`` and renamed into place when
     complete, so ``out_dir`` is either absent or a whole store. ``feat_dim`` defaults
-    to the width of the first image with regions.
+    to the width of the first image with regions. With ``skip``, a bad image is left
+    out of the store and recorded there instead of raising.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -254,29 +278,26 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     if tmp.exists():  # left by an interrupted conversion
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    feats = VinVLFeatures(features_tsv, feat_dim=feat_dim)
-    preds = VinVLPredictions(predictions_tsv)
-    ids = feats.ids()
+    feats = VinVLFeatures(features_tsv, feat_dim=feat_dim, skip=skip)
+    preds = VinVLPredictions(predictions_tsv, skip=skip)
+    ids = []
     dim = feat_dim
     class_ids: dict[str, int] = {}
     offsets, sizes = array("q", [0]), array("f")
     with open(tmp / "features.f16", "wb") as f_feat, open(tmp / "boxes.raw", "wb") as f_boxes, \
             open(tmp / "confs.raw", "wb") as f_confs, open(tmp / "tag_ids.raw", "wb") as f_tags:
-        for image_id in tqdm(ids, desc="convert", unit="img", disable=not progress):
-            x = feats[image_id]
-            image = _detections(f"{preds.path} (image {image_id})", preds[image_id])
-            where = f"{feats.path} (image {image_id})"
-            if len(x) != len(image["classes"]):
-                raise FormatError(f"{where}: {len(x)} feature rows but {preds.path} lists "
-                                  f"{len(image['classes'])} objects")
+        for image_id in tqdm(feats.ids(), desc="convert", unit="img", disable=not progress):
+            try:
+                x, image = _checked_image(feats, preds, image_id, dim)
+            except FormatError as err:
+                if skip is None:
+                    raise
+                skip.add(err)
+                continue
+            ids.append(image_id)
             if len(x):
-                dim = x.shape[1] if dim is None else dim
-                if x.shape[1] != dim:
-                    raise FormatError(f"{where}: expected feature width {dim}, got {x.shape[1]}")
-                half = x.astype("<f2")
-                if (np.isinf(half) & np.isfinite(x)).any():
-                    raise FormatError(f"{where}: feature values beyond float16's range (+-65504)")
-                f_feat.write(half.tobytes())
+                dim = x.shape[1]
+                f_feat.write(x.astype("<f2").tobytes())
             f_boxes.write(image["boxes"].astype("<f4").tobytes())
             f_confs.write(image["confs"].astype("<f4").tobytes())
             tags = [class_ids.setdefault(name, len(class_ids)) for name in image["classes"]]
@@ -332,3 +353,40 @@ def convert_memmap_to_vinvl(store_dir, out_dir, progress: bool = True) -> dict:
                                           encoding="utf-8")
     return {"out_dir": str(out), "num_images": len(ids), "num_regions": store.num_regions,
             "feat_dim": store.feat_dim}
+
+
+class CorpusStores:
+    """Several corpora's stores read as one: image ids are ``"<corpus>/<image id>"``, so two
+    corpora may use the same id for different images."""
+
+    def __init__(self, stores: dict):
+        for name in stores:
+            if not name or "/" in name:
+                raise ValueError(f"corpus name {name!r}: expected a non-empty name without '/'")
+        self.stores = dict(stores)
+
+    def _split(self, image_id) -> tuple:
+        name, sep, inner = str(image_id).partition("/")
+        store = self.stores.get(name)
+        if store is None or not sep:
+            raise FormatError(f"image {image_id}: expected \"<corpus>/<image id>\" with a corpus among "
+                              f"{', '.join(self.stores)}", "image not found")
+        return store, inner
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores.values())
+
+    def __contains__(self, image_id) -> bool:
+        name, sep, inner = str(image_id).partition("/")
+        return bool(sep) and name in self.stores and inner in self.stores[name]
+
+    def ids(self) -> list[str]:
+        return [f"{name}/{i}" for name, s in self.stores.items() for i in s.ids()]
+
+    def detections(self, image_id) -> dict:
+        store, inner = self._split(image_id)
+        return store.detections(inner)
+
+    def __getitem__(self, image_id) -> dict:
+        store, inner = self._split(image_id)
+        return store[inner]
