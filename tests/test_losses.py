@@ -102,3 +102,24 @@ def test_itm_and_mlm_cross_entropy():
     labels = torch.tensor([1, L.IGNORE, 3, L.IGNORE])
     ref = torch.nn.functional.cross_entropy(mlm[[0, 2]], torch.tensor([1, 3]))
     assert torch.allclose(L.mlm_loss(mlm, labels), ref)
+
+
+def test_batched_hungarian_matches_scipy_assignment_cost():
+    from scipy.optimize import linear_sum_assignment
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.full((40, 9), L.IGNORE)
+    for b in range(40):  # 0..9 masked concepts per sample, both brute-force and scipy sizes
+        k = b % 10
+        labels[b, torch.randperm(9, generator=gen)[:k]] = torch.randint(0, 12, (k,), generator=gen)
+    logits = torch.randn(40, 9, 12, generator=gen)
+    out = L.hungarian_labels(logits, labels)
+    probs = logits.softmax(-1)
+    for b in range(40):
+        pos = torch.nonzero(labels[b] != L.IGNORE).flatten()
+        assert sorted(out[b, pos].tolist()) == sorted(labels[b, pos].tolist())  # a permutation
+        assert torch.equal(out[b] == L.IGNORE, labels[b] == L.IGNORE)
+        cost = 1 - probs[b, pos][:, labels[b, pos]]
+        r, c = linear_sum_assignment(cost.numpy())
+        ours = sum(1 - probs[b, p, out[b, p]].item() for p in pos.tolist())
+        assert abs(ours - cost[r, c].sum().item()) < 1e-5

@@ -133,7 +133,7 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     texts = encode_texts(model, loader(text_items), cfg.device)
     images = encode_images(model, loader(image_items), cfg.device)
     retrieval = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
-                                   progress)
+                                   progress, e.precision)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
     grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..model.mvptr import MVPTR
 
 KS = (1, 5, 10)
@@ -88,16 +89,24 @@ def encode_images(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
 
 @torch.no_grad()
 def itm_scores(
-    model: MVPTR, texts: EncodedSet, images: EncodedSet, pairs: torch.Tensor, batch_size: int, progress: bool = True
+    model: MVPTR, texts: EncodedSet, images: EncodedSet, pairs: torch.Tensor, batch_size: int,
+    progress: bool = True, precision: str = "fp32",
 ) -> torch.Tensor:
-    """ITM log-odds of matching for (image, text) index pairs (P, 2), in batches."""
-    out = torch.empty(len(pairs))
-    for start in tqdm(range(0, len(pairs), batch_size), desc="re-rank", disable=not progress, leave=False):
-        v, t = pairs[start : start + batch_size].T
-        fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v])
-        logits = model.itm_logits(fused).float()
-        out[start : start + len(v)] = (logits[:, 1] - logits[:, 0]).cpu()
-    return out
+    """ITM log-odds of matching for (image, text) index pairs (P, 2), in batches of pairs
+    drawn from any queries, reusing the cached uni-modal outputs. Under torchrun each process
+    scores its share of the pairs and all processes get every score."""
+    mine = pairs[distributed.shard(len(pairs))].to(texts.hidden.device)
+    out = torch.empty(len(mine), device=texts.hidden.device)
+    device_type = texts.hidden.device.type
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    show = progress and distributed.active().main
+    for start in tqdm(range(0, len(mine), batch_size), desc="re-rank", disable=not show, leave=False):
+        v, t = mine[start : start + batch_size].T
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v])
+            logits = model.itm_logits(fused).float()
+        out[start : start + len(v)] = logits[:, 1] - logits[:, 0]
+    return distributed.gather_rows(out).cpu()
 
 
 def evaluate_retrieval(
@@ -110,8 +119,11 @@ def evaluate_retrieval(
     batch_size: int = 128,
     score: str = "itm",
     progress: bool = True,
+    precision: str = "fp32",
+    keep_pairs: bool = False,
 ) -> dict:
-    """text_image (N_t,): the image index of each caption. Returns {"uni": R, "rerank": R}."""
+    """text_image (N_t,): the image index of each caption. Returns {"uni": R, "rerank": R}, and
+    with ``keep_pairs`` the re-scored pairs: {"image", "text", "itm", "sim"} (P,) tensors."""
     sim = (images.emb @ texts.emb.t()).float().cpu()  # (N_i, N_t)
     positives = text_image[None, :] == torch.arange(len(sim))[:, None]
     uni = summarise(recall_at_k(sim, positives), recall_at_k(sim.t(), positives.t()))
@@ -123,10 +135,13 @@ def evaluate_retrieval(
     by_text = torch.zeros_like(sim.t(), dtype=torch.bool)
     by_text.scatter_(1, sim.t().topk(k_i, dim=1).indices, True)  # images for each caption
     pairs = torch.nonzero(wanted | by_text.t())  # each pair once
-    pair_scores = itm_scores(model, texts, images, pairs, batch_size, progress)
+    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
+    pair_sim = sim[pairs[:, 0], pairs[:, 1]]
     if score == "itm+sim":
-        pair_scores = pair_scores + sim[pairs[:, 0], pairs[:, 1]]
-    elif score != "itm":
+        pair_scores = itm + pair_sim
+    elif score == "itm":
+        pair_scores = itm
+    else:
         raise ValueError(f"unknown rerank score {score!r} (expected 'itm' or 'itm+sim')")
     fine = torch.full_like(sim, float("nan"))
     fine[pairs[:, 0], pairs[:, 1]] = pair_scores
@@ -135,4 +150,7 @@ def evaluate_retrieval(
     i2t = torch.where(wanted, fine + offset, sim)
     t2i = torch.where(by_text, fine.t() + offset, sim.t())
     rerank = summarise(recall_at_k(i2t, positives), recall_at_k(t2i, positives.t()))
-    return {"uni": uni, "rerank": rerank, "pairs_scored": len(pairs)}
+    out = {"uni": uni, "rerank": rerank, "pairs_scored": len(pairs)}
+    if keep_pairs:
+        out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm, "sim": pair_sim}
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 
@@ -88,6 +89,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, num_layers: int):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(cfg) for _ in range(num_layers))
+        self.checkpointing = cfg.activation_checkpointing
 
     def forward(
         self,
@@ -99,7 +101,11 @@ class Encoder(nn.Module):
         """Run layers 1..stop_after (1-based); return the last output and {layer: output} for keep_layers."""
         kept = {}
         for i, layer in enumerate(self.layer[:stop_after], start=1):
-            x = layer(x, key_mask)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # dropout draws are replayed in the recomputation, so the gradient is unchanged
+                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+            else:
+                x = layer(x, key_mask)
             if i in keep_layers:
                 kept[i] = x
         return x, kept

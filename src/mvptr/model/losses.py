@@ -5,6 +5,8 @@ Label tensors use -100 for "no target", as torch's cross entropy does.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,30 +20,46 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.sum() * 0.0
 
 
+# up to this many masked concepts, every permutation is scored at once (6! = 720)
+BRUTE_FORCE_MAX = 6
+
+
+def _best_permutations(cost: torch.Tensor) -> torch.Tensor:
+    """Optimal assignments of (n, k, k) cost matrices: (n, k), column chosen for each row."""
+    n, k, _ = cost.shape
+    if k <= BRUTE_FORCE_MAX:
+        perms = torch.tensor(list(itertools.permutations(range(k))), device=cost.device)  # (P, k)
+        totals = cost[:, torch.arange(k, device=cost.device)[None, :], perms].sum(-1)  # (n, P)
+        return perms[totals.argmin(1)]  # the identity comes first, so ties keep the written order
+    best = np.empty((n, k), dtype=np.int64)
+    for row, c in enumerate(cost.cpu().numpy()):  # rare: more masked concepts than BRUTE_FORCE_MAX
+        r, cols = linear_sum_assignment(c)
+        best[row, r] = cols
+    return torch.as_tensor(best, device=cost.device)
+
+
 def hungarian_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Reorder each sample's masked concept labels among its masked positions (eq. 1).
 
     logits (B, L, C), labels (B, L) with IGNORE at unmasked positions. The assignment
     minimises sum_i 1 - p(label_{a(i)} | position i), so the loss does not depend on the
-    order in which the (unordered) concepts were written.
+    order in which the (unordered) concepts were written. Samples are batched by their
+    number of masked concepts: one exact search per count, none per sample.
     """
     valid = labels != IGNORE
     counts = valid.sum(1)
-    todo = torch.nonzero(counts >= 2).flatten().tolist()
-    if not todo:
-        return labels
-    with torch.no_grad():
-        probs = logits[todo].float().softmax(-1)
-        lab = labels[todo].clamp(min=0)
-        # cost[b, i, j] = 1 - p(label at j | position i)
-        cost = (1.0 - probs.gather(-1, lab[:, None, :].expand(-1, lab.shape[1], -1))).cpu().numpy()
-    valid_np = valid[todo].cpu().numpy()
-    lab_np = labels[todo].cpu().numpy()
     out = labels.clone()
-    for row, b in enumerate(todo):
-        idx = np.flatnonzero(valid_np[row])
-        r, c = linear_sum_assignment(cost[row][np.ix_(idx, idx)])
-        out[b, torch.as_tensor(idx[r])] = torch.as_tensor(lab_np[row, idx[c]], device=labels.device)
+    with torch.no_grad():
+        for k in counts.unique().tolist():
+            if k < 2:
+                continue
+            rows = torch.nonzero(counts == k).flatten()
+            pos = torch.nonzero(valid[rows])[:, 1].view(len(rows), k)  # masked positions, in order
+            lab = labels[rows[:, None], pos]  # (n, k)
+            probs = logits[rows[:, None], pos].float().softmax(-1)  # (n, k, C)
+            # cost[n, i, j] = 1 - p(label written at j | position i)
+            cost = 1.0 - probs.gather(-1, lab[:, None, :].expand(-1, k, -1))
+            out[rows[:, None], pos] = lab.gather(1, _best_permutations(cost))
     return out
 
 
@@ -85,7 +103,9 @@ def sample_negatives(
         if mode == "hardest":
             idx = masked.argmax(1)
         elif mode == "sampled":
-            idx = torch.multinomial(masked.softmax(1), 1, generator=generator).squeeze(1)
+            # drawn on the CPU, where the seeded generator lives; B x B numbers cost nothing to move
+            probs = masked.softmax(1).cpu()
+            idx = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
         else:
             raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled' or 'hardest')")
     return idx, valid

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..config import ObjectiveConfig
+from ..distributed import gather_cat
 from ..model import losses as L
 from ..model.mvptr import MVPTR
 
@@ -69,12 +70,13 @@ def pretraining_losses(
 
     sim = L.vsc_logits(image.global_emb, text.global_emb, model.logit_scale)  # images x texts
     if "vsc" in active:
-        out["vsc"] = L.vsc_loss(image.global_emb, text.global_emb, model.logit_scale)
+        # negatives from every process's share of the batch (the identity in a single process)
+        out["vsc"] = L.vsc_loss(gather_cat(image.global_emb), gather_cat(text.global_emb), model.logit_scale)
     if not any(o in active for o in CROSS_MODAL):
         return out
 
     b = len(sim)
-    idx = torch.arange(b)
+    idx = torch.arange(b, device=sim.device)
     same_image = batch["image_index"][:, None] == batch["image_index"][None, :]
     # p^{s2v}: for each text, a distribution over the batch's images; p^{v2s}: the reverse
     neg_image, ok_t = L.sample_negatives(sim.t(), same_image, obj.negative_sampling, generator)
@@ -96,9 +98,8 @@ def pretraining_losses(
     fused = model.fuse(text.hidden[t_idx], text.mask[t_idx], image.region_hidden[v_idx], image.region_mask[v_idx], keep)
 
     if "itm" in active:
-        labels = torch.zeros(len(t_idx), dtype=torch.long)
-        labels[:b] = 1  # label 1 = matched pair
-        out["itm"] = L.itm_loss(model.itm_logits(fused), labels.to(fused.hidden.device))
+        labels = (torch.arange(len(t_idx), device=sim.device) < b).long()  # label 1 = matched pair
+        out["itm"] = L.itm_loss(model.itm_logits(fused), labels)
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
             masked_text = model.encode_text(

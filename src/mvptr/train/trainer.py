@@ -1,13 +1,19 @@
 """The one training loop, for every pre-training stage and fine-tuning recipe.
 
 AdamW with decoupled weight decay (not on biases and LayerNorm weights), linear warm-up
-then linear decay, gradient clipping, JSON-lines metrics, checkpoints as model
-directories, and exact resume: batch order and masking are functions of (seed, step), and
-the global RNG state is saved, so a resumed CPU run ends with the same weights.
+then linear decay, gradient clipping, mixed precision (bf16, or fp16 with a loss scaler),
+gradient accumulation, several processes under torchrun (DistributedDataParallel),
+JSON-lines metrics, checkpoints as model directories, and exact resume: the batch order,
+the masking, the negatives and the dropout of every step are functions of (seed, step,
+rank), so a resumed CPU run ends with the same weights.
+
+``stage.batch_size`` is the global batch of one optimizer step: each of W processes takes
+batch / (W * grad_accum_steps) samples per forward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -17,10 +23,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoint import Bundle, STATE_FILE, has_checkpoint, load_model_dir, load_state_strict, save_model_dir
+from .. import distributed
+from ..checkpoint import (
+    STATE_FILE,
+    Bundle,
+    has_checkpoint,
+    load_model_dir,
+    load_state_strict,
+    save_model_dir,
+)
 from ..config import StageConfig
 from .recipes import Recipe
 
@@ -31,16 +46,30 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7919 + stream) % (2**63 - 1)
 
 
-class StepBatches(Sampler):
-    """Yields the batches of steps start..total-1 as lists of (step, index); epoch e is a
-    permutation seeded by (seed, e), so any step's batch can be rebuilt without the others."""
+def micro_stream(stream: int, micro: int, rank: int, world: int) -> int:
+    """Random stream of one forward pass; the first pass of rank 0 keeps the plain stream."""
+    return stream + 16 * (micro * world + rank)
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int):
+
+class StepBatches(Sampler):
+    """Yields this rank's forward passes of steps start..total-1 as lists of (step, micro, index).
+
+    Epoch e is a permutation seeded by (seed, e), so any step's batch can be rebuilt without
+    the others. A step's global batch is cut into ``accum`` passes and each pass into
+    ``world`` contiguous shares, in rank order, so gathering the shares rebuilds the pass.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int,
+                 rank: int = 0, world: int = 1, accum: int = 1):
+        if batch_size % (world * accum):
+            raise ValueError(f"batch size {batch_size} is not a multiple of {world} processes x {accum} accumulation steps")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.rank, self.world, self.accum = rank, world, accum
+        self.micro = batch_size // (world * accum)
         self.per_epoch = n // batch_size
 
     def __len__(self) -> int:
-        return self.total - self.start
+        return (self.total - self.start) * self.accum
 
     def __iter__(self):
         perm, perm_epoch = None, -1
@@ -49,7 +78,10 @@ class StepBatches(Sampler):
             if epoch != perm_epoch:
                 g = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
                 perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-            yield [(step, i) for i in perm[k * self.batch_size : (k + 1) * self.batch_size]]
+            batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
+            for micro in range(self.accum):
+                at = (micro * self.world + self.rank) * self.micro
+                yield [(step, micro, i) for i in batch[at : at + self.micro]]
 
 
 class _StepItems(Dataset):
@@ -60,23 +92,35 @@ class _StepItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        step, i = key
-        return step, self.dataset[i]
+        step, micro, i = key
+        return step, micro, self.dataset[i]
 
 
 class _SeededCollate:
-    """Re-seeds the collator's generator from the step, so masking does not depend on workers."""
+    """Re-seeds the collator's generator from the pass, so masking does not depend on workers."""
 
-    def __init__(self, collate, seed: int):
-        self.collate, self.seed = collate, seed
+    def __init__(self, collate, seed: int, rank: int, world: int):
+        self.collate, self.seed, self.rank, self.world = collate, seed, rank, world
 
     def __call__(self, keyed):
-        step = keyed[0][0]
+        step, micro = keyed[0][0], keyed[0][1]
         if getattr(self.collate, "generator", None) is not None:
-            self.collate.generator.manual_seed(step_seed(self.seed, step, 2))
-        batch = self.collate([item for _, item in keyed])
-        batch["step"] = step
+            stream = micro_stream(2, micro, self.rank, self.world)
+            self.collate.generator.manual_seed(step_seed(self.seed, step, stream))
+        batch = self.collate([item for _, _, item in keyed])
+        batch["step"], batch["micro"] = step, micro
         return batch
+
+
+class _Objective(torch.nn.Module):
+    """A recipe's losses as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe):
+        super().__init__()
+        self.model, self.recipe = model, recipe
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.recipe.loss(self.model, batch, generator)
 
 
 @dataclass
@@ -111,6 +155,29 @@ def check_writable(out_dir: Path) -> None:
         raise OSError(f"output directory {out_dir} has only {free // 2**20} MiB free")
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: str, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
+
+@contextlib.contextmanager
+def only_trainable(model: torch.nn.Module, trainable: Callable[[str], bool]):
+    """Freeze what a recipe does not train for its duration: no gradients are computed for it."""
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_(before[name] and trainable(name))
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(before[name])
+
+
 def train(
     bundle: Bundle,
     recipe: Recipe,
@@ -124,14 +191,24 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    out_dir = Path(out_dir)
-    check_writable(out_dir)
+    with only_trainable(bundle.model, recipe.trainable):
+        return _train(bundle, recipe, dataset, collate, stage, Path(out_dir), seed, resume, device, num_workers,
+                      progress)
+
+
+def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, device, num_workers, progress):
+    d = distributed.from_env(device)
+    device = distributed.local_device(device, d)
+    if d.main:
+        check_writable(out_dir)
+    accum = stage.grad_accum_steps
     model = bundle.model.to(device)
     per_epoch = len(dataset) // stage.batch_size
     if per_epoch < 1:
         raise ValueError(f"{stage.name}: {len(dataset)} samples is fewer than one batch of {stage.batch_size}")
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
     optimizer = torch.optim.AdamW(param_groups(model, recipe.trainable, stage.weight_decay), lr=stage.lr)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(stage.warmup_ratio * total)
 
     def lr_factor(step: int) -> float:
@@ -140,6 +217,7 @@ def train(
         return max(0.0, (total - step) / max(1, total - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=stage.precision == "fp16")
     start, skipped = 0, 0
     ckpt = out_dir / "model"
     if resume and has_checkpoint(ckpt):
@@ -149,59 +227,78 @@ def train(
         load_state_strict(model, load_model_dir(ckpt, device).model.state_dict(), str(ckpt))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start, skipped = int(state["step"]), int(state.get("skipped", 0))
 
+    objective = _Objective(model, recipe)
+    # unused parameters are allowed: a step may have no phrase to mask, say
+    engine = DistributedDataParallel(objective, find_unused_parameters=True) if d.on else objective
     loader = DataLoader(
         _StepItems(dataset),
-        batch_sampler=StepBatches(len(dataset), stage.batch_size, seed, start, total),
-        collate_fn=_SeededCollate(collate, seed),
+        batch_sampler=StepBatches(len(dataset), stage.batch_size, seed, start, total, d.rank, d.world, accum),
+        collate_fn=_SeededCollate(collate, seed, d.rank, d.world),
         num_workers=num_workers,
         pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
     )
     neg_gen = torch.Generator()
     metrics_file = out_dir / "metrics.jsonl"
     model.train()
-    t0, samples, last = time.time(), 0, {}
-    bar = tqdm(total=total, initial=start, desc=stage.name, disable=not progress, dynamic_ncols=True)
+    t0, samples, last, sums = time.time(), 0, {}, {}
+    bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
     for batch in loader:
-        step = batch.pop("step")
+        step, micro = batch.pop("step"), batch.pop("micro")
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        neg_gen.manual_seed(step_seed(seed, step, 3))
-        losses = recipe.loss(model, batch, neg_gen)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], stage.grad_clip
-            )
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                skipped += 1
+        torch.manual_seed(step_seed(seed, step, micro_stream(4, micro, d.rank, d.world)))  # dropout
+        neg_gen.manual_seed(step_seed(seed, step, micro_stream(3, micro, d.rank, d.world)))
+        last_pass = micro == accum - 1
+        # gradients are averaged across processes on the last pass of a step only
+        sync = engine.no_sync() if d.on and not last_pass else contextlib.nullcontext()
+        with sync:
+            with autocast(device, stage.precision):
+                losses = engine(batch, neg_gen)
+            loss = sum(losses.values())
+            scaler.scale(loss / accum).backward()
+        for k, v in {"loss": loss, **losses}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+        samples += len(batch["input_ids"]) * d.world
+        if not last_pass:
+            continue
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+        # every process takes the same decision: gradients are already averaged, the loss is not
+        finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1 and torch.isfinite(grad_norm)
+        if finite:
+            scaler.step(optimizer)
         else:
             skipped += 1
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        samples += len(batch["input_ids"])
         done = step + 1
         bar.update(1)
         if done % stage.log_every == 0 or done == total:
-            last = {k: round(v.item(), 5) for k, v in losses.items()}
+            logged = {k: distributed.mean(v).item() for k, v in sums.items()}
+            last = {k: round(v, 5) for k, v in logged.items() if k != "loss"}
             record = {
-                "stage": stage.name, "step": done, "loss": round(loss.item(), 5), **last,
+                "stage": stage.name, "step": done, "loss": round(logged["loss"], 5), **last,
                 "lr": scheduler.get_last_lr()[0], "temperature": round(model.temperature, 5),
                 "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
             }
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if d.main:
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{logged['loss']:.3f}")
+        sums = {}
         if (stage.save_every and done % stage.save_every == 0) or done == total:
-            save_model_dir(ckpt, bundle, {
-                "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "skipped": skipped, "recipe": recipe.name,
-            })
+            if d.main:
+                save_model_dir(ckpt, bundle, {
+                    "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "skipped": skipped, "recipe": recipe.name,
+                })
+            distributed.barrier()
     bar.close()
     model.eval()
     seconds = time.time() - t0

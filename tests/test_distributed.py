@@ -1,0 +1,158 @@
+"""Several processes, mixed precision, accumulation and checkpointing give the same training."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mvptr.config import load_config
+from mvptr.data.pretrain import build_pair_dataset
+from mvptr.distributed import shard
+from mvptr.pipeline import collator, new_bundle, training_tag_vocab
+from mvptr.text.phrases import PhraseVocab
+from mvptr.text.tokenizer import WordPieces
+from mvptr.train.recipes import Recipe
+from mvptr.train.trainer import StepBatches, train
+
+
+def _run(cmd, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _torchrun(n, port):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(port),
+            "-m", "mvptr"]
+
+
+def test_two_processes_with_global_vsc_train_like_one_process_with_the_whole_batch(world_args, tmp_path):
+    common = ["--config", "tiny", "stage1.objectives=[vsc]", "stage1.max_steps=4", "stage1.lr=5e-3", "threads=1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "mvptr", "pretrain", "--stage", "stage1", *common, *world_args(one)], tmp_path)
+    _run([*_torchrun(2, 29611), "pretrain", "--stage", "stage1", *common, *world_args(two)], tmp_path)
+
+    a, b = _metrics(one / "stage1" / "metrics.jsonl"), _metrics(two / "stage1" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        # 16 in-batch candidates, not 8: the second process's share is among the negatives
+        assert abs(ra["vsc"] - rb["vsc"]) < 1e-4, (ra, rb)
+    assert abs(a[0]["vsc"] - math.log(16)) < 0.05
+    wa, wb = load_file(one / "stage1/model/model.safetensors"), load_file(two / "stage1/model/model.safetensors")
+    cfg = load_config("tiny", [*common[2:], *world_args(one)])
+    w0 = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg)).model.state_dict()
+    for k in wa:
+        # Adam divides tiny gradients by their own size, so summation-order noise is measured
+        # against how far training moved each tensor
+        moved = (wa[k].float() - w0[k].float()).abs().max()
+        assert (wa[k].float() - wb[k].float()).abs().max() <= 0.02 * moved + 1e-5, k
+    assert (wa["text_proj.weight"] - w0["text_proj.weight"]).abs().max() > 1e-3
+
+
+def test_two_processes_run_every_objective_of_stage_2(world_args, tmp_path):
+    args = ["--config", "tiny", "stage1.max_steps=1", "stage2.max_steps=2", "threads=1", *world_args(tmp_path)]
+    _run([*_torchrun(2, 29612), "pretrain", "--stage", "both", *args], tmp_path)
+    last = _metrics(tmp_path / "stage2" / "metrics.jsonl")[-1]
+    assert {"mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"} <= set(last)
+    assert all(math.isfinite(last[k]) for k in ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"))
+    assert last["skipped"] == 0
+
+
+def test_shards_cover_every_item_once():
+    from mvptr.distributed import Dist
+
+    for n in (0, 1, 7, 8, 9):
+        for world in (1, 2, 3):
+            parts = [list(range(n))[shard(n, Dist(r, world))] for r in range(world)]
+            assert sum(parts, []) == list(range(n))
+
+
+def test_step_batches_cut_a_step_into_rank_and_accumulation_shares():
+    whole = [b for b in StepBatches(40, 8, seed=3, start=0, total=5)]
+    parts = [list(StepBatches(40, 8, seed=3, start=0, total=5, rank=r, world=2, accum=2)) for r in (0, 1)]
+    for step in range(5):
+        rebuilt = []
+        for micro in range(2):
+            for rank in range(2):
+                rebuilt += [i for _, _, i in parts[rank][step * 2 + micro]]
+        assert rebuilt == [i for _, _, i in whole[step]]
+    with pytest.raises(ValueError, match="not a multiple"):
+        StepBatches(40, 6, seed=0, start=0, total=1, world=4)
+
+
+def _setup(world_args, out, *extra):
+    cfg = load_config("tiny", world_args(out) + ["model.dropout=0.1", *extra])
+    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    data = build_pair_dataset(cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.phrase_vocab,
+                              cfg.model.region_feat_dim, cfg.data.train_split)
+    return cfg, bundle, data
+
+
+def _per_sample_recipe(nan_at_step=None):
+    """A loss that is a mean over samples, so accumulation must not change the gradient."""
+    calls = {"n": 0}
+
+    def loss(model, batch, generator):
+        calls["n"] += 1
+        text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+        value = (text.global_emb[:, 0] - 0.5).pow(2).mean()
+        if nan_at_step is not None and calls["n"] == nan_at_step:
+            value = value * float("nan")
+        return {"fit": value}
+
+    return Recipe("per_sample", loss)
+
+
+def _train(cfg, bundle, data, out, recipe=None, **stage):
+    st = cfg.stage1.__class__(**{**cfg.stage1.__dict__, "max_steps": 3, "batch_size": 16, "lr": 1e-3, **stage})
+    return train(bundle, recipe or _per_sample_recipe(), data, collator(cfg, bundle), st, out, progress=False)
+
+
+def test_gradient_accumulation_gives_the_weights_of_the_whole_batch(world_args, tmp_path):
+    # dropout off: the two runs draw dropout masks per pass, which differ between 1 and 2 passes
+    cfg, whole, data = _setup(world_args, tmp_path, "model.dropout=0.0")
+    _train(cfg, whole, data, tmp_path / "a")
+    cfg, halves, data = _setup(world_args, tmp_path, "model.dropout=0.0")
+    _train(cfg, halves, data, tmp_path / "b", grad_accum_steps=2)
+    a, b = whole.model.state_dict(), halves.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    cfg, fresh, _ = _setup(world_args, tmp_path, "model.dropout=0.0")
+    assert not torch.allclose(fresh.model.state_dict()["text_proj.weight"], a["text_proj.weight"])
+
+
+def test_activation_checkpointing_changes_memory_not_the_result(world_args, tmp_path):
+    cfg, plain, data = _setup(world_args, tmp_path)
+    _train(cfg, plain, data, tmp_path / "a")
+    cfg, ckpt, data = _setup(world_args, tmp_path, "model.activation_checkpointing=true")
+    _train(cfg, ckpt, data, tmp_path / "b")
+    a, b = plain.model.state_dict(), ckpt.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(world_args, tmp_path, precision):
+    cfg, bundle, data = _setup(world_args, tmp_path)
+    before = bundle.model.state_dict()["text_proj.weight"].clone()
+    result = _train(cfg, bundle, data, tmp_path, precision=precision, max_steps=4)
+    # fp16's loss scaler may skip a first overflowing step; it must not skip them all
+    assert result.skipped_steps < 4
+    assert not torch.equal(before, bundle.model.state_dict()["text_proj.weight"])
+    assert all(math.isfinite(v) for v in result.last.values())
+
+
+def test_a_non_finite_step_is_skipped_and_counted(world_args, tmp_path):
+    cfg, bundle, data = _setup(world_args, tmp_path)
+    result = _train(cfg, bundle, data, tmp_path, recipe=_per_sample_recipe(nan_at_step=2), max_steps=3)
+    assert result.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in bundle.model.state_dict().values())
+    log = _metrics(tmp_path / "metrics.jsonl")
+    assert [r["skipped"] for r in log] == [0, 1, 1]
