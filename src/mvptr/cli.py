@@ -4,10 +4,12 @@
     mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
+    mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--skip-bad]
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
+    mvptr search build|query ...
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
@@ -81,11 +83,18 @@ def cmd_features(args) -> None:
                 raise SystemExit("mvptr features convert: --features, --predictions and --out are required")
             summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim,
                                               skip=skipped)
-        else:
+        elif args.what == "export":
             if not args.store or not args.out:
                 raise SystemExit("mvptr features export: --store and --out are required")
             summary = convert_memmap_to_vinvl(args.store, args.out)
-    except (FormatError, FileExistsError) as err:
+        else:
+            if not args.images or not args.out:
+                raise SystemExit("mvptr features extract: --images and --out are required")
+            from .vision.detect import extract_features
+
+            summary = extract_features(args.images, args.out, args.detector, args.weights,
+                                       batch_size=args.batch_size, skip=skipped)
+    except (FormatError, FileExistsError, FileNotFoundError, ImportError, ValueError) as err:
         raise SystemExit(f"mvptr features {args.what}: {err}") from None
     print(json.dumps(summary, indent=2))
     _report_skipped(skipped, Path(args.out) / "skipped.json")
@@ -96,10 +105,13 @@ def cmd_pretrain(args) -> None:
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
     from .text.phrases import PhraseVocab
+    from .distributed import from_env
 
     cfg = _config(args)
+    rank = from_env(cfg.device)  # under torchrun: join the group before touching a GPU
     out = Path(cfg.out_dir)
-    save_config(cfg, out / "config.yaml")
+    if rank.main:
+        save_config(cfg, out / "config.yaml")
     if args.stage == "stage2" and args.init_model:
         bundle = load_model_dir(args.init_model, cfg.device)
     elif args.stage == "stage2":
@@ -109,8 +121,9 @@ def cmd_pretrain(args) -> None:
     for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
-        print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
-        _report_skipped(skipped, out / name / "skipped.json")
+        if rank.main:
+            print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
+            _report_skipped(skipped, out / name / "skipped.json")
 
 
 def cmd_evaluate(args) -> None:
@@ -169,13 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     prep.set_defaults(func=cmd_prepare)
 
-    feat = sub.add_parser("features", help="convert VinVL TSV features to a memmap float16 store, or back")
-    feat.add_argument("what", choices=["convert", "export"])
+    feat = sub.add_parser("features", help="extract region features from images, convert VinVL TSV features "
+                                            "to a memmap float16 store, or back")
+    feat.add_argument("what", choices=["convert", "export", "extract"])
     feat.add_argument("--features", help="VinVL features.tsv (convert)")
     feat.add_argument("--predictions", help="VinVL predictions.tsv (convert)")
     feat.add_argument("--feat-dim", type=int, help="expected feature width (convert; default: from the data)")
     feat.add_argument("--store", help="feature store directory (export)")
-    feat.add_argument("--out", help="store directory (convert) or TSV directory (export)")
+    feat.add_argument("--out", help="store directory (convert) or TSV directory (export, extract)")
+    feat.add_argument("--images", help="directory of image files (extract)")
+    feat.add_argument("--detector", choices=["demo", "frcnn"], default="demo",
+                      help="demo: the demo world's detector; frcnn: torchvision Faster R-CNN, needs mvptr[detect]")
+    feat.add_argument("--weights", help="detector weights (extract; demo default: data/demo/detector.safetensors)")
+    feat.add_argument("--batch-size", type=int, default=64, help="images per detector call (extract)")
     feat.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     feat.set_defaults(func=cmd_features)
 
@@ -213,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--trust-pickle", action="store_true",
                       help="load pytorch_model.bin although pickle files can run code: only for trusted sources")
     conv.set_defaults(func=cmd_convert)
+
+    from .search import add_search_parser
+
+    add_search_parser(sub)
     return p
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -42,6 +42,8 @@ class ModelConfig:
     # "word_pieces": tags as word-piece tokens, MCR^v over word pieces (official code).
     tag_mode: str = "concepts"
     merged_attention: bool = False  # Table 4 row 7: one encoder over {w, c, t, r}
+    # recompute each layer's activations in the backward pass instead of storing them
+    activation_checkpointing: bool = False
     # "mvptr" (paper: phrases after [SEP], sets share one position) or "official" (the released
     # code's sequences: phrases before [SEP], consecutive positions, [SEP] after the tags, regions
     # embedded without the embedding LayerNorm), for checkpoints from `mvptr convert official`
@@ -124,6 +126,10 @@ class StageConfig:
     grad_clip: float = 1.0
     log_every: int = 10
     save_every: int = 0  # steps; 0 = only at the end
+    # the batch of one step is split into this many forward/backward passes (less memory)
+    grad_accum_steps: int = 1
+    # "fp32", "bf16" (autocast) or "fp16" (autocast with a dynamic loss scaler)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -135,6 +141,7 @@ class EvalConfig:
     batch_size: int = 128
     # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
     rerank_score: str = "itm"
+    precision: str = "fp32"  # "bf16" or "fp16" runs the re-ranker under autocast
     entities_dir: str = "data/demo/flickr30k_entities"
 
 
@@ -147,6 +154,50 @@ class DemoConfig:
     image_size: int = 96
     min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
     n_process: int = 1
+
+
+@dataclass
+class TaskConfig:
+    """One fine-tuning task: the trainer's settings, the task's files and its evaluation.
+    Paths may hold ``{split}``; fields a task does not use are ignored."""
+
+    train: StageConfig = field(default_factory=StageConfig)
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_train: int = 0  # examples used for training (0 = all), a fixed random subset
+    max_eval: int = 0  # examples evaluated (0 = all)
+    questions: str = ""  # VQA v2 questions JSON
+    annotations: str = ""  # VQA v2 annotations JSON
+    hypotheses: str = ""  # SNLI-VE jsonl
+    features: str = ""  # region features of the task's images ("" = data.features)
+    predictions: str = ""  # and their detections ("" = data.predictions)
+    num_answers: int = 3129  # VQA answer vocabulary: the most frequent training answers
+    mask_regions: bool = False  # hide every region and tag (a text-only baseline)
+
+
+def _task(name: str, epochs: float, lr: float, batch_size: int, weight_decay: float = 0.05, **files) -> TaskConfig:
+    stage = StageConfig(name=name, objectives=[], epochs=epochs, lr=lr, batch_size=batch_size,
+                        weight_decay=weight_decay, warmup_ratio=0.1)
+    return TaskConfig(train=stage, **files)
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files."""
+
+    retrieval: TaskConfig = field(default_factory=lambda: _task("retrieval", 5, 4e-5, 96))
+    vqa: TaskConfig = field(default_factory=lambda: _task(
+        "vqa", 7, 5e-5, 32,
+        questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",
+        annotations="data/demo/vqa/v2_demo_{split}_annotations.json"))
+    ve: TaskConfig = field(default_factory=lambda: _task(
+        "ve", 5, 4e-5, 64, hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
+    grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64))
+    easyvqa: TaskConfig = field(default_factory=lambda: _task(
+        "easyvqa", 7, 5e-5, 32,
+        questions="data/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
+        annotations="data/easyvqa/v2_easyvqa_{split}_annotations.json",
+        features="data/easyvqa/features.tsv", predictions="data/easyvqa/predictions.tsv"))
 
 
 @dataclass
@@ -169,6 +220,7 @@ class Config:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 class ConfigError(ValueError):
@@ -186,7 +238,7 @@ def _preset_path(name_or_path: str) -> Path:
     raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {', '.join(known)})")
 
 
-def load_config(preset: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
     cfg = OmegaConf.structured(Config)
     try:
