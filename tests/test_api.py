@@ -1,0 +1,127 @@
+"""The Python API and image search, on a tiny model over the tiny demo world."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvptr.api import Model
+from mvptr.checkpoint import save_model_dir
+from mvptr.cli import main
+from mvptr.config import load_config
+from mvptr.pipeline import new_bundle, training_tag_vocab
+from mvptr.search import SearchIndex, build_index
+from mvptr.text.phrases import PhraseVocab
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def model_dir(world_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("api")
+    cfg = load_config("tiny", world_args(out))
+    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    return save_model_dir(out / "model", bundle)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return Model.load(model_dir, config="tiny", parse_phrases=False)
+
+
+@pytest.fixture(scope="module")
+def images(model, world):
+    return model.images_from_store(str(world / "features.tsv"), str(world / "predictions.tsv"))
+
+
+def test_encode_and_score(model, images):
+    texts = ["a red circle left of a blue square", "two shapes", ""]
+    t = model.encode_texts(texts)
+    v = model.encode_images(images[:4])
+    assert t.emb.shape == (3, 32) and v.emb.shape == (4, 32)
+    assert torch.allclose(t.emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    uni = model.score(images[:4], texts, mode="uni")
+    itm = model.score(v, t, mode="itm")
+    both = model.score(v, t)
+    assert torch.allclose(uni, v.emb @ t.emb.t(), atol=1e-6)
+    assert torch.allclose(both, uni + itm, atol=1e-5)
+    # one pair scored alone gives the same ITM score as in the grid
+    assert torch.allclose(model.score(images[1:2], texts[2:3], mode="itm")[0, 0], itm[1, 2], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown score"):
+        model.score(v, t, mode="cosine")
+
+
+def test_images_with_no_regions_or_too_many(model, images):
+    max_regions = model.cfg.data.max_regions
+    empty = {**images[0], "region_feats": np.zeros((0, 134), np.float32), "boxes": np.zeros((0, 4), np.float32),
+             "confs": np.zeros(0, np.float32), "classes": []}
+    many = {**images[0], "region_feats": np.random.rand(3 * max_regions, 134).astype(np.float32),
+            "boxes": np.tile(images[0]["boxes"][:1], (3 * max_regions, 1)),
+            "confs": np.ones(3 * max_regions, np.float32), "classes": ["circle"] * (3 * max_regions)}
+    v = model.encode_images([empty, many, images[0]])
+    assert v.hidden.shape[1] == max_regions and v.mask[0].sum() == 0 and v.mask[1].sum() == max_regions
+    assert torch.isfinite(v.emb).all()
+    assert model.ground(empty, "a red circle", phrases=["red circle"])[0].region == -1
+    wide = {**images[0], "region_feats": np.zeros((2, 7), np.float32), "boxes": np.zeros((2, 4), np.float32)}
+    with pytest.raises(ValueError, match="7 wide, the model takes 134"):
+        model.encode_images([wide])
+
+
+def test_ground_given_phrases(model, images):
+    grounded = model.ground(images[0], "A red circle left of a blue square", phrases=["red circle", "blue square"])
+    n = len(images[0]["region_feats"])
+    assert [g.phrase for g in grounded] == ["red circle", "blue square"]
+    assert all(0 <= g.region < n and len(g.box) == 4 and -1 <= g.similarity <= 1 for g in grounded)
+    with pytest.raises(ValueError, match="not in the caption"):
+        model.ground(images[0], "a red circle", phrases=["green"])
+
+
+def test_search_ranks_by_cosine_then_reranks(model_dir, world, tmp_path, capsys):
+    assert main(["search", "build", "--model", str(model_dir), "--config", "tiny", "--features",
+                 str(world / "features.tsv"), "--predictions", str(world / "predictions.tsv"),
+                 "--out", str(tmp_path / "index")]) == 0
+    index = SearchIndex(tmp_path / "index", parse_phrases=False)
+    assert index.model.cfg.data.max_regions == load_config("tiny").data.max_regions
+    query = "a big red circle above a small blue square"
+    coarse = index.query(query, top=5, score="uni")
+    expected = (index.emb @ index.model.encode_texts([query]).emb[0]).topk(5)
+    assert [h.image_id for h in coarse] == [index.ids[i] for i in expected.indices]
+    fine = index.query(query, top=3, rerank=8, score="itm")
+    scores = [h.score for h in fine]
+    assert len(fine) == 3 and scores == sorted(scores, reverse=True)
+    # the ITM score of a hit is the model's score of that pair
+    pair = index.model.score([index.store[fine[0].image_id]], [query], mode="itm")[0, 0]
+    assert abs(pair.item() - fine[0].score) < 1e-4
+    capsys.readouterr()
+    assert main(["search", "query", str(tmp_path / "index"), query, "--top", "4", "--json", "--no-phrases"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 4 and {"image_id", "score", "similarity"} <= set(hits[0])
+
+
+def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for p in sorted((world / "images").glob("*.png"))[:6]:
+        (pictures / p.name).write_bytes(p.read_bytes())
+    meta = build_index(model_dir, tmp_path / "index", images=str(pictures),
+                       detector=str(world / "detector.safetensors"), config="tiny")
+    assert meta["images"] == 6
+    hits = SearchIndex(tmp_path / "index", parse_phrases=False).query("a red circle", top=2, rerank=4)
+    assert len(hits) == 2 and all((pictures / f"{h.image_id}.png").exists() for h in hits)
+    with pytest.raises(SystemExit, match="no image files"):
+        main(["search", "build", "--model", str(model_dir), "--images", str(tmp_path), "--detector",
+              str(world / "detector.safetensors"), "--out", str(tmp_path / "i2")])
+
+
+def test_the_readme_example_runs(model_dir, world, tmp_path, capsys):
+    """README's API example, pointed at the tiny model and world."""
+    section = README.read_text().split("## Python API and image search")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = (code.replace("runs/demo/stage2/model", str(model_dir)).replace("runs/demo/index", str(tmp_path / "i"))
+            .replace("data/demo", str(world)).replace('config="demo"', 'config="tiny"'))
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README is ours
+    out = capsys.readouterr().out
+    assert "tensor(" in out and len(out.strip().splitlines()) >= 5
