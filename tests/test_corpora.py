@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from mvptr.cli import main
 from mvptr.config import CorpusConfig, DataConfig
 from mvptr.data.pretrain import Collator, Masking, build_pair_dataset, caption_records, open_images, tag_vocab_from
+from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 from mvptr.vision.stores import CorpusStores, convert_vinvl_to_memmap
 from test_skip_bad import DIM, VOCAB, write_corpus
@@ -96,3 +97,26 @@ def test_pretrain_on_a_mix_from_a_config_file(corpora, tmp_path, capsys):
     assert data["corpora"] == {"coco": {"captions": 12, "images": 6}, "vg": {"captions": 8, "images": 4}}
     assert np.isfinite([json.loads(line)["loss"] for line in
                         (tmp_path / "run" / "stage1" / "metrics.jsonl").read_text().splitlines()]).all()
+
+
+def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
+    from mvptr.data.formats import write_phrase_cache
+    from mvptr.data.pretrain import mix_phrase_vocab
+
+    # vg's captions also mention "blue square": found in 8 of 20 captions
+    extra = tmp_path / "vg_cache.jsonl"
+    extra.write_text(open(corpora[1].phrase_cache).read())
+    write_phrase_cache(extra, [(f"{i}:{s}", [("square", "blue"), ("circle", "red")])
+                               for k, i in enumerate(B_IDS) for s in (2 * k, 2 * k + 1)])
+    mix = [corpora[0], CorpusConfig("vg", corpora[1].captions, corpora[1].features, "", str(extra))]
+    vocab, captions = mix_phrase_vocab(_data(mix), min_count=8)
+    assert captions == 20 and [vocab.phrase(i) for i in range(len(vocab))] == ["red circle", "blue square"]
+    assert len(mix_phrase_vocab(_data(mix), min_count=9)[0]) == 1
+    import yaml
+
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump({"data": {"corpora": [
+        {k: getattr(c, k) for k in ("name", "captions", "features", "predictions", "phrase_cache")} for c in mix]}}))
+    assert main(["prepare", "vocab", "--config", str(tmp_path / "mix.yaml"), "--min-count", "8",
+                 "--out", str(tmp_path / "vocab.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["vocab_size"] == 2
+    assert len(PhraseVocab.load(tmp_path / "vocab.json")) == 2

@@ -194,3 +194,30 @@ def test_command_line_convert_and_export(root, tmp_path, capsys):
     with pytest.raises(SystemExit, match="already exists"):
         main(["features", "convert", "--features", str(world / "features.tsv"),
               "--predictions", str(world / "predictions.tsv"), "--out", str(tmp_path / "store")])
+
+
+class _Items(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        return self.items[k]
+
+
+def test_worker_batches_are_in_shared_memory_and_equal_in_process_ones():
+    collate = Collator(WordPieces(load_tokenizer(), 16), ["circle", "square"], 4, 30522)
+    rng = np.random.default_rng(0)
+    items = [{"region_feats": rng.random((k, 7), dtype=np.float32), "boxes": rng.random((k, 4), dtype=np.float32),
+              "tags": ["circle"] * k, "width": 10.0, "height": 10.0} for k in (3, 5, 1, 0, 5, 2)]
+    expected = [collate.image(items[:3]), collate.image(items[3:])]
+    assert not expected[0]["region_feats"].is_shared()
+    got = list(DataLoader(_Items(items), batch_size=3, num_workers=2, collate_fn=collate.image))
+    for a, b in zip(expected, got, strict=True):
+        assert b["region_feats"].is_shared()  # allocated in the worker's shared memory, not copied there
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    feats = got[0]["region_feats"]
+    assert (feats[0, 3:] == 0).all() and (feats[2, 1:] == 0).all()  # padding is zero, not leftover memory

@@ -2,6 +2,7 @@
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
     mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
+    mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
     mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--skip-bad]
@@ -56,6 +57,19 @@ def cmd_prepare(args) -> None:
         summary = generate_demo_world(args.out or "data/demo", n_train=args.n_train, n_val=args.n_val,
                                       n_test=args.n_test, seed=args.seed, image_size=args.image_size)
         print(json.dumps(summary, indent=2, default=str))
+    elif args.what == "vocab":
+        # one phrase vocabulary over all corpora of data.corpora (or the single corpus)
+        from .data.pretrain import mix_phrase_vocab
+
+        cfg = load_config(args.config)
+        out = Path(args.out or cfg.data.phrase_vocab)
+        skipped = _skipped(args)
+        vocab, captions = mix_phrase_vocab(cfg.data, args.min_count, skipped)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        vocab.save(out)
+        print(json.dumps({"out": str(out), "captions": captions, "vocab_size": len(vocab),
+                          "min_count": args.min_count}, indent=2))
+        _report_skipped(skipped, out.with_name("skipped.json"))
     else:
         if not args.captions or not args.out:
             raise SystemExit("mvptr prepare phrases: --captions and --out are required")
@@ -168,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
     sub = p.add_subparsers(dest="command", required=True)
 
-    prep = sub.add_parser("prepare", help="generate the demo world or parse phrases")
-    prep.add_argument("what", choices=["demo", "phrases"])
+    prep = sub.add_parser("prepare", help="generate the demo world, parse phrases, or build one phrase "
+                                          "vocabulary over data.corpora")
+    prep.add_argument("what", choices=["demo", "phrases", "vocab"])
     prep.add_argument("--out")
     prep.add_argument("--captions")
     prep.add_argument("--min-count", type=int, default=50)
@@ -180,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--image-size", type=int, default=96)
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
+    prep.add_argument("--config", default="demo", help="vocab: preset name in configs/ or a YAML file; the "
+                                                       "vocabulary goes to its data.phrase_vocab unless --out")
     prep.set_defaults(func=cmd_prepare)
 
     feat = sub.add_parser("features", help="extract region features from images, convert VinVL TSV features "
