@@ -267,3 +267,15 @@ def test_pretrain_command_line_skip_bad(tmp_path, capsys):
     assert json.loads((run / "skipped.json").read_text())["by_reason"]["box outside image"]["samples"] == 2
     assert json.loads((run / "data.json").read_text()) == {
         "split": "train", "samples": 14, "corpora": {"data": {"captions": 14, "images": 7}}, "skipped": 2}
+    # evaluation of that model on the same spoilt data, plus a malformed Entities file
+    _entities(tmp_path / "entities")
+    (tmp_path / "entities" / "Annotations" / "2.xml").write_text("<annotation><size>")
+    ev = ["evaluate", "--model", str(run / "model"), "--config", "tiny", *args[5:-2], "eval.split=train",
+          f"eval.entities_dir={tmp_path / 'entities'}"]
+    capsys.readouterr()
+    assert main(ev) == 2
+    assert "lies outside the 100x80 image" in capsys.readouterr().err
+    assert main([*ev, "--skip-bad"]) == 0
+    saved = json.loads((run / "skipped.json").read_text())
+    assert {r: v["samples"] for r, v in saved["by_reason"].items()} == {"box outside image": 2, "malformed XML": 1}
+    assert json.loads((run / "eval.json").read_text())["skipped"] == 3
