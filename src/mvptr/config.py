@@ -195,9 +195,9 @@ class FinetuneConfig:
     grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64))
     easyvqa: TaskConfig = field(default_factory=lambda: _task(
         "easyvqa", 7, 5e-5, 32,
-        questions="data/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
-        annotations="data/easyvqa/v2_easyvqa_{split}_annotations.json",
-        features="data/easyvqa/features.tsv", predictions="data/easyvqa/predictions.tsv"))
+        questions="data/demo/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
+        annotations="data/demo/easyvqa/v2_easyvqa_{split}_annotations.json",
+        features="data/demo/easyvqa/features.tsv", predictions="data/demo/easyvqa/predictions.tsv"))
 
 
 @dataclass

@@ -43,3 +43,27 @@ class PairClassifier(nn.Module):
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pooler(summary))
+
+
+class AnswerClassifier(nn.Module):
+    """VQA head: a 2-layer MLP (BERT's prediction transform, then a linear layer over the
+    answers) on the multimodal summary (paper appendix A.3.2)."""
+
+    def __init__(self, cfg: ModelConfig, num_answers: int):
+        super().__init__()
+        self.transform = Transform(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, num_answers)
+
+    def forward(self, summary: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.transform(summary))
+
+    @torch.no_grad()
+    def init_from_mlm(self, mlm_head: TiedClassifier, word_rows: torch.Tensor, answer_pieces: torch.Tensor) -> None:
+        """Start as the MLM head averaged over each answer's word pieces: the transform is
+        copied, and answer a's row and bias are the mean of the decoder rows (the tied word
+        embeddings) and biases of its pieces ``answer_pieces[a]`` (0-padded)."""
+        self.transform.load_state_dict(mlm_head.transform.state_dict())
+        present = (answer_pieces != 0).to(word_rows.dtype)
+        count = present.sum(1, keepdim=True).clamp(min=1.0)
+        self.classifier.weight.copy_((word_rows[answer_pieces] * present[..., None]).sum(1) / count)
+        self.classifier.bias.copy_((mlm_head.bias[answer_pieces] * present).sum(1) / count[:, 0])

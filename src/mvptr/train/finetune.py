@@ -1,0 +1,326 @@
+"""Fine-tuning and evaluation on the downstream tasks (paper 4.2, appendix A.3).
+
+Each task is a recipe of the one trainer:
+
+* ``retrieval``: VSC + ITM on the caption pairs (the pre-training objectives, nothing masked);
+  evaluated by coarse-to-fine ranking (``eval/retrieval.py``), with the per-pair scores saved;
+* ``vqa`` (and ``easyvqa``, the same task on other files): an answer classifier on the
+  multimodal summary, initialised from the MLM head, trained with BCE on soft scores;
+  evaluated with the official VQA accuracy, and a results file for the evaluation server;
+* ``ve``: a 3-way classifier on the multimodal summary (SNLI-VE), cross entropy, accuracy;
+* ``grounding``: the cosine of each mention (mean of its word pieces' multimodal outputs)
+  to each region output, regressed on the regions' IoU with the mention's box (MSE);
+  evaluated as accuracy at IoU > 0.5.
+
+A fine-tuned model directory is an ordinary model directory (the encoders) plus, for
+tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its answers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from ..checkpoint import Bundle, load_model_dir, save_model_dir
+from ..config import Config, TaskConfig
+from ..data.formats import (
+    VE_LABELS,
+    read_captions,
+    read_snli_ve,
+    read_vqa,
+    write_vqa_results,
+)
+from ..data.pretrain import ImageSource, build_pair_dataset, pad_lists
+from ..data.tasks import (
+    GroundingDataset,
+    TaskCollator,
+    TaskImages,
+    VEDataset,
+    VQADataset,
+)
+from ..eval.grounding import evaluate_grounding, grounding_examples
+from ..eval.retrieval import encode_images, encode_texts, evaluate_retrieval
+from ..eval.vqa import answer_vocabulary, evaluate_vqa
+from ..model.heads import AnswerClassifier, PairClassifier
+from ..text.tokenizer import WordPieces
+from .recipes import Recipe, pretraining_recipe
+from .trainer import TrainResult, train
+
+TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
+HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
+
+
+def task_kind(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    return "vqa" if task == "easyvqa" else task
+
+
+# ----------------------------------------------------------------------------- recipes
+
+def _fuse(model, batch: dict):
+    text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+    image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+    return text, model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy on the soft scores, summed over answers, averaged over questions."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / len(logits)
+
+
+def grounding_loss(phrase: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor, iou: torch.Tensor,
+                   mention_mask: torch.Tensor) -> torch.Tensor:
+    """MSE between the mention-region cosines (B, K, R) and the regions' IoU with the mention's box."""
+    cos = F.normalize(phrase.float(), dim=-1) @ F.normalize(regions.float(), dim=-1).transpose(1, 2)
+    valid = mention_mask[:, :, None] & region_mask[:, None, :].bool()
+    if not valid.any():
+        return cos.sum() * 0.0
+    return F.mse_loss(cos[valid], iou[valid])
+
+
+def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each mention's mean word-piece output: weights (B, K, N) over the first N positions."""
+    return torch.einsum("bkn,bnh->bkh", weights, hidden[:, : weights.shape[2]].float())
+
+
+def task_recipe(task: str, cfg: Config) -> Recipe:
+    kind = task_kind(task)
+    if kind == "retrieval":
+        return pretraining_recipe(task, ["vsc", "itm"], cfg.objectives)
+
+    def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        text, fused = _fuse(model, batch)
+        if kind == "grounding":
+            phrase = mention_outputs(fused.hidden, batch["mention_weights"])
+            regions = fused.hidden[:, text.hidden.shape[1]:]
+            return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
+                                                batch["mention_mask"])}
+        logits = model.task_head(model.pool(fused.hidden, fused.mask))
+        if kind == "vqa":
+            return {"vqa": vqa_loss(logits, batch["answer_targets"])}
+        return {"ve": F.cross_entropy(logits.float(), batch["labels"])}
+
+    return Recipe(task, loss)
+
+
+# ----------------------------------------------------------------------------- heads
+
+def attach_head(bundle: Bundle, task: str, answers: list[str] | None = None, init: bool = True) -> None:
+    """Give the model the task's head (``model.task_head``), initialised as the paper says."""
+    model, kind = bundle.model, task_kind(task)
+    if kind == "vqa":
+        head = AnswerClassifier(model.cfg, len(answers))
+        head.answers = list(answers)  # class index -> answer string
+        if init:
+            pieces = [bundle.tokenizer(a, add_special_tokens=False)["input_ids"] or [bundle.tokenizer.unk_token_id]
+                      for a in answers]
+            head.init_from_mlm(model.mlm_head, model.word_rows.detach(), pad_lists(pieces, 0))
+    elif kind == "ve":
+        head = PairClassifier(model.cfg, len(VE_LABELS))
+        if init:
+            head.pooler.load_state_dict(model.itm_head.pooler.state_dict())
+    else:
+        return
+    model.task_head = head.to(model.word_rows.device)
+
+
+def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
+    """The encoders as a model directory, the head (if any) beside them, and ``task.json``."""
+    model = bundle.model
+    head = model._modules.pop("task_head", None)
+    try:
+        path = save_model_dir(path, bundle)
+    finally:
+        if head is not None:
+            model.task_head = head
+    if head is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(path / HEAD_FILE))
+    (path / TASK_FILE).write_text(json.dumps(info, indent=1))
+    return path
+
+
+def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
+    """A model directory, with its task head when it has one."""
+    path = Path(path)
+    bundle = load_model_dir(path, device)
+    if (path / TASK_FILE).exists():
+        info = json.loads((path / TASK_FILE).read_text())
+        attach_head(bundle, info["task"], info.get("answers"), init=False)
+        if hasattr(bundle.model, "task_head"):
+            bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))
+    return bundle
+
+
+def task_info(path: str | Path) -> dict:
+    f = Path(path) / TASK_FILE
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+# ----------------------------------------------------------------------------- data
+
+def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
+    d = cfg.data
+    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions,
+                                  cfg.model.region_feat_dim, d.max_regions, d.max_tags))
+
+
+def vqa_questions(t: TaskConfig, split: str, annotated: bool = True):
+    ann = t.annotations.format(split=split) if annotated and t.annotations else None
+    if ann is not None and not Path(ann).exists():
+        ann = None
+    return read_vqa(t.questions.format(split=split), ann)
+
+
+def _pieces(cfg: Config, bundle: Bundle) -> WordPieces:
+    return WordPieces(bundle.tokenizer, cfg.data.max_tokens)
+
+
+def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bool = False) -> TaskCollator:
+    from ..pipeline import collator
+
+    return TaskCollator(collator(cfg, bundle), num_answers, mask_regions)
+
+
+def _grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
+    from ..pipeline import image_source, phrase_lookup
+
+    image_ids = sorted({r.image_id for r in read_captions(cfg.data.captions, splits=[split])})
+    examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
+                                  phrase_lookup(cfg, bundle.phrase_vocab, split))
+    if not examples:
+        raise ValueError(f"{cfg.eval.entities_dir}: no Flickr30k Entities sentences for the {split!r} images")
+    return GroundingDataset(examples, image_source(cfg), limit)
+
+
+# ----------------------------------------------------------------------------- fine-tune
+
+@dataclass
+class FinetuneResult:
+    train: TrainResult
+    model_dir: Path
+    examples: int
+
+
+def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``."""
+    from ..pipeline import collator, configure_torch
+
+    configure_torch(cfg)
+    kind, t = task_kind(task), getattr(cfg.finetune, task)
+    out_dir = Path(out_dir)
+    info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
+    if kind == "retrieval":
+        dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
+                                     t.train_split, t.max_train)
+        collate = collator(cfg, bundle)
+    elif kind == "vqa":
+        questions = vqa_questions(t, t.train_split)
+        answers = answer_vocabulary((q.answers for q in questions), t.num_answers)
+        info["answers"] = answers
+        attach_head(bundle, task, answers)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_train)
+        collate = _collate(cfg, bundle, len(answers), t.mask_regions)
+    elif kind == "ve":
+        attach_head(bundle, task)
+        pairs = read_snli_ve(t.hypotheses.format(split=t.train_split))
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train)
+        collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
+    else:
+        dataset = _grounding_dataset(cfg, bundle, t.train_split, t.max_train)
+        collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
+    result = train(bundle, task_recipe(task, cfg), dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
+                   cfg.data.num_workers, progress)
+    model_dir = save_task_model(out_dir / "model", bundle, info)
+    return FinetuneResult(result, model_dir, len(dataset))
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+@torch.no_grad()
+def _predict(model, loader, device: str) -> torch.Tensor:
+    outs = []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        _, fused = _fuse(model, batch)
+        outs.append(model.task_head(model.pool(fused.hidden, fused.mask)).float().cpu())
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | None = None,
+                  progress: bool = True, mask_regions: bool | None = None) -> dict:
+    """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
+    scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
+    kind, t = task_kind(task), getattr(cfg.finetune, task)
+    model = bundle.model.eval()
+    split, bs = t.eval_split, cfg.eval.batch_size
+    hide = t.mask_regions if mask_regions is None else mask_regions
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if kind in ("vqa", "ve") and not hasattr(model, "task_head"):
+        raise ValueError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
+    if kind == "vqa":
+        answers = model.task_head.answers
+        questions = vqa_questions(t, split)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_eval)
+        loader = DataLoader(dataset, batch_size=bs, collate_fn=_collate(cfg, bundle, len(answers), hide))
+        best = _predict(model, loader, cfg.device).argmax(1).tolist()
+        predictions = {q.question_id: answers[a] for q, a in zip(dataset.questions, best)}
+        if out_dir is not None:
+            write_vqa_results(out_dir / f"vqa_results_{split}.json", predictions)
+        if not dataset.questions or not dataset.questions[0].answers:
+            return {"questions": len(predictions), "results_only": True}
+        metrics = evaluate_vqa(predictions, dataset.questions)
+        majority = evaluate_vqa({q.question_id: answers[0] for q in dataset.questions}, dataset.questions)
+        return {"acc": metrics.pop("overall"), "majority": majority["overall"], **metrics}
+    if kind == "ve":
+        pairs = read_snli_ve(t.hypotheses.format(split=split))
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_eval)
+        loader = DataLoader(dataset, batch_size=bs, collate_fn=_collate(cfg, bundle, mask_regions=hide))
+        pred = _predict(model, loader, cfg.device).argmax(1)
+        gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
+        per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
+                     for k, name in enumerate(VE_LABELS) if (gold == k).any()}
+        return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label,
+                "pairs": len(gold)}
+    if kind == "grounding":
+        data = _grounding_dataset(cfg, bundle, split, t.max_eval)
+        return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)
+    return _evaluate_retrieval(cfg, bundle, out_dir, progress)
+
+
+def _evaluate_retrieval(cfg: Config, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
+    from ..pipeline import collator
+
+    e, model = cfg.eval, bundle.model
+    dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
+                                 e.split, e.max_images)
+    collate = collator(cfg, bundle)
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    texts = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    result = evaluate_retrieval(model, encode_texts(model, loader(texts), cfg.device),
+                                encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device),
+                                text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score, progress, keep_pairs=True)
+    pairs = result.pop("pair_scores", None)
+    if out_dir is not None and pairs is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records = dataset.records
+        np.savez_compressed(
+            out_dir / "retrieval_pair_scores.npz",
+            image_id=np.asarray([image_ids[i] for i in pairs["image"].tolist()]),
+            text_index=pairs["text"].numpy(),
+            caption=np.asarray([records[i].caption for i in pairs["text"].tolist()]),
+            positive=np.asarray([records[t].image_id == image_ids[v]
+                                 for v, t in zip(pairs["image"].tolist(), pairs["text"].tolist())]),
+            itm=pairs["itm"].numpy(), sim=pairs["sim"].numpy(),
+        )
+    return {**result, "images": len(image_ids), "captions": len(dataset)}
