@@ -3,11 +3,15 @@
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
     mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
+    mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
+    mvptr prepare easyvqa [--out DIR] [--detector FILE]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
     mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--skip-bad]
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
+    mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
+    mvptr evaluate retrieval|vqa|ve|grounding|easyvqa --model DIR [--config PRESET] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
     mvptr search build|query ...
@@ -57,6 +61,14 @@ def cmd_prepare(args) -> None:
         summary = generate_demo_world(args.out or "data/demo", n_train=args.n_train, n_val=args.n_val,
                                       n_test=args.n_test, seed=args.seed, image_size=args.image_size)
         print(json.dumps(summary, indent=2, default=str))
+    elif args.what == "tasks":
+        from .data.demo_tasks import prepare_demo_tasks
+
+        print(json.dumps(prepare_demo_tasks(args.out or "data/demo"), indent=2))
+    elif args.what == "easyvqa":
+        from .data.easyvqa import prepare_easyvqa
+
+        print(json.dumps(prepare_easyvqa(args.out or "data/demo/easyvqa", args.detector), indent=2))
     elif args.what == "vocab":
         # one phrase vocabulary over all corpora of data.corpora (or the single corpus)
         from .data.pretrain import mix_phrase_vocab
@@ -140,7 +152,33 @@ def cmd_pretrain(args) -> None:
             _report_skipped(skipped, out / name / "skipped.json")
 
 
+def _task_args(args):
+    """``evaluate``'s optional task comes before the overrides: a key=value there is an override."""
+    if args.task and "=" in args.task:
+        args.overrides, args.task = [args.task, *args.overrides], None
+    return args
+
+
+def cmd_finetune(args) -> None:
+    from .pipeline import write_json
+    from .train.finetune import evaluate_task, finetune, load_task_model
+
+    cfg = _config(args)
+    out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
+    save_config(cfg, out / "config.yaml")
+    bundle = load_task_model(args.model, cfg.device)
+    result = finetune(cfg, args.task, bundle, out)
+    print(f"{args.task}: {result.train.steps} steps on {result.examples} examples, "
+          f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}")
+    metrics = evaluate_task(cfg, args.task, bundle, out)
+    write_json(out / f"eval_{args.task}.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    print(f"model: {result.model_dir}")
+
+
 def cmd_evaluate(args) -> None:
+    if _task_args(args).task:
+        return cmd_evaluate_task(args)
     from .checkpoint import load_model_dir
     from .pipeline import evaluate, write_json
 
@@ -153,6 +191,17 @@ def cmd_evaluate(args) -> None:
     write_json(Path(args.model).parent / "eval.json", result)
     print(json.dumps(result, indent=2))
     _report_skipped(skipped, Path(args.model).parent / "skipped.json")
+
+
+def cmd_evaluate_task(args) -> None:
+    from .pipeline import write_json
+    from .train.finetune import evaluate_task, load_task_model
+
+    cfg = _config(args)
+    out = Path(args.model).parent
+    metrics = evaluate_task(cfg, args.task, load_task_model(args.model, cfg.device), out)
+    write_json(out / f"eval_{args.task}.json", metrics)
+    print(json.dumps(metrics, indent=2))
 
 
 def cmd_demo(args) -> None:
@@ -184,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="generate the demo world, parse phrases, or build one phrase "
                                           "vocabulary over data.corpora")
-    prep.add_argument("what", choices=["demo", "phrases", "vocab"])
+    prep.add_argument("what", choices=["demo", "phrases", "vocab", "tasks", "easyvqa"])
+    prep.add_argument("--detector", default="data/demo/detector.safetensors",
+                      help="demo detector weights that find easy-VQA's regions (easyvqa)")
     prep.add_argument("--out")
     prep.add_argument("--captions")
     prep.add_argument("--min-count", type=int, default=50)
@@ -227,11 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(pre)
     pre.set_defaults(func=cmd_pretrain)
 
-    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory")
+    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, or one task")
+    ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding or easyvqa (default: zero-shot)")
     ev.add_argument("--model", required=True)
     ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     with_config(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model directory on a task, then evaluate it")
+    ft.add_argument("task", choices=["retrieval", "vqa", "ve", "grounding", "easyvqa"])
+    ft.add_argument("--model", required=True, help="pre-trained (or fine-tuned) model directory")
+    ft.add_argument("--out", help="output directory (default: <out_dir>/finetune/<task>)")
+    with_config(ft)
+    ft.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("demo", help="prepare, pre-train and evaluate on the demo world")
     demo.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier demo run")
