@@ -173,5 +173,12 @@ def load_state_strict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state)
 
 
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Disk a training checkpoint needs: weights and two Adam moments, twice over while a new
+    checkpoint replaces the old one, plus tokenizer and vocabularies."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 2 * 3 * weights + 16 * 2**20
+
+
 def load_training_state(path: str | Path) -> dict:
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)

@@ -31,6 +31,7 @@ from .. import distributed
 from ..checkpoint import (
     STATE_FILE,
     Bundle,
+    checkpoint_bytes,
     has_checkpoint,
     load_model_dir,
     load_state_strict,
@@ -141,8 +142,9 @@ def param_groups(model: torch.nn.Module, trainable: Callable[[str], bool], weigh
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before training, not after hours, when the output directory cannot take a checkpoint."""
+def check_writable(out_dir: Path, needed: int = 64 * 2**20) -> None:
+    """Fail before training, not after hours, when the output directory cannot take a checkpoint
+    (``needed`` bytes free)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_probe"
@@ -151,8 +153,9 @@ def check_writable(out_dir: Path) -> None:
     except OSError as err:
         raise OSError(f"cannot write to output directory {out_dir}: {err.strerror}") from None
     free = shutil.disk_usage(out_dir).free
-    if free < 64 * 2**20:
-        raise OSError(f"output directory {out_dir} has only {free // 2**20} MiB free")
+    if free < needed:
+        raise OSError(f"output directory {out_dir} has only {free // 2**20} MiB free; "
+                      f"its checkpoints need about {needed // 2**20} MiB")
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -200,7 +203,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     d = distributed.from_env(device)
     device = distributed.local_device(device, d)
     if d.main:
-        check_writable(out_dir)
+        check_writable(out_dir, checkpoint_bytes(bundle.model))
     accum = stage.grad_accum_steps
     model = bundle.model.to(device)
     per_epoch = len(dataset) // stage.batch_size
