@@ -42,6 +42,7 @@ Known gaps of the parser, kept as they are:
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 from collections import Counter
 from pathlib import Path
@@ -104,12 +105,35 @@ class PhraseExtractor:
 
     def extract(self, captions: Sequence[str], batch_size: int = 256, n_process: int = 1,
                 progress: bool = True) -> list[list[Phrase]]:
-        """Tuples of each caption, deduplicated, in order of appearance."""
+        """Tuples of each caption, deduplicated, in order of appearance.
+
+        With ``n_process`` > 1 the captions are split among forked processes that each parse
+        and extract tuples, and send back only the tuples. (spaCy's own ``n_process`` would
+        send every parsed Doc back and leave the scene-graph rules to this process alone.)
+        """
+        if n_process > 1 and len(captions) > batch_size and "fork" in mp.get_all_start_methods():
+            return self._extract_forked(captions, batch_size, n_process, progress)
         docs = self.nlp.pipe((c.strip() for c in captions), batch_size=batch_size,
                              n_process=n_process)
         if progress:
             docs = tqdm(docs, total=len(captions), desc="parsing captions", unit="caption")
         return [self.tuples(doc) for doc in docs]
+
+    def _extract_forked(self, captions: Sequence[str], batch_size: int, n_process: int,
+                        progress: bool) -> list[list[Phrase]]:
+        global _FORKED
+        parts = [list(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
+        _FORKED = self  # inherited by the forked workers, never pickled
+        try:
+            with mp.get_context("fork").Pool(n_process) as pool:
+                out: list[list[Phrase]] = []
+                with tqdm(total=len(captions), desc="parsing captions", unit="caption", disable=not progress) as bar:
+                    for part in pool.imap(_extract_part, parts):
+                        out += part
+                        bar.update(len(part))
+                return out
+        finally:
+            _FORKED = None
 
     def tuples(self, doc) -> list[Phrase]:
         """Tuples of one spaCy Doc."""
@@ -151,6 +175,13 @@ class PhraseExtractor:
             if word:
                 out.append(word)
         return out
+
+
+_FORKED: PhraseExtractor | None = None
+
+
+def _extract_part(captions: list[str]) -> list[list[Phrase]]:
+    return _FORKED.extract(captions, batch_size=len(captions), n_process=1, progress=False)
 
 
 def phrase_string(phrase: Sequence[str]) -> str:
