@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -249,10 +250,10 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
-            if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            if not key or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
                 raise ConfigError(f"unknown config key {key!r}")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
-    except (ConfigKeyError, ValidationError) as err:
+    except (OmegaConfBaseException, yaml.YAMLError) as err:  # wrong types, unparsable keys or values
         raise ConfigError(f"bad config: {err}") from None
     return OmegaConf.to_object(cfg)
 
