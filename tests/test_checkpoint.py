@@ -87,3 +87,42 @@ def test_a_swap_cut_between_its_renames_recovers_the_previous_directory(bundle, 
     save_model_dir(tmp_path / "m", bundle, {"step": 4})  # the next save clears the leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert json.loads((tmp_path / "m" / "config.json").read_text())["num_phrases"] == 2
+
+
+def test_non_strict_loading_reports_but_still_refuses_shapes(bundle, tmp_path):
+    save_model_dir(tmp_path / "m", bundle)
+    path = tmp_path / "m" / MODEL_FILE
+    state = load_file(str(path))
+    state.pop("itm_head.classifier.bias")
+    state["vqa_head.weight"] = torch.zeros(2)
+    save_file(state, str(path))
+    with pytest.warns(UserWarning, match=r"missing \['itm_head.classifier.bias'\], unexpected \['vqa_head.weight'\]"):
+        loaded = load_model_dir(tmp_path / "m", strict=False).model
+    assert torch.equal(loaded.text_proj.weight, bundle.model.text_proj.weight)
+    state["text_proj.weight"] = torch.zeros(2, 2)
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_model_dir(tmp_path / "m", strict=False)
+
+
+@pytest.mark.parametrize("damage", ["torn weights", "bad config", "no config", "bad vocab", "vocab mismatch"])
+def test_a_damaged_model_directory_is_an_error_that_names_the_file(bundle, tmp_path, damage):
+    save_model_dir(tmp_path / "m", bundle)
+    m = tmp_path / "m"
+    if damage == "torn weights":
+        m.joinpath(MODEL_FILE).write_bytes(m.joinpath(MODEL_FILE).read_bytes()[:100])
+        expected = MODEL_FILE
+    elif damage == "bad config":
+        m.joinpath("config.json").write_text("{not json")
+        expected = "config.json: not valid JSON"
+    elif damage == "no config":
+        m.joinpath("config.json").unlink()
+        expected = "config.json: not found"
+    elif damage == "bad vocab":
+        m.joinpath("phrase_vocab.json").write_text('{"nothing": 1}')
+        expected = "phrase_vocab.json: not a phrase vocabulary"
+    else:
+        PhraseVocab({"red circle": 1}, min_count=1).save(m / "phrase_vocab.json")
+        expected = "phrase_vocab.json has 1 phrases, the model 2"
+    with pytest.raises((ValueError, FileNotFoundError), match=expected):
+        load_model_dir(m)

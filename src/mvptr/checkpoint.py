@@ -18,10 +18,13 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import model_config_from_dict, to_dict
@@ -114,7 +117,10 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
     """A state dict from safetensors, or from a pickle file when ``trust_pickle`` says it is safe."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:  # reported without the file's name
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     if not trust_pickle:
         raise UntrustedPickleError(
             f"{path} is a pickle file, and loading a pickle can run arbitrary code; if you trust its source, "
@@ -138,39 +144,61 @@ def weights_file(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no {MODEL_FILE} (nor {', '.join(PICKLE_FILES)})")
 
 
-def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> Bundle:
-    """Model, tokenizer and vocabularies of a model directory; every weight must fit exactly."""
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (is {path.parent} an mvptr model directory?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = False, strict: bool = True) -> Bundle:
+    """Model, tokenizer and vocabularies of a model directory. Weights must fit exactly; with
+    ``strict=False`` missing weights keep their initialisation and unexpected ones are left out
+    (both are reported in a warning), but a weight of the wrong shape is still an error."""
     path = recover_dir(path)
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file}: not found (is {path} an mvptr model directory?)")
-    config = json.loads(cfg_file.read_text())
-    if config.get("format", "").split("/")[0] != "mvptr":
+    config = _read_json(cfg_file)
+    if not isinstance(config, dict) or str(config.get("format", "")).split("/")[0] != "mvptr":
         raise ValueError(f"{cfg_file}: not an mvptr model directory (for official checkpoints use `mvptr convert official`)")
     source = weights_file(path)
     state = {k: v.to(device) for k, v in load_weights(source, trust_pickle).items()}
     if "tag_pieces" not in state:
         raise ValueError(f"{source}: no tag_pieces buffer; not written by mvptr")
-    model = MVPTR(model_config_from_dict(config["model"]), config["num_phrases"], state["tag_pieces"])
-    load_state_strict(model, state, str(source))
-    return Bundle(
-        model.to(device),
-        load_tokenizer(path),
-        PhraseVocab.load(path / "phrase_vocab.json"),
-        json.loads((path / "tag_vocab.json").read_text()),
-    )
+    try:
+        model = MVPTR(model_config_from_dict(config["model"]), int(config["num_phrases"]), state["tag_pieces"])
+    except (KeyError, TypeError, ValueError, OmegaConfBaseException) as err:
+        raise ValueError(f"{cfg_file}: bad model configuration ({err})") from None
+    report = load_state(model, state, str(source), strict)
+    if report["missing"] or report["unexpected"]:
+        warnings.warn(f"{source}: missing {report['missing']}, unexpected {report['unexpected']}", stacklevel=2)
+    try:
+        phrase_vocab = PhraseVocab.load(path / "phrase_vocab.json")
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / 'phrase_vocab.json'}: not a phrase vocabulary ({err})") from None
+    if len(phrase_vocab) != model.num_phrases:
+        raise ValueError(f"{path}: phrase_vocab.json has {len(phrase_vocab)} phrases, the model {model.num_phrases}")
+    return Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"))
 
 
-def load_state_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+def load_state(model: torch.nn.Module, state: dict, source: str, strict: bool = True) -> dict:
+    """Load ``state`` into ``model``: a shape mismatch is always an error, missing or unexpected
+    weights only when ``strict``. Returns {"missing": [...], "unexpected": [...]}."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+    if shapes or (strict and (missing or unexpected)):
         raise ValueError(
             f"{source}: does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}, shape mismatches {shapes[:10]}"
         )
-    model.load_state_dict(state)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def load_state_strict(model: torch.nn.Module, state: dict, source: str) -> None:
+    load_state(model, state, source, strict=True)
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:

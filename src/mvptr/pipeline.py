@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import Bundle
+from .checkpoint import Bundle, checkpoint_bytes
 from .config import Config, StageConfig
 from .data.formats import SkippedSamples, read_captions, read_phrase_cache
 from .data.pretrain import (Collator, ImageSource, Masking, build_pair_dataset, caption_records, open_images,
@@ -24,7 +24,7 @@ from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
 from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir
 from .train.recipes import pretraining_recipe
-from .train.trainer import TrainResult, train
+from .train.trainer import TrainResult, check_writable, train
 
 
 def configure_torch(cfg: Config) -> None:
@@ -77,6 +77,8 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
     samples of each corpus."""
     configure_torch(cfg)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
     if cfg.data.skip_bad and skipped is None:
         skipped = SkippedSamples()
