@@ -1,15 +1,26 @@
 """The end-to-end demo: prepare the demo world, parse phrases, pre-train both stages,
-evaluate against un-pre-trained baselines, and write ``report.json`` / ``report.md``."""
+evaluate against un-pre-trained baselines, fine-tune on the downstream tasks (and on
+easy-VQA, with a majority-answer and a question-only baseline), and write ``report.json`` /
+``report.md``."""
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+from .checkpoint import Bundle
 from .config import Config, save_config
 from .data.demo_world import generate_demo_world
-from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab, write_json
+from .pipeline import (
+    evaluate,
+    new_bundle,
+    pretrain_stage,
+    training_tag_vocab,
+    write_json,
+)
 from .text.phrases import PhraseVocab, prepare_phrases
 from .viz import make_demo_figures
 
@@ -63,11 +74,57 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
         results["pretrained"] = evaluate(cfg, bundle)
     with timed(seconds, "figures"):
         figures = make_demo_figures(cfg, bundle, out / "figures")
+    downstream = run_downstream(cfg, bundle, out / "finetune", seconds)
     report = build_report(results, seconds, {"stage1": stage1, "stage2": stage2})
+    report["grounding"]["zero_shot"] = {"acc": results["pretrained"]["grounding"]["acc"]}
+    report["grounding"]["finetuned"] = {"acc": downstream.pop("grounding")["acc"]}
+    report.update(downstream)
     report["figures"] = {name: str(Path(path).relative_to(out)) for name, path in figures.items()}
     write_json(out / "report.json", report)
     (out / "report.md").write_text(report_markdown(report))
     return report
+
+
+def _copy(bundle: Bundle) -> Bundle:
+    return Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
+
+
+def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progress: bool = True) -> dict:
+    """Fine-tune a copy of the pre-trained model on each task and evaluate it; then easy-VQA,
+    with regions and with every region hidden (question only). The task files are written
+    first when missing."""
+    from .data.demo_tasks import prepare_demo_tasks
+    from .data.easyvqa import prepare_easyvqa
+    from .train.finetune import evaluate_task, finetune
+
+    f = cfg.finetune
+    with timed(seconds, "prepare_tasks"):
+        if not Path(f.vqa.questions.format(split=f.vqa.train_split)).exists():
+            prepare_demo_tasks(cfg.demo.data_dir)
+    with timed(seconds, "prepare_easyvqa"):
+        if not Path(f.easyvqa.questions.format(split=f.easyvqa.train_split)).exists():
+            prepare_easyvqa(Path(f.easyvqa.questions).parent, Path(cfg.demo.data_dir) / "detector.safetensors")
+    results = {}
+    runs = [(task, task, cfg) for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa")]
+    text_only = replace(cfg, finetune=replace(f, easyvqa=replace(f.easyvqa, mask_regions=True)))
+    runs.append(("easyvqa_question_only", "easyvqa", text_only))
+    for name, task, task_cfg in runs:
+        with timed(seconds, f"finetune_{name}"):
+            model = _copy(bundle)
+            trained = finetune(task_cfg, task, model, out / name, progress)
+            results[name] = {**evaluate_task(task_cfg, task, model, out / name, progress),
+                             "steps": trained.train.steps, "train_examples": trained.examples}
+    easy = results.pop("easyvqa")
+    question_only = results.pop("easyvqa_question_only")
+    retrieval = results.pop("retrieval")
+    return {
+        "vqa": results["vqa"],
+        "ve": results["ve"],
+        "grounding": results["grounding"],
+        "retrieval_finetuned": {k: retrieval[k] for k in ("uni", "rerank", "steps", "train_examples")},
+        "easyvqa": {"acc": easy["acc"], "majority": easy["majority"], "question_only": question_only["acc"],
+                    "questions": easy["questions"], "steps": easy["steps"]},
+    }
 
 
 def build_report(results: dict, seconds: dict, training: dict) -> dict:
@@ -111,7 +168,9 @@ def report_markdown(report: dict) -> str:
         "| model | accuracy |",
         "|---|---|",
     ]
-    lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items()]
+    lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items() if m in ORDER]
+    if "vqa" in report:
+        lines += downstream_markdown(report)
     for name, path in report.get("figures", {}).items():
         lines += ["", f"![{name}]({path})"]
     lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
@@ -123,3 +182,25 @@ def report_markdown(report: dict) -> str:
         for k, v in report["training"].items()
     ]
     return "\n".join(lines) + "\n"
+
+
+def downstream_markdown(report: dict) -> list[str]:
+    """One table of the fine-tuned tasks (percent) with the baselines each is read against."""
+    rt, vqa, ve, gr, easy = (report[k] for k in ("retrieval_finetuned", "vqa", "ve", "grounding", "easyvqa"))
+    zero = report["retrieval"]["pretrained"]
+    rows = [
+        ("retrieval (test)", "RSUM, re-ranked", rt["rerank"]["rsum"], f"zero-shot {zero['rerank']['rsum']:.2f}"),
+        ("retrieval (test)", "RSUM, uni-modal", rt["uni"]["rsum"], f"zero-shot {zero['uni']['rsum']:.2f}"),
+        ("retrieval (test)", "i2t / t2i R@1, re-ranked", f"{rt['rerank']['i2t_r1']:.2f} / {rt['rerank']['t2i_r1']:.2f}",
+         f"zero-shot {zero['rerank']['i2t_r1']:.2f} / {zero['rerank']['t2i_r1']:.2f}"),
+        ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
+        ("SNLI-VE (demo world)", "accuracy", ve["acc"], "chance 33.33"),
+        ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
+         f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
+        ("easy-VQA (test)", "VQA accuracy", easy["acc"],
+         f"majority answer {easy['majority']:.2f}, question only {easy['question_only']:.2f}"),
+    ]
+    lines = ["", "Fine-tuned on each task (percent; the test sets of the demo world are subsampled as configured).",
+             "", "| task | metric | fine-tuned | baselines |", "|---|---|---|---|"]
+    lines += [f"| {t} | {m} | {v if isinstance(v, str) else f'{v:.2f}'} | {b} |" for t, m, v, b in rows]
+    return lines

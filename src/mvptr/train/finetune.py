@@ -189,7 +189,7 @@ def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bo
     return TaskCollator(collator(cfg, bundle), num_answers, mask_regions)
 
 
-def _grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
+def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
     from ..pipeline import image_source, phrase_lookup
 
     image_ids = sorted({r.image_id for r in read_captions(cfg.data.captions, splits=[split])})
@@ -234,7 +234,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
         dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     else:
-        dataset = _grounding_dataset(cfg, bundle, t.train_split, t.max_train)
+        dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     result = train(bundle, task_recipe(task, cfg), dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
@@ -286,14 +286,18 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
         loader = DataLoader(dataset, batch_size=bs, collate_fn=_collate(cfg, bundle, mask_regions=hide))
         pred = _predict(model, loader, cfg.device).argmax(1)
         gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
-        per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
-                     for k, name in enumerate(VE_LABELS) if (gold == k).any()}
-        return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label,
-                "pairs": len(gold)}
+        return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold)}
     if kind == "grounding":
-        data = _grounding_dataset(cfg, bundle, split, t.max_eval)
+        data = grounding_dataset(cfg, bundle, split, t.max_eval)
         return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)
     return _evaluate_retrieval(cfg, bundle, out_dir, progress)
+
+
+def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
+    """Accuracy (percent) overall and per gold label (recall of each class)."""
+    per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
+                 for k, name in enumerate(labels) if (gold == k).any()}
+    return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
 
 
 def _evaluate_retrieval(cfg: Config, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
