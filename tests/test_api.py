@@ -52,6 +52,7 @@ def test_encode_and_score(model, images):
     assert torch.allclose(model.score(images[1:2], texts[2:3], mode="itm")[0, 0], itm[1, 2], atol=1e-5)
     with pytest.raises(ValueError, match="unknown score"):
         model.score(v, t, mode="cosine")
+    assert model.score([], texts).shape == (0, 3) and model.score(images[:2], []).shape == (2, 0)
 
 
 def test_images_with_no_regions_or_too_many(model, images):
@@ -99,6 +100,10 @@ def test_search_ranks_by_cosine_then_reranks(model_dir, world, tmp_path, capsys)
     assert main(["search", "query", str(tmp_path / "index"), query, "--top", "4", "--json", "--no-phrases"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and {"image_id", "score", "similarity"} <= set(hits[0])
+    with pytest.raises(SystemExit, match="empty query"):
+        main(["search", "query", str(tmp_path / "index"), "   ", "--no-phrases"])
+    with pytest.raises(SystemExit, match="index.json: not found"):
+        main(["search", "query", str(tmp_path), query])
 
 
 def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path):

@@ -117,6 +117,10 @@ class Model:
         for start in range(0, len(items), self.batch_size):
             yield self.collate(items[start : start + self.batch_size])
 
+    def _empty(self) -> EncodedSet:
+        c = self.model.cfg
+        return EncodedSet(torch.zeros(0, c.embed_dim), torch.zeros(0, 0, c.hidden_size), torch.zeros(0, 0, dtype=torch.bool))
+
     # ----- encoders ---------------------------------------------------------------------------
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], phrases: Sequence[Sequence[Sequence[str]]] | None = None) -> EncodedSet:
@@ -126,6 +130,8 @@ class Model:
         if len(tuples) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(tuples)} phrase lists")
         vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
+        if not texts:
+            return self._empty()
         items = [{"input_ids": ids, "phrases": vocab.encode(t, m)} for ids, t in zip(self.pieces.captions(texts), tuples)]
         return encode_texts(self.model, self._batches(items), self.device)
 
@@ -142,7 +148,8 @@ class Model:
     @torch.no_grad()
     def encode_images(self, images) -> EncodedSet:
         """Global embeddings and region outputs of each image."""
-        return encode_images(self.model, self._batches(self._image_items(images)), self.device)
+        items = self._image_items(images)
+        return encode_images(self.model, self._batches(items), self.device) if items else self._empty()
 
     # ----- scores -----------------------------------------------------------------------------
     @torch.no_grad()
