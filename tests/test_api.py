@@ -130,3 +130,32 @@ def test_the_readme_example_runs(model_dir, world, tmp_path, capsys):
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README is ours
     out = capsys.readouterr().out
     assert "tensor(" in out and len(out.strip().splitlines()) >= 5
+
+
+def test_a_vqa_model_answers_questions(world_args, images, tmp_path):
+    from mvptr.train.finetune import attach_head, save_task_model
+
+    cfg = load_config("tiny", world_args(tmp_path))
+    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    answers = ["red", "blue", "circle", "two"]
+    attach_head(bundle, "vqa", answers)
+    save_task_model(tmp_path / "vqa", bundle, {"task": "vqa", "answers": answers})
+    model = Model.load(tmp_path / "vqa", config="tiny", parse_phrases=False)
+    got = model.answer(images[0], "what color is the circle?", top=4)
+    assert sorted(a for a, _ in got) == sorted(answers)
+    assert [p for _, p in got] == sorted((p for _, p in got), reverse=True) and all(0 < p < 1 for _, p in got)
+    # the head's own forward on the same pair picks the same answer
+    batch = model.collate([{"input_ids": model.pieces.captions(["what color is the circle?"])[0], "phrases": [],
+                            **model._image_items([images[0]])[0]}])
+    m = bundle.model.eval()
+    with torch.no_grad():
+        t = m.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+        v = m.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+        fused = m.fuse(t.hidden, t.mask, v.region_hidden, v.region_mask)
+        logits = m.task_head(m.pool(fused.hidden, fused.mask))[0]
+    assert got[0][0] == answers[int(logits.argmax())]
+
+
+def test_a_model_without_a_vqa_head_says_so(model, images):
+    with pytest.raises(ValueError, match="no VQA head"):
+        model.answer(images[0], "what color is the circle?")

@@ -11,7 +11,8 @@ Images are region sets: :class:`mvptr.vision.regions.Regions` from a detector (s
 :meth:`Model.detect`), or the per-image dicts of a feature store. Texts are strings; their
 phrase concepts are parsed with spaCy unless given (``phrases=``) or switched off
 (``parse_phrases=False``). Inputs are cut to the limits of the config's ``data`` section
-(``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``), as in training.
+(``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``), as in training. A model
+fine-tuned for VQA (``mvptr finetune vqa``) also answers questions (:meth:`Model.answer`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ class Model:
         """``config``: the preset or YAML the model was trained with (its input limits), or None
         for the defaults (the paper's)."""
         cfg = load_config(config) if isinstance(config, str) else config
+        if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
+            from .train.finetune import load_task_model
+
+            return cls(load_task_model(path, device), cfg, **kwargs)
         return cls(load_model_dir(path, device, trust_pickle), cfg, **kwargs)
 
     # ----- inputs ---------------------------------------------------------------------------
@@ -167,6 +172,26 @@ class Model:
         pairs = torch.cartesian_prod(torch.arange(len(sim)), torch.arange(sim.shape[1]))
         itm = itm_scores(self.model, t, v, pairs, self.batch_size, progress=False).view_as(sim)
         return itm if mode == "itm" else itm + sim
+
+    # ----- question answering -----------------------------------------------------------------
+    @torch.no_grad()
+    def answer(self, image, question: str, top: int = 1) -> list[tuple[str, float]]:
+        """The ``top`` answers of a VQA-fine-tuned model (``mvptr finetune vqa``) to a question
+        about ``image``, with their probabilities (the head is trained with BCE on soft scores)."""
+        head = getattr(self.model, "task_head", None)
+        answers = getattr(head, "answers", None)
+        if answers is None:
+            raise ValueError("this model has no VQA head; load a model fine-tuned with `mvptr finetune vqa`")
+        # questions carry no phrase concepts, as in VQA fine-tuning
+        text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
+        batch = {k: v.to(self.device) for k, v in self.collate([{**text, **self._image_items([image])[0]}]).items()}
+        m = self.model
+        t = m.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+        v = m.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+        fused = m.fuse(t.hidden, t.mask, v.region_hidden, v.region_mask)
+        probs = head(m.pool(fused.hidden, fused.mask))[0].float().sigmoid().cpu()
+        best = probs.topk(min(top, len(answers)))
+        return [(answers[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
 
     # ----- grounding --------------------------------------------------------------------------
     def _spans(self, caption: str, phrases: Sequence[str] | None) -> list[tuple[int, int]]:
