@@ -4,7 +4,7 @@ defined behaviour (a result that keeps the invariants, or a ValueError that says
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from mvptr.api import image_item
@@ -160,3 +160,28 @@ def test_config_overrides_are_applied_or_rejected_by_name(key, value):
         load_config("tiny", [f"{key}={value}"])
     except ConfigError as err:
         assert str(err)
+
+
+@pytest.fixture(scope="module")
+def training_model():
+    torch.manual_seed(0)
+    return MVPTR(load_config("tiny").model, 7, torch.tensor([[4418, 0], [2675, 0], [4026, 2422], [14175, 6277]]))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=batches(), seed=st.integers(0, 2**31))
+@example(items=[item([101, 102], 0, [], []), {**item([101, 2417, 102], 0, ["circle"], [1]), "image_index": 1}],
+         seed=0)  # no image of the batch has a region
+def test_every_objective_gives_a_finite_loss_on_any_batch(pieces, training_model, items, seed):
+    """Images without regions, captions without phrases, a batch of one: losses stay finite."""
+    from mvptr.train.recipes import OBJECTIVES, pretraining_losses
+
+    cfg, model = load_config("tiny"), training_model
+    model.zero_grad(set_to_none=True)
+    b = Collator(pieces, TAGS, 7, 30522, masking=Masking(0.5, 0.5, 0.5), generator=torch.Generator().manual_seed(seed))(
+        items)
+    losses = pretraining_losses(model, b, list(OBJECTIVES), cfg.objectives, torch.Generator().manual_seed(seed))
+    total = sum(losses.values())
+    assert all(torch.isfinite(v) for v in losses.values())
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -121,7 +121,9 @@ def wpg_similarity(
     p = F.normalize(phrase_hidden.float(), dim=-1)
     r = F.normalize(region_hidden.float(), dim=-1)
     cos = torch.einsum("pmh,prh->pmr", p, r).masked_fill(~region_mask[:, None, :].bool(), float("-inf"))
-    best = cos.max(-1).values.masked_fill(~phrase_mask.bool(), 0.0)
+    # a batch whose images have no regions at all has nothing to take the max over
+    best = cos.max(-1).values if cos.shape[-1] else cos.new_zeros(cos.shape[:2])
+    best = best.masked_fill(~phrase_mask.bool(), 0.0)
     best = torch.nan_to_num(best, neginf=0.0)
     n = phrase_mask.sum(1)
     valid = (n > 0) & region_mask.bool().any(1)
