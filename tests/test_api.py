@@ -159,3 +159,20 @@ def test_a_vqa_model_answers_questions(world_args, images, tmp_path):
 def test_a_model_without_a_vqa_head_says_so(model, images):
     with pytest.raises(ValueError, match="no VQA head"):
         model.answer(images[0], "what color is the circle?")
+
+
+def test_search_over_a_memmap_store(model_dir, world, tmp_path):
+    from mvptr.vision.stores import convert_vinvl_to_memmap
+
+    convert_vinvl_to_memmap(world / "features.tsv", world / "predictions.tsv", tmp_path / "store", progress=False)
+    from_tsv = build_index(model_dir, tmp_path / "a", str(world / "features.tsv"), str(world / "predictions.tsv"),
+                           config="tiny")
+    from_store = build_index(model_dir, tmp_path / "b", str(tmp_path / "store"), config="tiny")
+    assert from_tsv["images"] == from_store["images"]
+    a, b = SearchIndex(tmp_path / "a", parse_phrases=False), SearchIndex(tmp_path / "b", parse_phrases=False)
+    assert a.ids == b.ids and torch.allclose(a.emb, b.emb, atol=2e-3)  # the store keeps features in float16
+    hits = b.query("a blue square", top=3, rerank=5)
+    assert len(hits) == 3 and all(h.image_id in b.ids for h in hits)
+    with pytest.raises(SystemExit, match="needs its predictions file"):
+        main(["search", "build", "--model", str(model_dir), "--features", str(world / "features.tsv"),
+              "--out", str(tmp_path / "c")])

@@ -63,6 +63,17 @@ def image_item(image, max_regions: int, max_tags: int) -> dict:
     }
 
 
+def open_feature_store(features: str, predictions: str | None, feat_dim: int):
+    """A memmap store directory, or a VinVL features.tsv with its predictions.tsv."""
+    import os
+
+    from .vision.stores import open_store
+
+    if not os.path.isdir(features) and not predictions:
+        raise ValueError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
+    return open_store(str(features), str(predictions or ""), feat_dim)
+
+
 class Model:
     """A model directory ready for inference (eval mode, no gradients)."""
 
@@ -108,9 +119,7 @@ class Model:
 
     def images_from_store(self, features: str, predictions: str | None = None, image_ids: Sequence[str] | None = None):
         """Per-image dicts of a feature store (VinVL TSV pair or memmap directory); all images by default."""
-        from .vision.stores import open_store
-
-        store = open_store(features, predictions or "", self.model.cfg.region_feat_dim)
+        store = open_feature_store(features, predictions, self.model.cfg.region_feat_dim)
         return [store[i] for i in (store.ids() if image_ids is None else image_ids)]
 
     @staticmethod

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Model
+from .api import Model, open_feature_store
 from .checkpoint import replace_dir
 from .config import load_config, to_dict
 from .eval.retrieval import itm_scores
@@ -81,9 +81,7 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     else:
         raise ValueError("give a feature store (--features) or image files (--images with --detector)")
     model = Model.load(model_dir, config, batch_size=batch_size, parse_phrases=False)
-    from .vision.stores import open_store
-
-    store = open_store(read_from[0], read_from[1], model.model.cfg.region_feat_dim)
+    store = open_feature_store(*read_from, model.model.cfg.region_feat_dim)
     ids = list(store.ids())
     embs = []
     for start in range(0, len(ids), batch_size):
@@ -115,9 +113,7 @@ class SearchIndex:
                                      if k.startswith("max_")])
             model = Model.load(self.meta["model"], cfg, parse_phrases=parse_phrases)
         self.model = model
-        from .vision.stores import open_store
-
-        self.store = open_store(self.meta["features"], self.meta["predictions"], model.model.cfg.region_feat_dim)
+        self.store = open_feature_store(self.meta["features"], self.meta["predictions"], model.model.cfg.region_feat_dim)
 
     def query(self, text: str, top: int = 10, rerank: int = 64, score: str = "itm+sim") -> list[Hit]:
         """The ``top`` images for ``text``: cosine ranking, then the best ``rerank`` by ``score``
@@ -189,6 +185,6 @@ def _checked(func):
             raise SystemExit("mvptr search query: give the index directory and a sentence")
         try:
             func(args)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError) as err:  # FormatError is a ValueError
             raise SystemExit(f"mvptr search: {err}") from None
     return run
