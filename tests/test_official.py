@@ -201,3 +201,27 @@ def test_a_pickled_checkpoint_needs_the_trust_flag(tmp_path, capsys):
 
     with pytest.raises(UntrustedPickleError, match="trust_pickle=True"):
         convert_official(tmp_path / "official", tmp_path / "ours")
+
+
+def test_the_api_runs_a_converted_model(tmp_path):
+    import numpy as np
+
+    from mvptr.api import Model
+    from mvptr.model.convert import convert_official
+    from mvptr.model.mvptr import MVPTR
+
+    write_official(tmp_path / "official", official_state(True))
+    convert_official(tmp_path / "official", tmp_path / "ours", trust_pickle=True)
+    assert MVPTR.from_pretrained(tmp_path / "ours").cfg.layout == "official"
+    model = Model.load(tmp_path / "ours", parse_phrases=False)
+    rng = np.random.default_rng(0)
+    image = {"region_feats": rng.random((4, FEAT), dtype=np.float32), "boxes": rng.random((4, 4)) * 20,
+             "confs": np.ones(4, np.float32), "classes": ["man", "surfboard", "wave", "man"], "width": 32, "height": 32}
+    scores = model.score([image, {**image, "region_feats": image["region_feats"][:0], "boxes": image["boxes"][:0],
+                                  "confs": image["confs"][:0], "classes": []}],
+                         ["a man riding a big wave", "two boats"])
+    assert scores.shape == (2, 2) and torch.isfinite(scores).all()
+    # phrases by tuple or by string; a one-word concept is known by its string only
+    a = model.encode_texts(["a man"], phrases=[[("wave", "big"), "man"]])
+    b = model.encode_texts(["a man"], phrases=[["big wave", "man"]])
+    assert a.hidden.shape[1] == 4 + 2 and torch.equal(a.hidden, b.hidden)

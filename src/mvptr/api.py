@@ -9,7 +9,8 @@
 
 Images are region sets: :class:`mvptr.vision.regions.Regions` from a detector (see
 :meth:`Model.detect`), or the per-image dicts of a feature store. Texts are strings; their
-phrase concepts are parsed with spaCy unless given (``phrases=``) or switched off
+phrase concepts are parsed with spaCy unless given (``phrases=``, scene-graph tuples or
+phrase strings such as "big wave") or switched off
 (``parse_phrases=False``). Inputs are cut to the limits of the config's ``data`` section
 (``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``), as in training. A model
 fine-tuned for VQA (``mvptr finetune vqa``) also answers questions (:meth:`Model.answer`).
