@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mvptr.api import Model
 from mvptr.checkpoint import save_model_dir
@@ -176,3 +178,15 @@ def test_search_over_a_memmap_store(model_dir, world, tmp_path):
     with pytest.raises(SystemExit, match="needs its predictions file"):
         main(["search", "build", "--model", str(model_dir), "--features", str(world / "features.tsv"),
               "--out", str(tmp_path / "c")])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(caption=st.text(st.characters(exclude_categories=("Cs",)), max_size=200), data=st.data())
+def test_any_caption_encodes_and_grounds(model, images, caption, data):
+    t = model.encode_texts([caption])
+    assert t.emb.shape == (1, 32) and torch.isfinite(t.emb).all()
+    spans = data.draw(st.lists(st.tuples(st.integers(0, len(caption)), st.integers(0, 20)), max_size=3))
+    phrases = [caption[a : a + n] for a, n in spans if caption[a : a + n]]
+    grounded = model.ground(images[0], caption, phrases=phrases)
+    assert len(grounded) <= len(phrases)  # a phrase of no word pieces, or cut off by max_tokens, is left out
+    assert all(0 <= g.region < len(images[0]["region_feats"]) for g in grounded)

@@ -206,9 +206,11 @@ class Model:
     # ----- grounding --------------------------------------------------------------------------
     def _spans(self, caption: str, phrases: Sequence[str] | None) -> list[tuple[int, int]]:
         if phrases is not None:
-            spans, low = [], caption.lower()
+            spans = []
             for p in phrases:
-                at = low.find(p.lower())
+                at = caption.find(p)
+                if at < 0 and len(caption.lower()) == len(caption):  # then lower-case offsets are the same
+                    at = caption.lower().find(p.lower())
                 if at < 0:
                     raise ValueError(f"phrase {p!r} is not in the caption {caption!r}")
                 spans.append((at, at + len(p)))
