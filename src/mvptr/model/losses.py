@@ -15,11 +15,6 @@ from scipy.optimize import linear_sum_assignment
 IGNORE = -100
 
 
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    # a zero that keeps the graph connected, so every rank/step sees the same parameters used
-    return like.sum() * 0.0
-
-
 # up to this many masked concepts, every permutation is scored at once (6! = 720)
 BRUTE_FORCE_MAX = 6
 
@@ -46,20 +41,21 @@ def hungarian_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     order in which the (unordered) concepts were written. Samples are batched by their
     number of masked concepts: one exact search per count, none per sample.
     """
-    valid = labels != IGNORE
+    valid = (labels != IGNORE).cpu()  # the one host sync: the groups' shapes depend on it
     counts = valid.sum(1)
     out = labels.clone()
     with torch.no_grad():
         for k in counts.unique().tolist():
             if k < 2:
                 continue
-            rows = torch.nonzero(counts == k).flatten()
-            pos = torch.nonzero(valid[rows])[:, 1].view(len(rows), k)  # masked positions, in order
-            lab = labels[rows[:, None], pos]  # (n, k)
-            probs = logits[rows[:, None], pos].float().softmax(-1)  # (n, k, C)
+            rows_cpu = torch.nonzero(counts == k).flatten()
+            pos_cpu = torch.nonzero(valid[rows_cpu])[:, 1].view(len(rows_cpu), k)  # masked positions, in order
+            rows, pos = rows_cpu.to(labels.device)[:, None], pos_cpu.to(labels.device)
+            lab = labels[rows, pos]  # (n, k)
+            probs = logits[rows, pos].float().softmax(-1)  # (n, k, C)
             # cost[n, i, j] = 1 - p(label written at j | position i)
             cost = 1.0 - probs.gather(-1, lab[:, None, :].expand(-1, k, -1))
-            out[rows[:, None], pos] = lab.gather(1, _best_permutations(cost))
+            out[rows, pos] = lab.gather(1, _best_permutations(cost))
     return out
 
 
@@ -69,9 +65,14 @@ def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungar
         labels = hungarian_labels(logits, labels)
     elif matching != "aligned":
         raise ValueError(f"unknown MCR matching {matching!r} (expected 'hungarian' or 'aligned')")
-    if not (labels != IGNORE).any():
-        return _zero(logits)
-    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
+    return _labelled_mean_ce(logits, labels)
+
+
+def _labelled_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy averaged over labelled positions; 0 (still in the graph) when there are none.
+    No branch on the labels, so no wait for the device."""
+    total = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total / (labels != IGNORE).sum().clamp(min=1)
 
 
 def vsc_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,10 @@ def sample_negatives(
         if mode == "hardest":
             idx = masked.argmax(1)
         elif mode == "sampled":
-            # drawn on the CPU, where the seeded generator lives; B x B numbers cost nothing to move
-            probs = masked.softmax(1).cpu()
+            # drawn where the seeded generator lives (the training device: no host sync)
+            probs = masked.softmax(1)
+            if generator is not None:
+                probs = probs.to(generator.device)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
         else:
             raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled' or 'hardest')")
@@ -132,18 +135,16 @@ def wpg_similarity(
 
 def wpg_loss(pos: torch.Tensor, neg: torch.Tensor, valid: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
     """Hinge loss max(0, margin + S(V', S) - S(V, S)) over valid pairs (eq. 7, with max for min)."""
-    if not valid.any():
-        return _zero(pos) + _zero(neg)
-    return F.relu(margin + neg - pos)[valid].mean()
+    hinge = F.relu(margin + neg - pos) * valid
+    return hinge.sum() / valid.sum().clamp(min=1)
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary matching cross entropy over positives and hard negatives (eq. 8)."""
-    return F.cross_entropy(logits.float(), labels)
+    """Binary matching cross entropy over positives and hard negatives (eq. 8); pairs labelled
+    IGNORE (a query with no admissible negative) take no part."""
+    return _labelled_mean_ce(logits, labels)
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked language modelling cross entropy over masked word pieces (eq. 9)."""
-    if not (labels != IGNORE).any():
-        return _zero(logits)
-    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE)
+    return _labelled_mean_ce(logits, labels)

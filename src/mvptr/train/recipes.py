@@ -48,10 +48,6 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig) -
     return Recipe(name, loss, trainable)
 
 
-def _rows_with_labels(labels: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero((labels != L.IGNORE).any(1)).flatten()
-
-
 def pretraining_losses(
     model: MVPTR, batch: dict, active: list[str], obj: ObjectiveConfig, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
@@ -59,14 +55,14 @@ def pretraining_losses(
     image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
     out: dict[str, torch.Tensor] = {}
 
+    # every row goes through the concept heads (a few thousand classes): choosing the rows
+    # with labels would cost a wait for the device, more than the rows cost
     if "mcr_s" in active and obj.use_phrases:
-        rows = _rows_with_labels(batch["phrase_labels"])
-        logits = model.mcr_phrase_logits(text.phrase_hidden[rows])
-        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"][rows], obj.mcr_matching)
+        logits = model.mcr_phrase_logits(text.phrase_hidden)
+        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching)
     if "mcr_v" in active and obj.use_tags:
-        rows = _rows_with_labels(batch["tag_labels"])
-        logits = model.mcr_tag_logits(image.tag_hidden[rows])
-        out["mcr_v"] = L.mcr_loss(logits, batch["tag_labels"][rows], obj.mcr_matching)
+        logits = model.mcr_tag_logits(image.tag_hidden)
+        out["mcr_v"] = L.mcr_loss(logits, batch["tag_labels"], obj.mcr_matching)
 
     sim = L.vsc_logits(image.global_emb, text.global_emb, model.logit_scale)  # images x texts
     if "vsc" in active:
@@ -81,12 +77,13 @@ def pretraining_losses(
     # p^{s2v}: for each text, a distribution over the batch's images; p^{v2s}: the reverse
     neg_image, ok_t = L.sample_negatives(sim.t(), same_image, obj.negative_sampling, generator)
     neg_text, ok_i = L.sample_negatives(sim, same_image, obj.negative_sampling, generator)
+    # which texts get a negative image (text_side) and which images a negative text; a query
+    # with no admissible negative keeps its slot, labelled IGNORE, so shapes never depend on data
     if obj.itm_negatives == "half_each":
         half = (b + 1) // 2
-        text_side = idx[:half][ok_t[:half]]
-        image_side = idx[half:][ok_i[half:]]
+        text_side, image_side = idx[:half], idx[half:]
     elif obj.itm_negatives == "both":
-        text_side, image_side = idx[ok_t], idx[ok_i]
+        text_side, image_side = idx, idx
     else:
         raise ValueError(f"unknown itm_negatives {obj.itm_negatives!r} (expected 'half_each' or 'both')")
 
@@ -98,7 +95,8 @@ def pretraining_losses(
     fused = model.fuse(text.hidden[t_idx], text.mask[t_idx], image.region_hidden[v_idx], image.region_mask[v_idx], keep)
 
     if "itm" in active:
-        labels = (torch.arange(len(t_idx), device=sim.device) < b).long()  # label 1 = matched pair
+        negative = torch.zeros_like(t_idx[b:]).masked_fill(~torch.cat([ok_t[text_side], ok_i[image_side]]), L.IGNORE)
+        labels = torch.cat([torch.ones_like(idx), negative])  # label 1 = matched pair
         out["itm"] = L.itm_loss(model.itm_logits(fused), labels)
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
@@ -113,12 +111,15 @@ def pretraining_losses(
         words = mlm_hidden[:, : text.num_words][masked]
         out["mlm"] = L.mlm_loss(model.mlm_logits(words), batch["mlm_labels"][masked])
     if wpg_on:
-        out["wpg"] = _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, obj.wpg_margin)
+        rest = idx[len(text_side) :] if obj.itm_negatives == "half_each" else idx[:0]
+        out["wpg"] = _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t, obj.wpg_margin)
     return out
 
 
-def _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, margin) -> torch.Tensor:
-    """WPG at the chosen multimodal layer; each text against its sampled hard negative image."""
+def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t, margin) -> torch.Tensor:
+    """WPG at the chosen multimodal layer; each text against its sampled hard negative image.
+    The texts of ``text_side`` reuse their pair of the ITM pass; those of ``rest`` get a pass
+    of their own, up to the WPG layer."""
     layer = model.cfg.wpg_layer
     n, m = text.num_words, text.phrase_hidden.shape[1]
     b = len(idx)
@@ -131,9 +132,7 @@ def _wpg(model, text, image, fused, batch, idx, text_side, neg_image, ok_t, marg
 
     pos, valid = phrase_region_sim(fused.layers[layer][:b], idx, idx)
     neg = torch.zeros_like(pos)
-    # texts whose negative pair is already in the ITM pass reuse it
     neg[text_side], _ = phrase_region_sim(fused.layers[layer][b : b + len(text_side)], text_side, neg_image[text_side])
-    rest = idx[ok_t & ~torch.isin(idx, text_side)]
     if len(rest):
         extra = model.fuse(
             text.hidden[rest], text.mask[rest], image.region_hidden[neg_image[rest]],

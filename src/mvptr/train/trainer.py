@@ -246,7 +246,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-    neg_gen = torch.Generator()
+    neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
     metrics_file = out_dir / "metrics.jsonl"
     model.train()
     t0, samples, last, sums = time.time(), 0, {}, {}
