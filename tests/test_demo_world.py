@@ -69,8 +69,12 @@ def test_files_written(world):
                  "predictions.lineidx", "detector.safetensors", "world.json"):
         assert (out / name).is_file(), name
     assert len(list((out / "images").glob("*.png"))) == N_TRAIN + N_VAL + N_TEST
-    assert len(list((out / "flickr30k_entities" / "Sentences").glob("*.txt"))) == N_VAL + N_TEST
-    assert len(list((out / "flickr30k_entities" / "Annotations").glob("*.xml"))) == N_VAL + N_TEST
+    n_images = N_TRAIN + N_VAL + N_TEST  # training images too, for fine-tuning grounding
+    assert len(list((out / "flickr30k_entities" / "Sentences").glob("*.txt"))) == n_images
+    assert len(list((out / "flickr30k_entities" / "Annotations").glob("*.xml"))) == n_images
+    for name in ("vqa/v2_OpenEnded_demo_train_questions.json", "vqa/v2_demo_test_annotations.json",
+                 "snli_ve/snli_ve_dev.jsonl"):
+        assert (out / name).is_file(), name
     world_json = json.loads((out / "world.json").read_text())
     assert world_json["splits"] == {"train": N_TRAIN, "val": N_VAL, "test": N_TEST}
     assert world_json["region_feature_dim"] == FEAT_DIM + 6
@@ -136,7 +140,7 @@ def test_features_and_predictions_agree(world):
 
 def test_flickr30k_entities(world):
     out, _ = world
-    for i in range(N_TRAIN, N_TRAIN + N_VAL + N_TEST):
+    for i in range(N_TRAIN + N_VAL + N_TEST):
         image_id = f"{i:06d}"
         lines, ann, boxes = _entities(out, image_id)
         assert ann.tag == "annotation"
@@ -150,7 +154,6 @@ def test_flickr30k_entities(world):
                 assert phrase.split()[-1] in SHAPES and phrase.split()[-2] in COLORS
         for x1, y1, x2, y2 in boxes.values():
             assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
-    assert not (out / "flickr30k_entities" / "Sentences" / "000000.txt").exists()  # train images have none
 
 
 def test_relations_follow_geometry(world):

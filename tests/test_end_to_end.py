@@ -32,6 +32,13 @@ def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world_
             assert set(r) == keys and all(0 <= r[k] <= 100 for k in keys - {"rsum"})
         assert 0 <= report["grounding"][model]["acc"] <= 100
     assert report["seconds"]["stage1"] > 0
+    # downstream: every task fine-tuned from the pre-trained model, and easy-VQA with its baselines
+    assert {"acc", "majority"} <= set(report["vqa"]) and 0 <= report["ve"]["acc"] <= 100
+    assert {"zero_shot", "finetuned"} <= set(report["grounding"])
+    assert {"uni", "rerank"} <= set(report["retrieval_finetuned"])
+    assert {"acc", "majority", "question_only"} <= set(report["easyvqa"])
+    assert all(f"finetune_{t}" in report["seconds"] for t in ("retrieval", "vqa", "ve", "grounding", "easyvqa"))
+    assert "| easy-VQA (test) | VQA accuracy |" in (out / "report.md").read_text()
     assert "| pretrained | rerank |" in (out / "report.md").read_text()
     saved = load_config(str(out / "config.yaml"))
     assert saved.stage1.epochs == 4

@@ -235,3 +235,22 @@ def test_fine_tuned_heads_survive_a_save_and_load(tiny_model, tmp_path):
     for k, v in bundle.model.task_head.state_dict().items():
         assert torch.equal(v, again.model.task_head.state_dict()[k])
     assert "task_head" in dict(bundle.model.named_children())  # given back after saving
+
+
+def test_easyvqa_becomes_vqa_v2_files_with_detected_regions(world, tmp_path):
+    import easy_vqa
+
+    from mvptr.data.easyvqa import TEST_OFFSET, easyvqa_paths, prepare_easyvqa
+    from mvptr.data.formats import VinVLPredictions
+
+    summary = prepare_easyvqa(tmp_path, world / "detector.safetensors", max_images=5)
+    assert summary["splits"]["train"]["images"] == summary["splits"]["test"]["images"] == 5
+    preds = VinVLPredictions(tmp_path / "predictions.tsv")
+    for split in ("train", "test"):
+        questions = read_vqa(*easyvqa_paths(tmp_path, split))
+        assert len(questions) == summary["splits"][split]["questions"] > 0
+        for q in questions:
+            assert (int(q.image_id) >= TEST_OFFSET) == (split == "test")
+            assert q.answers == [q.multiple_choice_answer] * 10
+            assert q.multiple_choice_answer in easy_vqa.get_answers()
+            assert len(preds[q.image_id]["objects"]) >= 1  # the one shape is found

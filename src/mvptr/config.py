@@ -155,6 +155,7 @@ class DemoConfig:
     image_size: int = 96
     min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
     n_process: int = 1
+    easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
 
 
 @dataclass

@@ -89,6 +89,23 @@ def _copy(bundle: Bundle) -> Bundle:
     return Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
 
 
+def demo_task_files(cfg: Config) -> Config:
+    """``cfg`` with every task reading the demo world's task files in ``demo.data_dir``."""
+    from .data.demo_tasks import ve_path, vqa_paths
+    from .data.easyvqa import easyvqa_paths
+
+    d, f = Path(cfg.demo.data_dir), cfg.finetune
+    vqa_q, vqa_a = vqa_paths(d / "vqa", "{split}")
+    easy_q, easy_a = easyvqa_paths(d / "easyvqa", "{split}")
+    return replace(cfg, finetune=replace(
+        f,
+        vqa=replace(f.vqa, questions=str(vqa_q), annotations=str(vqa_a)),
+        ve=replace(f.ve, hypotheses=str(ve_path(d / "snli_ve", "{split}"))),
+        easyvqa=replace(f.easyvqa, questions=str(easy_q), annotations=str(easy_a),
+                        features=str(d / "easyvqa" / "features.tsv"), predictions=str(d / "easyvqa" / "predictions.tsv")),
+    ))
+
+
 def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progress: bool = True) -> dict:
     """Fine-tune a copy of the pre-trained model on each task and evaluate it; then easy-VQA,
     with regions and with every region hidden (question only). The task files are written
@@ -97,13 +114,14 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     from .data.easyvqa import prepare_easyvqa
     from .train.finetune import evaluate_task, finetune
 
-    f = cfg.finetune
+    cfg = demo_task_files(cfg)
+    f, data_dir = cfg.finetune, Path(cfg.demo.data_dir)
     with timed(seconds, "prepare_tasks"):
         if not Path(f.vqa.questions.format(split=f.vqa.train_split)).exists():
-            prepare_demo_tasks(cfg.demo.data_dir)
+            prepare_demo_tasks(data_dir)
     with timed(seconds, "prepare_easyvqa"):
         if not Path(f.easyvqa.questions.format(split=f.easyvqa.train_split)).exists():
-            prepare_easyvqa(Path(f.easyvqa.questions).parent, Path(cfg.demo.data_dir) / "detector.safetensors")
+            prepare_easyvqa(data_dir / "easyvqa", data_dir / "detector.safetensors", cfg.demo.easyvqa_images)
     results = {}
     runs = [(task, task, cfg) for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa")]
     text_only = replace(cfg, finetune=replace(f, easyvqa=replace(f.easyvqa, mask_regions=True)))

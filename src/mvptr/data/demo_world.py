@@ -10,8 +10,10 @@ on every image and writes everything the real pipelines read:
 * ``captions.json``: Karpathy-split JSON (train / val / test);
 * ``features.tsv`` + ``.lineidx`` and ``predictions.tsv`` + ``.lineidx``: VinVL-style
   region features and detections;
-* ``flickr30k_entities/{Sentences,Annotations}/`` for the val and test images: the
-  captions with their object mentions in brackets, and the objects' true boxes;
+* ``flickr30k_entities/{Sentences,Annotations}/`` for every image: the captions with
+  their object mentions in brackets, and the objects' true boxes;
+* ``vqa/`` (VQA v2 questions and annotations) and ``snli_ve/`` (SNLI-VE hypotheses) for the
+  downstream tasks (see ``demo_tasks.py``);
 * ``detector.safetensors`` and ``world.json`` (vocabulary, counts, detector accuracy).
 
 Caption wordings were chosen so that SceneGraphParser (spaCy backend) finds each shape
@@ -36,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..vision.detect import DemoDetector
 from ..vision.regions import box_iou
+from .demo_tasks import write_demo_tasks
 from .formats import (write_flickr30k_entities, write_karpathy_json, write_vinvl_features,
                       write_vinvl_predictions)
 
@@ -387,6 +390,8 @@ def generate_demo_world(
     write_vinvl_features(out / "features.tsv", ((i, r.features) for i, r in zip(ids, regions)))
     write_vinvl_predictions(out / "predictions.tsv", ((i, r.prediction()) for i, r in zip(ids, regions)))
 
+    tasks = write_demo_tasks(out, ids, splits, objects, captions, image_size, seed)
+
     test = slice(n_train + n_val, n_total)
     world = {
         "seed": seed,
@@ -400,6 +405,7 @@ def generate_demo_world(
         "num_objects": sum(len(o) for o in objects),
         "num_captions": sum(len(c) for c in captions),
         "num_regions": sum(len(r) for r in regions),
+        "tasks": tasks,
         "region_feature_dim": feat_dim + 6,
         "detector": {"config": detector.config, "accuracy": accuracy,
                      "test_detection": _detection_quality(regions[test], objects[test])},

@@ -18,7 +18,12 @@ import numpy as np
 from PIL import Image
 
 from ..vision.detect import DemoDetector
-from .formats import write_vinvl_features, write_vinvl_predictions, write_vqa_annotations, write_vqa_questions
+from .formats import (
+    write_vinvl_features,
+    write_vinvl_predictions,
+    write_vqa_annotations,
+    write_vqa_questions,
+)
 
 TEST_OFFSET = 100_000
 SPLITS = ("train", "test")
