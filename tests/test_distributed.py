@@ -57,6 +57,16 @@ def test_two_processes_with_global_vsc_train_like_one_process_with_the_whole_bat
         assert (wa[k].float() - wb[k].float()).abs().max() <= 0.02 * moved + 1e-5, k
     assert (wa["text_proj.weight"] - w0["text_proj.weight"]).abs().max() > 1e-3
 
+    # the optimizer state sharded across the two processes (ZeRO 1) changes nothing
+    zero = tmp_path / "zero"
+    _run([*_torchrun(2, 29613), "pretrain", "--stage", "stage1", *common, "stage1.shard_optimizer=true",
+          *world_args(zero)], tmp_path)
+    wz = load_file(zero / "stage1/model/model.safetensors")
+    assert all(torch.allclose(wz[k], wb[k], atol=1e-6) for k in wb)
+    state = torch.load(zero / "stage1/model/training_state.pt", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(torch.load(two / "stage1/model/training_state.pt",
+                                                               weights_only=True)["optimizer"]["state"])
+
 
 def test_two_processes_run_every_objective_of_stage_2(world_args, tmp_path):
     args = ["--config", "tiny", "stage1.max_steps=1", "stage2.max_steps=2", "threads=1", *world_args(tmp_path)]

@@ -131,6 +131,8 @@ class StageConfig:
     grad_accum_steps: int = 1
     # "fp32", "bf16" (autocast) or "fp16" (autocast with a dynamic loss scaler)
     precision: str = "fp32"
+    # under torchrun: shard the optimizer state across processes (ZeRO stage 1)
+    shard_optimizer: bool = False
 
 
 @dataclass
@@ -164,10 +166,10 @@ class TaskConfig:
     Paths may hold ``{split}``; fields a task does not use are ignored."""
 
     train: StageConfig = field(default_factory=StageConfig)
-    train_split: str = "train"
+    train_split: str = "train"  # VQA: several joined by "+", e.g. "train2014+val2014"
     eval_split: str = "test"
-    max_train: int = 0  # examples used for training (0 = all), a fixed random subset
-    max_eval: int = 0  # examples evaluated (0 = all)
+    max_train: int = 0  # examples used for training (retrieval: images; 0 = all), a fixed subset
+    max_eval: int = 0  # examples evaluated (retrieval: images; 0 = all), a fixed subset
     questions: str = ""  # VQA v2 questions JSON
     annotations: str = ""  # VQA v2 annotations JSON
     hypotheses: str = ""  # SNLI-VE jsonl

@@ -210,7 +210,15 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     if per_epoch < 1:
         raise ValueError(f"{stage.name}: {len(dataset)} samples is fewer than one batch of {stage.batch_size}")
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.trainable, stage.weight_decay), lr=stage.lr)
+    groups = param_groups(model, recipe.trainable, stage.weight_decay)
+    sharded = stage.shard_optimizer and d.on
+    if sharded:
+        from torch.distributed.optim import ZeroRedundancyOptimizer  # its import is slow and noisy
+
+        # ZeRO stage 1: each process keeps the AdamW moments of its share of the parameters
+        optimizer = ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, lr=stage.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=stage.lr)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(stage.warmup_ratio * total)
 
@@ -296,6 +304,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
         sums = {}
         if (stage.save_every and done % stage.save_every == 0) or done == total:
+            if sharded:
+                optimizer.consolidate_state_dict(to=0)  # every process sends its share
             if d.main:
                 save_model_dir(ckpt, bundle, {
                     "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
