@@ -76,6 +76,15 @@ def test_two_processes_run_every_objective_of_stage_2(world_args, tmp_path):
     assert all(math.isfinite(last[k]) for k in ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"))
     assert last["skipped"] == 0
 
+    # evaluation sharded over two processes (re-ranked pairs, grounding examples) = one process
+    model = tmp_path / "stage2" / "model"
+    _run([sys.executable, "-m", "mvptr", "evaluate", "--model", str(model), *args], tmp_path)
+    alone = json.loads((tmp_path / "stage2" / "eval.json").read_text())
+    _run([*_torchrun(2, 29614), "evaluate", "--model", str(model), *args], tmp_path)
+    sharded = json.loads((tmp_path / "stage2" / "eval.json").read_text())
+    assert sharded["retrieval"] == alone["retrieval"] and sharded["grounding"] == alone["grounding"]
+    assert alone["retrieval"]["pairs_scored"] > 0 and alone["grounding"]["mentions"] > 0
+
 
 def test_shards_cover_every_item_once():
     from mvptr.distributed import Dist

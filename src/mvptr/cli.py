@@ -36,10 +36,19 @@ from .data.formats import FormatError
 def _config(args):
     overrides = list(args.overrides) + (["data.skip_bad=true"] if getattr(args, "skip_bad", False) else [])
     cfg = load_config(args.config, overrides)
+    from .distributed import from_env
     from .pipeline import configure_torch
 
     configure_torch(cfg)
+    from_env(cfg.device)  # under torchrun: join the process group before touching a GPU
     return cfg
+
+
+def _is_main() -> bool:
+    """Whether this process writes files and prints (always, outside torchrun)."""
+    from .distributed import active
+
+    return active().main
 
 
 def _skipped(args):
@@ -127,16 +136,14 @@ def cmd_features(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
+    from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
-    from .distributed import from_env
 
     cfg = _config(args)
-    rank = from_env(cfg.device)  # under torchrun: join the group before touching a GPU
     out = Path(cfg.out_dir)
-    if rank.main:
+    if _is_main():
         save_config(cfg, out / "config.yaml")
     if args.stage == "stage2" and args.init_model:
         bundle = load_model_dir(args.init_model, cfg.device)
@@ -147,7 +154,7 @@ def cmd_pretrain(args) -> None:
     for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
-        if rank.main:
+        if _is_main():
             print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
             _report_skipped(skipped, out / name / "skipped.json")
 
@@ -180,14 +187,15 @@ def cmd_evaluate(args) -> None:
     if _task_args(args).task:
         return cmd_evaluate_task(args)
     from .checkpoint import load_model_dir
-    from .pipeline import evaluate, write_json
-
     from .data.formats import SkippedSamples
+    from .pipeline import evaluate, write_json
 
     cfg = _config(args)
     bundle = load_model_dir(args.model, cfg.device)
     skipped = SkippedSamples() if cfg.data.skip_bad else None
     result = evaluate(cfg, bundle, skipped=skipped)
+    if not _is_main():
+        return
     write_json(Path(args.model).parent / "eval.json", result)
     print(json.dumps(result, indent=2))
     _report_skipped(skipped, Path(args.model).parent / "skipped.json")
@@ -200,6 +208,8 @@ def cmd_evaluate_task(args) -> None:
     cfg = _config(args)
     out = Path(args.model).parent
     metrics = evaluate_task(cfg, args.task, load_task_model(args.model, cfg.device), out)
+    if not _is_main():
+        return
     write_json(out / f"eval_{args.task}.json", metrics)
     print(json.dumps(metrics, indent=2))
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data.formats import FormatError, SkippedSamples, read_flickr30k_annotation, read_flickr30k_sentences
 from ..model.mvptr import MVPTR
 from ..vision.regions import box_iou
@@ -100,9 +101,11 @@ def evaluate_grounding(
     model: MVPTR, examples: list[dict], images, collate, batch_size: int = 64,
     device: str = "cpu", protocol: str = "merged",
 ) -> dict:
-    """Accuracy (%) of zero-shot or fine-tuned grounding, and the accuracy of a random region."""
+    """Accuracy (%) of zero-shot or fine-tuned grounding, and the accuracy of a random region.
+    Under torchrun each process takes its share of the examples and the counts are summed."""
     correct, chance, total = 0, 0.0, 0
     model.eval()
+    examples = examples[distributed.shard(len(examples))]
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         items = [{**ex, **images(ex["image_id"])} for ex in chunk]
@@ -114,13 +117,14 @@ def evaluate_grounding(
                 total += len(ex["mentions"])
                 continue
             det = items[b]["boxes"][:n_regions]
-            for (pos, gt_boxes), best in zip(ex["mentions"], chosen[b]):
+            for (_, gt_boxes), best in zip(ex["mentions"], chosen[b]):
                 hits = box_iou(det, ground_truth_box(gt_boxes, protocol)).max(1) > 0.5
                 correct += int(hits[best])
                 chance += float(hits.mean())
                 total += 1
+    correct, chance, total = distributed.total(torch.tensor([correct, chance, total], dtype=torch.float64)).tolist()
     return {
         "acc": round(100.0 * correct / max(total, 1), 2),
         "chance": round(100.0 * chance / max(total, 1), 2),
-        "mentions": total,
+        "mentions": int(total),
     }
