@@ -30,9 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, machine, matmul_peak, random_model, sync, synthetic_batch  # noqa: E402
-
+from mvptr.precision import autocast  # noqa: E402
 from mvptr.train.recipes import pretraining_recipe  # noqa: E402
-from mvptr.train.trainer import autocast, only_trainable, param_groups  # noqa: E402
+from mvptr.train.trainer import only_trainable, param_groups  # noqa: E402
 
 
 def make_step(cfg, model, stage, batch, device, precision):
@@ -123,7 +123,7 @@ def main() -> None:
             half = batch_size // 2
             for ckpt in (False, True):
                 if args.device.startswith("cuda"):
-                    big = r["peak_bytes"] if not ckpt else measure(cfg, stage, batch_size, args.device, args.precision, 1, True)["peak_bytes"]
+                    big = measure(cfg, stage, batch_size, args.device, args.precision, 1, ckpt)["peak_bytes"]
                     small = measure(cfg, stage, half, args.device, args.precision, 1, ckpt)["peak_bytes"]
                 else:
                     big = cpu_peak_rss(args, name, batch_size, ckpt)
@@ -134,10 +134,11 @@ def main() -> None:
 
     print(f"\n{args.config} config, {args.precision}, batch {batch_size}, {result['machine']}")
     print(f"measured matmul peak: {peak / 1e12:.3f} TFLOP/s")
-    print("| stage | samples/s | GFLOP/sample | achieved TFLOP/s | of matmul peak | MiB/sample | MiB/sample (act. ckpt) |")
+    print("| stage | samples/s | GFLOP/sample | achieved TFLOP/s | of matmul peak | MiB/sample "
+          "| MiB/sample (act. ckpt) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, row in result["stages"].items():
-        mem = f"{row.get('mib_per_sample', float('nan')):.1f} | {row.get('mib_per_sample_checkpointed', float('nan')):.1f}"
+        mem = " | ".join(f"{row.get(k, float('nan')):.1f}" for k in ("mib_per_sample", "mib_per_sample_checkpointed"))
         print(f"| {name} | {row['samples_per_s']:.1f} | {row['gflop_per_sample']:.2f} | "
               f"{row['achieved_flops'] / 1e12:.3f} | {100 * row['fraction_of_matmul_peak']:.1f}% | {mem} |")
     if args.out:

@@ -25,11 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, machine, random_model, sync, synthetic_batch  # noqa: E402
-
 from mvptr.eval.retrieval import (  # noqa: E402
-    EncodedSet, encode_images, encode_texts, evaluate_retrieval, recall_at_k, summarise,
+    EncodedSet,
+    encode_images,
+    encode_texts,
+    evaluate_retrieval,
+    recall_at_k,
+    summarise,
 )
-from mvptr.train.trainer import autocast  # noqa: E402
+from mvptr.precision import autocast  # noqa: E402
 
 
 def encode(model, cfg, n_images, per_image, device, precision, batch=512):
@@ -126,7 +130,7 @@ def main() -> None:
     q_txt = range(min(args.baseline_queries, sim.shape[1]))
     sync(dev)
     t2 = time.perf_counter()
-    base = one_query_at_a_time(model, texts, images, sim, args.k_c, args.k_i, q_img, q_txt, args.precision)
+    one_query_at_a_time(model, texts, images, sim, args.k_c, args.k_i, q_img, q_txt, args.precision)
     sync(dev)
     t_base = time.perf_counter() - t2
     base_pairs = len(q_img) * args.k_c + len(q_txt) * args.k_i

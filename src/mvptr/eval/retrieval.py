@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..model.mvptr import MVPTR
+from ..precision import autocast
 
 KS = (1, 5, 10)
 
@@ -97,12 +98,10 @@ def itm_scores(
     scores its share of the pairs and all processes get every score."""
     mine = pairs[distributed.shard(len(pairs))].to(texts.hidden.device)
     out = torch.empty(len(mine), device=texts.hidden.device)
-    device_type = texts.hidden.device.type
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     show = progress and distributed.active().main
     for start in tqdm(range(0, len(mine), batch_size), desc="re-rank", disable=not show, leave=False):
         v, t = mine[start : start + batch_size].T
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        with autocast(texts.hidden.device, precision):
             fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v])
             logits = model.itm_logits(fused).float()
         out[start : start + len(v)] = logits[:, 1] - logits[:, 0]

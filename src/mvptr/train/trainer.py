@@ -38,6 +38,7 @@ from ..checkpoint import (
     save_model_dir,
 )
 from ..config import StageConfig
+from ..precision import autocast
 from .recipes import Recipe
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")
@@ -63,7 +64,8 @@ class StepBatches(Sampler):
     def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int,
                  rank: int = 0, world: int = 1, accum: int = 1):
         if batch_size % (world * accum):
-            raise ValueError(f"batch size {batch_size} is not a multiple of {world} processes x {accum} accumulation steps")
+            raise ValueError(f"batch size {batch_size} is not a multiple of "
+                             f"{world} processes x {accum} accumulation steps")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
         self.rank, self.world, self.accum = rank, world, accum
         self.micro = batch_size // (world * accum)
@@ -156,16 +158,6 @@ def check_writable(out_dir: Path, needed: int = 64 * 2**20) -> None:
     if free < needed:
         raise OSError(f"output directory {out_dir} has only {free // 2**20} MiB free; "
                       f"its checkpoints need about {needed // 2**20} MiB")
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: str, precision: str):
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
 
 
 @contextlib.contextmanager
