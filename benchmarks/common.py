@@ -8,9 +8,11 @@ needs no tokenizer, data set or initial weights.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -62,6 +64,12 @@ def matmul_peak(device: str, precision: str, n: int = 0, seconds: float = 2.0) -
         sync(device)
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def write_result(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
 
 
 def bench_config(preset: str, overrides: list[str] = ()) -> Config:

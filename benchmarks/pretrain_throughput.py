@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import resource
 import subprocess
 import sys
@@ -29,7 +28,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_config, machine, matmul_peak, random_model, sync, synthetic_batch  # noqa: E402
+from common import (  # noqa: E402
+    bench_config,
+    machine,
+    matmul_peak,
+    random_model,
+    sync,
+    synthetic_batch,
+    write_result,
+)
 from mvptr.precision import autocast  # noqa: E402
 from mvptr.train.recipes import pretraining_recipe  # noqa: E402
 from mvptr.train.trainer import only_trainable, param_groups  # noqa: E402
@@ -141,9 +148,7 @@ def main() -> None:
         mem = " | ".join(f"{row.get(k, float('nan')):.1f}" for k in ("mib_per_sample", "mib_per_sample_checkpointed"))
         print(f"| {name} | {row['samples_per_s']:.1f} | {row['gflop_per_sample']:.2f} | "
               f"{row['achieved_flops'] / 1e12:.3f} | {100 * row['fraction_of_matmul_peak']:.1f}% | {mem} |")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_config, machine, random_model, sync, synthetic_batch  # noqa: E402
+from common import bench_config, machine, random_model, sync, synthetic_batch, write_result  # noqa: E402
 from mvptr.eval.retrieval import (  # noqa: E402
     EncodedSet,
     encode_images,
@@ -151,9 +151,7 @@ def main() -> None:
           f"(+{t_encode:.1f} s encoding); ours {result['ours_pairs_per_s']:.0f} pairs/s, one query at a time "
           f"{result['baseline_pairs_per_s']:.0f} pairs/s: {result['speedup']:.1f}x; "
           f"equal recall on {args.check_images} images: {result['equal_recall_check']['equal']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
