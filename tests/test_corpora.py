@@ -120,3 +120,17 @@ def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
                  "--out", str(tmp_path / "vocab.json")]) == 0
     assert json.loads(capsys.readouterr().out)["vocab_size"] == 2
     assert len(PhraseVocab.load(tmp_path / "vocab.json")) == 2
+
+
+def test_vocab_over_the_mix_names_a_caption_without_phrases(corpora, tmp_path):
+    from mvptr.data.formats import FormatError, SkippedSamples
+    from mvptr.data.pretrain import mix_phrase_vocab
+
+    lines = open(corpora[1].phrase_cache).read().splitlines(keepends=True)
+    (tmp_path / "cache.jsonl").write_text("".join(lines[1:]))  # vg's first caption has no phrases
+    mix = [corpora[0], CorpusConfig("vg", corpora[1].captions, corpora[1].features, "", str(tmp_path / "cache.jsonl"))]
+    with pytest.raises(FormatError, match=r"cache\.jsonl: no phrases for image 1, sentence 0"):
+        mix_phrase_vocab(_data(mix), min_count=1)
+    skipped = SkippedSamples()
+    assert mix_phrase_vocab(_data(mix), min_count=1, skip=skipped)[1] == 19
+    assert skipped.summary()["by_reason"]["no phrases"]["samples"] == 1

@@ -206,10 +206,17 @@ def mix_phrase_vocab(data: DataConfig, min_count: int, skip: SkippedSamples | No
     their phrase caches; returns it with the number of captions counted."""
     lists = []
     for c in corpora(data):
-        records = read_captions(c.captions, [data.train_split], skip)
-        records, _ = load_phrase_indices(records, c.phrase_cache, PhraseVocab({}, min_count), 0, skip)
-        cache = read_phrase_cache(c.phrase_cache, SkippedSamples())  # bad lines were counted just above
-        lists += [cache[f"{r.image_id}:{r.sent_id}"] for r in records]
+        cache = read_phrase_cache(c.phrase_cache, skip)
+        for r in read_captions(c.captions, [data.train_split], skip):
+            key = f"{r.image_id}:{r.sent_id}"
+            if key in cache:
+                lists.append(cache[key])
+                continue
+            err = FormatError(f"{c.phrase_cache}: no phrases for image {r.image_id}, sentence {r.sent_id}; "
+                              "run `mvptr prepare phrases` on these captions", "no phrases")
+            if skip is None:
+                raise err
+            skip.add(err)
     return PhraseVocab.build(lists, min_count=min_count), len(lists)
 
 
