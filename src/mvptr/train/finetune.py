@@ -159,11 +159,6 @@ def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
     return bundle
 
 
-def task_info(path: str | Path) -> dict:
-    f = Path(path) / TASK_FILE
-    return json.loads(f.read_text()) if f.exists() else {}
-
-
 # ----------------------------------------------------------------------------- data
 
 def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
@@ -172,11 +167,14 @@ def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
                                   cfg.model.region_feat_dim, d.max_regions, d.max_tags))
 
 
-def vqa_questions(t: TaskConfig, split: str, annotated: bool = True):
-    ann = t.annotations.format(split=split) if annotated and t.annotations else None
-    if ann is not None and not Path(ann).exists():
-        ann = None
-    return read_vqa(t.questions.format(split=split), ann)
+def vqa_questions(t: TaskConfig, split: str) -> list:
+    """The questions of ``split`` ("train2014+val2014" joins several), annotated where the
+    annotation file exists (test splits have none)."""
+    out = []
+    for part in split.split("+"):
+        ann = t.annotations.format(split=part) if t.annotations else None
+        out += read_vqa(t.questions.format(split=part), ann if ann and Path(ann).exists() else None)
+    return out
 
 
 def _pieces(cfg: Config, bundle: Bundle) -> WordPieces:
@@ -290,7 +288,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     if kind == "grounding":
         data = grounding_dataset(cfg, bundle, split, t.max_eval)
         return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)
-    return _evaluate_retrieval(cfg, bundle, out_dir, progress)
+    return _evaluate_retrieval(cfg, t, bundle, out_dir, progress)
 
 
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
@@ -300,12 +298,14 @@ def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> d
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
 
 
-def _evaluate_retrieval(cfg: Config, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
+def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
+    """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
+    k_c, k_i and final score."""
     from ..pipeline import collator
 
     e, model = cfg.eval, bundle.model
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
-                                 e.split, e.max_images)
+                                 t.eval_split, t.max_eval)
     collate = collator(cfg, bundle)
     image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
     texts = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
