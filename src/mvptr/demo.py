@@ -102,7 +102,8 @@ def demo_task_files(cfg: Config) -> Config:
         vqa=replace(f.vqa, questions=str(vqa_q), annotations=str(vqa_a)),
         ve=replace(f.ve, hypotheses=str(ve_path(d / "snli_ve", "{split}"))),
         easyvqa=replace(f.easyvqa, questions=str(easy_q), annotations=str(easy_a),
-                        features=str(d / "easyvqa" / "features.tsv"), predictions=str(d / "easyvqa" / "predictions.tsv")),
+                        features=str(d / "easyvqa" / "features.tsv"),
+                        predictions=str(d / "easyvqa" / "predictions.tsv")),
     ))
 
 
@@ -212,7 +213,8 @@ def downstream_markdown(report: dict) -> list[str]:
         ("retrieval (test)", "i2t / t2i R@1, re-ranked", f"{rt['rerank']['i2t_r1']:.2f} / {rt['rerank']['t2i_r1']:.2f}",
          f"zero-shot {zero['rerank']['i2t_r1']:.2f} / {zero['rerank']['t2i_r1']:.2f}"),
         ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
-        ("SNLI-VE (demo world)", "accuracy", ve["acc"], "chance 33.33"),
+        ("SNLI-VE (demo world)", "accuracy", ve["acc"],
+         "chance 33.33; per label " + ", ".join(f"{k} {v:.2f}" for k, v in ve.get("per_label", {}).items())),
         ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
          f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
         ("easy-VQA (test)", "VQA accuracy", easy["acc"],
