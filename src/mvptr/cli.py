@@ -7,7 +7,7 @@
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
-    mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--skip-bad]
+    mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--device D] [--skip-bad]
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
@@ -128,7 +128,7 @@ def cmd_features(args) -> None:
             from .vision.detect import extract_features
 
             summary = extract_features(args.images, args.out, args.detector, args.weights,
-                                       batch_size=args.batch_size, skip=skipped)
+                                       batch_size=args.batch_size, skip=skipped, device=args.device)
     except (FormatError, FileExistsError, FileNotFoundError, ImportError, ValueError) as err:
         raise SystemExit(f"mvptr features {args.what}: {err}") from None
     print(json.dumps(summary, indent=2))
@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="demo: the demo world's detector; frcnn: torchvision Faster R-CNN, needs mvptr[detect]")
     feat.add_argument("--weights", help="detector weights (extract; demo default: data/demo/detector.safetensors)")
     feat.add_argument("--batch-size", type=int, default=64, help="images per detector call (extract)")
+    feat.add_argument("--device", default="cpu", help="where the frcnn detector runs, e.g. cuda (extract)")
     feat.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     feat.set_defaults(func=cmd_features)
 

@@ -400,13 +400,13 @@ def _read_image(path: Path) -> np.ndarray:
 
 def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str = "demo",
                      weights: str | Path | None = None, batch_size: int = 64, progress: bool = True,
-                     skip=None) -> dict:
+                     skip=None, device: str = "cpu") -> dict:
     """Run a detector over every image file of ``images_dir`` and write VinVL files to ``out_dir``.
 
     Writes ``features.tsv`` and ``predictions.tsv`` (each with its ``.lineidx``) and
     ``imageid2idx.json``; the image id is the file name without its suffix. ``detector`` is
     "demo" (a :class:`DemoDetector` safetensors file, default ``data/demo/detector.safetensors``)
-    or "frcnn" (:class:`FasterRCNNDetector`, ``weights`` a state-dict file). With ``skip`` (a
+    or "frcnn" (:class:`FasterRCNNDetector`, ``weights`` a state-dict file, run on ``device``). With ``skip`` (a
     ``SkippedSamples``), an unreadable image is left out and recorded there.
     """
     from ..data.formats import FormatError, write_vinvl_features, write_vinvl_predictions
@@ -430,7 +430,7 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     elif detector == "frcnn":
         if weights is None:
             raise ValueError("the frcnn detector needs --weights, a fasterrcnn_resnet50_fpn state-dict file")
-        model = FasterRCNNDetector(weights)
+        model = FasterRCNNDetector(weights, device=device)
     else:
         raise ValueError(f"unknown detector {detector!r} (expected 'demo' or 'frcnn')")
     out.mkdir(parents=True, exist_ok=True)
