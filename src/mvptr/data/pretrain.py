@@ -201,7 +201,8 @@ def build_pair_dataset(
     return dataset
 
 
-def mix_phrase_vocab(data: DataConfig, min_count: int, skip: SkippedSamples | None = None) -> tuple[PhraseVocab, int]:
+def mix_phrase_vocab(data: DataConfig, min_count: int,
+                     skip: SkippedSamples | None = None) -> tuple[PhraseVocab, int]:
     """The phrase vocabulary of the training captions of every corpus (see :func:`corpora`), from
     their phrase caches; returns it with the number of captions counted."""
     lists = []

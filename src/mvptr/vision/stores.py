@@ -41,7 +41,8 @@ from tqdm import tqdm
 from ..data.formats import (FormatError, SkippedSamples, VinVLFeatures, VinVLPredictions, write_vinvl_features,
                             write_vinvl_predictions)
 
-__all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap", "convert_memmap_to_vinvl"]
+__all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap",
+           "convert_memmap_to_vinvl"]
 
 FORMAT = "mvptr-feature-store"
 VERSION = 1
