@@ -60,7 +60,8 @@ def test_extract_writes_vinvl_files_that_read_back(images, tmp_path):
         assert all(0 <= v <= 1 for v in image["region_feats"][:, FEAT:].ravel())
         assert set(image["classes"]) <= {"circle", "square"} and ((0 < image["confs"]) & (image["confs"] <= 1)).all()
     # the detector's own output for one image, written without loss
-    regions = DemoDetector.load(images / "det.safetensors").detect([np.asarray(Image.open(images / "images" / "b.png"))])
+    pixels = np.asarray(Image.open(images / "images" / "b.png"))
+    regions = DemoDetector.load(images / "det.safetensors").detect([pixels])
     np.testing.assert_array_equal(feats["b"], regions[0].features)
     assert json.loads((tmp_path / "out" / "imageid2idx.json").read_text()) == {i: k for k, i in enumerate(feats.ids())}
     convert_vinvl_to_memmap(tmp_path / "out" / "features.tsv", tmp_path / "out" / "predictions.tsv",

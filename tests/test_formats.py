@@ -23,7 +23,6 @@ from mvptr.data.formats import (
     write_vinvl_predictions,
 )
 
-
 # --------------------------------------------------------------------------- captions
 
 def test_karpathy_round_trip(tmp_path):

@@ -8,9 +8,16 @@ import pytest
 
 from mvptr.cli import main
 from mvptr.config import DataConfig
-from mvptr.data.formats import (FormatError, SkippedSamples, build_lineidx, write_flickr30k_entities,
-                                write_karpathy_json, write_phrase_cache, write_vinvl_features,
-                                write_vinvl_predictions)
+from mvptr.data.formats import (
+    FormatError,
+    SkippedSamples,
+    build_lineidx,
+    write_flickr30k_entities,
+    write_karpathy_json,
+    write_phrase_cache,
+    write_vinvl_features,
+    write_vinvl_predictions,
+)
 from mvptr.data.pretrain import build_pair_dataset
 from mvptr.eval.grounding import grounding_examples
 from mvptr.text.phrases import PhraseVocab, prepare_phrases

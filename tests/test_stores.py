@@ -16,8 +16,7 @@ from mvptr.data.demo_world import generate_demo_world
 from mvptr.data.formats import FormatError, VinVLFeatures, VinVLPredictions, write_vinvl_predictions
 from mvptr.data.pretrain import Collator, ImageSource, Masking, tag_vocab_from
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
-from mvptr.vision.stores import (MemmapStore, TSVStore, convert_memmap_to_vinvl, convert_vinvl_to_memmap,
-                                 open_store)
+from mvptr.vision.stores import MemmapStore, TSVStore, convert_memmap_to_vinvl, convert_vinvl_to_memmap, open_store
 
 DIM = 134  # the demo world's 128-wide embedding + 6 box numbers
 

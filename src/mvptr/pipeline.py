@@ -15,8 +15,16 @@ from torch.utils.data import DataLoader
 from .checkpoint import Bundle, checkpoint_bytes
 from .config import Config, StageConfig
 from .data.formats import SkippedSamples, read_captions, read_phrase_cache
-from .data.pretrain import (Collator, ImageSource, Masking, build_pair_dataset, caption_records, open_images,
-                            pad_lists, tag_vocab_from)
+from .data.pretrain import (
+    Collator,
+    ImageSource,
+    Masking,
+    build_pair_dataset,
+    caption_records,
+    open_images,
+    pad_lists,
+    tag_vocab_from,
+)
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, encode_images, encode_texts, evaluate_retrieval
 from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir

@@ -383,7 +383,8 @@ class Collator:
             input_ids, word_mask & ~special, self.masking.words, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
         )
         # with a separate MLM pass the other objectives keep every word
-        words = {"input_ids": input_ids, "mlm_input_ids": masked_ids} if self.separate_mlm else {"input_ids": masked_ids}
+        words = ({"input_ids": input_ids, "mlm_input_ids": masked_ids} if self.separate_mlm
+                 else {"input_ids": masked_ids})
         phrases = pad_lists([it["phrases"] if self.use_phrases else [] for it in items], -1)
         phrase_mask = phrases >= 0
         phrases_masked, phrase_labels = bert_mask(

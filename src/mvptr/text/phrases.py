@@ -75,8 +75,8 @@ def _doc_parser_class():
     The backend's ``parse`` calls ``self.nlp(sentence)``; an identity ``nlp`` lets
     it run on Docs from a batched, possibly multi-process ``nlp.pipe``.
     """
-    from sng_parser.parser import Parser
     import sng_parser.backends  # noqa: F401  (registers the backends)
+    from sng_parser.parser import Parser
 
     class DocParser(Parser._backend_registry["spacy"]):
         def __init__(self):  # the spaCy pipeline lives in PhraseExtractor

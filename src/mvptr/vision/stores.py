@@ -38,8 +38,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.formats import (FormatError, SkippedSamples, VinVLFeatures, VinVLPredictions, write_vinvl_features,
-                            write_vinvl_predictions)
+from ..data.formats import (
+    FormatError,
+    SkippedSamples,
+    VinVLFeatures,
+    VinVLPredictions,
+    write_vinvl_features,
+    write_vinvl_predictions,
+)
 
 __all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap",
            "convert_memmap_to_vinvl"]
