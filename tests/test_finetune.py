@@ -2,7 +2,10 @@
 files; and every task through `mvptr finetune` / `mvptr evaluate` on a tiny world."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -254,3 +257,31 @@ def test_easyvqa_becomes_vqa_v2_files_with_detected_regions(world, tmp_path):
             assert q.answers == [q.multiple_choice_answer] * 10
             assert q.multiple_choice_answer in easy_vqa.get_answers()
             assert len(preds[q.image_id]["objects"]) >= 1  # the one shape is found
+
+
+def _torchrun(args, cwd):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631",
+           "-m", "mvptr", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_processes_fine_tune_and_evaluate_like_one(tiny_model, task_args, tmp_path):
+    model_dir, _ = tiny_model
+    args = task_args(tmp_path) + ["threads=1", "finetune.ve.train.max_steps=2", "finetune.ve.train.batch_size=8",
+                                  "finetune.vqa.train.max_steps=2", "finetune.vqa.train.batch_size=8"]
+    # SNLI-VE fine-tuned by two processes; its sharded evaluation = a one-process evaluation
+    out = tmp_path / "ve"
+    _torchrun(["finetune", "ve", "--model", str(model_dir), "--out", str(out), "--config", "tiny", *args], tmp_path)
+    sharded = json.loads((out / "eval_ve.json").read_text())
+    assert main(["evaluate", "ve", "--model", str(out / "model"), "--config", "tiny", *args]) == 0
+    assert json.loads((out / "eval_ve.json").read_text()) == sharded
+    # VQA fine-tuned by one process, evaluated by two: same accuracy and the same results file
+    out = tmp_path / "vqa"
+    assert main(["finetune", "vqa", "--model", str(model_dir), "--out", str(out), "--config", "tiny", *args]) == 0
+    alone = json.loads((out / "eval_vqa.json").read_text())
+    results = (out / "vqa_results_test.json").read_text()
+    _torchrun(["evaluate", "vqa", "--model", str(out / "model"), "--config", "tiny", *args], tmp_path)
+    assert json.loads((out / "eval_vqa.json").read_text()) == alone
+    assert (out / "vqa_results_test.json").read_text() == results

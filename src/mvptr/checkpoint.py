@@ -19,6 +19,7 @@ import os
 import pickle
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def has_checkpoint(path: str | Path) -> bool:
     return (recover_dir(path) / STATE_FILE).exists()
 
 
-def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None = None) -> Path:
+def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None = None,
+                   extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the directory beside its final place, then swap it in; ``extra(tmp)`` may add files
+    (a task head, say) so that they arrive with the rest or not at all."""
     final = Path(path)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -109,6 +113,8 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
     (tmp / "tag_vocab.json").write_text(json.dumps(bundle.tag_vocab, indent=1))
     if training_state is not None:
         torch.save(training_state, tmp / STATE_FILE)
+    if extra is not None:
+        extra(tmp)
     replace_dir(tmp, final)
     return final
 

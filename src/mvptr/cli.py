@@ -172,12 +172,15 @@ def cmd_finetune(args) -> None:
 
     cfg = _config(args)
     out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
-    save_config(cfg, out / "config.yaml")
+    if _is_main():
+        save_config(cfg, out / "config.yaml")
     bundle = load_task_model(args.model, cfg.device)
     result = finetune(cfg, args.task, bundle, out)
+    metrics = evaluate_task(cfg, args.task, bundle, out)
+    if not _is_main():
+        return
     print(f"{args.task}: {result.train.steps} steps on {result.examples} examples, "
           f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}")
-    metrics = evaluate_task(cfg, args.task, bundle, out)
     write_json(out / f"eval_{args.task}.json", metrics)
     print(json.dumps(metrics, indent=2))
     print(f"model: {result.model_dir}")

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from .. import distributed
 from ..checkpoint import Bundle, load_model_dir, save_model_dir
 from ..config import Config, TaskConfig
 from ..data.formats import (
@@ -136,15 +137,17 @@ def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
     """The encoders as a model directory, the head (if any) beside them, and ``task.json``."""
     model = bundle.model
     head = model._modules.pop("task_head", None)
+
+    def add_task_files(tmp: Path) -> None:  # inside the directory before it is swapped in
+        if head is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=1))
+
     try:
-        path = save_model_dir(path, bundle)
+        return save_model_dir(path, bundle, extra=add_task_files)
     finally:
         if head is not None:
             model.task_head = head
-    if head is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(path / HEAD_FILE))
-    (path / TASK_FILE).write_text(json.dumps(info, indent=1))
-    return path
 
 
 def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
@@ -236,20 +239,25 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     result = train(bundle, task_recipe(task, cfg), dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
-    model_dir = save_task_model(out_dir / "model", bundle, info)
+    model_dir = out_dir / "model"
+    if distributed.active().main:
+        save_task_model(model_dir, bundle, info)
+    distributed.barrier()
     return FinetuneResult(result, model_dir, len(dataset))
 
 
 # ----------------------------------------------------------------------------- evaluate
 
 @torch.no_grad()
-def _predict(model, loader, device: str) -> torch.Tensor:
-    outs = []
-    for batch in loader:
+def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs: int) -> torch.Tensor:
+    """Task-head outputs for every example; under torchrun each process predicts its share."""
+    mine = Subset(dataset, range(len(dataset))[distributed.shard(len(dataset))])
+    outs = [torch.zeros(0, num_outputs, device=device)]
+    for batch in DataLoader(mine, batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         _, fused = _fuse(model, batch)
-        outs.append(model.task_head(model.pool(fused.hidden, fused.mask)).float().cpu())
-    return torch.cat(outs)
+        outs.append(model.task_head(model.pool(fused.hidden, fused.mask)).float())
+    return distributed.gather_rows(torch.cat(outs)).cpu()
 
 
 @torch.no_grad()
@@ -268,10 +276,10 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
         answers = model.task_head.answers
         questions = vqa_questions(t, split)
         dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_eval)
-        loader = DataLoader(dataset, batch_size=bs, collate_fn=_collate(cfg, bundle, len(answers), hide))
-        best = _predict(model, loader, cfg.device).argmax(1).tolist()
+        collate = _collate(cfg, bundle, len(answers), hide)
+        best = _predict(model, dataset, collate, bs, cfg.device, len(answers)).argmax(1).tolist()
         predictions = {q.question_id: answers[a] for q, a in zip(dataset.questions, best)}
-        if out_dir is not None:
+        if out_dir is not None and distributed.active().main:
             write_vqa_results(out_dir / f"vqa_results_{split}.json", predictions)
         if not dataset.questions or not dataset.questions[0].answers:
             return {"questions": len(predictions), "results_only": True}
@@ -281,8 +289,8 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     if kind == "ve":
         pairs = read_snli_ve(t.hypotheses.format(split=split))
         dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_eval)
-        loader = DataLoader(dataset, batch_size=bs, collate_fn=_collate(cfg, bundle, mask_regions=hide))
-        pred = _predict(model, loader, cfg.device).argmax(1)
+        collate = _collate(cfg, bundle, mask_regions=hide)
+        pred = _predict(model, dataset, collate, bs, cfg.device, len(VE_LABELS)).argmax(1)
         gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
         return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold)}
     if kind == "grounding":
@@ -313,9 +321,10 @@ def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Pat
     text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
     result = evaluate_retrieval(model, encode_texts(model, loader(texts), cfg.device),
                                 encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device),
-                                text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score, progress, keep_pairs=True)
+                                text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score, progress, e.precision,
+                                keep_pairs=True)
     pairs = result.pop("pair_scores", None)
-    if out_dir is not None and pairs is not None:
+    if out_dir is not None and pairs is not None and distributed.active().main:
         out_dir.mkdir(parents=True, exist_ok=True)
         records = dataset.records
         np.savez_compressed(
