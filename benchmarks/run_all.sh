@@ -18,7 +18,7 @@ if $py -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   $py "$here/rerank.py" --config base --device cuda --precision bf16 --images 5000 --k-c 128 --k-i 64 \
     --out "$out/rerank_coco5k_bf16.json"
 else
-  $py "$here/pretrain_throughput.py" --config demo --device cpu --precision fp32 --steps 5 --memory \
+  $py "$here/pretrain_throughput.py" --config demo --device cpu --precision fp32 --steps 10 \
     --out "$out/pretrain_demo_fp32.json"
   $py "$here/rerank.py" --config demo --device cpu --precision fp32 --images 500 --k-c 16 --k-i 8 \
     --baseline-queries 100 --out "$out/rerank_demo_fp32.json"
