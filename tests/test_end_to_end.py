@@ -15,7 +15,8 @@ def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world_
     args = world_args(out) + ["stage1.epochs=4", "stage2.epochs=4", "threads=2"]
     assert main(["demo", "--config", "tiny", *args]) == 0
 
-    for stage, names in (("stage1", ["mcr_v", "mcr_s", "vsc"]), ("stage2", ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"])):
+    stages = (("stage1", ["mcr_v", "mcr_s", "vsc"]), ("stage2", ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"]))
+    for stage, names in stages:
         rows = read_metrics(out / stage / "metrics.jsonl")
         assert set(names) <= set(rows[0]), f"{stage} logs {sorted(rows[0])}"
         first = sum(r["loss"] for r in rows[:5]) / 5

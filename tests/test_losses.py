@@ -20,7 +20,8 @@ def test_hungarian_mcr_is_invariant_to_the_order_of_masked_concepts():
         losses.append(L.mcr_loss(logits, labels, "hungarian").item())
     assert max(losses) - min(losses) < 1e-6
     # without matching the order matters
-    aligned = {round(L.mcr_loss(logits, base.clone().index_put_((torch.tensor([0, 0, 0]), torch.tensor([0, 2, 3])), torch.tensor(p)), "aligned").item(), 5)
+    at = (torch.tensor([0, 0, 0]), torch.tensor([0, 2, 3]))
+    aligned = {round(L.mcr_loss(logits, base.clone().index_put_(at, torch.tensor(p)), "aligned").item(), 5)
                for p in itertools.permutations([7, 1, 4])}
     assert len(aligned) > 1
 
@@ -58,7 +59,8 @@ def test_vsc_is_symmetric_and_smallest_for_aligned_pairs():
 def test_wpg_similarity_is_mean_over_phrases_of_best_region():
     phrases = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # third phrase is padding
     regions = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]]])
-    sim, valid = L.wpg_similarity(phrases, torch.tensor([[True, True, False]]), regions, torch.tensor([[True, True, False]]))
+    two_of_three = torch.tensor([[True, True, False]])
+    sim, valid = L.wpg_similarity(phrases, two_of_three, regions, two_of_three)
     # phrase 0 best cos 1 (region 0); phrase 1 best cos 1/sqrt(2) (region 1); region 2 is padding
     assert valid.tolist() == [True]
     assert sim.item() == pytest.approx((1 + 2 ** -0.5) / 2, abs=1e-6)

@@ -36,7 +36,8 @@ def test_multimodal_encoder_takes_the_upper_bert_layers(minilm):
     depth = bert_config["num_hidden_layers"]
     first = state[f"encoder.layer.{depth - minilm.cfg.multimodal_layers}.attention.self.query.weight"]
     assert torch.equal(minilm.multimodal_encoder.layer[0].attention.self.query.weight, first)
-    assert torch.equal(minilm.visual_encoder.layer[0].attention.self.query.weight, state["encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(minilm.visual_encoder.layer[0].attention.self.query.weight,
+                       state["encoder.layer.0.attention.self.query.weight"])
 
 
 def test_phrase_rows_start_as_the_mean_of_their_word_rows(minilm):

@@ -90,7 +90,8 @@ def test_the_phrase_parser_gives_tuples_or_nothing(extractor, captions):
 
 
 def item(draw_ids, n_regions, tags, phrases):
-    return {"input_ids": draw_ids, "phrases": phrases, "region_feats": np.random.rand(n_regions, FEAT).astype(np.float32),
+    feats = np.random.rand(n_regions, FEAT).astype(np.float32)
+    return {"input_ids": draw_ids, "phrases": phrases, "region_feats": feats,
             "boxes": np.tile(np.array([[1, 2, 10, 12]], np.float32), (n_regions, 1)), "tags": tags,
             "width": 64, "height": 64, "image_index": 0}
 

@@ -14,7 +14,7 @@ from mvptr.checkpoint import save_model_dir
 from mvptr.config import load_config
 from mvptr.data.formats import read_captions
 from mvptr.eval import grounding
-from mvptr.pipeline import phrase_lookup, collator, image_source, new_bundle, training_tag_vocab
+from mvptr.pipeline import collator, image_source, new_bundle, phrase_lookup, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 

@@ -134,11 +134,14 @@ class Model:
 
     def _empty(self) -> EncodedSet:
         c = self.model.cfg
-        return EncodedSet(torch.zeros(0, c.embed_dim), torch.zeros(0, 0, c.hidden_size), torch.zeros(0, 0, dtype=torch.bool))
+        return EncodedSet(torch.zeros(0, c.embed_dim), torch.zeros(0, 0, c.hidden_size),
+                          torch.zeros(0, 0, dtype=torch.bool))
 
     # ----- encoders ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], phrases: Sequence[Sequence[Sequence[str]]] | None = None) -> EncodedSet:
+    def encode_texts(
+        self, texts: Sequence[str], phrases: Sequence[Sequence[Sequence[str]]] | None = None
+    ) -> EncodedSet:
         """Global embeddings and token/phrase outputs of each text."""
         texts = [str(t) for t in texts]
         tuples = self.phrases(texts) if phrases is None else phrases
@@ -147,7 +150,8 @@ class Model:
         vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
         if not texts:
             return self._empty()
-        items = [{"input_ids": ids, "phrases": vocab.encode(t, m)} for ids, t in zip(self.pieces.captions(texts), tuples)]
+        items = [{"input_ids": ids, "phrases": vocab.encode(t, m)}
+                 for ids, t in zip(self.pieces.captions(texts), tuples)]
         return encode_texts(self.model, self._batches(items), self.device)
 
     def _image_items(self, images) -> list[dict]:
@@ -234,7 +238,8 @@ class Model:
                 mentions.append(pos)
                 names.append(caption[start:end])
         tuples = self.phrases([caption])[0]
-        text = {"input_ids": enc["input_ids"], "phrases": self.bundle.phrase_vocab.encode(tuples, self.cfg.data.max_phrases)}
+        phrase_ids = self.bundle.phrase_vocab.encode(tuples, self.cfg.data.max_phrases)
+        text = {"input_ids": enc["input_ids"], "phrases": phrase_ids}
         item = self._image_items([image])[0]
         batch = {k: v.to(self.device) for k, v in self.collate([{**text, **item}]).items()}
         m = self.model

@@ -167,7 +167,8 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     cfg_file = path / "config.json"
     config = _read_json(cfg_file)
     if not isinstance(config, dict) or str(config.get("format", "")).split("/")[0] != "mvptr":
-        raise ValueError(f"{cfg_file}: not an mvptr model directory (for official checkpoints use `mvptr convert official`)")
+        raise ValueError(f"{cfg_file}: not an mvptr model directory "
+                         "(for official checkpoints use `mvptr convert official`)")
     source = weights_file(path)
     state = {k: v.to(device) for k, v in load_weights(source, trust_pickle).items()}
     if "tag_pieces" not in state:
@@ -194,10 +195,12 @@ def load_state(model: torch.nn.Module, state: dict, source: str, strict: bool = 
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
         raise ValueError(
-            f"{source}: does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}, shape mismatches {shapes[:10]}"
+            f"{source}: does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
+            f"shape mismatches {shapes[:10]}"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"missing": missing, "unexpected": unexpected}

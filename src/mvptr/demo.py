@@ -149,7 +149,8 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
 def build_report(results: dict, seconds: dict, training: dict) -> dict:
     some = next(iter(results.values()))
     chance = some["chance"]
-    retrieval = {name: {"uni": r["retrieval"]["uni"], "rerank": r["retrieval"]["rerank"]} for name, r in results.items()}
+    retrieval = {name: {"uni": r["retrieval"]["uni"], "rerank": r["retrieval"]["rerank"]}
+                 for name, r in results.items()}
     retrieval["chance"] = {"uni": chance["retrieval"], "rerank": chance["retrieval"]}
     grounding = {name: {"acc": r["grounding"]["acc"]} for name, r in results.items()}
     grounding["chance"] = {"acc": chance["grounding"]}

@@ -113,7 +113,8 @@ class SearchIndex:
                                      if k.startswith("max_")])
             model = Model.load(self.meta["model"], cfg, parse_phrases=parse_phrases)
         self.model = model
-        self.store = open_feature_store(self.meta["features"], self.meta["predictions"], model.model.cfg.region_feat_dim)
+        self.store = open_feature_store(self.meta["features"], self.meta["predictions"],
+                                        model.model.cfg.region_feat_dim)
 
     def query(self, text: str, top: int = 10, rerank: int = 64, score: str = "itm+sim") -> list[Hit]:
         """The ``top`` images for ``text``: cosine ranking, then the best ``rerank`` by ``score``

@@ -273,7 +273,8 @@ def plot_grounding(bundle, cfg, image_id: str, sentence_index: int | None, out_p
                     bbox={"boxstyle": "round,pad=0.15", "fc": colors[i], "ec": "none", "alpha": 0.9})
         iou = float(box_iou(det[None], merged[None])[0, 0])
         cls = f" ({g.det_classes[r]})" if r < len(g.det_classes) else ""
-        legend.append((colors[i], f"{label}\n  \u2192 region {r}{cls}: IoU {iou:.2f}, {'hit' if iou > 0.5 else 'miss'}"))
+        verdict = "hit" if iou > 0.5 else "miss"
+        legend.append((colors[i], f"{label}\n  \u2192 region {r}{cls}: IoU {iou:.2f}, {verdict}"))
     ax.set_title(f"image {image_id}, sentence {g.sentence_index}", fontsize=10)
     side.axis("off")
     wrapped = textwrap.wrap(f"\u201c{g.sentence}\u201d", 48)
@@ -385,7 +386,7 @@ def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> 
     Cells are probabilities of the whole attention row, averaged over heads."""
     import torch
 
-    from .pipeline import phrase_lookup, collator, image_source
+    from .pipeline import collator, image_source, phrase_lookup
     from .text.tokenizer import WordPieces
 
     record = _caption(cfg, image_id, sentence_index)
@@ -471,7 +472,8 @@ def plot_concepts(bundle, out_png, max_points: int = 400, seed: int = 0) -> Path
     phrases = [bundle.phrase_vocab.phrase(i) for i in range(len(phrase_rows))]
     rows = torch.nn.functional.normalize(torch.cat([tag_rows, phrase_rows]), dim=-1).numpy()
     if len(rows) < 3:
-        raise ValueError(f"t-SNE needs at least 3 rows, the model has {len(tag_rows)} tags and {len(phrase_rows)} phrases")
+        raise ValueError(f"t-SNE needs at least 3 rows, the model has {len(tag_rows)} tags "
+                         f"and {len(phrase_rows)} phrases")
     perplexity = float(min(30.0, max(1.0, (len(rows) - 1) / 3)))
     # one thread: t-SNE's OpenMP loops crawl when the cores are busy, and the map stays reproducible
     with threadpool_limits(1):

@@ -823,7 +823,8 @@ def write_vqa_annotations(path: PathLike, annotations: Sequence[Mapping[str, Any
     ``multiple_choice_answer``, ``answer_type``, ``question_type``."""
     rows = []
     for a in annotations:
-        answers = [{"answer": ans, "answer_confidence": "yes", "answer_id": k + 1} for k, ans in enumerate(a["answers"])]
+        answers = [{"answer": ans, "answer_confidence": "yes", "answer_id": k + 1}
+                   for k, ans in enumerate(a["answers"])]
         rows.append({"question_id": a["question_id"], "image_id": a["image_id"], "answers": answers,
                      "multiple_choice_answer": a["multiple_choice_answer"], "answer_type": a["answer_type"],
                      "question_type": a["question_type"]})

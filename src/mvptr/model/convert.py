@@ -86,7 +86,8 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
                 own[ours][: src.shape[0]].copy_(src)  # phrase rows after the words stay for init_phrase_rows
             else:
                 if own[ours].shape != src.shape:
-                    raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, {ours} needs {tuple(own[ours].shape)}")
+                    raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
+                                     f"{ours} needs {tuple(own[ours].shape)}")
                 own[ours].copy_(src)
     return {"source": source, "copied": len(mapping), "bert_layers": depth}
 
@@ -243,7 +244,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
             if key.startswith("cls.seq_relationship."):
                 value = value.flip(0)  # their label 0 = match; ours 1 = match
             if value.shape != state[ours].shape:
-                raise ValueError(f"{weights}: {key} has shape {tuple(value.shape)}, {ours} needs {tuple(state[ours].shape)}")
+                raise ValueError(f"{weights}: {key} has shape {tuple(value.shape)}, "
+                                 f"{ours} needs {tuple(state[ours].shape)}")
             state[ours] = value.clone()
             filled.add(ours)
         else:

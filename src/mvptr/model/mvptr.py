@@ -172,7 +172,8 @@ class MVPTR(nn.Module):
         if self.official:  # [CLS] t1..tK [SEP] at consecutive positions; [SEP] is stored after [CLS]
             sep = self.embeddings.word_embeddings(torch.full((b, 1), SEP_ID, device=dev))
             concept_rows = torch.cat([cls, sep, self.piece_mean(tag_pieces)], 1)
-            pos = torch.cat([0 * specials, 1 + tag_mask.sum(1, keepdim=True), 1 + torch.arange(k, device=dev).expand(b, k)], 1)
+            tag_pos = 1 + torch.arange(k, device=dev).expand(b, k)
+            pos = torch.cat([0 * specials, 1 + tag_mask.sum(1, keepdim=True), tag_pos], 1)
             specials = torch.ones(b, 2, dtype=torch.long, device=dev)
             regions = self.region_embed(region_feats)
             if self.cfg.region_layer_norm:
