@@ -28,19 +28,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine(device: str) -> dict:
     info = {
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info

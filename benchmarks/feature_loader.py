@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import time
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 from mvptr.data.formats import CaptionRecord, write_vinvl_features, write_vinvl_predictions
 from mvptr.data.pretrain import FIRST_WORD_ID, Collator, ImageSource, Masking, PairDataset
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
@@ -155,12 +155,6 @@ def fill_times(batch_size: int, repeats: int = 20) -> None:
             times.append(time.perf_counter() - t0)
             del batch
         print(f"{fill.__name__}: {np.median(times) * 1e3:.1f} ms")
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                    platform.processor())
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 from mvptr.data.formats import write_karpathy_json
 from mvptr.text.phrases import PhraseExtractor, prepare_phrases
 
@@ -79,12 +79,6 @@ def cpu_seconds() -> float:
     """User + system CPU time of this process and of its exited, waited-for children."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                    platform.processor())
 
 
 def main() -> None:

@@ -43,6 +43,17 @@ _NEUTRAL = ("is made of paper", "was drawn by a child", "is about to move", "is 
 _REL_WORDS = {"above": "above", "below": "below", "left": "left of", "right": "right of"}
 
 
+def _absent_object(objects, rng) -> tuple[str, str]:
+    """A (colour, shape) that no object of the scene has."""
+    from .demo_world import COLORS, SHAPES
+
+    present = {(o.color, o.shape) for o in objects}
+    while True:
+        c, s = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+        if (c, s) not in present:
+            return c, s
+
+
 def vqa_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     root = Path(root)
     return root / f"v2_OpenEnded_demo_{split}_questions.json", root / f"v2_demo_{split}_annotations.json"
@@ -84,11 +95,7 @@ def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
         o = objects[int(rng.integers(len(objects)))]
         kinds.append(("is there a", f"is there a {o.color} {o.shape}?", "yes", "yes/no", None, ["no"]))
     else:
-        present = {(o.color, o.shape) for o in objects}
-        while True:
-            c, s = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
-            if (c, s) not in present:
-                break
+        c, s = _absent_object(objects, rng)
         kinds.append(("is there a", f"is there a {c} {s}?", "no", "yes/no", None, ["yes"]))
     kinds.append(("how many", "how many shapes are there?", str(len(objects)), "number",
                   _NUMBER_WORDS[len(objects)], ()))
@@ -108,7 +115,7 @@ def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
 
 def _hypotheses(objects, rng: np.random.Generator) -> list[tuple[str, str]]:
     """One (hypothesis, label) of each SNLI-VE label for one scene."""
-    from .demo_world import COLORS, SHAPES, _relation
+    from .demo_world import _relation
 
     def name(o, det="a"):
         return f"{det} {o.color} {o.shape}"
@@ -128,11 +135,7 @@ def _hypotheses(objects, rng: np.random.Generator) -> list[tuple[str, str]]:
         wrong = {"above": "below", "below": "above", "left": "right", "right": "left"}[rel]
         contradicted = f"{name(objects[i])} is {_REL_WORDS[wrong]} {name(objects[j])}"
     else:
-        present = {(o.color, o.shape) for o in objects}
-        while True:
-            c, s = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
-            if (c, s) not in present:
-                break
+        c, s = _absent_object(objects, rng)
         contradicted = f"there is a {c} {s}"
     o = objects[int(rng.integers(len(objects)))]
     neutral = f"{name(o, 'the')} {rng.choice(_NEUTRAL)}"
