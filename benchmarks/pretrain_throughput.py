@@ -38,12 +38,12 @@ from common import (  # noqa: E402
 )
 from mvptr.precision import autocast  # noqa: E402
 from mvptr.train.recipes import pretraining_recipe  # noqa: E402
-from mvptr.train.trainer import only_trainable, param_groups  # noqa: E402
+from mvptr.train.trainer import adamw, only_trainable, param_groups  # noqa: E402
 
 
 def make_step(cfg, model, stage, batch, device, precision):
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
-    optimizer = torch.optim.AdamW(param_groups(model, recipe.trainable, stage.weight_decay), lr=1e-5)
+    optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay), lr=1e-5)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator(device)
 
