@@ -132,10 +132,11 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
             f"{path} is a pickle file, and loading a pickle can run arbitrary code; if you trust its source, "
             "pass trust_pickle=True (command line: --trust-pickle)"
         )
-    try:
+    try:  # even a trusted pickle is read as tensors and containers only, never as code
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # trusted, but holds more than tensors
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds more than tensors and containers ({err}); "
+                         "re-save its state dict alone, or as safetensors") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
