@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, machine, random_model, sync, synthetic_batch, write_result  # noqa: E402
 from mvptr.eval.retrieval import (  # noqa: E402
     EncodedSet,
+    candidates,
     encode_images,
     encode_texts,
     evaluate_retrieval,
-    recall_at_k,
-    summarise,
+    reranked_recall,
 )
 from mvptr.precision import autocast  # noqa: E402
 
@@ -76,11 +76,7 @@ def baseline_recall(scores, sim, text_image, k_c, k_i):
     fine = torch.full_like(sim, float("nan"))
     for (i, t), s in scores.items():
         fine[i, t] = s
-    wanted = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, sim.topk(k_c, 1).indices, True)
-    by_text = torch.zeros_like(sim.t(), dtype=torch.bool).scatter_(1, sim.t().topk(k_i, 1).indices, True)
-    i2t = torch.where(wanted, fine + 1e3, sim)
-    t2i = torch.where(by_text, fine.t() + 1e3, sim.t())
-    return summarise(recall_at_k(i2t, positives), recall_at_k(t2i, positives.t()))
+    return reranked_recall(sim, fine, *candidates(sim, k_c, k_i), positives)
 
 
 def main() -> None:

@@ -58,23 +58,18 @@ def active() -> Dist:
     return SINGLE
 
 
-def gather_cat(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
-    """Concatenate every rank's ``x`` along dim 0, in rank order.
+def gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along dim 0, in rank order, keeping the gradient.
 
-    With gradient, the backward pass sums what every rank sends back to each piece, so the
-    gradient of a loss computed identically on all ranks reaches each rank's own inputs
-    ``world`` times; averaging gradients across ranks then gives the single-process gradient.
+    The backward pass sums what every rank sends back to each piece, so the gradient of a
+    loss computed identically on all ranks reaches each rank's own inputs ``world`` times;
+    averaging gradients across ranks then gives the single-process gradient.
     """
-    d = active()
-    if not d.on:
+    if not active().on:
         return x
-    if with_grad:
-        with warnings.catch_warnings():  # its replacement is private API
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(dist_fn.all_gather(x), 0)
-    parts = [torch.empty_like(x) for _ in range(d.world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, 0)
+    with warnings.catch_warnings():  # its replacement is private API
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(x), 0)
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -95,12 +90,7 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 def mean(x: torch.Tensor) -> torch.Tensor:
     """The mean of ``x`` over ranks (for logging, and to agree on skipping a step)."""
-    d = active()
-    if not d.on:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / d.world
+    return total(x) / active().world
 
 
 def shard(n: int, d: Dist | None = None) -> slice:

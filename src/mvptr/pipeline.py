@@ -121,6 +121,23 @@ def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamp
 
 
 @torch.no_grad()
+def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True,
+                 keep_pairs: bool = False) -> tuple[dict, list[str]]:
+    """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
+    settings; returns the result and the image ids in the order of its indices."""
+    e = cfg.eval
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731
+    texts = encode_texts(model, loader(text_items), cfg.device)
+    images = encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device)
+    result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
+                                progress, e.precision, keep_pairs)
+    return result, image_ids
+
+
+@torch.no_grad()
 def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: SkippedSamples | None = None) -> dict:
     """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``.
 
@@ -135,15 +152,7 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     dataset = build_pair_dataset(data, pieces, bundle.phrase_vocab, cfg.model.region_feat_dim, e.split,
                                  e.max_images, skip=skip)
     collate = collator(cfg, bundle)
-    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
-    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
-    image_items = [dataset.images(i) for i in image_ids]
-    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
-    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731
-    texts = encode_texts(model, loader(text_items), cfg.device)
-    images = encode_images(model, loader(image_items), cfg.device)
-    retrieval = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
-                                   progress, e.precision)
+    retrieval, image_ids = rank_dataset(cfg, model, dataset, collate, progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
     grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)

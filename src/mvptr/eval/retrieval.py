@@ -108,6 +108,26 @@ def itm_scores(
     return distributed.gather_rows(out).cpu()
 
 
+def candidates(sim: torch.Tensor, k_c: int, k_i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks of the pairs to re-rank: each image's top k_c captions (N_i, N_t) and each
+    caption's top k_i images (N_t, N_i), by the uni-modal similarity ``sim`` (N_i, N_t)."""
+    wanted = torch.zeros_like(sim, dtype=torch.bool)
+    wanted.scatter_(1, sim.topk(k_c, dim=1).indices, True)
+    by_text = torch.zeros_like(sim.t(), dtype=torch.bool)
+    by_text.scatter_(1, sim.t().topk(k_i, dim=1).indices, True)
+    return wanted, by_text
+
+
+def reranked_recall(sim: torch.Tensor, fine: torch.Tensor, wanted: torch.Tensor, by_text: torch.Tensor,
+                    positives: torch.Tensor) -> dict[str, float]:
+    """Recall both ways when re-ranked candidates (scores in ``fine``) come first, in their
+    re-ranked order, and the rest keep their uni-modal order."""
+    offset = 1e3  # exceeds any cosine
+    i2t = torch.where(wanted, fine + offset, sim)
+    t2i = torch.where(by_text, fine.t() + offset, sim.t())
+    return summarise(recall_at_k(i2t, positives), recall_at_k(t2i, positives.t()))
+
+
 def evaluate_retrieval(
     model: MVPTR,
     texts: EncodedSet,
@@ -129,10 +149,7 @@ def evaluate_retrieval(
     k_c, k_i = min(k_c, sim.shape[1]), min(k_i, sim.shape[0])
     if k_c == 0 and k_i == 0:
         return {"uni": uni}
-    wanted = torch.zeros_like(sim, dtype=torch.bool)
-    wanted.scatter_(1, sim.topk(k_c, dim=1).indices, True)  # captions for each image
-    by_text = torch.zeros_like(sim.t(), dtype=torch.bool)
-    by_text.scatter_(1, sim.t().topk(k_i, dim=1).indices, True)  # images for each caption
+    wanted, by_text = candidates(sim, k_c, k_i)
     pairs = torch.nonzero(wanted | by_text.t())  # each pair once
     itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
     pair_sim = sim[pairs[:, 0], pairs[:, 1]]
@@ -144,11 +161,7 @@ def evaluate_retrieval(
         raise ValueError(f"unknown rerank score {score!r} (expected 'itm' or 'itm+sim')")
     fine = torch.full_like(sim, float("nan"))
     fine[pairs[:, 0], pairs[:, 1]] = pair_scores
-    # re-ranked candidates above every other one; the offset exceeds any cosine
-    offset = 1e3
-    i2t = torch.where(wanted, fine + offset, sim)
-    t2i = torch.where(by_text, fine.t() + offset, sim.t())
-    rerank = summarise(recall_at_k(i2t, positives), recall_at_k(t2i, positives.t()))
+    rerank = reranked_recall(sim, fine, wanted, by_text, positives)
     out = {"uni": uni, "rerank": rerank, "pairs_scored": len(pairs)}
     if keep_pairs:
         out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm, "sim": pair_sim}

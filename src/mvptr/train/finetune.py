@@ -47,7 +47,6 @@ from ..data.tasks import (
     VQADataset,
 )
 from ..eval.grounding import evaluate_grounding, grounding_examples
-from ..eval.retrieval import encode_images, encode_texts, evaluate_retrieval
 from ..eval.vqa import answer_vocabulary, evaluate_vqa
 from ..model.heads import AnswerClassifier, PairClassifier
 from ..text.tokenizer import WordPieces
@@ -309,20 +308,11 @@ def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> d
 def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
     """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
     k_c, k_i and final score."""
-    from ..pipeline import collator
+    from ..pipeline import collator, rank_dataset
 
-    e, model = cfg.eval, bundle.model
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
                                  t.eval_split, t.max_eval)
-    collate = collator(cfg, bundle)
-    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
-    texts = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
-    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)
-    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
-    result = evaluate_retrieval(model, encode_texts(model, loader(texts), cfg.device),
-                                encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device),
-                                text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score, progress, e.precision,
-                                keep_pairs=True)
+    result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True)
     pairs = result.pop("pair_scores", None)
     if out_dir is not None and pairs is not None and distributed.active().main:
         out_dir.mkdir(parents=True, exist_ok=True)
