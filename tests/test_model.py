@@ -88,3 +88,26 @@ def test_config_mismatch_with_the_checkpoint_is_an_error():
     bert_config, state = read_bert_dir(minilm_dir())
     with pytest.raises(ValueError, match="hidden_size=64"):
         init_from_bert(model, bert_config, state, "minilm")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_1_minus_p_of_the_elements_and_rescales_them(p):
+    from mvptr.model.layers import Dropout
+
+    drop = Dropout(p).train()
+    x = torch.full((200, 1000), 2.0, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    # binomial standard deviation: the kept fraction is within 5 of them of 1 - p
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient goes through the kept elements only
+    # neighbouring elements are independent: the 4 draws of one 64-bit number are not alike
+    pairs = kept.flatten()[: n // 4 * 4].view(-1, 4).float()
+    assert abs(torch.corrcoef(pairs.t())[0, 1:].abs().max().item()) < 0.02
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # seeded: the same mask again
+    assert torch.equal(drop.eval()(x), x)

@@ -14,6 +14,36 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 
 
+class Dropout(nn.Module):
+    """Dropout whose CPU masks come from 15-bit random numbers, four per 64-bit draw.
+
+    On a CPU, drawing one float per element (``torch.nn.Dropout``) costs about three times
+    the rest of the dropout; four 15-bit draws from one 64-bit number cost a third as much.
+    An element is kept with probability 1 - round(p * 2^15) / 2^15 (p = 0.1: 0.899994).
+    Other devices use ``F.dropout``. Draws come from torch's default generator, so a seeded
+    step (and a checkpointed layer's recomputation) draws the same mask.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability {p} is not in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits each
+        draws = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
+        keep = draws >= round(self.p * 2**15)
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -46,7 +76,7 @@ class ResidualOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_features, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
@@ -120,7 +150,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self, rows: torch.Tensor, position_ids: torch.Tensor | None, token_type: int

@@ -167,20 +167,22 @@ class MVPTR(nn.Module):
         """tag_pieces (B, K, P) word pieces of each tag; region_feats (B, R, D)."""
         b, k = tag_mask.shape
         dev = region_feats.device
-        cls = self.embeddings.word_embeddings(torch.full((b, 1), CLS_ID, device=dev))
-        specials = torch.ones(b, 1, dtype=torch.long, device=dev)
+        # [CLS] (and [SEP]) as one-piece "tags", so the shared table is looked up once: each
+        # lookup costs a full-size gradient of the table in the backward pass
+        special_pieces = tag_pieces.new_zeros(b, 2 if self.official else 1, tag_pieces.shape[-1])
+        special_pieces[:, 0, 0] = CLS_ID
+        if self.official:
+            special_pieces[:, 1, 0] = SEP_ID
+        concept_rows = self.piece_mean(torch.cat([special_pieces, tag_pieces], 1))
+        specials = torch.ones(b, special_pieces.shape[1], dtype=torch.long, device=dev)
         if self.official:  # [CLS] t1..tK [SEP] at consecutive positions; [SEP] is stored after [CLS]
-            sep = self.embeddings.word_embeddings(torch.full((b, 1), SEP_ID, device=dev))
-            concept_rows = torch.cat([cls, sep, self.piece_mean(tag_pieces)], 1)
             tag_pos = 1 + torch.arange(k, device=dev).expand(b, k)
-            pos = torch.cat([0 * specials, 1 + tag_mask.sum(1, keepdim=True), tag_pos], 1)
-            specials = torch.ones(b, 2, dtype=torch.long, device=dev)
+            pos = torch.cat([0 * specials[:, :1], 1 + tag_mask.sum(1, keepdim=True), tag_pos], 1)
             regions = self.region_embed(region_feats)
             if self.cfg.region_layer_norm:
                 regions = self.region_norm(regions)
             regions = self.embeddings.dropout(regions)
         else:
-            concept_rows = torch.cat([cls, self.piece_mean(tag_pieces)], 1)
             pos = torch.ones(b, 1 + k, dtype=torch.long, device=dev)
             pos[:, 0] = 0
             regions = self.embeddings(self.region_embed(region_feats), None, token_type=1)
