@@ -111,3 +111,21 @@ def test_dropout_keeps_1_minus_p_of_the_elements_and_rescales_them(p):
     torch.manual_seed(3)
     assert torch.equal(drop(x), y)  # seeded: the same mask again
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_cpu_attention_with_dropout_is_sdpa_before_the_mask():
+    from mvptr.model.layers import SelfAttention
+
+    cfg = load_config("tiny", ["model.attention_dropout=0.1"]).model
+    attn = SelfAttention(cfg)
+    x = torch.randn(3, 7, cfg.hidden_size)
+    key_mask = torch.ones(3, 7, dtype=torch.bool)
+    key_mask[1, 4:] = False
+    expected = attn.eval()(x, key_mask)  # SDPA, no dropout
+    attn.train()
+    attn.attention_dropout.forward = lambda w: w  # the explicit CPU path, mask left out
+    assert torch.allclose(attn(x, key_mask), expected, atol=1e-5)
+    del attn.attention_dropout.forward
+    torch.manual_seed(0)
+    dropped = attn(x, key_mask)
+    assert not torch.allclose(dropped, expected, atol=1e-3)  # and the mask is applied

@@ -6,6 +6,8 @@ loads by renaming prefixes only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,7 +55,7 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.dropout_p = cfg.attention_dropout
+        self.attention_dropout = Dropout(cfg.attention_dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, h = x.shape
@@ -62,9 +64,16 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         # key_mask: (B, L) bool, True where a key may be attended to
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout_p if self.training else 0.0
-        )
+        mask = key_mask[:, None, None, :]
+        p = self.attention_dropout.p if self.training else 0.0
+        if p and x.device.type == "cpu":
+            # SDPA's CPU kernels have no dropout: its fallback does these same steps, but draws
+            # the mask one float per weight (see Dropout)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
+            out = self.attention_dropout(weights) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         b, _, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, -1)
 
