@@ -71,3 +71,15 @@ def test_an_unwritable_output_directory_fails_before_training(world_args, tmp_pa
     cfg, bundle = setup(world_args, blocker / "out", "stage1.max_steps=2")
     with pytest.raises(OSError, match="cannot write to output directory"):
         pretrain_stage(cfg, cfg.stage1, bundle, blocker / "out", progress=False)
+
+
+def test_an_engine_is_torch_or_deepspeed_and_deepspeed_says_how_to_install_it(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=1", "stage1.engine=jax")
+    with pytest.raises(ValueError, match="unknown engine 'jax'"):
+        pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=1", "stage1.engine=deepspeed")
+        with pytest.raises(ImportError, match=r'pip install "mvptr\[deepspeed\]"'):
+            pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)

@@ -95,9 +95,10 @@ def has_checkpoint(path: str | Path) -> bool:
 
 
 def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None = None,
-                   extra: Callable[[Path], None] | None = None) -> Path:
+                   extra: Callable[[Path], None] | None = None, weights: dict | None = None) -> Path:
     """Write the directory beside its final place, then swap it in; ``extra(tmp)`` may add files
-    (a task head, say) so that they arrive with the rest or not at all."""
+    (a task head, say) so that they arrive with the rest or not at all. ``weights`` replaces the
+    model's own state dict (the fp32 master weights of a 16-bit DeepSpeed module)."""
     final = Path(path)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -106,7 +107,7 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
     model = bundle.model
     config = {"model": to_dict(model.cfg), "num_phrases": model.num_phrases, "format": "mvptr/1"}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, str(tmp / MODEL_FILE))
     bundle.tokenizer.save_pretrained(str(tmp))
     bundle.phrase_vocab.save(tmp / "phrase_vocab.json")

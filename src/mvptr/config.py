@@ -131,8 +131,11 @@ class StageConfig:
     grad_accum_steps: int = 1
     # "fp32", "bf16" (autocast) or "fp16" (autocast with a dynamic loss scaler)
     precision: str = "fp32"
-    # under torchrun: shard the optimizer state across processes (ZeRO stage 1)
+    # under torchrun: shard the optimizer state across processes (ZeRO stage 1; torch engine)
     shard_optimizer: bool = False
+    # "torch" (DistributedDataParallel) or "deepspeed" (pip install "mvptr[deepspeed]")
+    engine: str = "torch"
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (deepspeed engine only)
 
 
 @dataclass

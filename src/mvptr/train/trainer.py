@@ -2,7 +2,8 @@
 
 AdamW with decoupled weight decay (not on biases and LayerNorm weights), linear warm-up
 then linear decay, gradient clipping, mixed precision (bf16, or fp16 with a loss scaler),
-gradient accumulation, several processes under torchrun (DistributedDataParallel),
+gradient accumulation, several processes under torchrun (DistributedDataParallel, or
+DeepSpeed ZeRO with ``stage.engine: deepspeed``: deepspeed_engine.py),
 JSON-lines metrics, checkpoints as model directories, and exact resume: the batch order,
 the masking, the negatives and the dropout of every step are functions of (seed, step,
 rank), so a resumed CPU run ends with the same weights.
@@ -213,7 +214,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     if per_epoch < 1:
         raise ValueError(f"{stage.name}: {len(dataset)} samples is fewer than one batch of {stage.batch_size}")
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
-    sharded = stage.shard_optimizer and d.on
+    if stage.engine not in ("torch", "deepspeed"):
+        raise ValueError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
+    use_ds = stage.engine == "deepspeed"
+    sharded = stage.shard_optimizer and d.on and not use_ds
     optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay), stage.lr, sharded)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(stage.warmup_ratio * total)
@@ -225,22 +229,33 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=stage.precision == "fp16")
-    start, skipped = 0, 0
+    start, skipped, ds_tag = 0, 0, None
     ckpt = out_dir / "model"
     if resume and has_checkpoint(ckpt):
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
         if state.get("recipe") != recipe.name:
             raise ValueError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}")
+        if state.get("engine", "torch") != stage.engine:
+            raise ValueError(f"{ckpt}: checkpoint is from the {state.get('engine', 'torch')} engine; "
+                             f"resume it with {stage.name}.engine={state.get('engine', 'torch')}")
         load_state_strict(model, load_model_dir(ckpt, device).model.state_dict(), str(ckpt))
-        optimizer.load_state_dict(state["optimizer"])
+        if use_ds:
+            ds_tag = state["deepspeed_tag"]  # its optimizer state loads with the engine
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start, skipped = int(state["step"]), int(state.get("skipped", 0))
 
     objective = _Objective(model, recipe)
-    # unused parameters are allowed: a step may have no phrase to mask, say
-    engine = DistributedDataParallel(objective, find_unused_parameters=True) if d.on else objective
+    if use_ds:
+        from .deepspeed_engine import DeepSpeedEngine
+
+        engine = DeepSpeedEngine(objective, optimizer, stage, d, device, out_dir, ds_tag)
+    else:
+        # unused parameters are allowed: a step may have no phrase to mask, say
+        engine = DistributedDataParallel(objective, find_unused_parameters=True) if d.on else objective
     loader = DataLoader(
         _StepItems(dataset),
         batch_sampler=StepBatches(len(dataset), stage.batch_size, seed, start, total, d.rank, d.world, accum),
@@ -267,22 +282,28 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             with autocast(device, stage.precision):
                 losses = engine(batch, neg_gen)
             loss = sum(losses.values())
-            scaler.scale(loss / accum).backward()
+            if use_ds:
+                engine.backward(loss)
+            else:
+                scaler.scale(loss / accum).backward()
         for k, v in {"loss": loss, **losses}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
         samples += len(batch["input_ids"]) * d.world
         if not last_pass:
             continue
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
-        # every process takes the same decision: gradients are already averaged, the loss is not
-        finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1 and torch.isfinite(grad_norm)
-        if finite:
-            scaler.step(optimizer)
+        if use_ds:
+            skipped += not engine.applied()  # DeepSpeed skips a step whose gradients are not finite
         else:
-            skipped += 1
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+            # every process takes the same decision: gradients are already averaged, the loss is not
+            finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1 and torch.isfinite(grad_norm)
+            if finite:
+                scaler.step(optimizer)
+            else:
+                skipped += 1
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         done = step + 1
         bar.update(1)
@@ -299,7 +320,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                     f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
         sums = {}
-        if (stage.save_every and done % stage.save_every == 0) or done == total:
+        if ((stage.save_every and done % stage.save_every == 0) or done == total) and use_ds:
+            engine.save(ckpt, bundle, {"step": done, "scheduler": scheduler.state_dict(), "skipped": skipped,
+                                       "recipe": recipe.name})  # with DeepSpeed's optimizer state beside it
+        elif (stage.save_every and done % stage.save_every == 0) or done == total:
             if sharded:
                 optimizer.consolidate_state_dict(to=0)  # every process sends its share
             if d.main:
@@ -309,6 +333,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                 })
             distributed.barrier()
     bar.close()
+    if use_ds:
+        engine.finish()
     model.eval()
     seconds = time.time() - t0
     return TrainResult(total - start, seconds, samples / max(seconds, 1e-9), last, skipped)
