@@ -49,24 +49,40 @@ def machine(device: str) -> dict:
     return info
 
 
+class MatmulProbe:
+    """The FLOP/s of one large square matrix product at a precision: the machine's ceiling.
+
+    Kept as an object so it can be measured again between the timed steps of a benchmark:
+    on a shared machine the ceiling itself moves from second to second, and a ratio is only
+    meaningful between two things measured at the same moment.
+    """
+
+    def __init__(self, device: str, precision: str, n: int = 0):
+        self.device = device
+        n = n or (8192 if device.startswith("cuda") else 2048)
+        self.flops = 2 * n**3
+        dtype = DTYPES[precision]
+        self.a = torch.randn(n, n, device=device).to(dtype)
+        self.b = torch.randn(n, n, device=device).to(dtype)
+        for _ in range(3):
+            self.a @ self.b
+        sync(device)
+
+    def rate(self, seconds: float = 2.0) -> float:
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            self.a @ self.b
+            reps += 1
+            if self.device.startswith("cuda") and reps % 10:
+                continue
+            sync(self.device)
+        sync(self.device)
+        return self.flops * reps / (time.perf_counter() - t0)
+
+
 def matmul_peak(device: str, precision: str, n: int = 0, seconds: float = 2.0) -> float:
     """Measured FLOP/s of one large square matrix product at ``precision`` (the ceiling)."""
-    n = n or (8192 if device.startswith("cuda") else 2048)
-    dtype = DTYPES[precision]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        if device.startswith("cuda") and reps % 10:
-            continue
-        sync(device)
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    return MatmulProbe(device, precision, n).rate(seconds)
 
 
 def write_result(path: str | None, result: dict) -> None:

@@ -8,17 +8,21 @@ AdamW) on a synthetic batch already on the device, so the number is the model's,
 data loader's (benchmarks/feature_loader.py measures that). The model FLOPs of a step are
 counted by torch.utils.flop_counter over one forward and backward pass: every matrix
 product and attention of the three encoders, the extra multimodal passes (ITM negatives,
-the MLM pass, WPG), and the vocabulary-sized heads. Achieved FLOP/s divided by the FLOP/s
-of a large matrix product at the same precision, measured in the same run, is the ratio
-reported. Memory per sample is the difference in peak memory between two batch sizes
-divided by their difference, from the CUDA allocator's peak (a CPU process's peak RSS is
-dominated by allocator caching and model set-up, so it is not reported).
+the MLM pass, WPG), and the vocabulary-sized heads. The ratio reported is achieved FLOP/s
+divided by the FLOP/s of a large matrix product at the same precision: each timed step is
+followed by a measurement of that product lasting as long, and the median over steps of
+their ratio is reported with its quartiles (a shared machine's speed drifts within a run,
+so only things measured at the same moment are compared). Memory per sample is the
+difference in peak memory between two batch sizes divided by their difference, from the
+CUDA allocator's peak (a CPU process's peak RSS is dominated by allocator caching and
+model set-up, so it is not reported).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,9 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    MatmulProbe,
     bench_config,
     machine,
-    matmul_peak,
     random_model,
     sync,
     synthetic_batch,
@@ -38,7 +42,7 @@ from common import (  # noqa: E402
 )
 from mvptr.precision import autocast  # noqa: E402
 from mvptr.train.recipes import pretraining_recipe  # noqa: E402
-from mvptr.train.trainer import adamw, only_trainable, param_groups  # noqa: E402
+from mvptr.train.trainer import adamw, only_trainable, param_groups, reuse_freed_cpu_memory  # noqa: E402
 
 
 def make_step(cfg, model, stage, batch, device, precision):
@@ -60,11 +64,14 @@ def make_step(cfg, model, stage, batch, device, precision):
     return recipe, step
 
 
-def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=False):
+def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=False, probe=None):
+    """Times ``steps`` optimizer steps one by one; with a MatmulProbe, each step is followed by
+    a measurement of the matmul ceiling lasting about as long, and the ratio is taken per pair."""
     cfg.model.activation_checkpointing = checkpointing
     model = random_model(cfg, device=device).train()
     batch = synthetic_batch(cfg, model, batch_size, device)
     recipe, step = make_step(cfg, model, stage, batch, device, precision)
+    seconds, ceilings = [], []
     with only_trainable(model, recipe.trainable):
         step()  # warm-up: allocator, kernels
         counter = FlopCounterMode(display=False)
@@ -72,14 +79,16 @@ def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=Fals
         flops = counter.get_total_flops()
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        sync(device)
-        t0 = time.perf_counter()
         for _ in range(steps):
+            sync(device)
+            t0 = time.perf_counter()
             step()
-        sync(device)
-        seconds = (time.perf_counter() - t0) / steps
+            sync(device)
+            seconds.append(time.perf_counter() - t0)
+            if probe is not None:
+                ceilings.append(probe.rate(max(seconds[-1], 0.05)))
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"flops_per_step": flops, "seconds_per_step": seconds, "peak_bytes": peak}
+    return {"flops_per_step": flops, "seconds": seconds, "ceilings": ceilings, "peak_bytes": peak}
 
 
 def main() -> None:
@@ -88,28 +97,34 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=0, help="default: the stage's batch on CPU (demo), 128 on GPU")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--stages", default="stage1,stage2")
     p.add_argument("--memory", action="store_true",
                    help="also measure memory per sample on CUDA (the allocator's peak at half the batch)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     cfg = bench_config(args.config)
+    if args.device == "cpu":
+        reuse_freed_cpu_memory()  # as the trainer does
 
     batch_size = args.batch_size or (128 if args.device.startswith("cuda") else cfg.stage1.batch_size)
-    peak = matmul_peak(args.device, args.precision)
+    probe = MatmulProbe(args.device, args.precision)
     result = {"machine": machine(args.device), "config": args.config, "precision": args.precision,
-              "batch_size": batch_size, "matmul_peak_flops": peak, "stages": {}}
+              "batch_size": batch_size, "stages": {}}
     for name in args.stages.split(","):
         stage = getattr(cfg, name)
-        r = measure(cfg, stage, batch_size, args.device, args.precision, args.steps)
-        achieved = r["flops_per_step"] / r["seconds_per_step"]
+        r = measure(cfg, stage, batch_size, args.device, args.precision, args.steps, probe=probe)
+        fractions = [r["flops_per_step"] / s / c for s, c in zip(r["seconds"], r["ceilings"])]
+        seconds = statistics.median(r["seconds"])
         row = {
             "objectives": list(stage.objectives),
-            "samples_per_s": batch_size / r["seconds_per_step"],
+            "samples_per_s": batch_size / seconds,
             "gflop_per_sample": r["flops_per_step"] / batch_size / 1e9,
-            "achieved_flops": achieved,
-            "fraction_of_matmul_peak": achieved / peak,
+            "achieved_flops": r["flops_per_step"] / seconds,
+            "matmul_peak_flops": statistics.median(r["ceilings"]),
+            # the median over steps of (this step's FLOP/s) / (the ceiling measured right after it)
+            "fraction_of_matmul_peak": statistics.median(fractions),
+            "fraction_quartiles": statistics.quantiles(fractions, n=4) if len(fractions) > 1 else fractions * 3,
         }
         if args.memory and args.device.startswith("cuda"):
             half = batch_size // 2
@@ -121,14 +136,15 @@ def main() -> None:
         result["stages"][name] = row
 
     print(f"\n{args.config} config, {args.precision}, batch {batch_size}, {result['machine']}")
-    print(f"measured matmul peak: {peak / 1e12:.3f} TFLOP/s")
-    print("| stage | samples/s | GFLOP/sample | achieved TFLOP/s | of matmul peak | MiB/sample "
-          "| MiB/sample (act. ckpt) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| stage | samples/s | GFLOP/sample | achieved TFLOP/s | matmul ceiling TFLOP/s | of ceiling "
+          "(quartiles) | MiB/sample | MiB/sample (act. ckpt) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in result["stages"].items():
         mem = " | ".join(f"{row.get(k, float('nan')):.1f}" for k in ("mib_per_sample", "mib_per_sample_checkpointed"))
+        q1, _, q3 = row["fraction_quartiles"]
         print(f"| {name} | {row['samples_per_s']:.1f} | {row['gflop_per_sample']:.2f} | "
-              f"{row['achieved_flops'] / 1e12:.3f} | {100 * row['fraction_of_matmul_peak']:.1f}% | {mem} |")
+              f"{row['achieved_flops'] / 1e12:.3f} | {row['matmul_peak_flops'] / 1e12:.3f} | "
+              f"{100 * row['fraction_of_matmul_peak']:.1f}% ({100 * q1:.0f}-{100 * q3:.0f}%) | {mem} |")
     write_result(args.out, result)
 
 

@@ -15,6 +15,8 @@ batch / (W * grad_accum_steps) samples per forward pass.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import math
 import shutil
@@ -172,6 +174,23 @@ def adamw(groups: list[dict], lr: float, sharded: bool = False) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
+def reuse_freed_cpu_memory() -> bool:
+    """Keep freed large blocks in the process's heap for the next allocation (glibc only).
+
+    glibc returns every block above its mmap threshold (at most 32 MiB) to the kernel when
+    it is freed, so the next one faults in each page anew. Every lookup of the shared
+    word/phrase table makes a table-sized gradient in the backward pass (50 MB at the demo
+    config): zeroing a fresh one takes 16 ms on this project's CPU, a reused one 3.4 ms.
+    Returns whether the allocator took the setting.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31))
+    except (OSError, AttributeError):  # not glibc: its allocator decides
+        return False
+
+
 @contextlib.contextmanager
 def only_trainable(model: torch.nn.Module, trainable: Callable[[str], bool]):
     """Freeze what a recipe does not train for its duration: no gradients are computed for it."""
@@ -206,6 +225,8 @@ def train(
 def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, device, num_workers, progress):
     d = distributed.from_env(device)
     device = distributed.local_device(device, d)
+    if device == "cpu":
+        reuse_freed_cpu_memory()
     if d.main:
         check_writable(out_dir, checkpoint_bytes(bundle.model))
     accum = stage.grad_accum_steps
@@ -320,10 +341,12 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                     f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
         sums = {}
-        if ((stage.save_every and done % stage.save_every == 0) or done == total) and use_ds:
+        if not ((stage.save_every and done % stage.save_every == 0) or done == total):
+            continue
+        if use_ds:
             engine.save(ckpt, bundle, {"step": done, "scheduler": scheduler.state_dict(), "skipped": skipped,
                                        "recipe": recipe.name})  # with DeepSpeed's optimizer state beside it
-        elif (stage.save_every and done % stage.save_every == 0) or done == total:
+        else:
             if sharded:
                 optimizer.consolidate_state_dict(to=0)  # every process sends its share
             if d.main:
