@@ -64,14 +64,16 @@ class MatmulProbe:
         dtype = DTYPES[precision]
         self.a = torch.randn(n, n, device=device).to(dtype)
         self.b = torch.randn(n, n, device=device).to(dtype)
+        # into one output: a fresh 16 MiB result each time would also time the allocator
+        self.c = torch.empty_like(self.a)
         for _ in range(3):
-            self.a @ self.b
+            torch.matmul(self.a, self.b, out=self.c)
         sync(device)
 
     def rate(self, seconds: float = 2.0) -> float:
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            self.a @ self.b
+            torch.matmul(self.a, self.b, out=self.c)
             reps += 1
             if self.device.startswith("cuda") and reps % 10:
                 continue
