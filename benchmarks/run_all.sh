@@ -11,6 +11,10 @@ if $py -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   $py "$here/pretrain_throughput.py" --config base --device cuda --precision bf16 --batch-size 128 --steps 10 \
     --memory --out "$out/pretrain_base_bf16.json"
+  $py "$here/pretrain_throughput.py" --config base --device cuda --precision bf16 --batch-size 256 --steps 10 \
+    --out "$out/pretrain_base_bf16_b256.json"
+  $py "$here/pretrain_throughput.py" --config base --device cuda --precision bf16 --batch-size 256 --steps 10 \
+    --compile inductor --out "$out/pretrain_base_bf16_b256_compiled.json"
   $py "$here/pretrain_throughput.py" --config demo --device cuda --precision bf16 --batch-size 256 --steps 10 \
     --out "$out/pretrain_demo_bf16.json"
   $py "$here/pretrain_throughput.py" --config base --device cuda --precision fp32 --batch-size 64 --steps 5 \

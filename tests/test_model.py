@@ -129,3 +129,18 @@ def test_cpu_attention_with_dropout_is_sdpa_before_the_mask():
     torch.manual_seed(0)
     dropped = attn(x, key_mask)
     assert not torch.allclose(dropped, expected, atol=1e-3)  # and the mask is applied
+
+
+def test_compiled_layers_keep_their_names_and_outputs():
+    torch.manual_seed(0)
+    eager = MVPTR(load_config("tiny").model, num_phrases=3, tag_pieces=torch.tensor([[2003, 0]])).eval()
+    # dynamo's tracing with the eager backend: the compiled path, without a C++ toolchain's minutes
+    compiled = MVPTR(load_config("tiny", ["model.compile=eager"]).model, 3, torch.tensor([[2003, 0]])).eval()
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    compiled.load_state_dict(eager.state_dict())
+    ids = torch.tensor([[101, 2003, 3899, 102]])
+    args = (ids, torch.ones_like(ids, dtype=torch.bool), torch.zeros(1, 0, dtype=torch.long),
+            torch.zeros(1, 0, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.allclose(compiled.encode_text(*args).hidden, eager.encode_text(*args).hidden, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it was traced

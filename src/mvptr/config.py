@@ -45,6 +45,9 @@ class ModelConfig:
     merged_attention: bool = False  # Table 4 row 7: one encoder over {w, c, t, r}
     # recompute each layer's activations in the backward pass instead of storing them
     activation_checkpointing: bool = False
+    # torch.compile each transformer layer with this backend ("inductor" fuses the element-wise
+    # work between the products); "none" runs eagerly
+    compile: str = "none"
     # "mvptr" (paper: phrases after [SEP], sets share one position) or "official" (the released
     # code's sequences: phrases before [SEP], consecutive positions, [SEP] after the tags, regions
     # embedded without the embedding LayerNorm), for checkpoints from `mvptr convert official`

@@ -129,6 +129,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(TransformerLayer(cfg) for _ in range(num_layers))
         self.checkpointing = cfg.activation_checkpointing
+        if cfg.compile != "none":
+            for layer in self.layer:  # in place: parameter names and the state dict are unchanged
+                layer.compile(backend=cfg.compile)
 
     def forward(
         self,
