@@ -66,6 +66,15 @@ def test_stage1_optimises_only_the_uni_modal_side(world_args, tmp_path):
     assert not torch.equal(before[text], after[text])
 
 
+def test_compiled_layers_train_to_the_eager_weights(world_args, tmp_path):
+    weights = []
+    for backend in ("none", "eager"):  # dynamo traces every layer; the eager backend runs the graphs
+        cfg, bundle = setup(world_args, tmp_path / backend, "stage2.max_steps=2", f"model.compile={backend}")
+        pretrain_stage(cfg, cfg.stage2, bundle, tmp_path / backend, progress=False)
+        weights.append(bundle.model.state_dict())
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+
+
 def test_an_unwritable_output_directory_fails_before_training(world_args, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
