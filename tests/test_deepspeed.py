@@ -19,7 +19,7 @@ from mvptr.checkpoint import load_model_dir, load_training_state  # noqa: E402
 from mvptr.config import load_config  # noqa: E402
 from mvptr.pipeline import new_bundle, training_tag_vocab  # noqa: E402
 from mvptr.text.phrases import PhraseVocab  # noqa: E402
-from test_distributed import _metrics, _run, _torchrun  # noqa: E402
+from test_distributed import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _train  # noqa: E402
 
 os.environ["DS_ACCELERATOR"] = "cpu"  # inherited by the runs
 
@@ -143,3 +143,28 @@ def test_both_stages_run_every_objective_in_bf16(world_args, tmp_path):
     moved = w1["text_proj.weight"]
     assert moved.dtype == torch.float32 and not torch.equal(moved.bfloat16().float(), moved)
     load_model_dir(tmp_path / "stage2" / "model")
+
+
+def test_one_process_accumulates_to_the_weights_of_the_whole_batch(world_args, tmp_path):
+    # in this process, without a launcher: the engine makes a process group of one
+    weights = []
+    for accum in (1, 2):
+        cfg, bundle, data = _setup(world_args, tmp_path, "model.dropout=0.0")
+        _train(cfg, bundle, data, tmp_path / f"accum{accum}", engine="deepspeed", grad_accum_steps=accum)
+        weights.append(bundle.model.state_dict())
+    a, b = weights
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    cfg, fresh, _ = _setup(world_args, tmp_path, "model.dropout=0.0")
+    assert not torch.allclose(fresh.model.state_dict()["text_proj.weight"], a["text_proj.weight"])
+
+
+def test_fp16_trains_with_the_dynamic_loss_scale(world_args, tmp_path):
+    cfg, bundle, data = _setup(world_args, tmp_path)
+    before = bundle.model.state_dict()["text_proj.weight"].clone()
+    result = _train(cfg, bundle, data, tmp_path, recipe=_per_sample_recipe(), engine="deepspeed", precision="fp16",
+                    max_steps=6)
+    # the first steps may overflow at the initial scale of 2^16 and be skipped; not all of them
+    assert result.skipped_steps < 6
+    after = bundle.model.state_dict()["text_proj.weight"]
+    assert after.dtype == torch.float32 and not torch.equal(before, after)
+    assert all(math.isfinite(v) for v in result.last.values())
