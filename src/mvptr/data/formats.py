@@ -121,7 +121,8 @@ def _skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int =
     skip.add(err, samples)
 
 
-def _load_json(path: PathLike) -> Any:
+def load_json(path: PathLike) -> Any:
+    """A JSON document; a missing or unparsable file is a FormatError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -250,7 +251,7 @@ def read_captions(path: PathLike, splits: Iterable[str] | None = None,
     ``splits`` keeps only records whose split is listed. With ``skip``, a bad caption
     or entry is recorded there and left out instead of raising.
     """
-    data = _load_json(path)
+    data = load_json(path)
     if isinstance(data, dict) and "images" in data:
         records = _read_karpathy(path, data, skip)
     elif isinstance(data, list):
@@ -391,7 +392,7 @@ class _ImageTSV:
             self._index = self._scan(skip)
         else:
             source = "imageid2idx" if isinstance(imageid2idx, Mapping) else imageid2idx
-            data = imageid2idx if isinstance(imageid2idx, Mapping) else _load_json(imageid2idx)
+            data = imageid2idx if isinstance(imageid2idx, Mapping) else load_json(imageid2idx)
             if not isinstance(data, Mapping) or not all(
                     isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
                 raise FormatError(f"{source}: expected an object mapping image ids to row indices")
@@ -834,7 +835,7 @@ def write_vqa_annotations(path: PathLike, annotations: Sequence[Mapping[str, Any
 
 def read_vqa(questions_path: PathLike, annotations_path: PathLike | None = None) -> list[VQAQuestion]:
     """Questions (and their annotations, when given) of the official VQA v2 JSON files."""
-    data = _load_json(questions_path)
+    data = load_json(questions_path)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise FormatError(f"{questions_path}: expected a JSON object with a 'questions' list", "bad VQA file")
     out = []
@@ -845,7 +846,7 @@ def read_vqa(questions_path: PathLike, annotations_path: PathLike | None = None)
         out.append(VQAQuestion(int(q["question_id"]), str(q["image_id"]), str(q["question"])))
     if annotations_path is None:
         return out
-    ann = _load_json(annotations_path)
+    ann = load_json(annotations_path)
     if not isinstance(ann, dict) or not isinstance(ann.get("annotations"), list):
         raise FormatError(f"{annotations_path}: expected a JSON object with an 'annotations' list", "bad VQA file")
     by_id = {}

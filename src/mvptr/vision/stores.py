@@ -43,6 +43,7 @@ from ..data.formats import (
     SkippedSamples,
     VinVLFeatures,
     VinVLPredictions,
+    load_json,
     write_vinvl_features,
     write_vinvl_predictions,
 )
@@ -52,15 +53,6 @@ __all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vin
 
 FORMAT = "mvptr-feature-store"
 VERSION = 1
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: expected a JSON document: {e}") from None
 
 
 def _detections(where: str, pred: dict) -> dict:
@@ -123,7 +115,7 @@ class MemmapStore:
         self.path = Path(path)
         if not self.path.is_dir():
             raise FormatError(f"{self.path}: feature store directory not found")
-        meta = _read_json(self.path / "meta.json")
+        meta = load_json(self.path / "meta.json")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
             got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else meta
             raise FormatError(f"{self.path / 'meta.json'}: expected format {FORMAT!r} version {VERSION}, "
@@ -138,9 +130,9 @@ class MemmapStore:
         if feat_dim is not None and feat_dim != self.feat_dim:
             raise FormatError(f"{self.path}: stored features have width {self.feat_dim}, expected {feat_dim} "
                               f"(model.region_feat_dim)")
-        self._ids = [str(i) for i in _read_json(self.path / "ids.json")]
+        self._ids = [str(i) for i in load_json(self.path / "ids.json")]
         self._index = {image_id: i for i, image_id in enumerate(self._ids)}
-        self.class_names = _read_json(self.path / "classes.json")
+        self.class_names = load_json(self.path / "classes.json")
         if len(self._index) != self.num_images:
             raise FormatError(f"{self.path / 'ids.json'}: expected {self.num_images} distinct image ids, "
                               f"got {len(self._index)}")
