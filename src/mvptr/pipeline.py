@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .checkpoint import Bundle, checkpoint_bytes
 from .config import Config, StageConfig
 from .data.formats import SkippedSamples, read_captions, read_phrase_cache
@@ -85,7 +86,8 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
     samples of each corpus."""
     configure_torch(cfg)
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    main = distributed.active().main  # every process reads the same data; one writes
+    if main:
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
     if cfg.data.skip_bad and skipped is None:
@@ -97,7 +99,7 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     out_dir = Path(out_dir)
     counts = ", ".join(f"{name} {c['captions']} captions / {c['images']} images"
                        for name, c in dataset.corpus_counts.items())
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # every rank reads the same
+    if main:
         print(f"{stage.name}: {len(dataset)} samples ({counts})", flush=True)
         write_json(out_dir / "data.json", {"split": cfg.data.train_split, "samples": len(dataset),
                                            "corpora": dataset.corpus_counts,
