@@ -81,9 +81,9 @@ def grounding_loss(phrase: torch.Tensor, regions: torch.Tensor, region_mask: tor
     """MSE between the mention-region cosines (B, K, R) and the regions' IoU with the mention's box."""
     cos = F.normalize(phrase.float(), dim=-1) @ F.normalize(regions.float(), dim=-1).transpose(1, 2)
     valid = mention_mask[:, :, None] & region_mask[:, None, :].bool()
-    if not valid.any():
-        return cos.sum() * 0.0
-    return F.mse_loss(cos[valid], iou[valid])
+    # the mean over valid pairs as a sum over a clamped count, as the pre-training losses do:
+    # no branch on the data, so no wait for the device (0, still in the graph, when none is valid)
+    return ((cos - iou.float()) ** 2 * valid).sum() / valid.sum().clamp(min=1)
 
 
 def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
