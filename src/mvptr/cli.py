@@ -94,7 +94,6 @@ def cmd_prepare(args) -> None:
     else:
         if not args.captions or not args.out:
             raise SystemExit("mvptr prepare phrases: --captions and --out are required")
-        from .data.formats import FormatError
         from .text.phrases import prepare_phrases
 
         skipped = _skipped(args)
@@ -108,7 +107,6 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_features(args) -> None:
-    from .data.formats import FormatError
     from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 
     skipped = _skipped(args)
