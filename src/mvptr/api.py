@@ -199,11 +199,8 @@ class Model:
         # questions carry no phrase concepts, as in VQA fine-tuning
         text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
         batch = {k: v.to(self.device) for k, v in self.collate([{**text, **self._image_items([image])[0]}]).items()}
-        m = self.model
-        t = m.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-        v = m.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
-        fused = m.fuse(t.hidden, t.mask, v.region_hidden, v.region_mask)
-        probs = head(m.pool(fused.hidden, fused.mask))[0].float().sigmoid().cpu()
+        _, fused = self.model.fuse_batch(batch)
+        probs = head(self.model.pool(fused.hidden, fused.mask))[0].float().sigmoid().cpu()
         best = probs.topk(min(top, len(answers)))
         return [(answers[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
 
@@ -242,10 +239,8 @@ class Model:
         text = {"input_ids": enc["input_ids"], "phrases": phrase_ids}
         item = self._image_items([image])[0]
         batch = {k: v.to(self.device) for k, v in self.collate([{**text, **item}]).items()}
-        m = self.model
-        t = m.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-        v = m.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
-        fused = m.fuse(t.hidden, t.mask, v.region_hidden, v.region_mask).hidden[0].float()
+        t, fused = self.model.fuse_batch(batch)
+        fused = fused.hidden[0].float()
         regions = F.normalize(fused[t.hidden.shape[1] :], dim=-1)
         out = []
         for name, pos in zip(names, mentions):

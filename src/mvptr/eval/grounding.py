@@ -78,9 +78,7 @@ def choose_regions(model: MVPTR, batch: dict, mentions: list[list]) -> list[list
     """The region chosen for each mention of each caption of a collated batch (-1 where the
     image has no regions): the one whose multimodal output is most similar (cosine) to the
     mean multimodal output of the mention's word pieces. mentions[b]: (positions, ...) pairs."""
-    text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-    image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
-    fused = model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
+    text, fused = model.fuse_batch(batch)
     regions = F.normalize(fused.hidden[:, text.hidden.shape[1] :].float(), dim=-1)
     chosen = []
     for b, caption_mentions in enumerate(mentions):

@@ -215,6 +215,13 @@ class MVPTR(nn.Module):
         hidden, layers = self.multimodal_encoder(x, mask, keep_layers, stop_after)
         return FusedOutput(hidden, mask, layers)
 
+    def fuse_batch(self, batch: dict) -> tuple[TextOutput, FusedOutput]:
+        """A collated batch's texts and images through their encoders, then each text with its
+        image through the multimodal encoder (the task heads' and grounding's input)."""
+        text = self.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
+        image = self.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
+        return text, self.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
+
     # ----- heads ------------------------------------------------------------------------
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm_head(hidden, self.word_rows)

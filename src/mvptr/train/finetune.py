@@ -65,12 +65,6 @@ def task_kind(task: str) -> str:
 
 # ----------------------------------------------------------------------------- recipes
 
-def _fuse(model, batch: dict):
-    text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-    image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
-    return text, model.fuse(text.hidden, text.mask, image.region_hidden, image.region_mask)
-
-
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross entropy on the soft scores, summed over answers, averaged over questions."""
     return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / len(logits)
@@ -97,7 +91,7 @@ def task_recipe(task: str, cfg: Config) -> Recipe:
         return pretraining_recipe(task, ["vsc", "itm"], cfg.objectives)
 
     def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        text, fused = _fuse(model, batch)
+        text, fused = model.fuse_batch(batch)
         if kind == "grounding":
             phrase = mention_outputs(fused.hidden, batch["mention_weights"])
             regions = fused.hidden[:, text.hidden.shape[1]:]
@@ -254,7 +248,7 @@ def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs:
     outs = [torch.zeros(0, num_outputs, device=device)]
     for batch in DataLoader(mine, batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
-        _, fused = _fuse(model, batch)
+        _, fused = model.fuse_batch(batch)
         outs.append(model.task_head(model.pool(fused.hidden, fused.mask)).float())
     return distributed.gather_rows(torch.cat(outs)).cpu()
 
