@@ -28,7 +28,6 @@ from .config import load_config, to_dict
 from .eval.retrieval import itm_scores
 
 FORMAT = "mvptr-search/1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass
@@ -36,26 +35,6 @@ class Hit:
     image_id: str
     score: float  # the ranking score (re-ranked candidates: ITM log-odds, plus the cosine for "itm+sim")
     similarity: float  # cosine of the global embeddings
-
-
-def detect_images(image_dir: str | Path, detector_file: str | Path, out_dir: Path) -> tuple[str, str]:
-    """Run the detector over every image file of ``image_dir`` (ids = file stems) and write the
-    regions as a VinVL feature/prediction TSV pair in ``out_dir``."""
-    from PIL import Image
-
-    from .data.formats import write_vinvl_features, write_vinvl_predictions
-    from .vision.detect import DemoDetector
-
-    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    detector = DemoDetector.load(detector_file)
-    regions = detector.detect([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    features, predictions = out_dir / "features.tsv", out_dir / "predictions.tsv"
-    write_vinvl_features(features, ((f.stem, r.features) for f, r in zip(files, regions)))
-    write_vinvl_predictions(predictions, ((f.stem, r.prediction()) for f, r in zip(files, regions)))
-    return str(features), str(predictions)
 
 
 def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
@@ -71,7 +50,9 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     if images:
         if not detector:
             raise ValueError("indexing image files needs a detector (--detector)")
-        detect_images(images, detector, tmp / "regions")
+        from .vision.detect import extract_features
+
+        extract_features(images, tmp / "regions", "demo", detector, batch_size, progress=False)
         features, predictions = (str(out.resolve() / "regions" / n) for n in ("features.tsv", "predictions.tsv"))
         read_from = (str(tmp / "regions" / "features.tsv"), str(tmp / "regions" / "predictions.tsv"))
     elif features:
