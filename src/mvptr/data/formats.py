@@ -115,7 +115,8 @@ class SkippedSamples:
             json.dump({**self.summary(), "entries": self.entries}, f, indent=1)
 
 
-def _skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int = 1) -> None:
+def skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int = 1) -> None:
+    """Record a bad input of ``samples`` samples when skipping bad ones; raise it otherwise."""
     if skip is None:
         raise err
     skip.add(err, samples)
@@ -196,7 +197,7 @@ def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None) -> l
     for n, img in enumerate(images):
         if not isinstance(img, dict) or "split" not in img or not isinstance(img.get("sentences"), list) \
                 or ("cocoid" not in img and "filename" not in img):
-            _skip_or_raise(skip, FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
+            skip_or_raise(skip, FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
                               f"\"sentences\" and \"filename\" or \"cocoid\"", "bad caption entry"))
             continue
         image_id = str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem
@@ -208,7 +209,7 @@ def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None) -> l
                                       "bad caption entry")
                 caption = _caption_text(path, where, sent.get("raw"))
             except FormatError as err:
-                _skip_or_raise(skip, err)
+                skip_or_raise(skip, err)
                 continue
             records.append(CaptionRecord(image_id, caption, str(img["split"]),
                                          int(sent.get("sentid", k))))
@@ -221,7 +222,7 @@ def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None) 
     for n, entry in enumerate(data):
         if not isinstance(entry, dict) or "caption" not in entry \
                 or ("image_id" not in entry and not isinstance(entry.get("image"), str)):
-            _skip_or_raise(skip, FormatError(f"{path} (entry {n}): expected an object with \"caption\" "
+            skip_or_raise(skip, FormatError(f"{path} (entry {n}): expected an object with \"caption\" "
                                              f"and \"image\" or \"image_id\"", "bad caption entry"))
             continue
         image_id = str(entry["image_id"]) if "image_id" in entry else Path(entry["image"]).stem
@@ -231,7 +232,7 @@ def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None) 
             try:
                 caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)
             except FormatError as err:
-                _skip_or_raise(skip, err)
+                skip_or_raise(skip, err)
                 continue
             sent_id = per_image.get(image_id, 0)
             per_image[image_id] = sent_id + 1
@@ -403,7 +404,7 @@ class _ImageTSV:
         for i in range(len(self.tsv)):
             key = self.tsv.key(i)
             if key in index:  # skipped: the first row of the image is kept
-                _skip_or_raise(skip, FormatError(f"{self.path} line {i + 1}: image {key} already appears on "
+                skip_or_raise(skip, FormatError(f"{self.path} line {i + 1}: image {key} already appears on "
                                                  f"line {index[key] + 1}", "duplicate image"), samples=0)
                 continue
             index[key] = i
@@ -617,7 +618,7 @@ def read_flickr30k_sentences(path: PathLike, skip: SkippedSamples | None = None)
             try:
                 out.append(_parse_entity_line(path, n, line))
             except FormatError as err:
-                _skip_or_raise(skip, err)
+                skip_or_raise(skip, err)
     return out
 
 
@@ -769,7 +770,7 @@ def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
         except json.JSONDecodeError as e:
             if n == len(lines):  # torn tail: the only line without a trailing newline
                 return
-            _skip_or_raise(skip, FormatError(f"{path} line {n}: expected a JSON object: {e}", "bad JSON line"))
+            skip_or_raise(skip, FormatError(f"{path} line {n}: expected a JSON object: {e}", "bad JSON line"))
             continue
         yield n, value
 
@@ -785,7 +786,7 @@ def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dic
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
         if phrases is None or "id" not in rec or not isinstance(phrases, list) or not all(
                 isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
-            _skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
+            skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
                                              f"[[word, ...], ...]}}", "bad phrase record"))
             continue
         cache[str(rec["id"])] = [tuple(t) for t in phrases]

@@ -19,7 +19,7 @@ from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..vision.stores import CorpusStores, open_store
-from .formats import CaptionRecord, FormatError, SkippedSamples, read_captions, read_phrase_cache
+from .formats import CaptionRecord, FormatError, SkippedSamples, read_captions, read_phrase_cache, skip_or_raise
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
@@ -156,9 +156,7 @@ def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
             if skip is not None:
                 images.store[image_id]
         except FormatError as err:
-            if skip is None:
-                raise
-            skip.add(err, samples=n)
+            skip_or_raise(skip, err, samples=n)
             bad.add(image_id)
     return [r for r in records if r.image_id not in bad]
 
@@ -215,9 +213,7 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
                 continue
             err = FormatError(f"{c.phrase_cache}: no phrases for image {r.image_id}, sentence {r.sent_id}; "
                               "run `mvptr prepare phrases` on these captions", "no phrases")
-            if skip is None:
-                raise err
-            skip.add(err)
+            skip_or_raise(skip, err)
     return PhraseVocab.build(lists, min_count=min_count), len(lists)
 
 

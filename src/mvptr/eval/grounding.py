@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..data.formats import FormatError, SkippedSamples, read_flickr30k_annotation, read_flickr30k_sentences
+from ..data.formats import (
+    FormatError,
+    SkippedSamples,
+    read_flickr30k_annotation,
+    read_flickr30k_sentences,
+    skip_or_raise,
+)
 from ..model.mvptr import MVPTR
 from ..vision.regions import box_iou
 
@@ -46,9 +52,7 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
         try:
             boxes = read_flickr30k_annotation(ann_file)["boxes"]
         except FormatError as err:
-            if skip is None:
-                raise
-            skip.add(err)
+            skip_or_raise(skip, err)
             continue
         for index, sentence in enumerate(read_flickr30k_sentences(sent_file, skip)):
             words = sentence.text.split()

@@ -409,7 +409,7 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     or "frcnn" (:class:`FasterRCNNDetector`, ``weights`` a state-dict file, run on ``device``). With ``skip`` (a
     ``SkippedSamples``), an unreadable image is left out and recorded there.
     """
-    from ..data.formats import FormatError, write_vinvl_features, write_vinvl_predictions
+    from ..data.formats import FormatError, skip_or_raise, write_vinvl_features, write_vinvl_predictions
 
     t0 = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -445,9 +445,7 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
                     pixels.append(_read_image(path))
                     chunk.append(path.stem)
                 except FormatError as err:
-                    if skip is None:
-                        raise
-                    skip.add(err)
+                    skip_or_raise(skip, err)
             for image_id, regions in zip(chunk, model.detect(pixels) if pixels else []):
                 predictions.append((image_id, regions.prediction()))
                 ids.append(image_id)

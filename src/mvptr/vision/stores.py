@@ -44,6 +44,7 @@ from ..data.formats import (
     VinVLFeatures,
     VinVLPredictions,
     load_json,
+    skip_or_raise,
     write_vinvl_features,
     write_vinvl_predictions,
 )
@@ -289,9 +290,7 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
             try:
                 x, image = _checked_image(feats, preds, image_id, dim)
             except FormatError as err:
-                if skip is None:
-                    raise
-                skip.add(err)
+                skip_or_raise(skip, err)
                 continue
             ids.append(image_id)
             if len(x):
