@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -419,7 +420,8 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     if not files:
         raise FormatError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     stems = [p.stem for p in files]
-    dup = next((s for s in stems if stems.count(s) > 1), None)
+    counts = Counter(stems)  # not stems.count per stem: quadratic in a folder of a million images
+    dup = next((s for s in stems if counts[s] > 1), None)
     if dup is not None:
         raise FormatError(f"{images_dir}: several files give image id {dup!r}")
     if detector == "demo":
