@@ -196,13 +196,7 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     """An official MVPTR checkpoint directory (``config.json``, ``pytorch_model.bin`` or
     ``model.safetensors``, ``id2phrase_new.json``; tokenizer files optional) as our model
     directory in the official layout. Returns what was copied, left out and newly initialised."""
-    from ..checkpoint import (
-        PICKLE_FILES,
-        Bundle,
-        load_state_strict,
-        load_weights,
-        save_model_dir,
-    )
+    from ..checkpoint import Bundle, load_state_strict, load_weights, save_model_dir, weights_file
     from ..text.phrases import PhraseVocab
     from ..text.tokenizer import load_tokenizer
 
@@ -211,9 +205,7 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
         if not (src / name).exists():
             raise FileNotFoundError(f"{src / name}: not found (an official MVPTR checkpoint has config.json, "
                                     "pytorch_model.bin and id2phrase_new.json)")
-    weights = next((src / n for n in ("model.safetensors", *PICKLE_FILES) if (src / n).exists()), None)
-    if weights is None:
-        raise FileNotFoundError(f"{src}: no pytorch_model.bin or model.safetensors")
+    weights = weights_file(src)
     theirs = {k.removeprefix("module."): v for k, v in load_weights(weights, trust_pickle).items()}
     for key in ("bert.embeddings.word_embeddings.weight", "bert.img_embedding.weight", "bert.txt_proj"):
         if key not in theirs:
@@ -221,7 +213,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     cfg = official_model_config(json.loads((src / "config.json").read_text()), theirs)
 
     table = theirs["bert.embeddings.word_embeddings.weight"]
-    rows, names = official_phrase_rows(json.loads((src / "id2phrase_new.json").read_text()), cfg.vocab_size)
+    id2phrase = json.loads((src / "id2phrase_new.json").read_text())
+    rows, names = official_phrase_rows(id2phrase, cfg.vocab_size)
     if rows and max(rows) >= len(table):
         raise ValueError(f"id2phrase_new.json names phrase id {max(rows)}, the embedding table has {len(table)} rows")
     phrase_vocab = PhraseVocab({n: len(names) - i for i, n in enumerate(names)}, min_count=1)
@@ -259,7 +252,7 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
         "initialised": sorted(set(state) - filled - {"tag_pieces"}),
         "not_converted": sorted(unused),
         "phrases": len(names),
-        "phrase_ids_dropped": len(json.loads((src / "id2phrase_new.json").read_text())) - len(names),
+        "phrase_ids_dropped": len(id2phrase) - len(names),
         "layers": [cfg.text_layers, cfg.visual_layers, cfg.multimodal_layers],
         "region_layer_norm": cfg.region_layer_norm,
     }
