@@ -64,7 +64,33 @@ def make_step(cfg, model, stage, batch, device, precision):
     return recipe, step
 
 
-def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=False, probe=None):
+def profile_steps(step, device: str, steps: int = 3) -> str:
+    """Where a step's time goes: torch.profiler's table of the top operators and kernels by
+    device time (self), then the share of the wall time in which the device was busy."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=30, max_name_column_width=70)
+    summary = f"{steps} steps in {wall * 1e3:.1f} ms"
+    if device.startswith("cuda"):
+        busy = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize"))
+        copies = sum(e.count for e in events if e.key == "cudaMemcpyAsync")
+        summary += (f"; kernels busy {busy / 1e3:.1f} ms ({100 * busy / 1e6 / wall:.0f}% of the wall time); "
+                    f"{syncs} synchronisations, {copies} cudaMemcpyAsync calls")
+    return table + "\n" + summary + "\n"
+
+
+def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=False, probe=None, profile=False):
     """Times ``steps`` optimizer steps one by one; with a MatmulProbe, each step is followed by
     a measurement of the matmul ceiling lasting about as long, and the ratio is taken per pair."""
     cfg.model.activation_checkpointing = checkpointing
@@ -89,7 +115,8 @@ def measure(cfg, stage, batch_size, device, precision, steps, checkpointing=Fals
             if probe is not None:
                 ceilings.append(probe.rate(max(seconds[-1], 0.05)))
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"flops_per_step": flops, "seconds": seconds, "ceilings": ceilings, "peak_bytes": peak}
+        table = profile_steps(step, device) if profile else None
+    return {"flops_per_step": flops, "seconds": seconds, "ceilings": ceilings, "peak_bytes": peak, "profile": table}
 
 
 def main() -> None:
@@ -103,6 +130,8 @@ def main() -> None:
     p.add_argument("--compile", default="none", help="model.compile: torch.compile each layer with this backend")
     p.add_argument("--memory", action="store_true",
                    help="also measure memory per sample on CUDA (the allocator's peak at half the batch)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 3 steps per stage: the top operators and kernels by device time")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     cfg = bench_config(args.config, [f"model.compile={args.compile}"])
@@ -115,7 +144,9 @@ def main() -> None:
               "compile": args.compile, "batch_size": batch_size, "stages": {}}
     for name in args.stages.split(","):
         stage = getattr(cfg, name)
-        r = measure(cfg, stage, batch_size, args.device, args.precision, args.steps, probe=probe)
+        r = measure(cfg, stage, batch_size, args.device, args.precision, args.steps, probe=probe, profile=args.profile)
+        if r["profile"]:
+            print(f"\n{name}, {args.precision}, compile {args.compile}, batch {batch_size}:\n{r['profile']}")
         fractions = [r["flops_per_step"] / s / c for s, c in zip(r["seconds"], r["ceilings"])]
         seconds = statistics.median(r["seconds"])
         row = {
@@ -127,6 +158,7 @@ def main() -> None:
             # the median over steps of (this step's FLOP/s) / (the ceiling measured right after it)
             "fraction_of_matmul_peak": statistics.median(fractions),
             "fraction_quartiles": statistics.quantiles(fractions, n=4) if len(fractions) > 1 else fractions * 3,
+            **({"profile": r["profile"]} if r["profile"] else {}),
         }
         if args.memory and args.device.startswith("cuda"):
             half = batch_size // 2

@@ -91,9 +91,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=0, help="pairs per re-ranking pass (default 1024 GPU, 128 CPU)")
     p.add_argument("--baseline-queries", type=int, default=200, help="image and caption queries timed for the baseline")
     p.add_argument("--check-images", type=int, default=100, help="problem size of the equal-recall check")
+    p.add_argument("--compile", default="none", help="model.compile: torch.compile each layer with this backend")
     p.add_argument("--out")
     args = p.parse_args()
-    cfg = bench_config(args.config)
+    cfg = bench_config(args.config, [f"model.compile={args.compile}"])
     dev = args.device
     batch_size = args.batch_size or (1024 if dev.startswith("cuda") else 128)
     model = random_model(cfg, device=dev).eval()
@@ -132,7 +133,8 @@ def main() -> None:
     base_pairs = len(q_img) * args.k_c + len(q_txt) * args.k_i
 
     result = {
-        "machine": machine(dev), "config": args.config, "precision": args.precision, "images": args.images,
+        "machine": machine(dev), "config": args.config, "precision": args.precision, "compile": args.compile,
+        "images": args.images,
         "captions": args.images * args.per_image, "k_c": args.k_c, "k_i": args.k_i, "batch_size": batch_size,
         "pairs_scored": ours["pairs_scored"], "seconds_encode": t_encode, "seconds_rerank": t_rerank,
         "seconds_total": t_encode + t_rerank, "ours_pairs_per_s": ours["pairs_scored"] / t_rerank,
@@ -142,7 +144,8 @@ def main() -> None:
     }
     result["speedup"] = result["ours_pairs_per_s"] / result["baseline_pairs_per_s"]
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
-    print(f"\n{args.config} config, {args.precision}, {args.images} images x {args.per_image} captions, "
+    print(f"\n{args.config} config, {args.precision}, compile {args.compile}, "
+          f"{args.images} images x {args.per_image} captions, "
           f"k_c={args.k_c}, k_i={args.k_i}: {ours['pairs_scored']} pairs in {t_rerank:.1f} s "
           f"(+{t_encode:.1f} s encoding); ours {result['ours_pairs_per_s']:.0f} pairs/s, one query at a time "
           f"{result['baseline_pairs_per_s']:.0f} pairs/s: {result['speedup']:.1f}x; "

@@ -144,3 +144,20 @@ def test_compiled_layers_keep_their_names_and_outputs():
     with torch.no_grad():
         assert torch.allclose(compiled.encode_text(*args).hidden, eager.encode_text(*args).hidden, atol=1e-6)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it was traced
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_a_summary_only_pass_gives_the_full_pass_summary(pool):
+    torch.manual_seed(0)
+    model = MVPTR(load_config("tiny", [f"model.global_pool={pool}"]).model, 3, torch.tensor([[2003, 0]])).eval()
+    h = model.cfg.hidden_size
+    text, regions = torch.randn(4, 6, h), torch.randn(4, 5, h)
+    text_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3, [1] * 6]).bool()
+    region_mask = torch.tensor([[1] * 5, [1] * 5, [1] * 2 + [0] * 3, [1] * 4 + [0]]).bool()
+    with torch.no_grad():
+        full = model.fuse(text, text_mask, regions, region_mask, keep_layers=(1,))
+        summary = model.fuse(text, text_mask, regions, region_mask, keep_layers=(1,), summary_only=True)
+    # [CLS] pooling: the last layer computes the [CLS] row alone; mean pooling needs every row
+    assert summary.hidden.shape[1] == (1 if pool == "cls" else 11)
+    assert torch.equal(summary.layers[1], full.layers[1])
+    assert torch.allclose(model.itm_logits(summary), model.itm_logits(full), atol=1e-6)

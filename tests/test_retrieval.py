@@ -44,7 +44,7 @@ class FakeModel:
     def __init__(self, table):
         self.table, self.calls = table, []
 
-    def fuse(self, text_hidden, text_mask, region_hidden, region_mask):
+    def fuse(self, text_hidden, text_mask, region_hidden, region_mask, summary_only=False):
         class Out:
             pass
 

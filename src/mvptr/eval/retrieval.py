@@ -102,7 +102,7 @@ def itm_scores(
     for start in tqdm(range(0, len(mine), batch_size), desc="re-rank", disable=not show, leave=False):
         v, t = mine[start : start + batch_size].T
         with autocast(texts.hidden.device, precision):
-            fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v])
+            fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v], summary_only=True)
             logits = model.itm_logits(fused).float()
         out[start : start + len(v)] = logits[:, 1] - logits[:, 0]
     return distributed.gather_rows(out).cpu()

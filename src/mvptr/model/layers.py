@@ -61,9 +61,11 @@ class SelfAttention(nn.Module):
         b, n, h = x.shape
         return x.view(b, n, self.num_heads, h // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        # key_mask: (B, L) bool, True where a key may be attended to
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """key_mask: (B, L) bool, True where a key may be attended to. With ``num_queries``, only
+        the first that many positions ask (every position is still a key): (B, num_queries, H)."""
+        q = self._heads(self.query(x[:, :num_queries]))
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))
         mask = key_mask[:, None, None, :]
         p = self.attention_dropout.p if self.training else 0.0
         if p and x.device.type == "cpu":
@@ -97,8 +99,8 @@ class Attention(nn.Module):
         self.self = SelfAttention(cfg)
         self.output = ResidualOutput(cfg, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x, key_mask), x)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        return self.output(self.self(x, key_mask, num_queries), x[:, :num_queries])
 
 
 class Intermediate(nn.Module):
@@ -117,8 +119,9 @@ class TransformerLayer(nn.Module):
         self.intermediate = Intermediate(cfg)
         self.output = ResidualOutput(cfg, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        a = self.attention(x, key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H); with ``num_queries`` only the first positions' outputs, (B, num_queries, H)."""
+        a = self.attention(x, key_mask, num_queries)
         return self.output(self.intermediate(a), a)
 
 
@@ -139,15 +142,20 @@ class Encoder(nn.Module):
         key_mask: torch.Tensor,
         keep_layers: tuple[int, ...] = (),
         stop_after: int | None = None,
+        last_queries: int | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run layers 1..stop_after (1-based); return the last output and {layer: output} for keep_layers."""
+        """Run layers 1..stop_after (1-based); return the last output and {layer: output} for keep_layers.
+        ``last_queries``: the last layer computes only the first that many positions (a summary
+        read from [CLS] needs one), which saves nearly all of that layer's work."""
         kept = {}
-        for i, layer in enumerate(self.layer[:stop_after], start=1):
+        layers = self.layer[:stop_after]
+        for i, layer in enumerate(layers, start=1):
+            queries = last_queries if i == len(layers) else None
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 # dropout draws are replayed in the recomputation, so the gradient is unchanged
-                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+                x = checkpoint(layer, x, key_mask, queries, use_reentrant=False)
             else:
-                x = layer(x, key_mask)
+                x = layer(x, key_mask, queries)
             if i in keep_layers:
                 kept[i] = x
         return x, kept

@@ -209,11 +209,15 @@ class MVPTR(nn.Module):
         region_mask: torch.Tensor,
         keep_layers: tuple[int, ...] = (),
         stop_after: int | None = None,
+        summary_only: bool = False,
     ) -> FusedOutput:
+        """``summary_only``: the caller reads only the pooled summary (ITM, task heads); with
+        [CLS] pooling the last layer then computes the [CLS] row alone, and ``hidden`` is (P, 1, H)."""
         x = torch.cat([text_hidden, region_hidden], 1)
         mask = torch.cat([text_mask, region_mask], 1).bool()
-        hidden, layers = self.multimodal_encoder(x, mask, keep_layers, stop_after)
-        return FusedOutput(hidden, mask, layers)
+        queries = 1 if summary_only and self.cfg.global_pool == "cls" else None
+        hidden, layers = self.multimodal_encoder(x, mask, keep_layers, stop_after, last_queries=queries)
+        return FusedOutput(hidden, mask[:, : hidden.shape[1]], layers)
 
     def fuse_batch(self, batch: dict) -> tuple[TextOutput, FusedOutput]:
         """A collated batch's texts and images through their encoders, then each text with its

@@ -92,7 +92,11 @@ def pretraining_losses(
     v_idx = torch.cat([idx, neg_image[text_side], image_side])
     wpg_on = "wpg" in active and obj.use_phrases
     keep = (model.cfg.wpg_layer,) if wpg_on else ()
-    fused = model.fuse(text.hidden[t_idx], text.mask[t_idx], image.region_hidden[v_idx], image.region_mask[v_idx], keep)
+    # past WPG's layer this pass feeds only ITM's summary, unless MLM reads its word outputs
+    mlm_reads_pass = "mlm" in active and "mlm_input_ids" not in batch
+    summary_only = not mlm_reads_pass and max(keep, default=0) < model.cfg.multimodal_layers
+    fused = model.fuse(text.hidden[t_idx], text.mask[t_idx], image.region_hidden[v_idx], image.region_mask[v_idx],
+                       keep, summary_only=summary_only)
 
     if "itm" in active:
         negative = torch.zeros_like(t_idx[b:]).masked_fill(~torch.cat([ok_t[text_side], ok_i[image_side]]), L.IGNORE)
