@@ -13,6 +13,7 @@
     mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
     mvptr evaluate retrieval|vqa|ve|grounding|easyvqa --model DIR [--config PRESET] [key=value ...]
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
+    mvptr ablate [--config PRESET] [--rows full,no_mcr_v,...] [--seeds N] [--out DIR] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
     mvptr search build|query ...
 
@@ -224,6 +225,21 @@ def cmd_demo(args) -> None:
     print(f"report: {Path(cfg.out_dir) / 'report.json'} ({report['seconds']['total']} s)")
 
 
+def cmd_ablate(args) -> None:
+    from .ablate import ROWS, run_ablation, select_rows
+
+    # one evaluation subset for every row: merged attention scores every pair with ITM
+    overrides = list(args.overrides)
+    if not any(o.startswith("eval.max_images=") for o in overrides):
+        overrides.append(f"eval.max_images={args.eval_images}")
+    args.overrides = overrides
+    cfg = _config(args)
+    rows = select_rows(args.rows.split(",")) if args.rows else ROWS
+    out = Path(args.out or Path(cfg.out_dir) / "ablation")
+    run_ablation(args.config, overrides, out, args.seeds, rows)
+    print((out / "ablation.md").read_text())
+
+
 def cmd_convert(args) -> None:
     from .checkpoint import UntrustedPickleError
     from .model.convert import convert_official
@@ -308,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", help="ignore checkpoints of an earlier demo run")
     with_config(demo)
     demo.set_defaults(func=cmd_demo)
+
+    ab = sub.add_parser("ablate", help="the paper's Table 4 on the demo world: every row pre-trained, "
+                                       "evaluated and fine-tuned")
+    ab.add_argument("--rows", help="comma-separated rows (default: all; the full model always runs): "
+                                   "full, no_mcr_v, no_tags, no_wpg_mcr_s, no_phrases, merged_attention")
+    ab.add_argument("--seeds", type=int, default=2, help="training seeds of the full model (its spread is the noise)")
+    ab.add_argument("--eval-images", type=int, default=100,
+                    help="test images every row is evaluated on (eval.max_images; merged attention scores every "
+                         "pair with ITM)")
+    ab.add_argument("--out", help="output directory (default: <out_dir>/ablation)")
+    with_config(ab)
+    ab.set_defaults(func=cmd_ablate)
 
     from .viz import add_visualize_parser
 
