@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,31 @@ def test_glibc_takes_the_setting_that_keeps_freed_gradients_for_reuse():
     # whether the pages then stay is the kernel's business (a VM's memory reclaim may take
     # them back), so only the allocator's acceptance is tested; PERFORMANCE.md measures speed
     assert reuse_freed_cpu_memory()
+
+
+def test_resuming_with_changed_settings_is_refused_and_the_record_kept(world_args, tmp_path, capsys):
+    from mvptr.cli import main
+
+    base = ["pretrain", "--config", "tiny", "--stage", "stage1", *world_args(tmp_path), "stage1.max_steps=2"]
+    assert main(base) == 0
+    recorded = (tmp_path / "config.yaml").read_text()
+    for change in ("stage1.lr=5e-4", "stage1.max_steps=3", "stage1.batch_size=8", "seed=1"):
+        capsys.readouterr()
+        assert main([*base, "--resume", change]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume with changed settings" in err and err.count("\n") == 1
+        assert (tmp_path / "config.yaml").read_text() == recorded  # the record still tells the truth
+    assert main([*base, "--resume"]) == 0  # the same settings resume (nothing left to do)
+
+
+def test_resuming_with_another_phrase_vocabulary_of_the_same_size_is_refused(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2")
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    vocab = json.loads(Path(cfg.data.phrase_vocab).read_text())
+    freq = {("x" + p if i == 0 else p): c for i, (p, c) in enumerate(vocab["freq"].items())}
+    other = PhraseVocab(freq, vocab["min_count"])
+    assert len(other) == len(bundle.phrase_vocab)
+    cfg, fresh = setup(world_args, tmp_path, "stage1.max_steps=2")
+    fresh = new_bundle(cfg, other, fresh.tag_vocab)
+    with pytest.raises(ConfigError, match="phrase_vocab_sha256"):
+        pretrain_stage(cfg, cfg.stage1, fresh, tmp_path, resume=True, progress=False)

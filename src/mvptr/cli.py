@@ -142,7 +142,9 @@ def cmd_pretrain(args) -> None:
 
     cfg = _config(args)
     out = Path(cfg.out_dir)
-    if _is_main():
+    # a resumed run's settings are recorded once the checkpoint has accepted them
+    record_after = args.resume and (out / "config.yaml").exists()
+    if _is_main() and not record_after:
         save_config(cfg, out / "config.yaml")
     if args.stage == "stage2" and args.init_model:
         bundle = load_model_dir(args.init_model, cfg.device)
@@ -156,6 +158,8 @@ def cmd_pretrain(args) -> None:
         if _is_main():
             print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
             _report_skipped(skipped, out / name / "skipped.json")
+    if _is_main() and record_after:
+        save_config(cfg, out / "config.yaml")
 
 
 def _task_args(args):

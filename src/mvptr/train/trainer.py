@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import math
 import shutil
@@ -40,7 +41,7 @@ from ..checkpoint import (
     load_state_strict,
     save_model_dir,
 )
-from ..config import StageConfig
+from ..config import ConfigError, StageConfig
 from ..precision import autocast
 from .recipes import Recipe
 
@@ -222,6 +223,30 @@ def train(
                       progress)
 
 
+def run_settings(stage: StageConfig, total: int, seed: int, samples: int, processes: int, bundle: Bundle) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint: the schedule, the
+    optimizer's settings, the data and the vocabularies (by content: a vocabulary of the same
+    size with other phrases gives other rows the same ids)."""
+    vocab = "\n".join(bundle.phrase_vocab.phrase(i) for i in range(len(bundle.phrase_vocab)))
+    return {
+        "batch_size": stage.batch_size, "steps": total, "lr": stage.lr, "weight_decay": stage.weight_decay,
+        "warmup_ratio": stage.warmup_ratio, "grad_clip": stage.grad_clip, "grad_accum_steps": stage.grad_accum_steps,
+        "precision": stage.precision, "seed": seed, "samples": samples, "processes": processes,
+        "phrase_vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "tag_vocab_sha256": hashlib.sha256("\n".join(bundle.tag_vocab).encode()).hexdigest(),
+    }
+
+
+def check_same_settings(ckpt: Path, saved: dict | None, now: dict) -> None:
+    """A resumed run continues the one it resumes, or stops: never old state under new settings."""
+    if saved is None:  # a checkpoint written before settings were recorded
+        return
+    changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
+    if changed:
+        raise ConfigError(f"{ckpt}: cannot resume with changed settings ({'; '.join(changed)}): resume with the "
+                          "settings it was trained with, or train into a new out_dir")
+
+
 def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, device, num_workers, progress):
     d = distributed.from_env(device)
     device = distributed.local_device(device, d)
@@ -252,8 +277,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=stage.precision == "fp16")
     start, skipped, ds_tag = 0, 0, None
     ckpt = out_dir / "model"
+    settings = run_settings(stage, total, seed, len(dataset), d.world, bundle)
     if resume and has_checkpoint(ckpt):
         state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        check_same_settings(ckpt, state.get("settings"), settings)
         if state.get("recipe") != recipe.name:
             raise ValueError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}")
         if state.get("engine", "torch") != stage.engine:
@@ -345,14 +372,14 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             continue
         if use_ds:
             engine.save(ckpt, bundle, {"step": done, "scheduler": scheduler.state_dict(), "skipped": skipped,
-                                       "recipe": recipe.name})  # with DeepSpeed's optimizer state beside it
+                                       "recipe": recipe.name, "settings": settings})  # DeepSpeed's state beside it
         else:
             if sharded:
                 optimizer.consolidate_state_dict(to=0)  # every process sends its share
             if d.main:
                 save_model_dir(ckpt, bundle, {
                     "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "skipped": skipped, "recipe": recipe.name,
+                    "scaler": scaler.state_dict(), "skipped": skipped, "recipe": recipe.name, "settings": settings,
                 })
             distributed.barrier()
     bar.close()
