@@ -17,6 +17,7 @@ from mvptr.checkpoint import (
     save_model_dir,
 )
 from mvptr.config import load_config
+from mvptr.data.formats import FormatError
 from mvptr.model.mvptr import MVPTR
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import load_tokenizer
@@ -126,3 +127,25 @@ def test_a_damaged_model_directory_is_an_error_that_names_the_file(bundle, tmp_p
         expected = "phrase_vocab.json has 1 phrases, the model 2"
     with pytest.raises((ValueError, FileNotFoundError), match=expected):
         load_model_dir(m)
+
+
+def _broken(bundle, tmp_path, damage):
+    path = save_model_dir(tmp_path / "m", bundle)
+    damage(path)
+    return path
+
+
+@pytest.mark.parametrize("damage,message", [
+    # without its tokenizer files, transformers would build a near-empty tokenizer: every word [UNK]
+    (lambda p: [(p / f).unlink() for f in ("tokenizer.json", "vocab.txt") if (p / f).exists()],
+     "the tokenizer has .* tokens, the model's word table 30522"),
+    (lambda p: (p / "tag_vocab.json").write_text(json.dumps(["circle"])), "1 tags, the model's tag table 2"),
+    (lambda p: save_file({**load_file(str(p / MODEL_FILE)),
+                          "text_proj.weight": torch.full_like(load_file(str(p / MODEL_FILE))["text_proj.weight"],
+                                                              float("nan"))}, str(p / MODEL_FILE)),
+     "non-finite weights .* in text_proj.weight"),
+])
+def test_a_model_directory_whose_parts_do_not_belong_together_is_refused(bundle, tmp_path, damage, message):
+    path = _broken(bundle, tmp_path, damage)
+    with pytest.raises(FormatError, match=message):
+        load_model_dir(path)

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import model_config_from_dict, to_dict
+from .data.formats import FormatError
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
 from .text.tokenizer import load_tokenizer
@@ -188,7 +189,30 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
         raise ValueError(f"{path / 'phrase_vocab.json'}: not a phrase vocabulary ({err})") from None
     if len(phrase_vocab) != model.num_phrases:
         raise ValueError(f"{path}: phrase_vocab.json has {len(phrase_vocab)} phrases, the model {model.num_phrases}")
-    return Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"))
+    bundle = Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"))
+    check_complete(path, bundle, state)
+    return bundle
+
+
+def check_complete(path: Path, bundle: Bundle, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a model directory whose parts do not belong together: a tokenizer that is not the
+    model's (missing files make transformers fall back to a near-empty one, and every word
+    becomes [UNK]), a tag vocabulary of another size than the tag table, non-finite weights."""
+    words = bundle.model.cfg.vocab_size
+    if len(bundle.tokenizer) != words:
+        raise FormatError(f"{path}: the tokenizer has {len(bundle.tokenizer)} tokens, the model's word table "
+                          f"{words}: its tokenizer files (vocab.txt, tokenizer.json) are missing or another "
+                          "model's; copy them from the directory the model was trained from", "model directory")
+    tags = bundle.tag_vocab
+    if not isinstance(tags, list) or len(tags) != len(bundle.model.tag_pieces):
+        raise FormatError(f"{path / 'tag_vocab.json'}: {len(tags) if isinstance(tags, list) else 'no list of'} tags, "
+                          f"the model's tag table {len(bundle.model.tag_pieces)}: the vocabulary is another model's",
+                          "model directory")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FormatError(f"{path}: non-finite weights (NaN or inf) in {', '.join(bad[:5])}"
+                          f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}: the model diverged or the "
+                          "file is damaged; use an earlier checkpoint", "model directory")
 
 
 def load_state(model: torch.nn.Module, state: dict, source: str, strict: bool = True) -> dict:

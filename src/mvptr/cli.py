@@ -379,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvptr: {err}", file=sys.stderr)
         return 2
     except FormatError as err:
-        hint = "; --skip-bad leaves such samples out" if hasattr(args, "skip_bad") else ""
+        sample = hasattr(args, "skip_bad") and err.reason != "model directory"
+        hint = "; --skip-bad leaves such samples out" if sample else ""
         print(f"mvptr: {err}{hint}", file=sys.stderr)
         return 2
     return 0
