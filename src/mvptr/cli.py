@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, save_config
-from .data.formats import FormatError
+from .data.formats import FormatError, OutputDirError
 
 
 def _config(args):
@@ -197,14 +197,25 @@ def cmd_evaluate(args) -> None:
     from .pipeline import evaluate, write_json
 
     cfg = _config(args)
+    out = _eval_out(args)
     bundle = load_model_dir(args.model, cfg.device)
     skipped = SkippedSamples() if cfg.data.skip_bad else None
     result = evaluate(cfg, bundle, skipped=skipped)
     if not _is_main():
         return
-    write_json(Path(args.model).parent / "eval.json", result)
+    write_json(out / "eval.json", result)
     print(json.dumps(result, indent=2))
-    _report_skipped(skipped, Path(args.model).parent / "skipped.json")
+    _report_skipped(skipped, out / "skipped.json")
+
+
+def _eval_out(args) -> Path:
+    """Where an evaluation writes (--out, else beside the model), checked before any work."""
+    from .train.trainer import check_writable
+
+    out = Path(args.out) if args.out else Path(args.model).parent
+    if _is_main():
+        check_writable(out, 2**20)
+    return out
 
 
 def cmd_evaluate_task(args) -> None:
@@ -212,7 +223,7 @@ def cmd_evaluate_task(args) -> None:
     from .train.finetune import evaluate_task, load_task_model
 
     cfg = _config(args)
-    out = Path(args.model).parent
+    out = _eval_out(args)
     metrics = evaluate_task(cfg, args.task, load_task_model(args.model, cfg.device), out)
     if not _is_main():
         return
@@ -313,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, or one task")
     ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding or easyvqa (default: zero-shot)")
     ev.add_argument("--model", required=True)
+    ev.add_argument("--out", help="directory for the results (default: the model directory's parent)")
     ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     with_config(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         args.func(args)
-    except ConfigError as err:
+    except (ConfigError, OutputDirError) as err:
         print(f"mvptr: {err}", file=sys.stderr)
         return 2
     except FormatError as err:

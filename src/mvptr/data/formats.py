@@ -69,6 +69,10 @@ class FormatError(ValueError):
         return type(self), (str(self), self.reason)
 
 
+class OutputDirError(OSError):
+    """An output directory that cannot take what a command will write (the user's to fix)."""
+
+
 class SkippedSamples:
     """Bad samples left out under ``--skip-bad``, counted by reason.
 

@@ -42,6 +42,7 @@ from ..checkpoint import (
     save_model_dir,
 )
 from ..config import ConfigError, StageConfig
+from ..data.formats import OutputDirError
 from ..precision import autocast
 from .recipes import Recipe
 
@@ -149,19 +150,20 @@ def param_groups(model: torch.nn.Module, trainable: Callable[[str], bool], weigh
 
 
 def check_writable(out_dir: Path, needed: int = 64 * 2**20) -> None:
-    """Fail before training, not after hours, when the output directory cannot take a checkpoint
-    (``needed`` bytes free)."""
+    """Fail before training or evaluating, not after hours, when the output directory cannot take
+    its files (``needed`` bytes free)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_probe"
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as err:
-        raise OSError(f"cannot write to output directory {out_dir}: {err.strerror}") from None
+        raise OutputDirError(f"cannot write to output directory {out_dir}: {err.strerror}; "
+                             "choose another (out_dir=..., or --out)") from None
     free = shutil.disk_usage(out_dir).free
     if free < needed:
-        raise OSError(f"output directory {out_dir} has only {free // 2**20} MiB free; "
-                      f"its checkpoints need about {needed // 2**20} MiB")
+        raise OutputDirError(f"output directory {out_dir} has only {free // 2**20} MiB free; "
+                             f"its files need about {needed // 2**20} MiB")
 
 
 def adamw(groups: list[dict], lr: float, sharded: bool = False) -> torch.optim.Optimizer:
