@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, machine, random_model, sync, synthetic_batch, write_result  # noqa: E402
@@ -71,6 +72,17 @@ def one_query_at_a_time(model, texts: EncodedSet, images: EncodedSet, sim, k_c, 
     return scores
 
 
+@torch.no_grad()
+def flops_per_pair(model, texts: EncodedSet, images: EncodedSet, summary_only: bool, pairs: int = 8) -> float:
+    """Model FLOPs of scoring one pair: the whole last layer, or its [CLS] row alone."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fused = model.fuse(texts.hidden[:pairs], texts.mask[:pairs], images.hidden[:pairs], images.mask[:pairs],
+                           summary_only=summary_only)
+        model.itm_logits(fused)
+    return counter.get_total_flops() / pairs
+
+
 def baseline_recall(scores, sim, text_image, k_c, k_i):
     positives = text_image[None, :] == torch.arange(len(sim))[:, None]
     fine = torch.full_like(sim, float("nan"))
@@ -108,6 +120,8 @@ def main() -> None:
     base_scores = one_query_at_a_time(model, texts, images, sim, k_c, k_i, range(sim.shape[0]), range(sim.shape[1]),
                                       "fp32")
     base_small = baseline_recall(base_scores, sim, text_image, k_c, k_i)
+    flops = {"whole_last_layer": flops_per_pair(model, texts, images, False),
+             "summary_only": flops_per_pair(model, texts, images, True)}
 
     # the full-size evaluation, timed end to end (uni-modal encoding included)
     sync(dev)
@@ -139,6 +153,7 @@ def main() -> None:
         "pairs_scored": ours["pairs_scored"], "seconds_encode": t_encode, "seconds_rerank": t_rerank,
         "seconds_total": t_encode + t_rerank, "ours_pairs_per_s": ours["pairs_scored"] / t_rerank,
         "baseline_pairs_per_s": base_pairs / t_base, "baseline_pairs_timed": base_pairs,
+        "gflop_per_pair": {k: v / 1e9 for k, v in flops.items()},
         "equal_recall_check": {"images": args.check_images, "ours": ours_small["rerank"], "baseline": base_small,
                                "equal": ours_small["rerank"] == base_small},
     }
