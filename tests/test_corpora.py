@@ -89,8 +89,9 @@ def test_pretrain_on_a_mix_from_a_config_file(corpora, tmp_path, capsys):
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(config))
     args = ["pretrain", "--config", str(tmp_path / "mix.yaml"), "--stage", "stage1", f"out_dir={tmp_path / 'run'}",
             "init.source=random", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
-            "model.text_layers=1", "model.visual_layers=1", "model.multimodal_layers=1", f"model.region_feat_dim={DIM}",
-            "model.embed_dim=16", "stage1.batch_size=4", "stage1.max_steps=2", "data.max_regions=10"]
+            "model.text_layers=1", "model.visual_layers=1", "model.multimodal_layers=1", "model.wpg_layer=1",
+            f"model.region_feat_dim={DIM}", "model.embed_dim=16", "stage1.batch_size=4", "stage1.max_steps=2",
+            "data.max_regions=10"]
     assert main(args) == 0
     assert "stage1: 20 samples (coco 12 captions / 6 images, vg 8 captions / 4 images)" in capsys.readouterr().out
     data = json.loads((tmp_path / "run" / "stage1" / "data.json").read_text())
