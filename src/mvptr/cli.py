@@ -1,13 +1,14 @@
 """The ``mvptr`` command.
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
-    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad] [--shard I/N]
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
-    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
+    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad] [--shard I/N]
     mvptr features export --store DIR --out DIR
     mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--device D] [--skip-bad]
+    mvptr merge-shards OUT                        (after prepare phrases / features extract|convert --shard I/N)
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -63,7 +65,17 @@ def _report_skipped(skipped, path: Path) -> None:
         print(f"{skipped.report()}\n(details: {path})", file=sys.stderr)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N) with 0 <= I < N; a bad value is a usage error (exit 2)."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (share I of N, counted from 0), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def cmd_prepare(args) -> None:
+    if args.shard is not None and args.what != "phrases":
+        raise SystemExit(f"mvptr prepare {args.what}: --shard applies to prepare phrases")
     if args.what == "demo":
         from .data.demo_world import generate_demo_world
 
@@ -97,40 +109,86 @@ def cmd_prepare(args) -> None:
         from .text.phrases import prepare_phrases
 
         skipped = _skipped(args)
+        out = _shard_out(args)
         try:
-            stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process,
-                                    skip=skipped)
+            stats = prepare_phrases(args.captions, out, min_count=args.min_count, n_process=args.n_process,
+                                    skip=skipped, part=args.shard)
         except FormatError as err:
             raise SystemExit(f"mvptr prepare phrases: {err}") from None
         print(json.dumps(stats, indent=2))
-        _report_skipped(skipped, Path(args.out) / "skipped.json")
+        _report_skipped(skipped, out / "skipped.json")
+        _finish_shard(args, out, "phrases", {"captions": _abs(args.captions), "min_count": args.min_count,
+                                             "splits": ["train"]}, stats.get("captions"))
+
+
+def _abs(path) -> str:
+    return str(Path(path).resolve())
+
+
+def _shard_out(args) -> Path:
+    """Where the command writes: ``--out``, or its shard directory with ``--shard I/N``."""
+    if args.shard is None:
+        return Path(args.out)
+    from .shards import shard_dir
+
+    return shard_dir(args.out, args.shard)
+
+
+def _finish_shard(args, out: Path, kind: str, inputs: dict, items: int) -> None:
+    if args.shard is None:
+        return
+    from .shards import finish_shard
+
+    finish_shard(out, kind, args.shard, {**inputs, "skip_bad": bool(args.skip_bad)}, items)
+    print(f"shard {args.shard[0]}/{args.shard[1]} done; when all {args.shard[1]} are: "
+          f"mvptr merge-shards {args.out}", file=sys.stderr)
 
 
 def cmd_features(args) -> None:
     from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 
     skipped = _skipped(args)
+    if args.shard is not None and args.what == "export":
+        raise SystemExit("mvptr features export: --shard applies to extract and convert")
     try:
         if args.what == "convert":
             if not args.features or not args.predictions or not args.out:
                 raise SystemExit("mvptr features convert: --features, --predictions and --out are required")
-            summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim,
-                                              skip=skipped)
+            out = _shard_out(args)
+            summary = convert_vinvl_to_memmap(args.features, args.predictions, out, feat_dim=args.feat_dim,
+                                              skip=skipped, part=args.shard)
+            inputs = {"features": _abs(args.features), "predictions": _abs(args.predictions),
+                      "feat_dim": args.feat_dim}
         elif args.what == "export":
             if not args.store or not args.out:
                 raise SystemExit("mvptr features export: --store and --out are required")
-            summary = convert_memmap_to_vinvl(args.store, args.out)
+            out = Path(args.out)
+            summary = convert_memmap_to_vinvl(args.store, out)
         else:
             if not args.images or not args.out:
                 raise SystemExit("mvptr features extract: --images and --out are required")
             from .vision.detect import extract_features
 
-            summary = extract_features(args.images, args.out, args.detector, args.weights,
-                                       batch_size=args.batch_size, skip=skipped, device=args.device)
+            out = _shard_out(args)
+            summary = extract_features(args.images, out, args.detector, args.weights,
+                                       batch_size=args.batch_size, skip=skipped, device=args.device, part=args.shard)
+            inputs = {"images": _abs(args.images), "detector": args.detector, "weights": _abs(summary["weights"])}
     except (FormatError, FileExistsError, FileNotFoundError, ImportError, ValueError) as err:
         raise SystemExit(f"mvptr features {args.what}: {err}") from None
     print(json.dumps(summary, indent=2))
-    _report_skipped(skipped, Path(args.out) / "skipped.json")
+    _report_skipped(skipped, out / "skipped.json")
+    if args.what != "export":
+        _finish_shard(args, out, "store" if args.what == "convert" else "features", inputs, summary["num_images"])
+
+
+def cmd_merge_shards(args) -> None:
+    from .shards import merge_shards
+
+    try:
+        summary = merge_shards(args.out)
+    except FileExistsError as err:
+        raise FormatError(str(err), "output exists") from None
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_pretrain(args) -> None:
@@ -236,6 +294,8 @@ def cmd_convert(args) -> None:
 
 
 SKIP_HELP = "leave out bad samples, count them by reason and save skipped.json, instead of stopping"
+SHARD_HELP = ("do share I of N (from 0) of the input, into OUT/shard-I-of-N; `mvptr merge-shards OUT` joins "
+              "the N shares (phrases: the vocabulary is built then)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--image-size", type=int, default=96)
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
-    prep.add_argument("--config", default="demo", help="vocab: preset name in configs/ or a YAML file; the "
+    prep.add_argument("--shard", type=parse_shard, metavar="I/N", help=SHARD_HELP)
+    prep.add_argument("--config", default="demo", help="vocab: preset name (tiny, demo, base) or a YAML file; the "
                                                        "vocabulary goes to its data.phrase_vocab unless --out")
     prep.set_defaults(func=cmd_prepare)
 
@@ -276,10 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--batch-size", type=int, default=64, help="images per detector call (extract)")
     feat.add_argument("--device", default="cpu", help="where the frcnn detector runs, e.g. cuda (extract)")
     feat.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
+    feat.add_argument("--shard", type=parse_shard, metavar="I/N", help=SHARD_HELP + " (extract, convert)")
     feat.set_defaults(func=cmd_features)
 
+    merge = sub.add_parser("merge-shards", help="merge the shard-I-of-N directories of --shard runs into their "
+                                                "--out directory: the output of one unsharded run")
+    merge.add_argument("out", help="the --out directory the shards were written under")
+    merge.set_defaults(func=cmd_merge_shards)
+
     def with_config(sp):
-        sp.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")
+        sp.add_argument("--config", default="demo", help="preset name (tiny, demo, base) or a YAML file")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage1.epochs=2")
 
     pre = sub.add_parser("pretrain", help="pre-train stage 1, stage 2 or both")

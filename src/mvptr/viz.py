@@ -611,7 +611,7 @@ def add_visualize_parser(subparsers) -> None:
     }
     for name in FIGURES:
         p = figures.add_parser(name, help=helps[name], description=helps[name])
-        p.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")
+        p.add_argument("--config", default="demo", help="preset name (tiny, demo, base) or a YAML file")
         p.add_argument("--out", help=f"PNG to write (default: {name}.png)")
         if name == "curves":
             p.add_argument("--metrics", nargs="+", metavar="FILE",

@@ -37,6 +37,8 @@ __all__ = [
     "write_karpathy_json",
     "read_captions",
     "build_lineidx",
+    "concat_tsv",
+    "shard_part",
     "TSVFile",
     "write_vinvl_features",
     "write_vinvl_predictions",
@@ -120,6 +122,19 @@ def skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int = 
     if skip is None:
         raise err
     skip.add(err, samples)
+
+
+def shard_part(items: Sequence, part: tuple[int, int] | None) -> Sequence:
+    """Share ``index`` of ``count`` of ``items``, contiguous (the first shares take one more
+    when uneven), so the shares in order are ``items``; all of them when ``part`` is None."""
+    if part is None:
+        return items
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: expected 0 <= I < N")
+    per, extra = divmod(len(items), count)
+    start = index * per + min(index, extra)
+    return items[start:start + per + (index < extra)]
 
 
 def load_json(path: PathLike) -> Any:
@@ -282,6 +297,31 @@ def _write_tsv(tsv_path: PathLike, rows: Iterable[Sequence[str]]) -> None:
             f.write("\t".join(fields).encode("utf-8") + b"\n")
     with open(_lineidx_path(tsv_path), "w", encoding="ascii") as f:
         f.writelines(f"{o}\n" for o in offsets)
+
+
+def concat_tsv(parts: Sequence[PathLike], out_path: PathLike) -> int:
+    """Write the rows of the TSV files ``parts``, in order, to ``out_path`` with its ``.lineidx``
+    (each part's offsets shifted by the bytes before it); returns the number of rows. Both
+    files appear complete or not at all (written under temporary names, then renamed)."""
+    out_path = Path(out_path)
+    tmp_tsv, tmp_idx = out_path.with_name(out_path.name + ".tmp"), out_path.with_name(out_path.name + ".lineidx.tmp")
+    rows, base = 0, 0
+    with open(tmp_tsv, "wb") as f, open(tmp_idx, "w", encoding="ascii") as idx:
+        for part in parts:
+            tsv = TSVFile(part)  # checks the part and its index
+            idx.writelines(f"{base + int(o)}\n" for o in tsv._offsets)
+            rows += len(tsv)
+            with open(part, "rb") as src:
+                last = b"\n"
+                while data := src.read(1 << 22):
+                    f.write(data)
+                    last = data[-1:]
+            if last != b"\n":  # a last row without its newline would run into the next part's first
+                f.write(b"\n")
+            base = f.tell()
+    os.replace(tmp_idx, _lineidx_path(out_path))
+    os.replace(tmp_tsv, out_path)
+    return rows
 
 
 def build_lineidx(tsv_path: PathLike) -> Path:
