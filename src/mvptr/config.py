@@ -91,6 +91,11 @@ class DataConfig:
     corpora: list[CorpusConfig] = field(default_factory=list)
     # leave out bad samples (counted by reason in skipped.json) instead of stopping at the first
     skip_bad: bool = False
+    # the captions' image ids -> the features' ids (every corpus): a regular expression whose first
+    # group is the id ("0*(\\d+)$": "coco_522418" and "COCO_val2014_000000391895" -> "522418",
+    # "391895"), then a JSON file mapping ids; "" = ids as written
+    image_id_pattern: str = ""
+    image_id_map: str = ""
 
 
 @dataclass
