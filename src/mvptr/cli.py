@@ -1,7 +1,8 @@
 """The ``mvptr`` command.
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
-    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad] [--shard I/N]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--train-split S] [--n-process P] [--skip-bad]
+                          [--shard I/N]       (FILE may hold {split}: ann/coco_karpathy_{split}.json)
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
@@ -26,6 +27,7 @@ as ``skipped.json`` beside the command's outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config, save_config
 from .data.formats import FormatError
+from .fileio import output_lock
 
 
 def _config(args):
@@ -110,15 +113,16 @@ def cmd_prepare(args) -> None:
 
         skipped = _skipped(args)
         out = _shard_out(args)
-        try:
-            stats = prepare_phrases(args.captions, out, min_count=args.min_count, n_process=args.n_process,
-                                    skip=skipped, part=args.shard)
-        except FormatError as err:
-            raise SystemExit(f"mvptr prepare phrases: {err}") from None
-        print(json.dumps(stats, indent=2))
-        _report_skipped(skipped, out / "skipped.json")
-        _finish_shard(args, out, "phrases", {"captions": _abs(args.captions), "min_count": args.min_count,
-                                             "splits": ["train"]}, stats.get("captions"))
+        with output_lock(out):  # two runs would interleave their appends to the cache
+            try:
+                stats = prepare_phrases(args.captions, out, min_count=args.min_count, n_process=args.n_process,
+                                        skip=skipped, part=args.shard, splits=(args.train_split,))
+            except FormatError as err:
+                raise SystemExit(f"mvptr prepare phrases: {err}") from None
+            print(json.dumps(stats, indent=2))
+            _report_skipped(skipped, out / "skipped.json")
+            _finish_shard(args, out, "phrases", {"captions": _abs(args.captions), "min_count": args.min_count,
+                                                 "splits": [args.train_split]}, stats.get("captions"))
 
 
 def _abs(path) -> str:
@@ -145,11 +149,19 @@ def _finish_shard(args, out: Path, kind: str, inputs: dict, items: int) -> None:
 
 
 def cmd_features(args) -> None:
+    if args.shard is not None and args.what == "export":
+        raise SystemExit("mvptr features export: --shard applies to extract and convert")
+    if not args.out:
+        raise SystemExit(f"mvptr features {args.what}: --out is required")
+    # convert writes a directory that must not exist yet: its lock lies beside it
+    with output_lock(_shard_out(args), sibling=args.what == "convert"):
+        _features(args)
+
+
+def _features(args) -> None:
     from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 
     skipped = _skipped(args)
-    if args.shard is not None and args.what == "export":
-        raise SystemExit("mvptr features export: --shard applies to extract and convert")
     try:
         if args.what == "convert":
             if not args.features or not args.predictions or not args.out:
@@ -185,20 +197,31 @@ def cmd_merge_shards(args) -> None:
     from .shards import merge_shards
 
     try:
-        summary = merge_shards(args.out)
+        with output_lock(args.out):
+            summary = merge_shards(args.out)
     except FileExistsError as err:
         raise FormatError(str(err), "output exists") from None
     print(json.dumps(summary, indent=2))
 
 
 def cmd_pretrain(args) -> None:
+    cfg = _config(args)
+    out = Path(cfg.out_dir)
+    with _locked(out):
+        _pretrain(args, cfg, out)
+
+
+def _locked(out: Path):
+    """The output directory's lock, taken by the process that writes (the first, under torchrun)."""
+    return output_lock(out) if _is_main() else contextlib.nullcontext()
+
+
+def _pretrain(args, cfg, out: Path) -> None:
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
     from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
 
-    cfg = _config(args)
-    out = Path(cfg.out_dir)
     if _is_main():
         save_config(cfg, out / "config.yaml")
     if args.stage == "stage2" and args.init_model:
@@ -223,11 +246,16 @@ def _task_args(args):
 
 
 def cmd_finetune(args) -> None:
+    cfg = _config(args)
+    out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
+    with _locked(out):
+        _finetune(args, cfg, out)
+
+
+def _finetune(args, cfg, out: Path) -> None:
     from .pipeline import write_json
     from .train.finetune import evaluate_task, finetune, load_task_model
 
-    cfg = _config(args)
-    out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
     if _is_main():
         save_config(cfg, out / "config.yaml")
     bundle = load_task_model(args.model, cfg.device)
@@ -277,7 +305,8 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     cfg = _config(args)
-    report = run_demo(cfg, resume=not args.fresh)
+    with _locked(Path(cfg.out_dir)):
+        report = run_demo(cfg, resume=not args.fresh)
     print((Path(cfg.out_dir) / "report.md").read_text())
     print(f"report: {Path(cfg.out_dir) / 'report.json'} ({report['seconds']['total']} s)")
 
@@ -310,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out")
     prep.add_argument("--captions")
     prep.add_argument("--min-count", type=int, default=50)
+    prep.add_argument("--train-split", default="train",
+                      help="phrases: the split(s) the vocabulary counts, e.g. train+restval (Karpathy COCO)")
     prep.add_argument("--n-process", type=int, default=1)
     prep.add_argument("--n-train", type=int, default=3000)
     prep.add_argument("--n-val", type=int, default=200)

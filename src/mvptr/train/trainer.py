@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import math
 import shutil
 import time
@@ -41,6 +40,7 @@ from ..checkpoint import (
     save_model_dir,
 )
 from ..config import StageConfig
+from ..data.formats import append_json_lines
 from ..precision import autocast
 from .recipes import Recipe
 
@@ -337,8 +337,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                 "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
             }
             if d.main:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_json_lines(metrics_file, [record])  # a crash leaves whole lines
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
         sums = {}
         if not ((stage.save_every and done % stage.save_every == 0) or done == total):
