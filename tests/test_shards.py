@@ -23,8 +23,8 @@ from mvptr.vision.detect import DemoDetector
 
 
 def _files(d: Path) -> dict:
-    """Every file of an output directory (not the shard directories), by name."""
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+    """Every file of an output directory (not the shard directories, nor the run's .lock), by name."""
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file() and p.name != ".lock"}
 
 
 def test_shares_are_contiguous_cover_everything_once_and_reject_a_bad_index():
