@@ -13,7 +13,7 @@ from mvptr.data.pretrain import Collator, Masking, build_pair_dataset, caption_r
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 from mvptr.vision.stores import CorpusStores, convert_vinvl_to_memmap
-from test_skip_bad import DIM, VOCAB, write_corpus
+from test_skip_bad import DIM, VOCAB, captions_of, write_corpus
 
 A_IDS = [str(i) for i in range(1, 7)]  # 6 images, 12 captions, TSV
 B_IDS = [str(i) for i in range(1, 5)]  # 4 images, 8 captions, memmap store; ids shared with A
@@ -107,8 +107,7 @@ def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
     # vg's captions also mention "blue square": found in 8 of 20 captions
     extra = tmp_path / "vg_cache.jsonl"
     extra.write_text(open(corpora[1].phrase_cache).read())
-    write_phrase_cache(extra, [(f"{i}:{s}", [("square", "blue"), ("circle", "red")])
-                               for k, i in enumerate(B_IDS) for s in (2 * k, 2 * k + 1)])
+    write_phrase_cache(extra, [(c, [("square", "blue"), ("circle", "red")]) for i in B_IDS for c in captions_of(i)])
     mix = [corpora[0], CorpusConfig("vg", corpora[1].captions, corpora[1].features, "", str(extra))]
     vocab, captions = mix_phrase_vocab(_data(mix), min_count=8)
     assert captions == 20 and [vocab.phrase(i) for i in range(len(vocab))] == ["red circle", "blue square"]

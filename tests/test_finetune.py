@@ -220,6 +220,9 @@ def test_each_task_fine_tunes_and_evaluates_from_the_command_line(task, tiny_mod
         assert json.loads((out / "model" / "task.json").read_text())["answers"]
     elif task == "ve":
         assert 0 <= first["acc"] <= 100 and set(first["per_label"]) <= {"entailment", "neutral", "contradiction"}
+        # rows without a gold label ("-") are counted where training and evaluation report
+        assert first["unlabelled_pairs_left_out"] == 0
+        assert json.loads((out / "model" / "task.json").read_text())["unlabelled_pairs_left_out"] == 0
     elif task == "grounding":
         assert 0 <= first["acc"] <= 100 and first["mentions"] > 0
     else:

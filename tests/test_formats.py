@@ -8,10 +8,12 @@ import pytest
 from mvptr.data.formats import (
     CaptionRecord,
     FormatError,
+    SkippedSamples,
     TSVFile,
     VinVLFeatures,
     VinVLPredictions,
     build_lineidx,
+    phrase_key,
     read_captions,
     read_flickr30k_annotation,
     read_flickr30k_sentences,
@@ -51,24 +53,27 @@ def test_karpathy_round_trip(tmp_path):
 
 def test_albef_list_string_and_list_captions(tmp_path):
     path = tmp_path / "coco_train.json"
-    # Written by hand in the on-disk layout.
+    # Written by hand in the on-disk layout; the split comes from the file name, or an entry's own
     path.write_text(
         '[{"image": "train2014/COCO_train2014_000000000009.jpg", "caption": "a plate of food"},'
         ' {"image": "train2014/COCO_train2014_000000000009.jpg", "caption": "some food"},'
-        ' {"image": "val2014/x.jpg", "caption": ["one", "two"], "image_id": 77, "split": "val"}]')
-    assert read_captions(path) == [
+        ' {"image_id": 77, "caption": ["one", "two"]}]')
+    assert read_captions(tmp_path / "coco_{split}.json") == [
         CaptionRecord("COCO_train2014_000000000009", "a plate of food", "train", 0),
         CaptionRecord("COCO_train2014_000000000009", "some food", "train", 1),
-        CaptionRecord("77", "one", "val", 0),
-        CaptionRecord("77", "two", "val", 1),
+        CaptionRecord("77", "one", "train", 0),
+        CaptionRecord("77", "two", "train", 1),
     ]
-    assert len(read_captions(path, splits=("train",))) == 2
+    assert len(read_captions(tmp_path / "coco_{split}.json", splits=("train",))) == 4
+    path.write_text('[{"image": "val2014/x.jpg", "caption": ["one", "two"], "image_id": 77, "split": "val"}]')
+    assert read_captions(path) == [CaptionRecord("x", "one", "val", 0), CaptionRecord("x", "two", "val", 1)]
+    assert read_captions(path, splits=("train",)) == []
 
 
 @pytest.mark.parametrize("caption", ["", "   ", 5])
 def test_bad_caption(tmp_path, caption):
     path = tmp_path / "caps.json"
-    path.write_text(json.dumps([{"image": "a/img7.jpg", "caption": ["ok", caption]}]))
+    path.write_text(json.dumps([{"image": "a/img7.jpg", "caption": ["ok", caption], "split": "train"}]))
     with pytest.raises(FormatError, match=r"caps\.json.*image img7.*non-empty caption"):
         read_captions(path)
 
@@ -346,32 +351,45 @@ def test_flickr30k_bad_input(tmp_path):
 
 def test_phrase_cache_round_trip_and_append(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    write_phrase_cache(path, [("1:0", [("wave", "big"), ("man", "riding", "wave")])])
-    write_phrase_cache(path, {"1:1": [], "2:0": [("cat", "on top of", "table")]}.items())
+    write_phrase_cache(path, [("a man riding a big wave", [("wave", "big"), ("man", "riding", "wave")])])
+    write_phrase_cache(path, {"a wave": [], "a cat on top of a table": [("cat", "on top of", "table")]}.items())
     assert path.read_text().splitlines()[0] == \
-        '{"id": "1:0", "phrases": [["wave", "big"], ["man", "riding", "wave"]]}'
+        '{"caption": "a man riding a big wave", "phrases": [["wave", "big"], ["man", "riding", "wave"]]}'
     assert read_phrase_cache(path) == {
-        "1:0": [("wave", "big"), ("man", "riding", "wave")],
-        "1:1": [],
-        "2:0": [("cat", "on top of", "table")],
+        "a man riding a big wave": [("wave", "big"), ("man", "riding", "wave")],
+        "a wave": [],
+        "a cat on top of a table": [("cat", "on top of", "table")],
     }
+
+
+def test_phrase_cache_is_keyed_by_the_caption_text():
+    # two images' captions under one id, or an edited caption, never share a record
+    assert phrase_key(CaptionRecord("1", "a dog", "train", 0)) != phrase_key(CaptionRecord("1", "a cat", "train", 0))
+    assert phrase_key(CaptionRecord("1", "a dog", "train", 0)) == phrase_key(CaptionRecord("9", "a dog", "test", 3))
+
+
+def test_phrase_cache_of_an_earlier_layout_says_to_rebuild(tmp_path):
+    path = tmp_path / "phrase_cache.jsonl"
+    path.write_text('{"id": "1:0", "phrases": [["wave", "big"]]}\n')
+    with pytest.raises(FormatError, match=r"line 1: a record keyed by image and sentence id.*prepare phrases"):
+        read_phrase_cache(path, SkippedSamples())
 
 
 def test_phrase_cache_torn_tail(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    write_phrase_cache(path, [("1:0", [("wave", "big")])])
+    write_phrase_cache(path, [("a big wave", [("wave", "big")])])
     with open(path, "a") as f:
-        f.write('{"id": "1:1", "phr')  # interrupted write
-    assert list(read_phrase_cache(path)) == ["1:0"]
-    write_phrase_cache(path, [("1:1", [("dog", "small")])])
-    assert read_phrase_cache(path) == {"1:0": [("wave", "big")], "1:1": [("dog", "small")]}
+        f.write('{"caption": "a small dog", "phr')  # interrupted write
+    assert list(read_phrase_cache(path)) == ["a big wave"]
+    write_phrase_cache(path, [("a small dog", [("dog", "small")])])
+    assert read_phrase_cache(path) == {"a big wave": [("wave", "big")], "a small dog": [("dog", "small")]}
 
 
 def test_phrase_cache_bad_line(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    path.write_text('{"id": "1", "phrases": []}\n{broken\n{"id": "2", "phrases": []}\n')
+    path.write_text('{"caption": "a", "phrases": []}\n{broken\n{"caption": "b", "phrases": []}\n')
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 2: expected a JSON object"):
         read_phrase_cache(path)
-    path.write_text('{"id": "1", "phrases": [["a", 3]]}\n')
+    path.write_text('{"caption": "a", "phrases": [["a", 3]]}\n')
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 1: expected"):
         read_phrase_cache(path)

@@ -114,8 +114,8 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     out = tmp_path / "phrases"
     out.mkdir()
     # An earlier, interrupted run already parsed the first caption.
-    write_phrase_cache(out / "phrase_cache.jsonl", [("1:0", [("wave", "big"),
-                                                             ("man", "riding", "wave")])])
+    write_phrase_cache(out / "phrase_cache.jsonl", [("a man riding a big wave", [("wave", "big"),
+                                                                                ("man", "riding", "wave")])])
     parsed = []
     real_extract = extractor.extract
 
@@ -128,8 +128,8 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
 
     assert parsed == ["a big wave", "two green squares", "a big red circle"]
     cache = read_phrase_cache(out / "phrase_cache.jsonl")
-    assert set(cache) == {"1:0", "1:1", "2:2", "3:3"}
-    assert cache["3:3"] == [("circle", "big"), ("circle", "red")]
+    assert set(cache) == {"a man riding a big wave", "a big wave", "two green squares", "a big red circle"}
+    assert cache["a big red circle"] == [("circle", "big"), ("circle", "red")]
     # Only the train split builds the vocabulary: "big circle" (test) is not counted.
     vocab = PhraseVocab.load(out / "phrase_vocab.json")
     assert [vocab.phrase(i) for i in range(len(vocab))] == ["big wave"]
@@ -138,3 +138,13 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     parsed.clear()
     prepare_phrases(captions, out, min_count=2, extractor=extractor)
     assert parsed == []
+
+    # an edited caption is parsed anew, under its new text; one written twice is parsed once
+    write_karpathy_json(captions, [
+        {"filename": "1.jpg", "imgid": 0, "split": "train", "sentences": ["a man riding a big wave", "a big wave"]},
+        {"filename": "2.jpg", "imgid": 1, "split": "train", "sentences": ["two red squares", "two red squares"]},
+        {"filename": "3.jpg", "imgid": 2, "split": "test", "sentences": ["a big red circle"]},
+    ])
+    prepare_phrases(captions, out, min_count=2, extractor=extractor)
+    assert parsed == ["two red squares"]
+    assert read_phrase_cache(out / "phrase_cache.jsonl")["two red squares"] == [("square", "two"), ("square", "red")]

@@ -33,17 +33,25 @@ def _prediction(n, w=100, h=80):
             "objects": [{"rect": [k, k, k + 10, k + 12], "class": "circle", "conf": 0.9} for k in range(n)]}
 
 
+def captions_of(image_id):
+    return [f"a red circle number {image_id}", f"two circles number {image_id}"]
+
+
+def phrase_records(ids):
+    """Phrase cache records of the captions of ``ids`` (keyed by caption text)."""
+    return [(c, [("circle", "red")]) for i in ids for c in captions_of(i)]
+
+
 def write_corpus(root, ids=IDS, regions=3):
     """Two captions per image, features, predictions and phrase cache, in the real formats."""
     root.mkdir(parents=True, exist_ok=True)
     write_karpathy_json(root / "captions.json", [
-        {"filename": f"{i}.png", "imgid": k, "split": "train", "sentences": ["a red circle", "two circles"]}
+        {"filename": f"{i}.png", "imgid": k, "split": "train", "sentences": captions_of(i)}
         for k, i in enumerate(ids)])
     rng = np.random.default_rng(0)
     write_vinvl_features(root / "features.tsv", [(i, rng.random((regions, DIM), dtype=np.float32)) for i in ids])
     write_vinvl_predictions(root / "predictions.tsv", [(i, _prediction(regions)) for i in ids])
-    write_phrase_cache(root / "phrase_cache.jsonl",
-                       [(f"{i}:{s}", [("circle", "red")]) for k, i in enumerate(ids) for s in (2 * k, 2 * k + 1)])
+    write_phrase_cache(root / "phrase_cache.jsonl", phrase_records(ids))
     return root
 
 
@@ -71,6 +79,12 @@ def _spoil(root, case):
         data = base64.b64encode(np.zeros((3, DIM - 4), dtype="<f4").tobytes()).decode()
         line = _edit_line(feats, BAD, f"{BAD}\t3\t{data}")
         return f"{feats} line {line}", 2
+    if case == "non-finite features":
+        import base64
+        x = np.ones((3, DIM), dtype="<f4")
+        x[1, 7] = np.nan
+        line = _edit_line(feats, BAD, f"{BAD}\t3\t{base64.b64encode(x.tobytes()).decode()}")
+        return f"{feats} line {line} (image {BAD}): 1 feature values are NaN or inf (first: box 1, value 7)", 2
     if case == "box outside image":
         pred = _prediction(3)
         pred["objects"][1]["rect"] = [50, 10, 140, 30]  # the image is 100 wide
@@ -91,14 +105,14 @@ def _spoil(root, case):
         return f"{root / 'captions.json'} (image {BAD}, sentence 0)", 1
     if case == "no phrases":
         lines = (root / "phrase_cache.jsonl").read_text().splitlines(keepends=True)
-        key = f'"{BAD}:{2 * IDS.index(BAD)}"'
+        key = json.dumps(captions_of(BAD)[0])
         (root / "phrase_cache.jsonl").write_text("".join(line for line in lines if key not in line))
         return f"{root / 'phrase_cache.jsonl'}: no phrases for", 1
     raise AssertionError(case)
 
 
-CASES = ["truncated row", "bad base64", "wrong feature width", "box outside image", "image not found",
-         "empty caption", "bad caption entry", "no phrases"]
+CASES = ["truncated row", "bad base64", "wrong feature width", "non-finite features", "box outside image",
+         "image not found", "empty caption", "bad caption entry", "no phrases"]
 
 
 def _data(root, **kw):
@@ -166,7 +180,7 @@ def test_duplicate_feature_row(tmp_path, pieces):
 def test_bad_phrase_cache_line(tmp_path, pieces):
     root = write_corpus(tmp_path / "c")
     lines = (root / "phrase_cache.jsonl").read_text().splitlines(keepends=True)
-    lines[4] = '{"id": "3:4", "phrases": "oops"}\n'
+    lines[4] = json.dumps({"caption": captions_of(BAD)[0], "phrases": "oops"}) + "\n"  # image 3, sentence 0
     (root / "phrase_cache.jsonl").write_text("".join(lines))
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 5"):
         _build(root, pieces)
@@ -246,8 +260,7 @@ def test_prepare_phrases_command_line_skip_bad(tmp_path, capsys):
     root = write_corpus(tmp_path / "c")
     _spoil(root, "bad caption entry")
     (tmp_path / "p").mkdir()
-    write_phrase_cache(tmp_path / "p" / "phrase_cache.jsonl",
-                       [(f"{i}:{s}", [("circle", "red")]) for k, i in enumerate(IDS) for s in (2 * k, 2 * k + 1)])
+    write_phrase_cache(tmp_path / "p" / "phrase_cache.jsonl", phrase_records(IDS))
     args = ["prepare", "phrases", "--captions", str(root / "captions.json"), "--out", str(tmp_path / "p"),
             "--min-count", "1"]
     with pytest.raises(SystemExit, match="image 3, sentence 0"):

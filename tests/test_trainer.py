@@ -57,6 +57,14 @@ def test_switching_off_phrases_and_tags_removes_their_objectives(world_args, tmp
     assert {"vsc", "itm", "mlm"} <= set(last) and not {"mcr_v", "mcr_s", "wpg"} & set(last)
 
 
+def test_a_torn_metrics_line_from_a_crash_is_cut_before_the_next_one(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2", "stage1.log_every=1")
+    (tmp_path / "metrics.jsonl").write_text('{"stage": "stage1", "step": 1, "loss": 1.0}\n{"stage": "stage1", "st')
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2]
+
+
 def test_stage1_optimises_only_the_uni_modal_side(world_args, tmp_path):
     cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2")
     before = {k: v.clone() for k, v in bundle.model.state_dict().items()}

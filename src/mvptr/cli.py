@@ -1,13 +1,15 @@
 """The ``mvptr`` command.
 
     mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
-    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--train-split S] [--n-process P] [--skip-bad]
+                          [--shard I/N]       (FILE may hold {split}: ann/coco_karpathy_{split}.json)
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
-    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
+    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad] [--shard I/N]
     mvptr features export --store DIR --out DIR
     mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--device D] [--skip-bad]
+    mvptr merge-shards OUT                        (after prepare phrases / features extract|convert --shard I/N)
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
@@ -26,12 +28,15 @@ as ``skipped.json`` beside the command's outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, save_config
 from .data.formats import FormatError, OutputDirError
+from .fileio import output_lock
 
 
 def _config(args):
@@ -64,7 +69,17 @@ def _report_skipped(skipped, path: Path) -> None:
         print(f"{skipped.report()}\n(details: {path})", file=sys.stderr)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N) with 0 <= I < N; a bad value is a usage error (exit 2)."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (share I of N, counted from 0), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def cmd_prepare(args) -> None:
+    if args.shard is not None and args.what != "phrases":
+        raise SystemExit(f"mvptr prepare {args.what}: --shard applies to prepare phrases")
     if args.what == "demo":
         from .data.demo_world import generate_demo_world
 
@@ -98,16 +113,53 @@ def cmd_prepare(args) -> None:
         from .text.phrases import prepare_phrases
 
         skipped = _skipped(args)
-        try:
-            stats = prepare_phrases(args.captions, args.out, min_count=args.min_count, n_process=args.n_process,
-                                    skip=skipped)
-        except FormatError as err:
-            raise SystemExit(f"mvptr prepare phrases: {err}") from None
-        print(json.dumps(stats, indent=2))
-        _report_skipped(skipped, Path(args.out) / "skipped.json")
+        out = _shard_out(args)
+        with output_lock(out):  # two runs would interleave their appends to the cache
+            try:
+                stats = prepare_phrases(args.captions, out, min_count=args.min_count, n_process=args.n_process,
+                                        skip=skipped, part=args.shard, splits=(args.train_split,))
+            except FormatError as err:
+                raise SystemExit(f"mvptr prepare phrases: {err}") from None
+            print(json.dumps(stats, indent=2))
+            _report_skipped(skipped, out / "skipped.json")
+            _finish_shard(args, out, "phrases", {"captions": _abs(args.captions), "min_count": args.min_count,
+                                                 "splits": [args.train_split]}, stats.get("captions"))
+
+
+def _abs(path) -> str:
+    return str(Path(path).resolve())
+
+
+def _shard_out(args) -> Path:
+    """Where the command writes: ``--out``, or its shard directory with ``--shard I/N``."""
+    if args.shard is None:
+        return Path(args.out)
+    from .shards import shard_dir
+
+    return shard_dir(args.out, args.shard)
+
+
+def _finish_shard(args, out: Path, kind: str, inputs: dict, items: int) -> None:
+    if args.shard is None:
+        return
+    from .shards import finish_shard
+
+    finish_shard(out, kind, args.shard, {**inputs, "skip_bad": bool(args.skip_bad)}, items)
+    print(f"shard {args.shard[0]}/{args.shard[1]} done; when all {args.shard[1]} are: "
+          f"mvptr merge-shards {args.out}", file=sys.stderr)
 
 
 def cmd_features(args) -> None:
+    if args.shard is not None and args.what == "export":
+        raise SystemExit("mvptr features export: --shard applies to extract and convert")
+    if not args.out:
+        raise SystemExit(f"mvptr features {args.what}: --out is required")
+    # convert writes a directory that must not exist yet: its lock lies beside it
+    with output_lock(_shard_out(args), sibling=args.what == "convert"):
+        _features(args)
+
+
+def _features(args) -> None:
     from .vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 
     skipped = _skipped(args)
@@ -115,33 +167,62 @@ def cmd_features(args) -> None:
         if args.what == "convert":
             if not args.features or not args.predictions or not args.out:
                 raise SystemExit("mvptr features convert: --features, --predictions and --out are required")
-            summary = convert_vinvl_to_memmap(args.features, args.predictions, args.out, feat_dim=args.feat_dim,
-                                              skip=skipped)
+            out = _shard_out(args)
+            summary = convert_vinvl_to_memmap(args.features, args.predictions, out, feat_dim=args.feat_dim,
+                                              skip=skipped, part=args.shard)
+            inputs = {"features": _abs(args.features), "predictions": _abs(args.predictions),
+                      "feat_dim": args.feat_dim}
         elif args.what == "export":
             if not args.store or not args.out:
                 raise SystemExit("mvptr features export: --store and --out are required")
-            summary = convert_memmap_to_vinvl(args.store, args.out)
+            out = Path(args.out)
+            summary = convert_memmap_to_vinvl(args.store, out)
         else:
             if not args.images or not args.out:
                 raise SystemExit("mvptr features extract: --images and --out are required")
             from .vision.detect import extract_features
 
-            summary = extract_features(args.images, args.out, args.detector, args.weights,
-                                       batch_size=args.batch_size, skip=skipped, device=args.device)
+            out = _shard_out(args)
+            summary = extract_features(args.images, out, args.detector, args.weights,
+                                       batch_size=args.batch_size, skip=skipped, device=args.device, part=args.shard)
+            inputs = {"images": _abs(args.images), "detector": args.detector, "weights": _abs(summary["weights"])}
     except (FormatError, FileExistsError, FileNotFoundError, ImportError, ValueError) as err:
         raise SystemExit(f"mvptr features {args.what}: {err}") from None
     print(json.dumps(summary, indent=2))
-    _report_skipped(skipped, Path(args.out) / "skipped.json")
+    _report_skipped(skipped, out / "skipped.json")
+    if args.what != "export":
+        _finish_shard(args, out, "store" if args.what == "convert" else "features", inputs, summary["num_images"])
+
+
+def cmd_merge_shards(args) -> None:
+    from .shards import merge_shards
+
+    try:
+        with output_lock(args.out):
+            summary = merge_shards(args.out)
+    except FileExistsError as err:
+        raise FormatError(str(err), "output exists") from None
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_pretrain(args) -> None:
+    cfg = _config(args)
+    out = Path(cfg.out_dir)
+    with _locked(out):
+        _pretrain(args, cfg, out)
+
+
+def _locked(out: Path):
+    """The output directory's lock, taken by the process that writes (the first, under torchrun)."""
+    return output_lock(out) if _is_main() else contextlib.nullcontext()
+
+
+def _pretrain(args, cfg, out: Path) -> None:
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
     from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
 
-    cfg = _config(args)
-    out = Path(cfg.out_dir)
     # a resumed run's settings are recorded once the checkpoint has accepted them
     record_after = args.resume and (out / "config.yaml").exists()
     if _is_main() and not record_after:
@@ -170,11 +251,16 @@ def _task_args(args):
 
 
 def cmd_finetune(args) -> None:
+    cfg = _config(args)
+    out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
+    with _locked(out):
+        _finetune(args, cfg, out)
+
+
+def _finetune(args, cfg, out: Path) -> None:
     from .pipeline import write_json
     from .train.finetune import evaluate_task, finetune, load_task_model
 
-    cfg = _config(args)
-    out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
     if _is_main():
         save_config(cfg, out / "config.yaml")
     bundle = load_task_model(args.model, cfg.device)
@@ -235,7 +321,8 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     cfg = _config(args)
-    report = run_demo(cfg, resume=not args.fresh)
+    with _locked(Path(cfg.out_dir)):
+        report = run_demo(cfg, resume=not args.fresh)
     print((Path(cfg.out_dir) / "report.md").read_text())
     print(f"report: {Path(cfg.out_dir) / 'report.json'} ({report['seconds']['total']} s)")
 
@@ -267,6 +354,8 @@ def cmd_convert(args) -> None:
 
 
 SKIP_HELP = "leave out bad samples, count them by reason and save skipped.json, instead of stopping"
+SHARD_HELP = ("do share I of N (from 0) of the input, into OUT/shard-I-of-N; `mvptr merge-shards OUT` joins "
+              "the N shares (phrases: the vocabulary is built then)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out")
     prep.add_argument("--captions")
     prep.add_argument("--min-count", type=int, default=50)
+    prep.add_argument("--train-split", default="train",
+                      help="phrases: the split(s) the vocabulary counts, e.g. train+restval (Karpathy COCO)")
     prep.add_argument("--n-process", type=int, default=1)
     prep.add_argument("--n-train", type=int, default=3000)
     prep.add_argument("--n-val", type=int, default=200)
@@ -288,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--image-size", type=int, default=96)
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
-    prep.add_argument("--config", default="demo", help="vocab: preset name in configs/ or a YAML file; the "
+    prep.add_argument("--shard", type=parse_shard, metavar="I/N", help=SHARD_HELP)
+    prep.add_argument("--config", default="demo", help="vocab: preset name (tiny, demo, base) or a YAML file; the "
                                                        "vocabulary goes to its data.phrase_vocab unless --out")
     prep.set_defaults(func=cmd_prepare)
 
@@ -307,10 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--batch-size", type=int, default=64, help="images per detector call (extract)")
     feat.add_argument("--device", default="cpu", help="where the frcnn detector runs, e.g. cuda (extract)")
     feat.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
+    feat.add_argument("--shard", type=parse_shard, metavar="I/N", help=SHARD_HELP + " (extract, convert)")
     feat.set_defaults(func=cmd_features)
 
+    merge = sub.add_parser("merge-shards", help="merge the shard-I-of-N directories of --shard runs into their "
+                                                "--out directory: the output of one unsharded run")
+    merge.add_argument("out", help="the --out directory the shards were written under")
+    merge.set_defaults(func=cmd_merge_shards)
+
     def with_config(sp):
-        sp.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")
+        sp.add_argument("--config", default="demo", help="preset name (tiny, demo, base) or a YAML file")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage1.epochs=2")
 
     pre = sub.add_parser("pretrain", help="pre-train stage 1, stage 2 or both")

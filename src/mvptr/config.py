@@ -1,8 +1,9 @@
 """Typed configuration: dataclasses, YAML presets and ``key=value`` overrides.
 
-A run's configuration is the dataclass defaults, then a preset from ``configs/``
-(or any YAML file), then command-line overrides. OmegaConf checks every key
-against the dataclasses, so a misspelt key is an error that names it.
+A run's configuration is the dataclass defaults, then a preset shipped in the
+package (``mvptr/configs/<name>.yaml``) or any YAML file, then command-line
+overrides. OmegaConf checks every key against the dataclasses, so a misspelt key
+is an error that names it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# inside the package, so an installed wheel finds its presets wherever it runs
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -89,6 +91,11 @@ class DataConfig:
     corpora: list[CorpusConfig] = field(default_factory=list)
     # leave out bad samples (counted by reason in skipped.json) instead of stopping at the first
     skip_bad: bool = False
+    # the captions' image ids -> the features' ids (every corpus): a regular expression whose first
+    # group is the id ("0*(\\d+)$": "coco_522418" and "COCO_val2014_000000391895" -> "522418",
+    # "391895"), then a JSON file mapping ids; "" = ids as written
+    image_id_pattern: str = ""
+    image_id_map: str = ""
 
 
 @dataclass

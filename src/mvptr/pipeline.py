@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .checkpoint import Bundle, checkpoint_bytes
 from .config import Config, StageConfig
-from .data.formats import SkippedSamples, read_captions, read_phrase_cache
+from .data.formats import SkippedSamples, phrase_key, read_phrase_cache
 from .data.pretrain import (
     Collator,
     ImageSource,
     Masking,
     build_pair_dataset,
     caption_records,
+    data_captions,
     open_images,
     pad_lists,
     tag_vocab_from,
@@ -116,8 +117,8 @@ def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamp
     quiet = SkippedSamples() if skip is not None else None
     cache = read_phrase_cache(cfg.data.phrase_cache, quiet)
     by_text = {}
-    for r in read_captions(cfg.data.captions, splits=[split], skip=quiet):
-        tuples = cache.get(f"{r.image_id}:{r.sent_id}", [])
+    for r in data_captions(cfg.data, [split], quiet):
+        tuples = cache.get(phrase_key(r), [])
         by_text[(r.image_id, " ".join(r.caption.lower().split()))] = vocab.encode(tuples, cfg.data.max_phrases)
     return lambda image_id, text: by_text.get((image_id, " ".join(text.lower().split())), [])
 

@@ -138,9 +138,9 @@ def plot_training_curves(metrics_files, out_png) -> Path:
 # --------------------------------------------------------------------------- shared inputs
 
 def _split_of(cfg, image_id: str) -> str:
-    from .data.formats import read_captions
+    from .data.pretrain import data_captions
 
-    for r in read_captions(cfg.data.captions):
+    for r in data_captions(cfg.data):
         if r.image_id == image_id:
             return r.split
     raise ValueError(f"{cfg.data.captions}: no captions for image {image_id!r}")
@@ -350,9 +350,9 @@ def last_layer_attention(model, batch: dict) -> dict:
 
 
 def _caption(cfg, image_id: str, sentence_index: int):
-    from .data.formats import read_captions
+    from .data.pretrain import data_captions
 
-    records = sorted((r for r in read_captions(cfg.data.captions) if r.image_id == image_id),
+    records = sorted((r for r in data_captions(cfg.data) if r.image_id == image_id),
                      key=lambda r: r.sent_id)
     if not records:
         raise ValueError(f"{cfg.data.captions}: no captions for image {image_id!r}")
@@ -531,12 +531,12 @@ def plot_concepts(bundle, out_png, max_points: int = 400, seed: int = 0) -> Path
 def first_grounding_sentence(bundle, cfg, split: str | None = None) -> tuple[str, int]:
     """(image id, sentence index) of the first image of ``split`` (default: the evaluation
     split) with a sentence that has boxed Flickr30k Entities mentions."""
-    from .data.formats import read_captions
+    from .data.pretrain import data_captions
     from .eval.grounding import grounding_examples
 
     split = split or cfg.eval.split
     entities = Path(cfg.eval.entities_dir)
-    for image_id in sorted({r.image_id for r in read_captions(cfg.data.captions, splits=[split])}):
+    for image_id in sorted({r.image_id for r in data_captions(cfg.data, [split])}):
         if not (entities / "Annotations" / f"{image_id}.xml").exists():
             continue
         examples = grounding_examples(entities, [image_id], bundle.tokenizer, cfg.data.max_tokens, lambda *_: [])
@@ -611,7 +611,7 @@ def add_visualize_parser(subparsers) -> None:
     }
     for name in FIGURES:
         p = figures.add_parser(name, help=helps[name], description=helps[name])
-        p.add_argument("--config", default="demo", help="preset name in configs/ or a YAML file")
+        p.add_argument("--config", default="demo", help="preset name (tiny, demo, base) or a YAML file")
         p.add_argument("--out", help=f"PNG to write (default: {name}.png)")
         if name == "curves":
             p.add_argument("--metrics", nargs="+", metavar="FILE",

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -36,18 +38,27 @@ __all__ = [
     "karpathy_tokens",
     "write_karpathy_json",
     "read_captions",
+    "ImageIds",
+    "split_names",
     "build_lineidx",
+    "concat_tsv",
+    "shard_part",
     "TSVFile",
     "write_vinvl_features",
     "write_vinvl_predictions",
     "VinVLFeatures",
     "VinVLPredictions",
+    "VinVLImageSizes",
+    "companion_sizes",
     "EntityPhrase",
     "EntitySentence",
     "read_flickr30k_sentences",
     "read_flickr30k_annotation",
     "write_flickr30k_entities",
     "write_phrase_cache",
+    "phrase_key",
+    "append_json_lines",
+    "read_json_lines",
     "read_phrase_cache",
 ]
 
@@ -126,6 +137,19 @@ def skip_or_raise(skip: SkippedSamples | None, err: FormatError, samples: int = 
     skip.add(err, samples)
 
 
+def shard_part(items: Sequence, part: tuple[int, int] | None) -> Sequence:
+    """Share ``index`` of ``count`` of ``items``, contiguous (the first shares take one more
+    when uneven), so the shares in order are ``items``; all of them when ``part`` is None."""
+    if part is None:
+        return items
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: expected 0 <= I < N")
+    per, extra = divmod(len(items), count)
+    start = index * per + min(index, extra)
+    return items[start:start + per + (index < extra)]
+
+
 def load_json(path: PathLike) -> Any:
     """A JSON document; a missing or unparsable file is a FormatError naming it."""
     try:
@@ -193,45 +217,125 @@ def _caption_text(path: PathLike, where: str, raw: Any) -> str:
     return raw.strip()
 
 
-def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None) -> list[CaptionRecord]:
+class ImageIds:
+    """Maps the image ids of a caption file to the ids of the region features.
+
+    ``pattern``, a regular expression, is searched in each id, and its first group (the
+    whole match when it has none) becomes the id: ``0*(\\d+)$`` turns "coco_522418" and
+    "COCO_val2014_000000391895" into "522418" and "391895". ``mapping``, a JSON object (or
+    its file), then translates the ids. An id that the pattern does not match or the mapping
+    lacks is an error: a caption never silently loses its image.
+    """
+
+    def __init__(self, pattern: str = "", mapping: PathLike | Mapping | None = None):
+        try:
+            self.pattern = re.compile(pattern) if pattern else None
+        except re.error as e:
+            raise FormatError(f"image id pattern {pattern!r}: not a regular expression: {e}",
+                              "bad image id pattern") from None
+        self.source, self.mapping = mapping, None
+        if mapping:
+            data = mapping if isinstance(mapping, Mapping) else load_json(mapping)
+            if not isinstance(data, Mapping) or not all(
+                    isinstance(v, (str, int)) and not isinstance(v, bool) for v in data.values()):
+                raise FormatError(f"{mapping}: expected a JSON object mapping the caption file's image ids to "
+                                  "the features' image ids", "bad image id map")
+            self.mapping = {str(k): str(v) for k, v in data.items()}
+
+    def __call__(self, image_id: str, where: str) -> str:
+        if self.pattern is not None:
+            m = self.pattern.search(image_id)
+            if m is None:
+                raise FormatError(f"{where}: image id {image_id!r} does not match the image id pattern "
+                                  f"{self.pattern.pattern} (data.image_id_pattern)", "unmapped image id")
+            image_id = m.group(1) if self.pattern.groups else m.group(0)
+        if self.mapping is not None:
+            if image_id not in self.mapping:
+                raise FormatError(f"{where}: image id {image_id!r} is not in the image id map {self.source} "
+                                  "(data.image_id_map)", "unmapped image id")
+            image_id = self.mapping[image_id]
+        return image_id
+
+
+def _same(image_id: str, where: str) -> str:
+    return image_id
+
+
+def _karpathy_sentence(path: PathLike, where: str, sent: Any, k: int) -> tuple[str, int]:
+    """Caption and sentence id of a Karpathy sentence; some files carry only its "tokens"."""
+    if not isinstance(sent, dict):
+        raise FormatError(f"{path} ({where}): expected a sentence object with \"raw\" or \"tokens\"",
+                          "bad caption entry")
+    raw = sent.get("raw")
+    tokens = sent.get("tokens")
+    if raw is None and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        raw = " ".join(tokens)
+    caption = _caption_text(path, where, raw)
+    sentid = sent.get("sentid", k)
+    if isinstance(sentid, str) and sentid.strip().isdigit():
+        sentid = int(sentid)
+    if isinstance(sentid, bool) or not isinstance(sentid, int) or sentid < 0:
+        raise FormatError(f"{path} ({where}): expected a non-negative integer \"sentid\", got {sentid!r}",
+                          "bad sentence id")
+    return caption, sentid
+
+
+def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None, ids) -> list[CaptionRecord]:
     images = data["images"]
     if not isinstance(images, list):
         raise FormatError(f"{path}: expected \"images\" to be a list")
     records = []
+    seen: dict[str, int] = {}
     for n, img in enumerate(images):
-        if not isinstance(img, dict) or "split" not in img or not isinstance(img.get("sentences"), list) \
-                or ("cocoid" not in img and "filename" not in img):
-            skip_or_raise(skip, FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
-                              f"\"sentences\" and \"filename\" or \"cocoid\"", "bad caption entry"))
+        try:
+            if not isinstance(img, dict) or "split" not in img or not isinstance(img.get("sentences"), list) \
+                    or ("cocoid" not in img and "filename" not in img):
+                raise FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
+                                  f"\"sentences\" and \"filename\" or \"cocoid\"", "bad caption entry")
+            image_id = ids(str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem,
+                           f"{path} (images[{n}])")
+            if image_id in seen:  # merging the two would give one image the other's captions
+                raise FormatError(f"{path} (images[{n}]): image {image_id} already appears as images[{seen[image_id]}]",
+                                  "duplicate image")
+        except FormatError as err:
+            skip_or_raise(skip, err, samples=len(img["sentences"]) if isinstance(img, dict)
+                          and isinstance(img.get("sentences"), list) else 1)
             continue
-        image_id = str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem
+        seen[image_id] = n
         for k, sent in enumerate(img["sentences"]):
-            where = f"image {image_id}, sentence {k}"
             try:
-                if not isinstance(sent, dict):
-                    raise FormatError(f"{path} ({where}): expected a sentence object with \"raw\"",
-                                      "bad caption entry")
-                caption = _caption_text(path, where, sent.get("raw"))
+                caption, sent_id = _karpathy_sentence(path, f"image {image_id}, sentence {k}", sent, k)
             except FormatError as err:
                 skip_or_raise(skip, err)
                 continue
-            records.append(CaptionRecord(image_id, caption, str(img["split"]),
-                                         int(sent.get("sentid", k))))
+            records.append(CaptionRecord(image_id, caption, str(img["split"]), sent_id))
     return records
 
 
-def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None) -> list[CaptionRecord]:
+def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None, ids,
+                       split: str | None) -> list[CaptionRecord]:
     records = []
     per_image: dict[str, int] = {}  # several entries may share an image; keep sent ids unique
     for n, entry in enumerate(data):
-        if not isinstance(entry, dict) or "caption" not in entry \
-                or ("image_id" not in entry and not isinstance(entry.get("image"), str)):
-            skip_or_raise(skip, FormatError(f"{path} (entry {n}): expected an object with \"caption\" "
-                                             f"and \"image\" or \"image_id\"", "bad caption entry"))
+        if isinstance(entry, dict) and split is None and "split" not in entry:
+            raise FormatError(f"{path} (entry {n}): caption lists such as ALBEF's and LAVIS's carry no split; "
+                              "name the split in the file's path, e.g. data.captions=ann/coco_karpathy_{split}.json "
+                              "reads ann/coco_karpathy_train.json as the train split", "no split")
+        if isinstance(entry, dict) and split is not None and str(entry.get("split", split)) != split:
+            raise FormatError(f"{path} (entry {n}): split {entry['split']!r}, but the file is read as the "
+                              f"{split!r} split", "no split")
+        try:
+            if not isinstance(entry, dict) or "caption" not in entry \
+                    or ("image_id" not in entry and not isinstance(entry.get("image"), str)):
+                raise FormatError(f"{path} (entry {n}): expected an object with \"caption\" and \"image\" or "
+                                  "\"image_id\"", "bad caption entry")
+            # the file name, not "image_id": ALBEF's Flickr30k lists number their images 0, 1, ...
+            image_id = ids(Path(entry["image"]).stem if isinstance(entry.get("image"), str)
+                           else str(entry["image_id"]), f"{path} (entry {n})")
+        except FormatError as err:
+            skip_or_raise(skip, err)
             continue
-        image_id = str(entry["image_id"]) if "image_id" in entry else Path(entry["image"]).stem
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-        split = str(entry.get("split", "train"))
         for k, raw in enumerate(captions):
             try:
                 caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)
@@ -240,34 +344,62 @@ def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None) 
                 continue
             sent_id = per_image.get(image_id, 0)
             per_image[image_id] = sent_id + 1
-            records.append(CaptionRecord(image_id, caption, split, sent_id))
+            records.append(CaptionRecord(image_id, caption, split or str(entry["split"]), sent_id))
     return records
 
 
-def read_captions(path: PathLike, splits: Iterable[str] | None = None,
-                  skip: SkippedSamples | None = None) -> list[CaptionRecord]:
-    """Read captions from a Karpathy JSON or an ALBEF-style caption list.
+def split_names(splits: Iterable[str]) -> list[str]:
+    """Split names, each of "a+b" counted as a and b: COCO models train on "train+restval"."""
+    return [part for s in splits for part in str(s).split("+") if part]
 
-    Karpathy: image_id is str(cocoid) when present, else the filename stem; split
-    names are kept as they are (e.g. "restval"), and sent_id is the file's sentid.
-    ALBEF list (``[{"image", "caption": str | [str], "image_id"?, "split"?}]``):
-    image_id is str(image_id) when present, else the stem of "image"; split is
-    "train" unless given; sent_id counts the captions of each image from 0.
-    ``splits`` keeps only records whose split is listed. With ``skip``, a bad caption
-    or entry is recorded there and left out instead of raising.
-    """
+
+def _caption_files(template: str, splits: list[str] | None) -> list[tuple[str, str]]:
+    """(split, file) of a path with ``{split}``: the named splits, or every file that matches."""
+    if splits is not None:
+        return [(s, template.replace("{split}", s)) for s in splits]
+    before, after = template.split("{split}", 1)
+    found = []
+    for f in sorted(glob.glob(glob.escape(before) + "*" + glob.escape(after))):
+        m = re.fullmatch(re.escape(before) + r"(.+?)" + re.escape(after), f)
+        if m and "/" not in m.group(1):
+            found.append((m.group(1), f))
+    if not found:
+        raise FormatError(f"{template}: no caption file matches ({{split}} stands for a split name, e.g. train)",
+                          "file not found")
+    return found
+
+
+def _read_caption_file(path: PathLike, split: str | None, skip: SkippedSamples | None, ids) -> list[CaptionRecord]:
     data = load_json(path)
     if isinstance(data, dict) and "images" in data:
-        records = _read_karpathy(path, data, skip)
-    elif isinstance(data, list):
-        records = _read_caption_list(path, data, skip)
-    else:
-        raise FormatError(f"{path}: expected a Karpathy JSON object with \"images\" or a list "
-                          f"of caption entries")
-    if splits is not None:
-        keep = set(splits)
-        records = [r for r in records if r.split in keep]
-    return records
+        records = _read_karpathy(path, data, skip, ids)
+        return records if split is None else [r for r in records if r.split == split]
+    if isinstance(data, list):
+        return _read_caption_list(path, data, skip, ids, split)
+    raise FormatError(f"{path}: expected a Karpathy JSON object with \"images\" or a list of caption entries")
+
+
+def read_captions(path: PathLike, splits: Iterable[str] | None = None, skip: SkippedSamples | None = None,
+                  image_ids: ImageIds | None = None) -> list[CaptionRecord]:
+    """Read captions from a Karpathy JSON or an ALBEF/LAVIS-style caption list.
+
+    Karpathy: image_id is str(cocoid) when present, else the filename stem; split names are
+    kept as they are (e.g. "restval"); a sentence without "raw" is its "tokens" joined;
+    sent_id is the file's sentid. An image listed twice is an error. ALBEF/LAVIS list
+    (``[{"image", "caption": str | [str], "image_id"?, "split"?}]``): image_id is the stem
+    of "image" when present, else str(image_id); sent_id counts the captions of each image
+    from 0. Such lists carry no split: a ``{split}`` in ``path`` names it ("ann/coco_{split}.json"
+    reads ann/coco_train.json as split "train"; without ``splits``, every matching file).
+    ``splits`` keeps only records of the listed splits ("train+restval" counts as both);
+    ``image_ids`` maps the ids to those of the features. With ``skip``, a bad caption or
+    entry is recorded there and left out instead of raising.
+    """
+    ids = image_ids or _same
+    wanted = None if splits is None else split_names(splits)
+    if "{split}" not in str(path):
+        records = _read_caption_file(path, None, skip, ids)
+        return records if wanted is None else [r for r in records if r.split in set(wanted)]
+    return [r for split, f in _caption_files(str(path), wanted) for r in _read_caption_file(f, split, skip, ids)]
 
 
 # --------------------------------------------------------------------------- TSV files
@@ -286,6 +418,31 @@ def _write_tsv(tsv_path: PathLike, rows: Iterable[Sequence[str]]) -> None:
             f.write("\t".join(fields).encode("utf-8") + b"\n")
     with open(_lineidx_path(tsv_path), "w", encoding="ascii") as f:
         f.writelines(f"{o}\n" for o in offsets)
+
+
+def concat_tsv(parts: Sequence[PathLike], out_path: PathLike) -> int:
+    """Write the rows of the TSV files ``parts``, in order, to ``out_path`` with its ``.lineidx``
+    (each part's offsets shifted by the bytes before it); returns the number of rows. Both
+    files appear complete or not at all (written under temporary names, then renamed)."""
+    out_path = Path(out_path)
+    tmp_tsv, tmp_idx = out_path.with_name(out_path.name + ".tmp"), out_path.with_name(out_path.name + ".lineidx.tmp")
+    rows, base = 0, 0
+    with open(tmp_tsv, "wb") as f, open(tmp_idx, "w", encoding="ascii") as idx:
+        for part in parts:
+            tsv = TSVFile(part)  # checks the part and its index
+            idx.writelines(f"{base + int(o)}\n" for o in tsv._offsets)
+            rows += len(tsv)
+            with open(part, "rb") as src:
+                last = b"\n"
+                while data := src.read(1 << 22):
+                    f.write(data)
+                    last = data[-1:]
+            if last != b"\n":  # a last row without its newline would run into the next part's first
+                f.write(b"\n")
+            base = f.tell()
+    os.replace(tmp_idx, _lineidx_path(out_path))
+    os.replace(tmp_tsv, out_path)
+    return rows
 
 
 def build_lineidx(tsv_path: PathLike) -> Path:
@@ -328,8 +485,33 @@ class TSVFile:
                     raise FormatError(f"{idx_path} line {n}: expected a decimal byte offset, "
                                       f"got {line.strip()!r}") from None
         self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._check_index(idx_path)
         self._fh = None
         self._pid = None
+
+    def _check_index(self, idx_path: Path) -> None:
+        """Rows start at 0, rise, each just after a newline, and the last ends the file: an index
+        left from an earlier version of the TSV (rows appended, rewritten) is refused here, not
+        met later as images that seem to have no features."""
+        o, size = self._offsets, os.path.getsize(self.path)
+        problem = None
+        if len(o) == 0:
+            problem = f"it lists no rows but the file has {size} bytes" if size else None
+        elif o[0] != 0 or (np.diff(o) <= 0).any() or o[-1] >= size:
+            problem = f"its offsets do not rise from 0 within the file's {size} bytes"
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(max(int(o[-1]) - 1, 0))
+                before = f.read(1) if o[-1] else b"\n"
+                f.seek(int(o[-1]))
+                last = f.readline()
+            if before != b"\n":
+                problem = f"row {len(o)} does not start a line"
+            elif o[-1] + len(last) != size:
+                problem = f"it indexes {len(o)} rows, but the file goes on after them"
+        if problem:
+            raise FormatError(f"{idx_path} does not match {self.path}: {problem}; rebuild it with "
+                              f"mvptr.data.formats.build_lineidx({self.path!r})", "stale index")
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -423,8 +605,8 @@ class _ImageTSV:
     def ids(self) -> list[str]:
         return list(self._index)
 
-    def _fields(self, image_id, count: int) -> tuple[str, list[str]]:
-        """(location for error messages, fields) of an image's row."""
+    def _fields(self, image_id, count: int | tuple[int, ...]) -> tuple[str, list[str]]:
+        """(location for error messages, fields) of an image's row, of ``count`` fields (or one of them)."""
         image_id = str(image_id)
         if image_id not in self._index:
             raise FormatError(f"{self.path}: image {image_id} not found", "image not found")
@@ -435,12 +617,38 @@ class _ImageTSV:
         except IndexError:
             raise FormatError(f"{where}: row index {i} beyond the {len(self.tsv)} rows "
                               f"of the file", "stale index") from None
-        if len(fields) != count:
-            raise FormatError(f"{where}: expected {count} tab-separated fields, got {len(fields)}",
-                              "truncated row")
+        counts = count if isinstance(count, tuple) else (count,)
+        if len(fields) not in counts:
+            raise FormatError(f"{where}: expected {' or '.join(map(str, counts))} tab-separated fields, "
+                              f"got {len(fields)}", "truncated row")
         if fields[0] != image_id:
             raise FormatError(f"{where}: row holds image {fields[0]}; the image index is stale", "stale index")
         return where, fields
+
+
+def _box_count(where: str, value: Any) -> int:
+    """A box count: an integer, or its decimal string (as TSV columns and some JSON files hold it)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise FormatError(f"{where}: expected a non-negative integer box count, got {value!r}", "bad box count")
+
+
+def _base64(where: str, text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise FormatError(f"{where}: expected base64 feature data: {e}", "bad base64") from None
+
+
+def _check_finite(where: str, x: np.ndarray) -> None:
+    """NaN or inf features would make a whole training step's loss NaN (the step is skipped)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        box, col = (int(v[0]) for v in np.nonzero(bad))
+        raise FormatError(f"{where}: {int(bad.sum())} feature values are NaN or inf (first: box {box}, value {col})",
+                          "non-finite features")
 
 
 def write_vinvl_features(tsv_path: PathLike, rows: Iterable[tuple[str, np.ndarray]]) -> None:
@@ -452,6 +660,7 @@ def write_vinvl_features(tsv_path: PathLike, rows: Iterable[tuple[str, np.ndarra
             if feats.ndim != 2:
                 raise FormatError(f"{tsv_path} (image {image_id}): expected a (num_boxes, dim) "
                                   f"feature array, got shape {feats.shape}")
+            _check_finite(f"{tsv_path} (image {image_id})", feats)
             data = np.ascontiguousarray(feats, dtype="<f4").tobytes()
             yield image_id, str(feats.shape[0]), base64.b64encode(data).decode("ascii")
     _write_tsv(tsv_path, lines())
@@ -470,19 +679,30 @@ class VinVLFeatures(_ImageTSV):
         self.feat_dim = feat_dim
 
     def __getitem__(self, image_id) -> np.ndarray:
-        where, (_, num_boxes, b64) = self._fields(image_id, 3)
-        try:
-            n = int(num_boxes)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            raise FormatError(f"{where}: expected a non-negative integer box count, "
-                              f"got {num_boxes!r}", "bad box count") from None
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise FormatError(f"{where}: expected base64 feature data: {e}", "bad base64") from None
+        where, fields = self._fields(image_id, (3, 2))
+        if len(fields) == 3:
+            n, raw = _box_count(where, fields[1]), _base64(where, fields[2])
+        elif fields[1].lstrip().startswith(("{", "[")):
+            n, raw = self._json_row(where, fields[1])
+        else:  # "id \t num_boxes" cut short, not a JSON row
+            raise FormatError(f"{where}: expected 3 tab-separated fields, got 2", "truncated row")
         return self._decode(where, raw, n)
+
+    @staticmethod
+    def _json_row(where: str, text: str) -> tuple[int, bytes]:
+        """Box count and feature bytes of a two-column row: VinVL captioning's
+        ``{"num_boxes": N, "features": base64}``, or Oscar's ``[{"feature": base64}, ...]``, one per box."""
+        try:
+            info = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{where}: expected a JSON object with \"num_boxes\" and \"features\": {e}",
+                              "bad features JSON") from None
+        if isinstance(info, list) and all(isinstance(b, dict) and isinstance(b.get("feature"), str) for b in info):
+            return len(info), b"".join(_base64(where, b["feature"]) for b in info)
+        if not isinstance(info, dict) or "num_boxes" not in info or not isinstance(info.get("features"), str):
+            raise FormatError(f"{where}: expected a JSON object with \"num_boxes\" and base64 \"features\"",
+                              "bad features JSON")
+        return _box_count(where, info["num_boxes"]), _base64(where, info["features"])
 
     def _decode(self, where: str, raw: bytes, n: int) -> np.ndarray:
         dim, size = self.feat_dim, len(raw)
@@ -505,7 +725,9 @@ class VinVLFeatures(_ImageTSV):
             raise FormatError(f"{where}: byte length {size} is not a multiple of "
                               f"4*num_boxes ({4 * n})", "bad byte length")
         # astype copies: frombuffer's view is read-only, which torch.from_numpy warns about.
-        return np.frombuffer(raw, dtype="<f4").reshape(n, -1).astype(np.float32)
+        x = np.frombuffer(raw, dtype="<f4").reshape(n, -1).astype(np.float32)
+        _check_finite(where, x)
+        return x
 
 
 def write_vinvl_predictions(tsv_path: PathLike, rows: Iterable[tuple[str, Mapping]]) -> None:
@@ -525,8 +747,59 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+class VinVLImageSizes(_ImageTSV):
+    """Image sizes of a VinVL ``hw.tsv`` (``image_id \\t [{"height": h, "width": w}]``), by image id."""
+
+    def __getitem__(self, image_id) -> tuple[float, float]:
+        where, (_, text) = self._fields(image_id, 2)
+        try:
+            hw = json.loads(text)
+        except json.JSONDecodeError:
+            hw = None
+        if isinstance(hw, list) and len(hw) == 1:
+            hw = hw[0]
+        if not (isinstance(hw, dict) and all(_is_number(hw.get(k)) and hw[k] > 0 for k in ("height", "width"))):
+            raise FormatError(f"{where}: expected [{{\"height\": h, \"width\": w}}] with positive numbers, "
+                              f"got {text[:80]!r}", "bad image size")
+        return hw["width"], hw["height"]
+
+
+def companion_sizes(predictions_path: PathLike) -> Path | None:
+    """The hw.tsv holding the image sizes that a predictions file may lack: ``<name>.hw.tsv``
+    beside ``<name>.tsv``, ``<name>.label.tsv`` or ``<name>.predictions.tsv``, else ``hw.tsv``."""
+    p = Path(predictions_path)
+    base = p.name[:-4] if p.name.endswith(".tsv") else p.name
+    for suffix in (".label", ".predictions"):
+        base = base[:-len(suffix)] if base.endswith(suffix) else base
+    return next((c for c in (p.with_name(f"{base}.hw.tsv"), p.with_name("hw.tsv")) if c.is_file()), None)
+
+
 class VinVLPredictions(_ImageTSV):
-    """Detector predictions (boxes, object tags) of a VinVL predictions TSV, by image id."""
+    """Detector predictions (boxes, object tags) of a VinVL predictions TSV, by image id.
+
+    A row is ``{"objects": [...], "image_h", "image_w", "num_boxes"}``, or the objects
+    alone as a JSON list (the rows of VinVL's ``label.tsv``). Sizes a row lacks (VinVL's
+    detector writes none) come from ``sizes``, a ``hw.tsv``, by default the one
+    :func:`companion_sizes` finds beside the file.
+    """
+
+    def __init__(self, tsv_path: PathLike, imageid2idx: PathLike | Mapping[str, int] | None = None,
+                 skip: SkippedSamples | None = None, sizes: PathLike | None = None):
+        super().__init__(tsv_path, imageid2idx, skip)
+        self.sizes_path = sizes
+        self._sizes: VinVLImageSizes | None = None
+
+    def _size(self, where: str, image_id: str) -> tuple[float, float]:
+        if self._sizes is None:
+            path = self.sizes_path or companion_sizes(self.path)
+            if path is None:
+                raise FormatError(f"{where}: no \"image_w\" and \"image_h\", and no hw.tsv beside the file to "
+                                  f"take them from (VinVL's detector writes sizes to a separate <name>.hw.tsv; put "
+                                  f"it beside {Path(self.path).name})", "bad image size")
+            self._sizes = VinVLImageSizes(path)
+        if image_id not in self._sizes:
+            raise FormatError(f"{where}: its size is not in {self._sizes.path}", "bad image size")
+        return self._sizes[image_id]
 
     def __getitem__(self, image_id) -> dict:
         where, (_, text) = self._fields(image_id, 2)
@@ -534,27 +807,39 @@ class VinVLPredictions(_ImageTSV):
             pred = json.loads(text)
         except json.JSONDecodeError as e:
             raise FormatError(f"{where}: expected a JSON object: {e}", "bad predictions JSON") from None
+        if isinstance(pred, list):  # a label.tsv row: the objects alone
+            pred = {"objects": pred}
         if not isinstance(pred, dict) or not isinstance(pred.get("objects"), list):
-            raise FormatError(f"{where}: expected a JSON object with an \"objects\" list", "bad predictions JSON")
+            raise FormatError(f"{where}: expected a JSON object with an \"objects\" list, or a list of "
+                              "objects", "bad predictions JSON")
+        if "image_w" not in pred or "image_h" not in pred:
+            w, h = self._size(where, str(image_id))
+            pred = {**pred, "image_w": w, "image_h": h}
         w, h = pred.get("image_w"), pred.get("image_h")
         for k, obj in enumerate(pred["objects"]):
-            rect = obj.get("rect") if isinstance(obj, dict) else None
-            if not (isinstance(rect, list) and len(rect) == 4 and all(map(_is_number, rect))):
-                raise FormatError(f"{where}: object {k}: expected \"rect\" of 4 numbers, "
-                                  f"got {rect!r}", "bad box")
-            if not isinstance(obj.get("class"), str):
-                raise FormatError(f"{where}: object {k}: expected a string \"class\", "
-                                  f"got {obj.get('class')!r}", "bad class")
-            x1, y1, x2, y2 = rect
-            # One pixel of slack: detectors clip to [0, w] or [0, w - 1] inconsistently.
-            if _is_number(w) and _is_number(h) and (
-                    min(x1, y1) < -1 or max(x1, x2) > w + 1 or max(y1, y2) > h + 1):
-                raise FormatError(f"{where}: object {k}: box {rect} lies outside the "
-                                  f"{w}x{h} image", "box outside image")
-        if "num_boxes" in pred and pred["num_boxes"] != len(pred["objects"]):
-            raise FormatError(f"{where}: num_boxes is {pred['num_boxes']} but there are "
-                              f"{len(pred['objects'])} objects", "box count mismatch")
+            _check_object(where, k, obj, w, h)
+        if "num_boxes" in pred:
+            n = _box_count(where, pred["num_boxes"])
+            if n != len(pred["objects"]):
+                raise FormatError(f"{where}: num_boxes is {n} but there are {len(pred['objects'])} objects",
+                                  "box count mismatch")
+            pred["num_boxes"] = n
         return pred
+
+
+def _check_object(where: str, k: int, obj: Any, w: Any, h: Any) -> None:
+    rect = obj.get("rect") if isinstance(obj, dict) else None
+    if not (isinstance(rect, list) and len(rect) == 4 and all(map(_is_number, rect))):
+        raise FormatError(f"{where}: object {k}: expected \"rect\" of 4 numbers, got {rect!r}", "bad box")
+    if not isinstance(obj.get("class"), str):
+        raise FormatError(f"{where}: object {k}: expected a string \"class\", got {obj.get('class')!r}", "bad class")
+    x1, y1, x2, y2 = rect
+    if not all(map(math.isfinite, rect)) or x2 < x1 or y2 < y1:
+        raise FormatError(f"{where}: object {k}: box {rect} is not finite corners [x1, y1, x2, y2] with "
+                          "x1 <= x2 and y1 <= y2", "bad box")
+    # One pixel of slack: detectors clip to [0, w] or [0, w - 1] inconsistently.
+    if _is_number(w) and _is_number(h) and (min(x1, y1) < -1 or x2 > w + 1 or y2 > h + 1):
+        raise FormatError(f"{where}: object {k}: box {rect} lies outside the {w}x{h} image", "box outside image")
 
 
 # --------------------------------------------------------------------------- Flickr30k Entities
@@ -665,6 +950,9 @@ def read_flickr30k_annotation(path: PathLike) -> dict:
         if bndbox is not None:
             where = f"object {k}, entity {names[0]}"
             box = [_xml_int(path, bndbox, t, where) for t in ("xmin", "ymin", "xmax", "ymax")]
+            if min(box) < 0 or box[2] < box[0] or box[3] < box[1]:
+                raise FormatError(f"{path} ({where}): box {box} is not corners with 0 <= xmin <= xmax and "
+                                  "0 <= ymin <= ymax", "bad box")
             for name in names:
                 boxes.setdefault(name, []).append(box)
         if (obj.findtext("nobndbox") or "").strip() == "1":
@@ -735,22 +1023,55 @@ def write_flickr30k_entities(root: PathLike, image_id: str,
 
 # --------------------------------------------------------------------------- phrase cache
 
+def phrase_key(record: CaptionRecord) -> str:
+    """A caption's key in the phrase cache: its text. Its phrases depend on nothing else, so an
+    edited caption is parsed anew, and captions of two images with one id, or ids that an
+    image id map changes, never take each other's phrases."""
+    return record.caption
+
+
 def write_phrase_cache(path: PathLike,
                        records: Iterable[tuple[str, Sequence[Sequence[str]]]]) -> None:
-    """Append ``(id, tuples)`` records as JSON lines ``{"id": ..., "phrases": [[...], ...]}``.
+    """Append ``(caption, tuples)`` records as JSON lines ``{"caption": ..., "phrases": [[...], ...]}``
+    (the caption is the :func:`phrase_key`).
 
     A torn last line left by an interrupted write is cut off first, so appending
     always continues after the last complete record.
     """
+    append_json_lines(path, ({"caption": str(key), "phrases": [list(t) for t in tuples]} for key, tuples in records))
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (an append interrupted by a crash or a full disk), reading
+    backwards from the end, so the next append starts a line of its own."""
+    try:
+        f = open(path, "r+b")
+    except FileNotFoundError:
+        return
+    with f:
+        end = pos = f.seek(0, os.SEEK_END)
+        while pos > 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            if pos == end and block.endswith(b"\n"):
+                return
+            k = block.rfind(b"\n")
+            if k >= 0:
+                f.truncate(pos - step + k + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
+    """Append JSON lines in one write after cutting a torn tail: a crash at any point leaves
+    whole lines and at most one torn last line, which :func:`read_json_lines` passes over."""
     path = Path(path)
-    if path.exists():
-        with open(path, "r+b") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+    _cut_torn_tail(path)
+    text = "".join(json.dumps(r) + "\n" for r in records)
     with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps({"id": str(rid), "phrases": [list(t) for t in tuples]}) + "\n"
-                        for rid, tuples in records))
+        f.write(text)
         f.flush()
 
 
@@ -780,20 +1101,24 @@ def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
 
 
 def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dict[str, list[tuple[str, ...]]]:
-    """Read a phrase cache; a later record for the same id replaces an earlier one.
+    """Read a phrase cache: caption -> tuples; a later record of a caption replaces an earlier one.
 
     An unterminated last line that is not valid JSON (an interrupted write) is ignored.
     With ``skip``, a malformed line is recorded there and left out.
     """
     cache: dict[str, list[tuple[str, ...]]] = {}
     for n, rec in read_json_lines(path, skip):
+        if isinstance(rec, dict) and "id" in rec and "caption" not in rec:
+            raise FormatError(f"{path} line {n}: a record keyed by image and sentence id, the phrase cache of an "
+                              f"earlier version; delete the file and run `mvptr prepare phrases` again",
+                              "old phrase cache")
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
-        if phrases is None or "id" not in rec or not isinstance(phrases, list) or not all(
+        if phrases is None or not isinstance(rec.get("caption"), str) or not isinstance(phrases, list) or not all(
                 isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
-            skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"id\": ..., \"phrases\": "
+            skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"caption\": ..., \"phrases\": "
                                              f"[[word, ...], ...]}}", "bad phrase record"))
             continue
-        cache[str(rec["id"])] = [tuple(t) for t in phrases]
+        cache[rec["caption"]] = [tuple(t) for t in phrases]
     return cache
 
 
@@ -891,19 +1216,47 @@ class VEPair:
     pair_id: str = ""
 
 
-def read_snli_ve(path: PathLike) -> list[VEPair]:
-    """An ``snli_ve_{train,dev,test}.jsonl`` file (``Flickr30K_ID``, ``sentence2``, ``gold_label``)."""
-    out = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+class VEPairs(list):
+    """The pairs of an SNLI-VE file, and ``unlabelled``: how many rows had no gold label."""
+
+    unlabelled: int = 0
+
+
+def _ve_image_id(row: dict) -> str:
+    """``Flickr30K_ID`` ("2248275918"), else ``Flikr30kID``, as the original generator spelt it
+    ("2248275918.jpg") and IGLUE's XVNLI writes it ("2248275918")."""
+    if "Flickr30K_ID" in row:
+        return str(row["Flickr30K_ID"])
+    image = str(row["Flikr30kID"])
+    return image[:-4] if image.lower().endswith(".jpg") else image
+
+
+def read_snli_ve(path: PathLike, skip: SkippedSamples | None = None) -> VEPairs:
+    """An SNLI-VE-format jsonl file (``snli_ve_{train,dev,test}.jsonl``, IGLUE's XVNLI):
+    the image (``Flickr30K_ID`` or ``Flikr30kID``), ``sentence2`` and ``gold_label``.
+
+    A row whose gold label is "-" (annotators did not agree) is left out and counted in
+    ``unlabelled``, and recorded in ``skip`` when given; any other bad row is an error."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found", "file not found") from None
+    out = VEPairs()
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            pair = VEPair(str(row["Flickr30K_ID"]), str(row["sentence2"]), str(row["gold_label"]),
+            pair = VEPair(_ve_image_id(row), str(row["sentence2"]), str(row["gold_label"]),
                           str(row.get("sentence1", "")), str(row.get("pairID", "")))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise FormatError(f"{path}:{lineno}: expected a JSON object with Flickr30K_ID, sentence2 and "
-                              "gold_label", "bad SNLI-VE line") from None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise FormatError(f"{path}:{lineno}: expected a JSON object with Flickr30K_ID (or Flikr30kID), "
+                              "sentence2 and gold_label", "bad SNLI-VE line") from None
+        if pair.label == "-":
+            out.unlabelled += 1
+            if skip is not None:
+                skip.add(FormatError(f"{path}:{lineno}: gold_label \"-\" (no annotator majority)", "no gold label"))
+            continue
         if pair.label not in VE_LABELS:
             raise FormatError(f"{path}:{lineno}: gold_label {pair.label!r} is not one of {', '.join(VE_LABELS)}",
                               "bad SNLI-VE line")
@@ -924,5 +1277,5 @@ def _dump_json(path: PathLike, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj), encoding="utf-8")
 
 
-__all__ += ["VE_LABELS", "VEPair", "VQAQuestion", "read_snli_ve", "read_vqa", "write_snli_ve", "write_vqa_annotations",
-            "write_vqa_questions", "write_vqa_results"]
+__all__ += ["VE_LABELS", "VEPair", "VEPairs", "VQAQuestion", "read_snli_ve", "read_vqa", "write_snli_ve",
+            "write_vqa_annotations", "write_vqa_questions", "write_vqa_results"]

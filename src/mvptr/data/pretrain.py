@@ -19,7 +19,16 @@ from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..vision.stores import CorpusStores, open_store
-from .formats import CaptionRecord, FormatError, SkippedSamples, read_captions, read_phrase_cache, skip_or_raise
+from .formats import (
+    CaptionRecord,
+    FormatError,
+    ImageIds,
+    SkippedSamples,
+    phrase_key,
+    read_captions,
+    read_phrase_cache,
+    skip_or_raise,
+)
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
@@ -63,7 +72,7 @@ def load_phrase_indices(
     """The records that have phrases in the cache, and their phrase ids. A caption missing
     from the cache is an error, or with ``skip`` a skipped sample."""
     cache = read_phrase_cache(cache_path, skip)
-    missing = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
+    missing = [r for r in records if phrase_key(r) not in cache]
     if missing and skip is None:
         r = missing[0]
         raise FormatError(
@@ -72,8 +81,8 @@ def load_phrase_indices(
         )
     for r in missing:
         skip.add(FormatError(f"{cache_path}: no phrases for image {r.image_id}, sentence {r.sent_id}", "no phrases"))
-    records = [r for r in records if f"{r.image_id}:{r.sent_id}" in cache]
-    return records, [vocab.encode(cache[f"{r.image_id}:{r.sent_id}"], max_phrases) for r in records]
+    records = [r for r in records if phrase_key(r) in cache]
+    return records, [vocab.encode(cache[phrase_key(r)], max_phrases) for r in records]
 
 
 class PairDataset(Dataset):
@@ -131,13 +140,24 @@ def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | N
     return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags)
 
 
+def caption_ids(data: DataConfig) -> ImageIds:
+    """How the captions' image ids become the features' (data.image_id_pattern, data.image_id_map)."""
+    return ImageIds(data.image_id_pattern, data.image_id_map or None)
+
+
+def data_captions(data: DataConfig, splits=None, skip: SkippedSamples | None = None) -> list[CaptionRecord]:
+    """The captions of ``data.captions`` (of ``splits``), image ids as the features know them."""
+    return read_captions(data.captions, splits, skip, caption_ids(data))
+
+
 def _qualified(name: str, records: list[CaptionRecord]) -> list[CaptionRecord]:
     return [replace(r, image_id=f"{name}/{r.image_id}") for r in records] if name else records
 
 
 def caption_records(data: DataConfig, split: str, skip: SkippedSamples | None = None) -> list[CaptionRecord]:
     """The captions of ``split`` in every corpus, image ids qualified as in :func:`open_images`."""
-    return [r for c in corpora(data) for r in _qualified(c.name, read_captions(c.captions, [split], skip))]
+    ids = caption_ids(data)
+    return [r for c in corpora(data) for r in _qualified(c.name, read_captions(c.captions, [split], skip, ids))]
 
 
 def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
@@ -174,7 +194,8 @@ def build_pair_dataset(
     """
     images = open_images(data, region_feat_dim, skip)
     parts = corpora(data)
-    per_corpus = [(c, _qualified(c.name, read_captions(c.captions, splits=[split], skip=skip))) for c in parts]
+    ids = caption_ids(data)
+    per_corpus = [(c, _qualified(c.name, read_captions(c.captions, [split], skip, ids))) for c in parts]
     if not any(recs for _, recs in per_corpus):
         raise ValueError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}")
     if max_images:
@@ -206,10 +227,9 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
     lists = []
     for c in corpora(data):
         cache = read_phrase_cache(c.phrase_cache, skip)
-        for r in read_captions(c.captions, [data.train_split], skip):
-            key = f"{r.image_id}:{r.sent_id}"
-            if key in cache:
-                lists.append(cache[key])
+        for r in read_captions(c.captions, [data.train_split], skip, caption_ids(data)):
+            if phrase_key(r) in cache:
+                lists.append(cache[phrase_key(r)])
                 continue
             err = FormatError(f"{c.phrase_cache}: no phrases for image {r.image_id}, sentence {r.sent_id}; "
                               "run `mvptr prepare phrases` on these captions", "no phrases")

@@ -50,7 +50,15 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from mvptr.data.formats import SkippedSamples, read_captions, read_phrase_cache, write_phrase_cache
+from mvptr.data.formats import (
+    SkippedSamples,
+    phrase_key,
+    read_captions,
+    read_phrase_cache,
+    shard_part,
+    split_names,
+    write_phrase_cache,
+)
 
 __all__ = [
     "PhraseExtractor",
@@ -279,37 +287,40 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
                     min_count: int = 50, splits: Iterable[str] = ("train",),
                     batch_size: int = 256, n_process: int = 1,
                     extractor: PhraseExtractor | None = None,
-                    chunk_size: int = 4096, skip: SkippedSamples | None = None) -> dict:
+                    chunk_size: int = 4096, skip: SkippedSamples | None = None,
+                    part: tuple[int, int] | None = None) -> dict:
     """Parse all captions into ``out_dir/phrase_cache.jsonl``; build ``phrase_vocab.json``.
 
-    Every caption of every split is parsed (records keyed ``"{image_id}:{sent_id}"``);
-    the vocabulary is built from ``splits`` only. Captions already in the cache are
-    not parsed again, and the cache grows ``chunk_size`` captions at a time, so an
+    Every caption of every split is parsed (records keyed by the caption's text, see
+    ``phrase_key``); the vocabulary is built from ``splits`` only. Captions already in
+    the cache are not parsed again, and the cache grows ``chunk_size`` captions at a time, so an
     interrupted run resumes where it stopped. Returns :func:`statistics` of ``splits``.
     With ``skip``, bad captions and bad cache lines are left out and recorded there.
+    With ``part`` = (I, N), only share I of N of the captions is parsed and no vocabulary
+    is built (it needs every caption: ``mvptr merge-shards`` builds it); returns the count.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_path = out_dir / "phrase_cache.jsonl"
-    records = read_captions(captions_path, skip=skip)
+    records = shard_part(read_captions(captions_path, skip=skip), part)
     cache = read_phrase_cache(cache_path, skip) if cache_path.exists() else {}
 
-    todo = [r for r in records if f"{r.image_id}:{r.sent_id}" not in cache]
+    keys = list(dict.fromkeys(phrase_key(r) for r in records))  # a caption written twice is parsed once
+    todo = [k for k in keys if k not in cache]
     if todo:
         extractor = extractor or PhraseExtractor()
-        with tqdm(total=len(records), initial=len(records) - len(todo),
-                  desc="phrases", unit="caption") as bar:
+        with tqdm(total=len(keys), initial=len(keys) - len(todo), desc="phrases", unit="caption") as bar:
             for lo in range(0, len(todo), chunk_size):
                 chunk = todo[lo:lo + chunk_size]
-                parsed = extractor.extract([r.caption for r in chunk], batch_size=batch_size,
-                                           n_process=n_process, progress=False)
-                ids = [f"{r.image_id}:{r.sent_id}" for r in chunk]
-                write_phrase_cache(cache_path, zip(ids, parsed))
-                cache.update(zip(ids, parsed))
+                parsed = extractor.extract(chunk, batch_size=batch_size, n_process=n_process, progress=False)
+                write_phrase_cache(cache_path, zip(chunk, parsed))
+                cache.update(zip(chunk, parsed))
                 bar.update(len(chunk))
 
-    keep = set(splits)
-    train = [cache[f"{r.image_id}:{r.sent_id}"] for r in records if r.split in keep]
+    if part is not None:
+        return {"captions": len(records), "shard": f"{part[0]}/{part[1]}"}
+    keep = set(split_names(splits))
+    train = [cache[phrase_key(r)] for r in records if r.split in keep]
     vocab = PhraseVocab.build(train, min_count=min_count)
     vocab.save(out_dir / "phrase_vocab.json")
     return statistics(train, vocab)

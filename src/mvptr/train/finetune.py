@@ -33,12 +33,11 @@ from ..checkpoint import Bundle, load_model_dir, save_model_dir
 from ..config import Config, TaskConfig
 from ..data.formats import (
     VE_LABELS,
-    read_captions,
     read_snli_ve,
     read_vqa,
     write_vqa_results,
 )
-from ..data.pretrain import ImageSource, build_pair_dataset, pad_lists
+from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, pad_lists
 from ..data.tasks import (
     GroundingDataset,
     TaskCollator,
@@ -186,7 +185,7 @@ def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bo
 def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
     from ..pipeline import image_source, phrase_lookup
 
-    image_ids = sorted({r.image_id for r in read_captions(cfg.data.captions, splits=[split])})
+    image_ids = sorted({r.image_id for r in data_captions(cfg.data, [split])})
     examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, split))
     if not examples:
@@ -225,6 +224,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     elif kind == "ve":
         attach_head(bundle, task)
         pairs = read_snli_ve(t.hypotheses.format(split=t.train_split))
+        info["unlabelled_pairs_left_out"] = pairs.unlabelled  # gold label "-"
         dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     else:
@@ -285,7 +285,8 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
         collate = _collate(cfg, bundle, mask_regions=hide)
         pred = _predict(model, dataset, collate, bs, cfg.device, len(VE_LABELS)).argmax(1)
         gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
-        return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold)}
+        return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold),
+                "unlabelled_pairs_left_out": pairs.unlabelled}
     if kind == "grounding":
         data = grounding_dataset(cfg, bundle, split, t.max_eval)
         return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)

@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import math
 import shutil
 import time
@@ -42,7 +41,7 @@ from ..checkpoint import (
     save_model_dir,
 )
 from ..config import ConfigError, StageConfig
-from ..data.formats import OutputDirError
+from ..data.formats import OutputDirError, append_json_lines
 from ..precision import autocast
 from .recipes import Recipe
 
@@ -366,8 +365,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                 "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
             }
             if d.main:
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_json_lines(metrics_file, [record])  # a crash leaves whole lines
             bar.set_postfix(loss=f"{logged['loss']:.3f}")
         sums = {}
         if not ((stage.save_every and done % stage.save_every == 0) or done == total):

@@ -401,16 +401,17 @@ def _read_image(path: Path) -> np.ndarray:
 
 def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str = "demo",
                      weights: str | Path | None = None, batch_size: int = 64, progress: bool = True,
-                     skip=None, device: str = "cpu") -> dict:
+                     skip=None, device: str = "cpu", part: tuple[int, int] | None = None) -> dict:
     """Run a detector over every image file of ``images_dir`` and write VinVL files to ``out_dir``.
 
     Writes ``features.tsv`` and ``predictions.tsv`` (each with its ``.lineidx``) and
     ``imageid2idx.json``; the image id is the file name without its suffix. ``detector`` is
     "demo" (a :class:`DemoDetector` safetensors file, default ``data/demo/detector.safetensors``)
     or "frcnn" (:class:`FasterRCNNDetector`, ``weights`` a state-dict file, run on ``device``). With ``skip`` (a
-    ``SkippedSamples``), an unreadable image is left out and recorded there.
+    ``SkippedSamples``), an unreadable image is left out and recorded there. With ``part`` =
+    (I, N), only share I of N of the files (in name order) is read.
     """
-    from ..data.formats import FormatError, skip_or_raise, write_vinvl_features, write_vinvl_predictions
+    from ..data.formats import FormatError, shard_part, skip_or_raise, write_vinvl_features, write_vinvl_predictions
 
     t0 = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
@@ -424,6 +425,7 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     dup = next((s for s in stems if counts[s] > 1), None)
     if dup is not None:
         raise FormatError(f"{images_dir}: several files give image id {dup!r}")
+    files = shard_part(files, part)  # after the check: shards together hold every id once
     if detector == "demo":
         weights = Path(weights or "data/demo/detector.safetensors")
         if not weights.is_file():
