@@ -315,11 +315,6 @@ class MVPTR(nn.Module):
         return text, self.fuse_outputs(text, image)
 
     @property
-    def fusion_depth(self) -> int:
-        """Layers of the joint encoder (merged: the whole encoder)."""
-        return len((self.encoder if self.merged else self.multimodal_encoder).layer)
-
-    @property
     def wpg_depth(self) -> int:
         """The joint encoder's layer (1-based) that WPG aligns: ``wpg_layer`` of the multimodal
         encoder, or in the merged encoder the layer at the same depth of the two-stage stack."""
