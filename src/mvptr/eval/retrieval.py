@@ -201,11 +201,12 @@ def check_all_pairs(num_images: int, num_texts: int, subset_key: str, subset: in
     """Refuse to score every pair of a large set when no subset of images was asked for."""
     pairs = num_images * num_texts
     if subset <= 0 and pairs > ALL_PAIRS_LIMIT:
+        # n images bring n * captions-per-image captions: n^2 * captions-per-image pairs
+        fits = max(1, math.isqrt(ALL_PAIRS_LIMIT * num_images // num_texts))
         raise ConfigError(
             f"the merged-attention model scores every image-caption pair with its whole encoder: {num_images} "
             f"images x {num_texts} captions = {pairs} passes; set {subset_key} to evaluate on a subset of the "
-            f"images (e.g. {subset_key}={max(1, ALL_PAIRS_LIMIT * num_images // pairs)}), or to {num_images} "
-            "to score them all")
+            f"images ({subset_key}={fits} is about {ALL_PAIRS_LIMIT} pairs), or to {num_images} to score them all")
 
 
 def all_pairs_retrieval(
