@@ -42,7 +42,7 @@ def test_unknown_rows_are_an_error():
 def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
     w = tmp_path / "world"
     shutil.copytree(world, w)  # the demo's task files are written into the world's directory
-    args = ["ablate", "--config", "tiny", "--rows", "no_phrases", "--seeds", "2", "--out", str(tmp_path / "ab"),
+    args = ["ablate", "--config", "tiny", "--rows", "no_phrases,merged_attention", "--seeds", "2", "--out", str(tmp_path / "ab"),
             f"out_dir={tmp_path}/runs", f"demo.data_dir={w}", f"data.captions={w}/captions.json",
             f"data.features={w}/features.tsv", f"data.predictions={w}/predictions.tsv",
             f"data.phrase_cache={w}/phrases/phrase_cache.jsonl", f"data.phrase_vocab={w}/phrases/phrase_vocab.json",
@@ -50,10 +50,11 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
             "stage2.max_steps=2", "finetune.vqa.train.max_steps=1", "finetune.grounding.train.max_steps=1"]
     assert main(args) == 0
     report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
-    assert list(report["rows"]) == ["full", "no_phrases"]
+    assert list(report["rows"]) == ["full", "no_phrases", "merged_attention"]
     assert len(report["rows"]["full"]["seeds"]) == 2 and len(report["rows"]["no_phrases"]["seeds"]) == 1
     assert report["eval_images"] == 8
-    for s in report["rows"]["full"]["seeds"] + report["rows"]["no_phrases"]["seeds"]:
+    assert report["rows"]["merged_attention"]["ours"]["uni_rsum"] is None  # no uni-modal encoders to rank with
+    for s in [s for row in report["rows"].values() for s in row["seeds"]]:
         assert 0.0 <= s["rsum"] <= 600.0 and 0.0 <= s["vqa"] <= 100.0 and 0.0 <= s["grounding_finetuned"] <= 100.0
     assert "| w, r, t | MCR^v+VSC+MLM+ITM |" in (tmp_path / "ab" / "ablation.md").read_text()
     # a second run reuses every finished row

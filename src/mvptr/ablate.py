@@ -81,7 +81,8 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
-    for stage in (cfg.stage1, cfg.stage2):
+    # merged attention has no uni-modal stage: its one stage takes the stage2 settings
+    for stage in (cfg.stage2,) if cfg.model.merged_attention else (cfg.stage1, cfg.stage2):
         pretrain_stage(cfg, stage, bundle, out / stage.name, resume=True, progress=progress)
     zero_shot = evaluate(cfg, bundle, progress)
     tasks = demo_task_files(cfg)
@@ -90,9 +91,10 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
     vqa = finetune_on(tasks, bundle, "vqa", out / "finetune" / "vqa", progress)
     grounding = finetune_on(tasks, bundle, "grounding", out / "finetune" / "grounding", progress)
     retrieval = zero_shot["retrieval"]
+    merged = cfg.model.merged_attention  # every pair scored by ITM: no uni-modal ranking
     return {
-        "rsum": retrieval["rerank"]["rsum"],
-        "uni_rsum": retrieval["uni"]["rsum"] if not cfg.model.merged_attention else None,
+        "rsum": retrieval["itm" if merged else "rerank"]["rsum"],
+        "uni_rsum": None if merged else retrieval["uni"]["rsum"],
         "vqa": vqa["acc"],
         "grounding_zero_shot": zero_shot["grounding"]["acc"],
         "grounding_finetuned": grounding["acc"],

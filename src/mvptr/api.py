@@ -137,12 +137,18 @@ class Model:
         return EncodedSet(torch.zeros(0, c.embed_dim), torch.zeros(0, 0, c.hidden_size),
                           torch.zeros(0, 0, dtype=torch.bool))
 
+    def require_global_embeddings(self, what: str) -> None:
+        if self.model.merged:
+            raise ValueError(f"{what} needs global embeddings, and the merged-attention model (model.merged_attention) "
+                             "has none: it scores image-text pairs with ITM only (score(..., mode='itm'))")
+
     # ----- encoders ---------------------------------------------------------------------------
     @torch.no_grad()
     def encode_texts(
         self, texts: Sequence[str], phrases: Sequence[Sequence[Sequence[str]]] | None = None
     ) -> EncodedSet:
-        """Global embeddings and token/phrase outputs of each text."""
+        """Global embeddings and token/phrase outputs of each text (the merged-attention
+        model: the embedded texts, no global embeddings)."""
         texts = [str(t) for t in texts]
         tuples = self.phrases(texts) if phrases is None else phrases
         if len(tuples) != len(texts):
@@ -166,7 +172,8 @@ class Model:
 
     @torch.no_grad()
     def encode_images(self, images) -> EncodedSet:
-        """Global embeddings and region outputs of each image."""
+        """Global embeddings and region outputs of each image (the merged-attention model:
+        the embedded regions and tags, no global embeddings)."""
         items = self._image_items(images)
         return encode_images(self.model, self._batches(items), self.device) if items else self._empty()
 
@@ -174,18 +181,19 @@ class Model:
     @torch.no_grad()
     def score(self, images, texts, mode: str = "both") -> torch.Tensor:
         """(images, texts) scores: "uni" = cosine of the global embeddings, "itm" = log-odds of
-        matching from the multimodal encoder, "both" = their sum. Images and texts may be
-        given raw or already encoded."""
+        matching from the multimodal encoder, "both" = their sum (the merged-attention model:
+        "itm" only). Images and texts may be given raw or already encoded."""
         if mode not in SCORES:
             raise ValueError(f"unknown score {mode!r} (expected one of {', '.join(SCORES)})")
+        if mode != "itm":
+            self.require_global_embeddings(f"score(mode={mode!r})")
         v = images if isinstance(images, EncodedSet) else self.encode_images(images)
         t = texts if isinstance(texts, EncodedSet) else self.encode_texts(texts)
-        sim = (v.emb @ t.emb.t()).float().cpu()
         if mode == "uni":
-            return sim
-        pairs = torch.cartesian_prod(torch.arange(len(sim)), torch.arange(sim.shape[1]))
-        itm = itm_scores(self.model, t, v, pairs, self.batch_size, progress=False).view_as(sim)
-        return itm if mode == "itm" else itm + sim
+            return (v.emb @ t.emb.t()).float().cpu()
+        pairs = torch.cartesian_prod(torch.arange(len(v.hidden)), torch.arange(len(t.hidden)))
+        itm = itm_scores(self.model, t, v, pairs, self.batch_size, progress=False).view(len(v.hidden), len(t.hidden))
+        return itm if mode == "itm" else itm + (v.emb @ t.emb.t()).float().cpu()
 
     # ----- question answering -----------------------------------------------------------------
     @torch.no_grad()
@@ -239,9 +247,9 @@ class Model:
         text = {"input_ids": enc["input_ids"], "phrases": phrase_ids}
         item = self._image_items([image])[0]
         batch = {k: v.to(self.device) for k, v in self.collate([{**text, **item}]).items()}
-        t, fused = self.model.fuse_batch(batch)
+        _, fused = self.model.fuse_batch(batch)
+        regions = F.normalize(fused.region_hidden[0].float(), dim=-1)
         fused = fused.hidden[0].float()
-        regions = F.normalize(fused[t.hidden.shape[1] :], dim=-1)
         out = []
         for name, pos in zip(names, mentions):
             if len(regions) == 0:

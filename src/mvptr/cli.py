@@ -222,18 +222,29 @@ def _pretrain(args, cfg, out: Path) -> None:
     from .data.formats import SkippedSamples
     from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
+    from .train.recipes import pretraining_recipe
 
+    merged = cfg.model.merged_attention
+    stages = _pretraining_stages(args.stage, merged)
+    for name in stages:  # a stage's objectives that cannot run fail now, not after the first stage
+        pretraining_recipe(name, list(getattr(cfg, name).objectives), cfg.objectives, merged)
+    if merged and args.stage == "both" and _is_main():
+        print("stage1: skipped (merged attention has no uni-modal stage; its one stage uses the stage2 settings)",
+              file=sys.stderr, flush=True)
     # a resumed run's settings are recorded once the checkpoint has accepted them
     record_after = args.resume and (out / "config.yaml").exists()
     if _is_main() and not record_after:
         save_config(cfg, out / "config.yaml")
     if args.stage == "stage2" and args.init_model:
         bundle = load_model_dir(args.init_model, cfg.device)
-    elif args.stage == "stage2":
+        if bundle.model.merged != merged:
+            raise ConfigError(f"{args.init_model}: its model has merged_attention={bundle.model.merged}, "
+                              f"the config model.merged_attention={merged}")
+    elif args.stage == "stage2" and not merged:
         bundle = load_model_dir(out / "stage1" / "model", cfg.device)
     else:
         bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
-    for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
+    for name in stages:
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
         if _is_main():
@@ -241,6 +252,17 @@ def _pretrain(args, cfg, out: Path) -> None:
             _report_skipped(skipped, out / name / "skipped.json")
     if _is_main() and record_after:
         save_config(cfg, out / "config.yaml")
+
+
+def _pretraining_stages(stage: str, merged: bool) -> tuple[str, ...]:
+    """The stages to run. The merged-attention model has no uni-modal stage: its one stage is
+    stage 2 (its settings), started from the initialisation; asking for stage 1 is an error."""
+    if not merged:
+        return ("stage1", "stage2") if stage == "both" else (stage,)
+    if stage == "stage1":
+        raise ConfigError("model.merged_attention: the merged-attention model has no uni-modal stage 1; it is "
+                          "pre-trained in one stage with the stage2 settings (--stage stage2, or both)")
+    return ("stage2",)
 
 
 def _task_args(args):

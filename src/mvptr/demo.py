@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import Bundle
-from .config import Config, save_config
+from .config import Config, ConfigError, save_config
 from .data.demo_world import generate_demo_world
 from .pipeline import (
     evaluate,
@@ -49,6 +49,10 @@ def prepare_data(cfg: Config, seconds: dict) -> None:
 
 
 def run_demo(cfg: Config, resume: bool = True) -> dict:
+    if cfg.model.merged_attention:
+        raise ConfigError("the demo runs and reports the two-stage model; pre-train the merged-attention variant "
+                          "with `mvptr pretrain ... model.merged_attention=true objectives.vsc=false` and evaluate "
+                          "it with `mvptr evaluate ... eval.max_images=N`")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

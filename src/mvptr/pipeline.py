@@ -28,7 +28,7 @@ from .data.pretrain import (
     tag_vocab_from,
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
-from .eval.retrieval import chance_recall, encode_images, encode_texts, evaluate_retrieval
+from .eval.retrieval import chance_recall, check_all_pairs, encode_images, encode_texts, evaluate_retrieval
 from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
@@ -90,7 +90,7 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
-    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
+    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, bundle.model.merged)
     if cfg.data.skip_bad and skipped is None:
         skipped = SkippedSamples()
     dataset = build_pair_dataset(
@@ -124,12 +124,16 @@ def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamp
 
 
 @torch.no_grad()
-def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True,
-                 keep_pairs: bool = False) -> tuple[dict, list[str]]:
+def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, keep_pairs: bool = False,
+                 subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
     """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
-    settings; returns the result and the image ids in the order of its indices."""
+    settings (the merged-attention model: ITM over every pair); returns the result and the
+    image ids in the order of its indices. ``subset``: the key and value that limited the
+    images (default ``eval.max_images``), named when every pair would be too many."""
     e = cfg.eval
     image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    if model.merged:
+        check_all_pairs(len(image_ids), len(dataset), *(subset or ("eval.max_images", e.max_images)))
     text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
     text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
     loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731

@@ -62,6 +62,7 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     else:
         raise ValueError("give a feature store (--features) or image files (--images with --detector)")
     model = Model.load(model_dir, config, batch_size=batch_size, parse_phrases=False)
+    model.require_global_embeddings("an image search index")
     store = open_feature_store(*read_from, model.model.cfg.region_feat_dim)
     ids = list(store.ids())
     embs = []

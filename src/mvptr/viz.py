@@ -336,6 +336,11 @@ def last_layer_attention(model, batch: dict) -> dict:
     "num_tags": K, "text_mask", "visual_mask"}."""
     import torch
 
+    from .config import ConfigError
+
+    if model.merged:
+        raise ConfigError("the attention figure shows the textual and visual encoders, which the merged-attention "
+                          "model (model.merged_attention) does not have")
     with torch.no_grad():
         text, tx, tmask = last_layer_inputs(model.text_encoder, lambda: model.encode_text(
             batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"]))

@@ -82,8 +82,8 @@ def choose_regions(model: MVPTR, batch: dict, mentions: list[list]) -> list[list
     """The region chosen for each mention of each caption of a collated batch (-1 where the
     image has no regions): the one whose multimodal output is most similar (cosine) to the
     mean multimodal output of the mention's word pieces. mentions[b]: (positions, ...) pairs."""
-    text, fused = model.fuse_batch(batch)
-    regions = F.normalize(fused.hidden[:, text.hidden.shape[1] :].float(), dim=-1)
+    _, fused = model.fuse_batch(batch)
+    regions = F.normalize(fused.region_hidden.float(), dim=-1)
     chosen = []
     for b, caption_mentions in enumerate(mentions):
         n_regions = int(batch["region_mask"][b].sum())

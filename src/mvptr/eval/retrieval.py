@@ -4,6 +4,9 @@ Coarse step: cosine of the global embeddings for all pairs. Fine step: the multi
 encoder scores the top ``k_c`` captions of every image and the top ``k_i`` images of every
 caption; a pair wanted by both directions is scored once. Re-ranked candidates come first,
 in re-ranked order; the rest keep their uni-modal order.
+
+The merged-attention model has no uni-modal ranking: ITM scores every image-caption pair
+(one pass of its whole encoder each), so a large test set needs a subset of its images.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
+from ..config import ConfigError
 from ..model.mvptr import MVPTR
 from ..precision import autocast
 
 KS = (1, 5, 10)
+# pairs the merged model scores without being asked for a subset (eval.max_images): about a
+# minute of CPU time at the demo size; a full 5k test set (25M pairs) is hours on a GPU
+ALL_PAIRS_LIMIT = 100_000
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS) -> dict[int, float]:
@@ -48,11 +55,19 @@ def chance_recall(num_images: int, captions_per_image: int, ks=KS) -> dict[str, 
 
 @dataclass
 class EncodedSet:
-    """Cached uni-modal outputs: what the re-ranker needs, padded to one width."""
+    """Cached uni-modal outputs: what the re-ranker needs, padded to one width. For the
+    merged-attention model: the embedded inputs, the tags apart, and no global embeddings."""
 
-    emb: torch.Tensor  # (N, E)
+    emb: torch.Tensor | None  # (N, E); None for the merged model
     hidden: torch.Tensor  # (N, L, H) text tokens+phrases, or regions
     mask: torch.Tensor  # (N, L) bool
+    tag_hidden: torch.Tensor | None = None  # (N, K, H) embedded tags (merged model only)
+    tag_mask: torch.Tensor | None = None
+
+    def fused_with(self, model: MVPTR, texts: EncodedSet, v: torch.Tensor, t: torch.Tensor, **kwargs):
+        """Texts ``t`` with these images ``v`` (index tensors) through the joint encoder."""
+        tags = {} if self.tag_hidden is None else {"tag_hidden": self.tag_hidden[v], "tag_mask": self.tag_mask[v]}
+        return model.fuse(texts.hidden[t], texts.mask[t], self.hidden[v], self.mask[v], **tags, **kwargs)
 
 
 def _pad_cat(chunks: list[torch.Tensor], value) -> torch.Tensor:
@@ -63,27 +78,35 @@ def _pad_cat(chunks: list[torch.Tensor], value) -> torch.Tensor:
 
 @torch.no_grad()
 def _encode_all(batches, device: str, encode) -> EncodedSet:
-    embs, hiddens, masks = [], [], []
-    for b in batches:
-        emb, hidden, mask = encode({k: v.to(device) for k, v in b.items()})
-        embs.append(emb)
-        hiddens.append(hidden)
-        masks.append(mask)
-    return EncodedSet(torch.cat(embs), _pad_cat(hiddens, 0.0), _pad_cat(masks, False))
+    """``encode(batch)`` -> (emb or None, hidden, mask, tag hidden or None, tag mask or None)."""
+    parts = [encode({k: v.to(device) for k, v in b.items()}) for b in batches]
+    emb, hidden, mask, tag_hidden, tag_mask = zip(*parts)
+    return EncodedSet(
+        None if emb[0] is None else torch.cat(emb), _pad_cat(hidden, 0.0), _pad_cat(mask, False),
+        None if tag_hidden[0] is None else _pad_cat(tag_hidden, 0.0),
+        None if tag_mask[0] is None else _pad_cat(tag_mask, False),
+    )
 
 
 def encode_texts(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
+    """The textual encoder's outputs (merged model: the embedded texts)."""
     def encode(b):
-        out = model.encode_text(b["input_ids"], b["word_mask"], b["phrase_ids"], b["phrase_mask"])
-        return out.global_emb, out.hidden, out.mask
+        args = (b["input_ids"], b["word_mask"], b["phrase_ids"], b["phrase_mask"])
+        out = model.text_inputs(*args) if model.merged else model.encode_text(*args)
+        return out.global_emb, out.hidden, out.mask, None, None
 
     return _encode_all(batches, device, encode)
 
 
 def encode_images(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
+    """The visual encoder's region outputs (merged model: the embedded regions and tags)."""
     def encode(b):
-        out = model.encode_image(b["tag_pieces"], b["tag_mask"], b["region_feats"], b["region_mask"])
-        return out.global_emb, out.region_hidden, out.region_mask
+        args = (b["tag_pieces"], b["tag_mask"], b["region_feats"], b["region_mask"])
+        if model.merged:
+            out = model.image_inputs(*args)
+            return None, out.region_hidden, out.region_mask, out.tag_hidden, out.tag_mask
+        out = model.encode_image(*args)
+        return out.global_emb, out.region_hidden, out.region_mask, None, None
 
     return _encode_all(batches, device, encode)
 
@@ -102,7 +125,7 @@ def itm_scores(
     for start in tqdm(range(0, len(mine), batch_size), desc="re-rank", disable=not show, leave=False):
         v, t = mine[start : start + batch_size].T
         with autocast(texts.hidden.device, precision):
-            fused = model.fuse(texts.hidden[t], texts.mask[t], images.hidden[v], images.mask[v], summary_only=True)
+            fused = images.fused_with(model, texts, v, t, summary_only=True)
             logits = model.itm_logits(fused).float()
         out[start : start + len(v)] = logits[:, 1] - logits[:, 0]
     return distributed.gather_rows(out).cpu()
@@ -142,7 +165,13 @@ def evaluate_retrieval(
     keep_pairs: bool = False,
 ) -> dict:
     """text_image (N_t,): the image index of each caption. Returns {"uni": R, "rerank": R}, and
-    with ``keep_pairs`` the re-scored pairs: {"image", "text", "itm", "sim"} (P,) tensors."""
+    with ``keep_pairs`` the re-scored pairs: {"image", "text", "itm", "sim"} (P,) tensors. The
+    merged model (no global embeddings) gets {"itm": R} from every pair; see ``all_pairs_retrieval``."""
+    if texts.emb is None:
+        if score != "itm":
+            raise ConfigError(f"eval.rerank_score={score}: the merged-attention model has no uni-modal similarity "
+                              "to add; it ranks by ITM alone (set eval.rerank_score=itm)")
+        return all_pairs_retrieval(model, texts, images, text_image, batch_size, progress, precision, keep_pairs)
     sim = (images.emb @ texts.emb.t()).float().cpu()  # (N_i, N_t)
     positives = text_image[None, :] == torch.arange(len(sim))[:, None]
     uni = summarise(recall_at_k(sim, positives), recall_at_k(sim.t(), positives.t()))
@@ -165,4 +194,35 @@ def evaluate_retrieval(
     out = {"uni": uni, "rerank": rerank, "pairs_scored": len(pairs)}
     if keep_pairs:
         out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm, "sim": pair_sim}
+    return out
+
+
+def check_all_pairs(num_images: int, num_texts: int, subset_key: str, subset: int) -> None:
+    """Refuse to score every pair of a large set when no subset of images was asked for."""
+    pairs = num_images * num_texts
+    if subset <= 0 and pairs > ALL_PAIRS_LIMIT:
+        # n images bring n * captions-per-image captions: n^2 * captions-per-image pairs
+        fits = max(1, math.isqrt(ALL_PAIRS_LIMIT * num_images // num_texts))
+        raise ConfigError(
+            f"the merged-attention model scores every image-caption pair with its whole encoder: {num_images} "
+            f"images x {num_texts} captions = {pairs} passes; set {subset_key} to evaluate on a subset of the "
+            f"images ({subset_key}={fits} is about {ALL_PAIRS_LIMIT} pairs), or to {num_images} to score them all")
+
+
+def all_pairs_retrieval(
+    model: MVPTR, texts: EncodedSet, images: EncodedSet, text_image: torch.Tensor, batch_size: int = 128,
+    progress: bool = True, precision: str = "fp32", keep_pairs: bool = False,
+) -> dict:
+    """Recall both ways with ITM log-odds for every (image, caption) pair: the merged model's
+    ranking, with no coarse step. Returns {"itm": R, "pairs_scored": N_i * N_t}, and with
+    ``keep_pairs`` the pairs: {"image", "text", "itm"} (P,) tensors."""
+    n_i, n_t = len(images.hidden), len(texts.hidden)
+    pairs = torch.cartesian_prod(torch.arange(n_i), torch.arange(n_t))
+    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
+    scores = itm.view(n_i, n_t)
+    positives = text_image[None, :] == torch.arange(n_i)[:, None]
+    out = {"itm": summarise(recall_at_k(scores, positives), recall_at_k(scores.t(), positives.t())),
+           "pairs_scored": len(pairs)}
+    if keep_pairs:
+        out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm}
     return out

@@ -4,7 +4,8 @@ Layer placement (paper 4.1: textual and visual encoders from BERT-base layers 0-
 multimodal encoder from layers 6-11): textual/visual layer i <- BERT layer i, multimodal
 layer i <- BERT layer L - n_mm + i, where L is the BERT depth. For a 6-layer BERT (MiniLM)
 with 3+3+3 layers this is layers 0-2 for the uni-modal encoders and 3-5 for the
-multimodal one; with more layers than L/2 per encoder the ranges overlap.
+multimodal one; with more layers than L/2 per encoder the ranges overlap. The merged-attention
+encoder (Table 4, "MergAttn") takes BERT's layers in order: its layer i <- BERT layer i.
 """
 
 from __future__ import annotations
@@ -61,9 +62,6 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
     cfg = model.cfg
     check_shapes(cfg, bert_config, source)
     depth = bert_config["num_hidden_layers"]
-    for name, n in (("text", cfg.text_layers), ("visual", cfg.visual_layers), ("multimodal", cfg.multimodal_layers)):
-        if n > depth:
-            raise ValueError(f"{name} encoder has {n} layers but {source} has only {depth}")
     mapping: list[tuple[str, str]] = []  # (theirs, ours); one BERT layer may feed two encoders
     for key in state:
         if key.startswith("embeddings.") and "position_ids" not in key:
@@ -72,12 +70,11 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
             mapping.append((key, "itm_head." + key))
         elif key.startswith("cls.predictions.transform."):
             mapping.append((key, key.replace("cls.predictions.transform.", "mlm_head.transform.")))
-    for i in range(cfg.text_layers):
-        mapping += _layer_keys(state, i, f"text_encoder.layer.{i}")
-    for i in range(cfg.visual_layers):
-        mapping += _layer_keys(state, i, f"visual_encoder.layer.{i}")
-    for i in range(cfg.multimodal_layers):
-        mapping += _layer_keys(state, depth - cfg.multimodal_layers + i, f"multimodal_encoder.layer.{i}")
+    for name, layers in _layer_placement(cfg, depth).items():
+        if len(layers) > depth:
+            raise ValueError(f"{name} has {len(layers)} layers but {source} has only {depth}")
+        for i, theirs in enumerate(layers):
+            mapping += _layer_keys(state, theirs, f"{name}.layer.{i}")
     own = model.state_dict()
     with torch.no_grad():
         for theirs, ours in mapping:
@@ -90,6 +87,17 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
                                      f"{ours} needs {tuple(own[ours].shape)}")
                 own[ours].copy_(src)
     return {"source": source, "copied": len(mapping), "bert_layers": depth}
+
+
+def _layer_placement(cfg: ModelConfig, depth: int) -> dict[str, list[int]]:
+    """The BERT layer each of our encoders' layers starts from, in order."""
+    if cfg.merged_attention:
+        return {"encoder": list(range(cfg.text_layers + cfg.multimodal_layers))}
+    return {
+        "text_encoder": list(range(cfg.text_layers)),
+        "visual_encoder": list(range(cfg.visual_layers)),
+        "multimodal_encoder": list(range(depth - cfg.multimodal_layers, depth)),
+    }
 
 
 def _layer_keys(state: dict, bert_layer: int, ours: str) -> list[tuple[str, str]]:

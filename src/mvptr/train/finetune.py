@@ -3,7 +3,9 @@
 Each task is a recipe of the one trainer:
 
 * ``retrieval``: VSC + ITM on the caption pairs (the pre-training objectives, nothing masked);
-  evaluated by coarse-to-fine ranking (``eval/retrieval.py``), with the per-pair scores saved;
+  evaluated by coarse-to-fine ranking (``eval/retrieval.py``), with the per-pair scores saved.
+  The merged-attention model has no global embeddings: ITM alone, with uniformly drawn
+  negatives, and every pair of the evaluation images scored by ITM;
 * ``vqa`` (and ``easyvqa``, the same task on other files): an answer classifier on the
   multimodal summary, initialised from the MLM head, trained with BCE on soft scores;
   evaluated with the official VQA accuracy, and a results file for the evaluation server;
@@ -84,16 +86,17 @@ def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return torch.einsum("bkn,bnh->bkh", weights, hidden[:, : weights.shape[2]].float())
 
 
-def task_recipe(task: str, cfg: Config) -> Recipe:
+def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
+    """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
     kind = task_kind(task)
     if kind == "retrieval":
-        return pretraining_recipe(task, ["vsc", "itm"], cfg.objectives)
+        return pretraining_recipe(task, ["itm"] if merged else ["vsc", "itm"], cfg.objectives, merged)
 
     def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        text, fused = model.fuse_batch(batch)
+        _, fused = model.fuse_batch(batch)
         if kind == "grounding":
             phrase = mention_outputs(fused.hidden, batch["mention_weights"])
-            regions = fused.hidden[:, text.hidden.shape[1]:]
+            regions = fused.region_hidden
             return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
                                                 batch["mention_mask"])}
         logits = model.task_head(model.pool(fused.hidden, fused.mask))
@@ -230,7 +233,8 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     else:
         dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
-    result = train(bundle, task_recipe(task, cfg), dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
+    recipe = task_recipe(task, cfg, bundle.model.merged)
+    result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
     model_dir = out_dir / "model"
     if distributed.active().main:
@@ -307,7 +311,8 @@ def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Pat
 
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
                                  t.eval_split, t.max_eval)
-    result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True)
+    result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True,
+                                     subset=("finetune.retrieval.max_eval", t.max_eval))
     pairs = result.pop("pair_scores", None)
     if out_dir is not None and pairs is not None and distributed.active().main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -319,6 +324,7 @@ def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Pat
             caption=np.asarray([records[i].caption for i in pairs["text"].tolist()]),
             positive=np.asarray([records[t].image_id == image_ids[v]
                                  for v, t in zip(pairs["image"].tolist(), pairs["text"].tolist())]),
-            itm=pairs["itm"].numpy(), sim=pairs["sim"].numpy(),
+            itm=pairs["itm"].numpy(),
+            **({"sim": pairs["sim"].numpy()} if "sim" in pairs else {}),  # the merged model has none
         )
     return {**result, "images": len(image_ids), "captions": len(dataset)}

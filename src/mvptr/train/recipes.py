@@ -3,6 +3,8 @@
 Pre-training stage 1 trains the uni-modal encoders on L1 = MCR^v + MCR^s + VSC; stage 2
 trains everything on L2 = L1 + MLM + ITM + WPG (paper 3.4). Each objective can be left out
 of a stage's list, and the phrase / tag inputs can be switched off, for the ablations.
+The merged-attention model (Table 4, "MergAttn") has one stage and its own losses
+(``merged.py``): MCR^v + MCR^s + WPG + MLM + ITM, no VSC.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Callable
 
 import torch
 
-from ..config import ObjectiveConfig
+from ..config import ConfigError, ObjectiveConfig
 from ..distributed import gather_cat
 from ..model import losses as L
 from ..model.mvptr import MVPTR
+from .merged import merged_losses
 
 OBJECTIVES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
 CROSS_MODAL = ("mlm", "itm", "wpg")
@@ -30,7 +33,8 @@ class Recipe:
     trainable: Callable[[str], bool] = field(default=lambda name: True)
 
 
-def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig) -> Recipe:
+def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, merged: bool = False) -> Recipe:
+    """``merged``: the recipe of the merged-attention model."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
@@ -38,14 +42,30 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig) -
     if not active:
         raise ValueError(f"{name}: every objective is switched off")
     cross = any(o in CROSS_MODAL for o in active)
+    if merged:
+        check_merged_objectives(name, active, obj)
+    losses = merged_losses if merged else pretraining_losses
 
     def trainable(param_name: str) -> bool:
         return cross or not param_name.startswith(CROSS_MODAL_MODULES)
 
     def loss(model: MVPTR, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return pretraining_losses(model, batch, active, obj, generator)
+        return losses(model, batch, active, obj, generator)
 
     return Recipe(name, loss, trainable)
+
+
+def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig) -> None:
+    """What the merged-attention model cannot train is an error, not ignored."""
+    if "vsc" in active:
+        raise ConfigError(
+            f"{name}: VSC needs the global embeddings of uni-modal encoders, which the merged-attention model "
+            "(model.merged_attention) does not have; it trains with MCR^v + MCR^s + WPG + MLM + ITM "
+            f"(Table 4): set objectives.vsc=false or leave vsc out of {name}.objectives")
+    if any(o in CROSS_MODAL for o in active) and obj.negative_sampling != "sampled":
+        raise ConfigError(
+            f"objectives.negative_sampling={obj.negative_sampling}: the merged-attention model has no uni-modal "
+            "similarity to choose hard negatives by; its negatives are drawn uniformly (leave it at 'sampled')")
 
 
 def pretraining_losses(

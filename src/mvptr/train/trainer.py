@@ -361,7 +361,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             last = {k: round(v, 5) for k, v in logged.items() if k != "loss"}
             record = {
                 "stage": stage.name, "step": done, "loss": round(logged["loss"], 5), **last,
-                "lr": scheduler.get_last_lr()[0], "temperature": round(model.temperature, 5),
+                "lr": scheduler.get_last_lr()[0],
+                "temperature": None if model.temperature is None else round(model.temperature, 5),
                 "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
             }
             if d.main:
