@@ -157,12 +157,16 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     retrieval, image_ids = rank_dataset(cfg, model, dataset, collate, progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
-    grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
-    per_image = len(dataset) / len(image_ids)
+    chance = {"retrieval": chance_recall(len(image_ids), round(len(dataset) / len(image_ids)))}
+    if examples:
+        grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
+        chance["grounding"] = grounding["chance"]
+    else:  # a data set without Flickr30k Entities files has no grounding to measure
+        grounding = {"skipped": f"{e.entities_dir}: no Flickr30k Entities sentences for the {e.split!r} images"}
     return {
         "retrieval": retrieval,
         "grounding": grounding,
-        "chance": {"retrieval": chance_recall(len(image_ids), round(per_image)), "grounding": grounding["chance"]},
+        "chance": chance,
         "images": len(image_ids),
         "captions": len(dataset),
         **({"skipped": skip.summary()["skipped_samples"]} if skip is not None else {}),

@@ -293,7 +293,9 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
 
 
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
-    """Accuracy (percent) overall and per gold label (recall of each class)."""
+    """Accuracy (percent) overall and per gold label (recall of each class); no example is an error."""
+    if len(gold) == 0:
+        raise ValueError("classification: no examples to evaluate")
     per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
                  for k, name in enumerate(labels) if (gold == k).any()}
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
