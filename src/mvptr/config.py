@@ -114,6 +114,9 @@ class ObjectiveConfig:
     # True: MLM reads its own pass over word-masked captions, and VSC/ITM/WPG see every word
     # (ALBEF style); False: one pass with masked words for everything (official, cheaper)
     mlm_separate_pass: bool = True
+    # True (official): a phrase that contains a word masked for MLM is masked and becomes an
+    # MCR^s target as well; False: it is masked only in the pass MLM reads (no shortcut either way)
+    phrase_mask_tied: bool = False
 
 
 @dataclass

@@ -66,17 +66,23 @@ def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], sou
         bert_dir = minilm_dir() if source == "minilm" else Path(source)
         bert_config, state = read_bert_dir(bert_dir)
         init_from_bert(model, bert_config, state, str(bert_dir))
-    phrase_pieces = [[p for w in phrase_vocab.words(i) for p in pieces.pieces(w)] for i in range(len(phrase_vocab))]
-    init_phrase_rows(model, phrase_pieces)
+    init_phrase_rows(model, phrase_pieces(phrase_vocab, pieces))
     return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab)
+
+
+def phrase_pieces(vocab: PhraseVocab, pieces: WordPieces) -> list[list[int]]:
+    """The word pieces of each phrase of the vocabulary, in id order."""
+    return [[p for w in vocab.words(i) for p in pieces.pieces(w)] for i in range(len(vocab))]
 
 
 def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: int | None = None) -> Collator:
     gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
     return Collator(
-        WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.tag_vocab, bundle.model.num_phrases,
+        pieces, bundle.tag_vocab, bundle.model.num_phrases,
         cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
         masking, gen, cfg.objectives.mlm_separate_pass,
+        phrase_pieces(bundle.phrase_vocab, pieces) if masking is not None and masking.words else None,
     )
 
 

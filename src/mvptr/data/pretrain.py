@@ -276,18 +276,25 @@ def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass
 class Masking:
-    """Which sets to mask in a batch, and with what probability (0 = not masked)."""
+    """Which sets to mask in a batch, and with what probability (0 = not masked).
+    ``tie_phrases``: a phrase that contains a word masked for MLM is also an MCR^s target,
+    masked in the pass MCR^s reads (the official code's tied masking)."""
 
     words: float = 0.0
     phrases: float = 0.0
     tags: float = 0.0
+    tie_phrases: bool = False
 
     @classmethod
-    def for_objectives(cls, obj: ObjectiveConfig, active: list[str]) -> "Masking":
+    def for_objectives(cls, obj: ObjectiveConfig, objectives: list[str]) -> "Masking":
+        """The masking of a stage's objectives that are switched on: an objective that is off
+        (in the stage's list or by its ``objectives.<name>`` switch) corrupts no input."""
+        on = {o for o in objectives if getattr(obj, o)}
         return cls(
-            words=obj.mlm_mask_prob if "mlm" in active else 0.0,
-            phrases=obj.phrase_mask_prob if "mcr_s" in active and obj.use_phrases else 0.0,
-            tags=obj.tag_mask_prob if "mcr_v" in active and obj.use_tags else 0.0,
+            words=obj.mlm_mask_prob if "mlm" in on else 0.0,
+            phrases=obj.phrase_mask_prob if "mcr_s" in on and obj.use_phrases else 0.0,
+            tags=obj.tag_mask_prob if "mcr_v" in on and obj.use_tags else 0.0,
+            tie_phrases=obj.phrase_mask_tied and "mcr_s" in on,
         )
 
 
@@ -295,7 +302,12 @@ class Collator:
     """Pads a list of samples into tensors and applies the masking of the active objectives.
 
     Words masked for MLM go to ``mlm_input_ids`` (``separate_mlm``, the default) or replace
-    ``input_ids`` (one shared masked pass, the official code's choice).
+    ``input_ids`` (one shared masked pass, the official code's choice). In the pass MLM reads,
+    every phrase that contains a masked word is [MASK] too (``mlm_phrase_ids``, or
+    ``phrase_ids`` when the pass is shared), so that no phrase row gives the word away;
+    ``phrase_pieces`` (the word pieces of each phrase of the vocabulary) says which phrase
+    contains which word, and without it every phrase is masked in that pass.
+    ``phrase_masked`` marks the phrases whose row in ``phrase_ids`` is not their own.
 
     Concept mode: each tag is one unit (a tag class, embedded as the mean of its pieces) and
     MCR^v labels are tag-class indices. Word-piece mode: each piece of each tag is a unit
@@ -314,6 +326,7 @@ class Collator:
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
         separate_mlm: bool = True,
+        phrase_pieces: list[list[int]] | None = None,
     ):
         if tag_mode not in ("concepts", "word_pieces"):
             raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
@@ -324,6 +337,7 @@ class Collator:
         self.masking = masking or Masking()
         self.generator = generator
         self.separate_mlm = separate_mlm
+        self.phrase_pieces = None if phrase_pieces is None else pad_lists([list(p) for p in phrase_pieces], PAD_ID)
         # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
         self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
 
@@ -389,6 +403,15 @@ class Collator:
         # phrase rows sit after the word rows of the shared table; -2 marks [MASK]
         phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)
         phrase_ids[~phrase_mask] = PAD_ID
+        leaks = self._leaking_phrases(input_ids, mlm_labels != IGNORE, phrases) & phrase_mask
+        if self.masking.tie_phrases:  # official: they are MCR^s targets, masked where MCR^s reads
+            phrase_labels = torch.where(leaks & (phrase_labels == IGNORE), phrases, phrase_labels)
+            phrase_ids = phrase_ids.masked_fill(leaks, MASK_ID)
+        mlm_phrases = phrase_ids.masked_fill(leaks, MASK_ID)
+        if self.separate_mlm:
+            words["mlm_phrase_ids"] = mlm_phrases
+        else:
+            phrase_ids = mlm_phrases
         return {
             **words,
             "word_mask": word_mask,
@@ -396,7 +419,21 @@ class Collator:
             "phrase_ids": phrase_ids,
             "phrase_mask": phrase_mask,
             "phrase_labels": phrase_labels,
+            "phrase_masked": (phrase_labels != IGNORE) | (phrase_ids == MASK_ID),
         }
+
+    def _leaking_phrases(self, input_ids: torch.Tensor, masked_words: torch.Tensor,
+                         phrases: torch.Tensor) -> torch.Tensor:
+        """(B, M): the phrases that contain a word piece masked for MLM (matched by piece id);
+        all of them when the phrases' pieces are unknown."""
+        if not masked_words.any():
+            return torch.zeros_like(phrases, dtype=torch.bool)
+        if self.phrase_pieces is None:
+            return torch.ones_like(phrases, dtype=torch.bool)
+        pieces = self.phrase_pieces[phrases.clamp(min=0)]  # (B, M, P)
+        words = input_ids.masked_fill(~masked_words, -1)  # (B, N), -1 matches no piece
+        hit = (pieces[:, :, :, None] == words[:, None, None, :]) & (pieces != PAD_ID)[..., None]
+        return hit.flatten(2).any(-1)
 
     def image(self, items: list[dict]) -> dict:
         tags = self._tags([it["tags"] if self.use_tags else [] for it in items])

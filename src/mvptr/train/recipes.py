@@ -101,7 +101,7 @@ def pretraining_losses(
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
             masked_text = model.encode_text(
-                batch["mlm_input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"]
+                batch["mlm_input_ids"], batch["word_mask"], batch["mlm_phrase_ids"], batch["phrase_mask"]
             )
             mlm_hidden = model.fuse(masked_text.hidden, masked_text.mask, image.region_hidden, image.region_mask).hidden
         else:
@@ -124,8 +124,8 @@ def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t
     n, m = text.num_words, text.phrase_hidden.shape[1]
     b = len(idx)
 
-    # a phrase masked for MCR^s no longer names its concept: it does not take part
-    phrases = batch["phrase_mask"] & (batch["phrase_labels"] == L.IGNORE)
+    # a masked phrase no longer names its concept: it does not take part
+    phrases = batch["phrase_mask"] & ~batch["phrase_masked"]
 
     def phrase_region_sim(h: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
         return L.wpg_similarity(h[:, n : n + m], phrases[t], h[:, n + m :], image.region_mask[v])
