@@ -172,7 +172,8 @@ class DemoConfig:
 @dataclass
 class TaskConfig:
     """One fine-tuning task: the trainer's settings, the task's files and its evaluation.
-    Paths may hold ``{split}``; fields a task does not use are ignored."""
+    Paths may hold ``{split}``; a field the task does not read must keep its default (see
+    ``mvptr.train.finetune.TASK_FIELDS``). ``train.objectives`` is read by retrieval only."""
 
     train: StageConfig = field(default_factory=StageConfig)
     train_split: str = "train"  # VQA: several joined by "+", e.g. "train2014+val2014"
@@ -188,8 +189,9 @@ class TaskConfig:
     mask_regions: bool = False  # hide every region and tag (a text-only baseline)
 
 
-def _task(name: str, epochs: float, lr: float, batch_size: int, weight_decay: float = 0.05, **files) -> TaskConfig:
-    stage = StageConfig(name=name, objectives=[], epochs=epochs, lr=lr, batch_size=batch_size,
+def _task(name: str, epochs: float, lr: float, batch_size: int, weight_decay: float = 0.05,
+          objectives: list | None = None, **files) -> TaskConfig:
+    stage = StageConfig(name=name, objectives=objectives or [], epochs=epochs, lr=lr, batch_size=batch_size,
                         weight_decay=weight_decay, warmup_ratio=0.1)
     return TaskConfig(train=stage, **files)
 
@@ -198,7 +200,7 @@ def _task(name: str, epochs: float, lr: float, batch_size: int, weight_decay: fl
 class FinetuneConfig:
     """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files."""
 
-    retrieval: TaskConfig = field(default_factory=lambda: _task("retrieval", 5, 4e-5, 96))
+    retrieval: TaskConfig = field(default_factory=lambda: _task("retrieval", 5, 4e-5, 96, objectives=["vsc", "itm"]))
     vqa: TaskConfig = field(default_factory=lambda: _task(
         "vqa", 7, 5e-5, 32,
         questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",

@@ -19,7 +19,7 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
 from ..checkpoint import Bundle, load_model_dir, save_model_dir
-from ..config import Config, TaskConfig
+from ..config import Config, ConfigError, TaskConfig
 from ..data.formats import (
     VE_LABELS,
     read_captions,
@@ -63,6 +63,25 @@ def task_kind(task: str) -> str:
     return "vqa" if task == "easyvqa" else task
 
 
+COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval")
+TASK_FIELDS = {  # the TaskConfig fields each kind of task reads
+    "retrieval": COMMON_FIELDS,
+    "vqa": (*COMMON_FIELDS, "questions", "annotations", "features", "predictions", "num_answers", "mask_regions"),
+    "ve": (*COMMON_FIELDS, "hypotheses", "features", "predictions", "mask_regions"),
+    "grounding": COMMON_FIELDS,
+}
+
+
+def check_task_config(task: str, t: TaskConfig) -> None:
+    """A field the task does not read must keep its default: setting it is an error, not a no-op."""
+    kind, default = task_kind(task), TaskConfig()
+    for f in fields(TaskConfig):
+        if f.name not in TASK_FIELDS[kind] and getattr(t, f.name) != getattr(default, f.name):
+            raise ConfigError(f"finetune.{task}.{f.name}: the {kind} task does not read it; leave it unset")
+    if kind != "retrieval" and t.train.objectives:
+        raise ConfigError(f"finetune.{task}.train.objectives: the {kind} task trains its own head; leave it empty")
+
+
 # ----------------------------------------------------------------------------- recipes
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,8 +106,8 @@ def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 def task_recipe(task: str, cfg: Config) -> Recipe:
     kind = task_kind(task)
-    if kind == "retrieval":
-        return pretraining_recipe(task, ["vsc", "itm"], cfg.objectives)
+    if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1)
+        return pretraining_recipe(task, list(cfg.finetune.retrieval.train.objectives), cfg.objectives)
 
     def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         text, fused = model.fuse_batch(batch)
@@ -209,6 +228,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
 
     configure_torch(cfg)
     kind, t = task_kind(task), getattr(cfg.finetune, task)
+    check_task_config(task, t)
     out_dir = Path(out_dir)
     info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
     if kind == "retrieval":
@@ -259,6 +279,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
     scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
     kind, t = task_kind(task), getattr(cfg.finetune, task)
+    check_task_config(task, t)
     model = bundle.model.eval()
     split, bs = t.eval_split, cfg.eval.batch_size
     hide = t.mask_regions if mask_regions is None else mask_regions
