@@ -4,6 +4,7 @@
     mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--n-process P] [--skip-bad]
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
+    mvptr prepare tags --instances FILE [FILE ...] --out FILE [--key id|stem]   (ground-truth tags for data.tags)
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad]
     mvptr features export --store DIR --out DIR
@@ -17,6 +18,12 @@
     mvptr search build|query ...
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+
+With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
+``objectives.use_tags`` and ``use_phrases``) are used; a ``model.*`` override is applied when it
+leaves the weights' shapes alone (dropout, wpg_layer, activation checkpointing, compile) and
+refused otherwise.
+
 With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
 command; the skipped samples are counted by reason, printed at the end (on stderr) and saved
 as ``skipped.json`` beside the command's outputs.
@@ -74,6 +81,15 @@ def cmd_prepare(args) -> None:
         from .data.demo_tasks import prepare_demo_tasks
 
         print(json.dumps(prepare_demo_tasks(args.out or "data/demo"), indent=2))
+    elif args.what == "tags":
+        from .data.tag_files import tags_from_coco_instances, write_tag_file
+
+        if not args.instances or not args.out:
+            raise SystemExit("mvptr prepare tags: --instances and --out are required")
+        tags = tags_from_coco_instances(args.instances, args.key)
+        write_tag_file(args.out, tags)
+        print(json.dumps({"out": args.out, "images": len(tags), "tags": sum(map(len, tags.values())),
+                          "classes": len({t for v in tags.values() for t in v})}, indent=2))
     elif args.what == "easyvqa":
         from .data.easyvqa import prepare_easyvqa
 
@@ -133,22 +149,32 @@ def cmd_features(args) -> None:
     _report_skipped(skipped, Path(args.out) / "skipped.json")
 
 
+def _trained(args, cfg, path, load):
+    """A trained model directory and the run's config with its settings (see
+    ``checkpoint.adopt_model_settings``)."""
+    from .checkpoint import adopt_model_settings
+
+    bundle = load(path, cfg.device)
+    return bundle, adopt_model_settings(cfg, bundle, args.overrides, str(path))
+
+
 def cmd_pretrain(args) -> None:
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
-    from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
+    from .pipeline import init_dir, new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
 
     cfg = _config(args)
     out = Path(cfg.out_dir)
+    if args.init_model and args.stage != "stage2":
+        raise ConfigError("--init-model starts stage 2 from a model directory: give --stage stage2 with it")
+    if args.stage == "stage2":
+        bundle, cfg = _trained(args, cfg, args.init_model or out / "stage1" / "model", load_model_dir)
+    else:
+        init_dir(cfg)  # a wrong init.source is said before any data is read
+        bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     if _is_main():
         save_config(cfg, out / "config.yaml")
-    if args.stage == "stage2" and args.init_model:
-        bundle = load_model_dir(args.init_model, cfg.device)
-    elif args.stage == "stage2":
-        bundle = load_model_dir(out / "stage1" / "model", cfg.device)
-    else:
-        bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     for name in ("stage1", "stage2") if args.stage == "both" else (args.stage,):
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
@@ -170,9 +196,9 @@ def cmd_finetune(args) -> None:
 
     cfg = _config(args)
     out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
+    bundle, cfg = _trained(args, cfg, args.model, load_task_model)
     if _is_main():
         save_config(cfg, out / "config.yaml")
-    bundle = load_task_model(args.model, cfg.device)
     result = finetune(cfg, args.task, bundle, out)
     metrics = evaluate_task(cfg, args.task, bundle, out)
     if not _is_main():
@@ -192,7 +218,7 @@ def cmd_evaluate(args) -> None:
     from .pipeline import evaluate, write_json
 
     cfg = _config(args)
-    bundle = load_model_dir(args.model, cfg.device)
+    bundle, cfg = _trained(args, cfg, args.model, load_model_dir)
     skipped = SkippedSamples() if cfg.data.skip_bad else None
     result = evaluate(cfg, bundle, skipped=skipped)
     if not _is_main():
@@ -208,7 +234,8 @@ def cmd_evaluate_task(args) -> None:
 
     cfg = _config(args)
     out = Path(args.model).parent
-    metrics = evaluate_task(cfg, args.task, load_task_model(args.model, cfg.device), out)
+    bundle, cfg = _trained(args, cfg, args.model, load_task_model)
+    metrics = evaluate_task(cfg, args.task, bundle, out)
     if not _is_main():
         return
     write_json(out / f"eval_{args.task}.json", metrics)
@@ -244,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="generate the demo world, parse phrases, or build one phrase "
                                           "vocabulary over data.corpora")
-    prep.add_argument("what", choices=["demo", "phrases", "vocab", "tasks", "easyvqa"])
+    prep.add_argument("what", choices=["demo", "phrases", "vocab", "tasks", "easyvqa", "tags"])
+    prep.add_argument("--instances", nargs="+", help="COCO instances JSON files (tags): their labels become "
+                                                     "each image's ground-truth tags, for data.tags")
+    prep.add_argument("--key", choices=["id", "stem"], default="id",
+                      help="tags: name images by COCO image id (Karpathy captions' cocoid) or file name stem")
     prep.add_argument("--detector", default="data/demo/detector.safetensors",
                       help="demo detector weights that find easy-VQA's regions (easyvqa)")
     prep.add_argument("--out")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .checkpoint import Bundle, checkpoint_bytes
-from .config import Config, StageConfig
+from .config import Config, ConfigError, StageConfig
 from .data.formats import SkippedSamples, read_captions, read_phrase_cache
 from .data.pretrain import (
     Collator,
@@ -28,7 +28,7 @@ from .data.pretrain import (
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, encode_images, encode_texts, evaluate_retrieval
-from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir
+from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
 from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir
@@ -54,20 +54,40 @@ def training_tag_vocab(cfg: Config) -> list[str]:
                           sorted({r.image_id for r in records}), skip_bad=cfg.data.skip_bad)
 
 
+INIT_HINT = ("pass init.source=DIR, a local BERT directory of the model's size (bert-base-uncased for the "
+             "base preset: config.json, model.safetensors or pytorch_model.bin, vocab.txt), or init.source=random")
+
+
+def init_dir(cfg: Config, source: str | None = None) -> Path | None:
+    """The BERT directory ``init.source`` names (None for "random"), checked before any data is
+    read: one that is missing or does not fit the model is a ConfigError saying what to pass."""
+    source = source or cfg.init.source
+    if source == "random":
+        return None
+    path = minilm_dir() if source == "minilm" else Path(source)
+    if not (path / "config.json").is_file() or not any((path / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise ConfigError(f"init.source={source}: not a BERT directory with config.json and a vocabulary; {INIT_HINT}")
+    wrong = shape_mismatches(cfg.model, json.loads((path / "config.json").read_text()))
+    if wrong:
+        name = "the packaged MiniLM-L6" if source == "minilm" else str(path)
+        raise ConfigError(f"init.source={source}: {name} does not fit the model ({'; '.join(wrong)}); {INIT_HINT}")
+    return path
+
+
 def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], source: str | None = None) -> Bundle:
     """A model initialised from ``source``: "minilm", "random" or a local BERT directory."""
-    source = source or cfg.init.source
-    tokenizer = load_tokenizer(None if source in ("minilm", "random") else source)
+    bert_dir = init_dir(cfg, source)
+    tokenizer = load_tokenizer(None if bert_dir is None else bert_dir)
     pieces = WordPieces(tokenizer, cfg.data.max_tokens)
     tag_pieces = pad_lists([list(pieces.pieces(t)) for t in tag_vocab], 0)
     torch.manual_seed(cfg.seed)
     model = MVPTR(cfg.model, len(phrase_vocab), tag_pieces)
-    if source != "random":
-        bert_dir = minilm_dir() if source == "minilm" else Path(source)
+    if bert_dir is not None:
         bert_config, state = read_bert_dir(bert_dir)
         init_from_bert(model, bert_config, state, str(bert_dir))
     init_phrase_rows(model, phrase_pieces(phrase_vocab, pieces))
-    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab)
+    inputs = {"use_tags": cfg.objectives.use_tags, "use_phrases": cfg.objectives.use_phrases}
+    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab, inputs)
 
 
 def phrase_pieces(vocab: PhraseVocab, pieces: WordPieces) -> list[list[int]]:

@@ -13,44 +13,70 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..config import CorpusConfig, DataConfig, ObjectiveConfig
+from ..config import ConfigError, CorpusConfig, DataConfig, ObjectiveConfig
 from ..model.losses import IGNORE
 from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..vision.stores import CorpusStores, open_store
 from .formats import CaptionRecord, FormatError, SkippedSamples, read_captions, read_phrase_cache, skip_or_raise
+from .tag_files import read_tag_file
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
 
+@dataclass
+class GroundTruthTags:
+    """Ground-truth tags that replace the detector's (``data.tags``): labels by image id, and
+    the file(s) they came from, for errors."""
+
+    labels: dict[str, list[str]]
+    source: str
+
+
 class ImageSource:
     """Regions and tags of an image from a feature store: a memmap store directory or the
-    VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``)."""
+    VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``). Tags are
+    the detections' class names, most confident first, or the image's ground-truth labels
+    (``gt_tags``); ``dedupe_tags`` keeps each class once (the official code's choice)."""
 
     def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int,
-                 skip: SkippedSamples | None = None):
+                 skip: SkippedSamples | None = None, gt_tags: GroundTruthTags | None = None,
+                 dedupe_tags: bool = False):
         self.store = open_store(features, predictions, feat_dim, skip)
         self.max_regions, self.max_tags = max_regions, max_tags
+        self.gt_tags, self.dedupe_tags = gt_tags, dedupe_tags
 
     @classmethod
-    def of_store(cls, store, max_regions: int, max_tags: int) -> ImageSource:
+    def of_store(cls, store, max_regions: int, max_tags: int, gt_tags: GroundTruthTags | None = None,
+                 dedupe_tags: bool = False) -> ImageSource:
         images = cls.__new__(cls)
         images.store, images.max_regions, images.max_tags = store, max_regions, max_tags
+        images.gt_tags, images.dedupe_tags = gt_tags, dedupe_tags
         return images
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.store
 
+    def tags(self, image_id: str, image: dict | None = None) -> list[str]:
+        """Every tag of an image, in the order they are kept (``image``: its detections, if read)."""
+        if self.gt_tags is not None:
+            if image_id not in self.gt_tags.labels:
+                raise FormatError(f"{self.gt_tags.source}: no ground-truth tags for image {image_id}", "no tags")
+            names = self.gt_tags.labels[image_id]
+        else:
+            image = image or self.store.detections(image_id)
+            # the most confident first (a stable sort keeps ties in detector order)
+            names = [image["classes"][i] for i in np.argsort(-image["confs"], kind="stable")]
+        return list(dict.fromkeys(names)) if self.dedupe_tags else list(names)
+
     def __call__(self, image_id: str) -> dict:
         image = self.store[image_id]
         n = self.max_regions
-        # tags: the most confident detections' class names (a stable sort keeps ties in detector order)
-        order = np.argsort(-image["confs"], kind="stable")[: self.max_tags]
         return {
             "region_feats": image["region_feats"][:n],
             "boxes": image["boxes"][:n],
-            "tags": [image["classes"][i] for i in order],
+            "tags": self.tags(image_id, image)[: self.max_tags],
             "width": image["width"],
             "height": image["height"],
         }
@@ -112,7 +138,9 @@ class PairDataset(Dataset):
 def corpora(data: DataConfig) -> list[CorpusConfig]:
     """``data.corpora``, or one unnamed corpus of the single-corpus fields when it is empty."""
     if not data.corpora:
-        return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache)]
+        return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache, data.tags)]
+    if data.tags:
+        raise ConfigError("data.tags is for a single corpus; with data.corpora give each corpus its own tags")
     names = [c.name for c in data.corpora]
     for c in data.corpora:
         if not c.name or "/" in c.name or names.count(c.name) > 1:
@@ -122,13 +150,28 @@ def corpora(data: DataConfig) -> list[CorpusConfig]:
     return list(data.corpora)
 
 
+def ground_truth_tags(parts: list[CorpusConfig]) -> GroundTruthTags | None:
+    """The tag files of the corpora (``data.tags`` or each corpus's ``tags``), image ids
+    qualified as in :func:`open_images`; None when none has one. Either every corpus has
+    ground-truth tags or none: a mix would give some images detector tags silently."""
+    files = [c.tags for c in parts if c.tags]
+    if not files:
+        return None
+    if len(files) != len(parts):
+        raise ConfigError("data.corpora: give every corpus its tags file, or none")
+    labels = {f"{c.name}/{k}" if c.name else k: v for c in parts for k, v in read_tag_file(c.tags).items()}
+    return GroundTruthTags(labels, ", ".join(files))
+
+
 def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | None = None) -> ImageSource:
     """The region store of each corpus; with several corpora, image ids are "<corpus>/<image id>"."""
     parts = corpora(data)
+    tags = ground_truth_tags(parts)
     if not data.corpora:
-        return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip)
+        return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip,
+                           tags, data.dedupe_tags)
     stores = {c.name: open_store(c.features, c.predictions, region_feat_dim, skip) for c in parts}
-    return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags)
+    return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags, tags, data.dedupe_tags)
 
 
 def _qualified(name: str, records: list[CaptionRecord]) -> list[CaptionRecord]:
@@ -143,7 +186,7 @@ def caption_records(data: DataConfig, split: str, skip: SkippedSamples | None = 
 def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
                   skip: SkippedSamples | None) -> list[CaptionRecord]:
     """Drop the captions of images with no features; with ``skip``, read every image once and
-    also drop those whose features or detections are bad."""
+    also drop those whose features, detections or ground-truth tags are bad."""
     per_image: dict[str, int] = {}
     for r in records:
         per_image[r.image_id] = per_image.get(r.image_id, 0) + 1
@@ -154,7 +197,9 @@ def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
                 raise FormatError(f"{where}: image {image_id} is captioned but has no region features",
                                   "image not found")
             if skip is not None:
-                images.store[image_id]
+                images(image_id)
+            elif images.gt_tags is not None:
+                images.tags(image_id)  # an image without ground-truth tags is found before training
         except FormatError as err:
             skip_or_raise(skip, err, samples=n)
             bad.add(image_id)
@@ -218,12 +263,13 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
 
 
 def tag_vocab_from(images: ImageSource, image_ids, skip_bad: bool = False) -> list[str]:
-    """All tag classes predicted on the given images, sorted. With ``skip_bad``, images with
-    missing or bad detections are passed over (the dataset build counts them)."""
+    """All tag classes of the given images (predicted, or their ground-truth labels), sorted.
+    With ``skip_bad``, images with missing or bad detections or tags are passed over (the
+    dataset build counts them)."""
     names: set[str] = set()
     for image_id in image_ids:
         try:
-            names.update(images.store.detections(image_id)["classes"])
+            names.update(images.tags(image_id))
         except FormatError:
             if not skip_bad:
                 raise

@@ -86,7 +86,7 @@ class MVPTR(nn.Module):
         self.embeddings = Embeddings(cfg, num_phrases)
         self.region_embed = nn.Linear(cfg.region_feat_dim, h)
         if self.official and cfg.region_layer_norm:
-            self.region_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+            self.region_norm = nn.LayerNorm(h, eps=cfg.region_layer_norm_eps)
         self.text_encoder = Encoder(cfg, cfg.text_layers)
         self.visual_encoder = Encoder(cfg, cfg.visual_layers)
         self.multimodal_encoder = Encoder(cfg, cfg.multimodal_layers)

@@ -19,7 +19,7 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
-from ..checkpoint import Bundle, load_model_dir, save_model_dir
+from ..checkpoint import Bundle, load_model_dir, rebuild_model, save_model_dir
 from ..config import Config, ConfigError, TaskConfig
 from ..data.formats import (
     VE_LABELS,
@@ -38,7 +38,7 @@ from ..data.formats import (
     read_vqa,
     write_vqa_results,
 )
-from ..data.pretrain import ImageSource, build_pair_dataset, pad_lists
+from ..data.pretrain import ImageSource, build_pair_dataset, open_images, pad_lists
 from ..data.tasks import (
     GroundingDataset,
     TaskCollator,
@@ -63,12 +63,14 @@ def task_kind(task: str) -> str:
     return "vqa" if task == "easyvqa" else task
 
 
-COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval")
-TASK_FIELDS = {  # the TaskConfig fields each kind of task reads
-    "retrieval": COMMON_FIELDS,
+LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
+COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
+                 "max_tokens", "max_tags", "max_regions")
+TASK_FIELDS = {  # the TaskConfig fields each kind of task reads (VQA and SNLI-VE texts have no phrases)
+    "retrieval": (*COMMON_FIELDS, "max_phrases"),
     "vqa": (*COMMON_FIELDS, "questions", "annotations", "features", "predictions", "num_answers", "mask_regions"),
     "ve": (*COMMON_FIELDS, "hypotheses", "features", "predictions", "mask_regions"),
-    "grounding": COMMON_FIELDS,
+    "grounding": (*COMMON_FIELDS, "max_phrases"),
 }
 
 
@@ -80,6 +82,18 @@ def check_task_config(task: str, t: TaskConfig) -> None:
             raise ConfigError(f"finetune.{task}.{f.name}: the {kind} task does not read it; leave it unset")
     if kind != "retrieval" and t.train.objectives:
         raise ConfigError(f"finetune.{task}.train.objectives: the {kind} task trains its own head; leave it empty")
+
+
+def task_setup(cfg: Config, task: str, bundle: Bundle | None = None) -> tuple[Config, TaskConfig]:
+    """The run's configuration for ``task``: its input limits in place of ``data.max_*``, and,
+    given the model to fine-tune, its dropout (the model is rebuilt with it)."""
+    t = getattr(cfg.finetune, task)
+    check_task_config(task, t)
+    cfg = replace(cfg, data=replace(cfg.data, **{k: getattr(t, k) for k in LIMITS if getattr(t, k)}))
+    if bundle is not None and t.dropout >= 0 and t.dropout != bundle.model.cfg.dropout:
+        rebuild_model(bundle, replace(bundle.model.cfg, dropout=t.dropout))
+        cfg = replace(cfg, model=bundle.model.cfg)
+    return cfg, t
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -177,9 +191,12 @@ def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
 # ----------------------------------------------------------------------------- data
 
 def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
+    """The task's images: its own feature files, or the pre-training images with their tags."""
+    if not t.features and not t.predictions:
+        return TaskImages(open_images(replace(cfg.data, corpora=[]), cfg.model.region_feat_dim))
     d = cfg.data
-    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions,
-                                  cfg.model.region_feat_dim, d.max_regions, d.max_tags))
+    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions, cfg.model.region_feat_dim,
+                                  d.max_regions, d.max_tags, dedupe_tags=d.dedupe_tags))
 
 
 def vqa_questions(t: TaskConfig, split: str) -> list:
@@ -227,8 +244,8 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     from ..pipeline import collator, configure_torch
 
     configure_torch(cfg)
-    kind, t = task_kind(task), getattr(cfg.finetune, task)
-    check_task_config(task, t)
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task, bundle)
     out_dir = Path(out_dir)
     info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
     if kind == "retrieval":
@@ -278,8 +295,8 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
                   progress: bool = True, mask_regions: bool | None = None) -> dict:
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
     scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
-    kind, t = task_kind(task), getattr(cfg.finetune, task)
-    check_task_config(task, t)
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task)
     model = bundle.model.eval()
     split, bs = t.eval_split, cfg.eval.batch_size
     hide = t.mask_regions if mask_regions is None else mask_regions
