@@ -49,6 +49,18 @@ def test_recall_with_ties_is_the_mean_over_random_tie_breaking(seed):
         assert fast[k] == pytest.approx(mean, abs=5 * 50 / draws**0.5)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_candidates_ranked_first_come_before_all_others_in_their_own_order(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_img, per = 6, 2
+    positives = _positives(n_img, per)
+    scores = torch.randint(-3, 4, (n_img, n_img * per), generator=g).float()  # ties, and ranges that overlap
+    first = torch.rand(n_img, n_img * per, generator=g) < 0.3
+    lifted = torch.where(first, scores + 100.0, scores)  # the same order, written as one score
+    assert recall_at_k(scores, positives, ks=(1, 2, 5), first=first) == pytest.approx(
+        recall_at_k(lifted, positives, ks=(1, 2, 5)))
+
+
 def test_constant_scores_give_exactly_the_chance_recall():
     n_img, per = 10, 5
     positives = _positives(n_img, per)

@@ -33,15 +33,18 @@ def check_finite_scores(scores: torch.Tensor, where: str) -> None:
         raise ValueError(f"{where}: {int(nan.sum())} NaN scores (first at row {row}, column {col})")
 
 
-def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str = "scores") -> dict[int, float]:
+def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str = "scores",
+                first: torch.Tensor | None = None) -> dict[int, float]:
     """Percent of queries (rows) whose best-ranked positive is within the top K, in
     expectation over a uniformly random order among tied scores.
 
-    scores (Q, C); positives (Q, C) bool. With g negatives scored above the best positive,
-    t negatives and p positives tied with it, a query is a hit at K with probability
-    1 - C(t, K - g) / C(t + p, K - g) (1 when K - g > t, 0 when K <= g): constant scores give
-    exactly the chance recall, and without ties this is the plain recall. NaN scores, a
-    query without a positive, or no query at all are errors naming ``where``.
+    scores (Q, C); positives (Q, C) bool; ``first`` (Q, C) bool, optional: candidates ranked
+    above all others (the re-ranked ones), each group in the order of its scores. With g
+    negatives ranked above the best positive, t negatives and p positives tied with it, a
+    query is a hit at K with probability 1 - C(t, K - g) / C(t + p, K - g) (1 when K - g > t,
+    0 when K <= g): constant scores give exactly the chance recall, and without ties this is
+    the plain recall. NaN scores, a query without a positive, or no query at all are errors
+    naming ``where``.
     """
     if scores.shape[0] == 0:
         raise ValueError(f"{where}: no queries to rank")
@@ -49,11 +52,18 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str
     lonely = ~positives.any(1)
     if lonely.any():
         raise ValueError(f"{where}: query {int(torch.nonzero(lonely)[0])} has no positive candidate")
-    scores = scores.double()
-    best = scores.masked_fill(~positives, float("-inf")).max(1, keepdim=True).values
-    above = ((scores > best) & ~positives).sum(1).double()
-    tied = scores == best
-    t = (tied & ~positives).sum(1).double()
+    negatives = ~positives
+    if first is None:
+        best = scores.masked_fill(negatives, float("-inf")).max(1, keepdim=True).values
+        higher, tied = scores > best, scores == best
+    else:  # the best positive by (tier, score): the top tier holding a positive, then its top score
+        best_first = (first & positives).any(1, keepdim=True)
+        same_tier = first == best_first
+        best = scores.masked_fill(negatives | ~same_tier, float("-inf")).max(1, keepdim=True).values
+        higher = (first & ~best_first) | (same_tier & (scores > best))
+        tied = same_tier & (scores == best)
+    above = (higher & negatives).sum(1).double()
+    t = (tied & negatives).sum(1).double()
     p = (tied & positives).sum(1).double()
     out = {}
     for k in ks:
@@ -159,14 +169,10 @@ def reranked_recall(sim: torch.Tensor, fine: torch.Tensor, wanted: torch.Tensor,
                     positives: torch.Tensor) -> dict[str, float]:
     """Recall both ways when re-ranked candidates (scores in ``fine``) come first, in their
     re-ranked order, and the rest keep their uni-modal order."""
-    sim, fine = sim.double(), fine.double()
-    scored = wanted | by_text.t()
-    # lifts every re-ranked score above every uni-modal one, whatever their ranges
-    offset = sim.max() - fine[scored].min() + 1.0 if scored.any() else 0.0
-    i2t = torch.where(wanted, fine + offset, sim)
-    t2i = torch.where(by_text, fine.t() + offset, sim.t())
-    return summarise(recall_at_k(i2t, positives, where="re-ranked image-to-text scores"),
-                     recall_at_k(t2i, positives.t(), where="re-ranked text-to-image scores"))
+    i2t = torch.where(wanted, fine, sim)
+    t2i = torch.where(by_text, fine.t(), sim.t())
+    return summarise(recall_at_k(i2t, positives, where="re-ranked image-to-text scores", first=wanted),
+                     recall_at_k(t2i, positives.t(), where="re-ranked text-to-image scores", first=by_text))
 
 
 def evaluate_retrieval(
