@@ -129,6 +129,7 @@ def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path,
     model = bundle.model.eval()
     assert model.cfg.layout == "official" and model.cfg.region_layer_norm == region_layer_norm
     assert model.cfg.region_layer_norm_eps == IMG_EPS  # the released config's img_layer_norm_eps
+    assert bundle.inputs == {"use_tags": True, "use_phrases": True}
     if region_layer_norm:
         assert model.region_norm.eps == IMG_EPS
     assert abs(model.temperature - 0.05) < 1e-6

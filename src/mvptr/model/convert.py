@@ -252,7 +252,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
             unused.append(key)  # tied decoders, position_ids, fine-tuned or QA heads
     load_state_strict(model, state, str(weights))
     tokenizer = load_tokenizer(src if any((src / n).exists() for n in ("vocab.txt", "tokenizer.json")) else None)
-    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, []))
+    # the released model reads tags and phrases
+    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, [], {"use_tags": True, "use_phrases": True}))
     return {
         "source": str(weights),
         "copied": len(filled),
