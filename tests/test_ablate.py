@@ -42,7 +42,8 @@ def test_unknown_rows_are_an_error():
 def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
     w = tmp_path / "world"
     shutil.copytree(world, w)  # the demo's task files are written into the world's directory
-    args = ["ablate", "--config", "tiny", "--rows", "no_phrases,merged_attention", "--seeds", "2", "--out", str(tmp_path / "ab"),
+    args = ["ablate", "--config", "tiny", "--rows", "no_phrases,merged_attention", "--seeds", "2",
+            "--out", str(tmp_path / "ab"),
             f"out_dir={tmp_path}/runs", f"demo.data_dir={w}", f"data.captions={w}/captions.json",
             f"data.features={w}/features.tsv", f"data.predictions={w}/predictions.tsv",
             f"data.phrase_cache={w}/phrases/phrase_cache.jsonl", f"data.phrase_vocab={w}/phrases/phrase_vocab.json",

@@ -130,6 +130,8 @@ def test_vqa_loss_and_classification_accuracy_match_loops():
     for k, name in enumerate(("entailment", "neutral", "contradiction")):
         rows = [p for p, q in zip(pred.tolist(), gold.tolist()) if q == k]
         assert acc["per_label"][name] == pytest.approx(round(100 * rows.count(k) / len(rows), 2))
+    with pytest.raises(ValueError, match="no examples"):
+        classification_accuracy(pred[:0], gold[:0], ("entailment", "neutral", "contradiction"))
 
 
 @torch.no_grad()
@@ -159,6 +161,8 @@ def test_grounding_accuracy_matches_one_sentence_at_a_time(tiny_model, task_args
     result = evaluate_grounding(bundle.model, data.examples, data.images, collate, batch_size=7)
     assert result["mentions"] == total
     assert result["acc"] == pytest.approx(round(100 * correct / total, 2))
+    with pytest.raises(ValueError, match="no mentions to evaluate"):  # not 0 % nor 100 %
+        evaluate_grounding(bundle.model, [], data.images, collate)
 
 
 def test_collator_builds_iou_targets_and_can_hide_every_region(tiny_model, task_args, tmp_path):
@@ -288,3 +292,12 @@ def test_two_processes_fine_tune_and_evaluate_like_one(tiny_model, task_args, tm
     _torchrun(["evaluate", "vqa", "--model", str(out / "model"), "--config", "tiny", *args], tmp_path)
     assert json.loads((out / "eval_vqa.json").read_text()) == alone
     assert (out / "vqa_results_test.json").read_text() == results
+
+
+def test_zero_shot_evaluation_without_entity_files_reports_no_grounding_number(tiny_model, task_args, tmp_path):
+    from mvptr.pipeline import evaluate
+
+    cfg = load_config("tiny", [*task_args(tmp_path), f"eval.entities_dir={tmp_path}/none", "eval.max_images=6"])
+    result = evaluate(cfg, load_task_model(tiny_model[0]), progress=False)
+    assert "acc" not in result["grounding"] and "no Flickr30k Entities" in result["grounding"]["skipped"]
+    assert "grounding" not in result["chance"] and result["retrieval"]["uni"]["rsum"] < 600

@@ -17,6 +17,7 @@ H, HEADS, FFN, LAYERS, FEAT, WORDS = 32, 4, 64, 2, 14, 30522
 ID2PHRASE = {"30522": ["boat", "two"], "30523": ["man", "ride", "wave"], "30525": ["wave", "big"],
              "2158": ["man"], "30526": ["boat", "two"]}  # 30526 repeats 30522's phrase
 TABLE = 30527
+IMG_EPS = 1e-3  # the region LayerNorm's eps (img_layer_norm_eps), unlike the 1e-12 of the others
 
 
 def official_state(region_layer_norm: bool) -> dict:
@@ -69,7 +70,7 @@ def write_official(root, state):
         "hidden_size": H, "num_attention_heads": HEADS, "intermediate_size": FFN, "num_hidden_layers": 2 * LAYERS,
         "vocab_size": TABLE, "only_word_size": WORDS, "max_position_embeddings": 64, "type_vocab_size": 2,
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12,
-        "img_feature_dim": FEAT, "use_img_layernorm": "bert.LayerNorm.weight" in state}))
+        "img_layer_norm_eps": IMG_EPS, "img_feature_dim": FEAT, "use_img_layernorm": "bert.LayerNorm.weight" in state}))
     (root / "id2phrase_new.json").write_text(json.dumps(ID2PHRASE))
 
 
@@ -107,7 +108,7 @@ def reference(s, ids_a, mask_a, ids_b, mask_b, feats, region_mask):
     text = encoder(s, "txt_encoder", embed(s, ids_a, 0), mask_a)
     regions = feats @ s["bert.img_embedding.weight"].t() + s["bert.img_embedding.bias"]
     if "bert.LayerNorm.weight" in s:
-        regions = F.layer_norm(regions, (H,), s["bert.LayerNorm.weight"], s["bert.LayerNorm.bias"], 1e-12)
+        regions = F.layer_norm(regions, (H,), s["bert.LayerNorm.weight"], s["bert.LayerNorm.bias"], IMG_EPS)
     visual = encoder(s, "vis_encoder", torch.cat([embed(s, ids_b, 1), regions], 1), torch.cat([mask_b, region_mask], 1))
     joint = encoder(s, "mul_encoder", torch.cat([text, visual[:, ids_b.shape[1]:]], 1),
                     torch.cat([mask_a, region_mask], 1))
@@ -127,6 +128,10 @@ def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path,
     bundle = load_model_dir(tmp_path / "ours")
     model = bundle.model.eval()
     assert model.cfg.layout == "official" and model.cfg.region_layer_norm == region_layer_norm
+    assert model.cfg.region_layer_norm_eps == IMG_EPS  # the released config's img_layer_norm_eps
+    assert bundle.inputs == {"use_tags": True, "use_phrases": True}
+    if region_layer_norm:
+        assert model.region_norm.eps == IMG_EPS
     assert abs(model.temperature - 0.05) < 1e-6
 
     # two captions of different lengths, with phrases; tags as word pieces; a padded region

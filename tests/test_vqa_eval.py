@@ -9,6 +9,7 @@ import pytest
 from mvptr.data.formats import (
     FormatError,
     VEPair,
+    VQAQuestion,
     read_snli_ve,
     read_vqa,
     write_snli_ve,
@@ -17,6 +18,7 @@ from mvptr.data.formats import (
     write_vqa_results,
 )
 from mvptr.eval.vqa import (
+    CONTRACTIONS,
     answer_vocabulary,
     evaluate_vqa,
     normalize_answer,
@@ -35,6 +37,70 @@ from mvptr.eval.vqa import (
 ])
 def test_normalisation_follows_the_official_rules(raw, expected):
     assert normalize_answer(raw) == expected
+
+
+def _humans(answer, k, other="zebra"):
+    return [answer] * k + [other] * (10 - k)
+
+
+# (prediction, ten human answers, accuracy by the official evaluation's rules); each value
+# was also checked against the official vqaEval.py run on the same answers
+TRICKY = [
+    ("yes!", _humans("yes", 9, "no"), 1.0),  # humans disagree: punctuation goes
+    ("yes!", ["yes"] * 10, 0.0),  # humans agree: compared as written
+    ("Yes", ["yes"] * 10, 0.0),
+    ("yes\n", ["yes"] * 10, 1.0),  # line breaks and tabs always become spaces, then strip
+    ("\tyes ", _humans("yes", 4, "no"), 1.0),
+    ("two", _humans("2", 3), 0.9),  # number words
+    ("Two", ["2"] * 10, 0.0),
+    ("none", _humans("0", 2), 0.6),
+    ("ten dogs", _humans("10 dogs", 1), 0.3),
+    ("one way", _humans("1 way", 4), 1.0),
+    ("the dog", _humans("dog", 1), 0.3),  # articles
+    ("an apple", _humans("Apple", 2), 0.6),
+    ("a", _humans("the", 3), 0.9),  # both become empty
+    ("dont", _humans("don't", 4), 1.0),  # contractions, from the official table only
+    ("im", _humans("I'm", 5), 0.0),  # its upper-case key "Im" never matches
+    ("lets", _humans("let's", 3), 0.0),  # not in the table
+    ("shes", _humans("she's", 3), 0.0),
+    ("couldntve", _humans("couldn't've", 3), 0.0),
+    ("couldnt've", _humans("couldn't've", 3), 0.9),
+    ("'ows'at", _humans("'ow's'at", 3), 0.9),
+    ("somebody'd", _humans("somebodyd", 2), 0.6),  # the table maps it backwards
+    ("dog's", _humans("dogs", 5), 0.0),  # an apostrophe is not punctuation
+    ("1,000", _humans("1000", 3), 0.9),
+    ("2.5", _humans("2.5", 3), 0.9),
+    ("2.", _humans("2", 3), 0.9),
+    ("dog.", _humans("dog", 3), 0.9),
+    ("yes" + "." * 32, _humans("yes", 4, "no"), 1.0),  # at most 32 periods are stripped
+    ("yes" + "." * 33, _humans("yes", 4, "no"), 0.0),
+    ("red,blue", _humans("red blue", 3), 0.9),
+    ("red, blue", _humans("red blue", 3), 0.9),
+    ("black/white", _humans("black white", 2), 0.6),
+    ("black / white", _humans("black white", 2), 0.6),
+    ("left-hand", _humans("left hand", 1), 0.3),
+    ("3:00", _humans("300", 3), 0.0),  # ':' is not in the official list
+    ("what?", _humans("what", 3), 0.9),
+    ("", _humans("yes", 5), 0.0),
+] + [("cat", _humans("cat", k, "dog"), min(1.0, 0.3 * k)) for k in range(11)]  # 0 to 10 humans agree
+
+
+@pytest.mark.parametrize("prediction, answers, official", TRICKY)
+def test_accuracy_on_tricky_answers_is_the_official_value(prediction, answers, official):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(official, abs=1e-12)
+
+
+def test_the_contraction_table_is_the_official_one():
+    assert len(CONTRACTIONS) == 120
+    assert CONTRACTIONS["somebody'd"] == "somebodyd" and CONTRACTIONS["let's"] == "let's"
+    assert CONTRACTIONS["Im"] == "I'm" and "lets" not in CONTRACTIONS and "yallll" not in CONTRACTIONS
+
+
+def test_nothing_to_score_is_an_error():
+    with pytest.raises(ValueError, match="no annotated questions"):
+        evaluate_vqa({1: "yes"}, [])
+    with pytest.raises(ValueError, match="question 7: no human answers"):
+        evaluate_vqa({7: "yes"}, [VQAQuestion(7, "1", "what is it?")])
 
 
 def naive_accuracy(prediction, answers):

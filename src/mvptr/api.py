@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Bundle, load_model_dir
+from .checkpoint import Bundle, adopt_model_settings, load_model_dir
 from .config import Config, load_config
 from .eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
 from .text.tokenizer import WordPieces
@@ -81,8 +81,7 @@ class Model:
     def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
                  batch_size: int = 64):
         self.bundle, self.model = bundle, bundle.model.eval()
-        self.cfg = cfg or Config()
-        self.cfg.model = self.model.cfg
+        self.cfg = adopt_model_settings(cfg or Config(), bundle)  # its model section and inputs
         self.device = next(self.model.parameters()).device.type
         self.parse_phrases, self.batch_size = parse_phrases, batch_size
         self.pieces = WordPieces(bundle.tokenizer, self.cfg.data.max_tokens)

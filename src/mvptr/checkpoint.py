@@ -20,7 +20,7 @@ import pickle
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import model_config_from_dict, to_dict
+from .config import Config, ConfigError, ModelConfig, model_config_from_dict, to_dict
 from .data.formats import FormatError
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
@@ -43,12 +43,20 @@ class UntrustedPickleError(ValueError):
     pass
 
 
+# settings outside ModelConfig that change what the model sees (objectives.<key>)
+INPUT_KEYS = ("use_tags", "use_phrases")
+# ModelConfig fields a trained model may take from a run: they leave every weight's shape alone
+RUNTIME_MODEL_KEYS = ("dropout", "attention_dropout", "wpg_layer", "activation_checkpointing", "compile")
+
+
 @dataclass
 class Bundle:
     model: MVPTR
     tokenizer: object
     phrase_vocab: PhraseVocab
     tag_vocab: list[str]
+    # the INPUT_KEYS the model was trained with ({} when a directory predates them)
+    inputs: dict = field(default_factory=dict)
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
@@ -106,7 +114,8 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model = bundle.model
-    config = {"model": to_dict(model.cfg), "num_phrases": model.num_phrases, "format": "mvptr/1"}
+    config = {"model": to_dict(model.cfg), "inputs": dict(bundle.inputs), "num_phrases": model.num_phrases,
+              "format": "mvptr/1"}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, str(tmp / MODEL_FILE))
@@ -189,9 +198,53 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
         raise ValueError(f"{path / 'phrase_vocab.json'}: not a phrase vocabulary ({err})") from None
     if len(phrase_vocab) != model.num_phrases:
         raise ValueError(f"{path}: phrase_vocab.json has {len(phrase_vocab)} phrases, the model {model.num_phrases}")
-    bundle = Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"))
+    inputs = config.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(k in INPUT_KEYS and isinstance(v, bool) for k, v in inputs.items()):
+        raise ValueError(f"{cfg_file}: 'inputs' must map some of {', '.join(INPUT_KEYS)} to true or false")
+    bundle = Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"), inputs)
     check_complete(path, bundle, state)
     return bundle
+
+
+def rebuild_model(bundle: Bundle, cfg: ModelConfig) -> None:
+    """Give ``bundle`` a model built with ``cfg`` (same weight shapes) holding the old one's
+    weights and task head, e.g. with another dropout."""
+    old = bundle.model
+    head = old._modules.get("task_head")
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("task_head.")}
+    model = MVPTR(cfg, old.num_phrases, old.tag_pieces)
+    load_state_strict(model, state, "the model being rebuilt")
+    if head is not None:
+        model.task_head = head
+    bundle.model = model.to(old.tag_pieces.device).train(old.training)
+
+
+def adopt_model_settings(cfg: Config, bundle: Bundle, overrides=(), source: str = "the model directory") -> Config:
+    """The run's configuration with the settings of a trained model: its ``model`` section and
+    its inputs (``objectives.use_tags`` / ``use_phrases``), so that evaluation and fine-tuning
+    feed it what it was trained on. A ``model.<key>=value`` among the command line's
+    ``overrides`` that differs from the model's is applied when it leaves the weights' shapes
+    alone (:data:`RUNTIME_MODEL_KEYS`, the model is rebuilt with it) and is otherwise a
+    :class:`ConfigError` naming the key; so is an ``objectives.use_tags`` / ``use_phrases``
+    override against the model's. The preset's ``model`` section is not used."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    saved, changes = bundle.model.cfg, {}
+    for key in sorted(k[len("model."):] for k in keys if k.startswith("model.")):
+        wanted, have = getattr(cfg.model, key), getattr(saved, key)
+        if wanted == have:
+            continue
+        if key not in RUNTIME_MODEL_KEYS:
+            raise ConfigError(f"model.{key}={wanted}: {source} holds a model built with {key}={have}; a trained "
+                              f"model takes only these model overrides: {', '.join(RUNTIME_MODEL_KEYS)}")
+        changes[key] = wanted
+    for key in INPUT_KEYS:
+        if f"objectives.{key}" in keys and key in bundle.inputs and getattr(cfg.objectives, key) != bundle.inputs[key]:
+            raise ConfigError(f"objectives.{key}={getattr(cfg.objectives, key)}: {source} holds a model trained "
+                              f"with {key}={bundle.inputs[key]}; it sees what it was trained on")
+    if changes:
+        rebuild_model(bundle, replace(saved, **changes))
+    bundle.inputs = {k: bundle.inputs.get(k, getattr(cfg.objectives, k)) for k in INPUT_KEYS}
+    return replace(cfg, model=bundle.model.cfg, objectives=replace(cfg.objectives, **bundle.inputs))
 
 
 def check_complete(path: Path, bundle: Bundle, state: dict[str, torch.Tensor]) -> None:

@@ -5,6 +5,7 @@
                           [--shard I/N]       (FILE may hold {split}: ann/coco_karpathy_{split}.json)
     mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
     mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
+    mvptr prepare tags --instances FILE [FILE ...] --out FILE [--key id|stem]   (ground-truth tags for data.tags)
     mvptr prepare easyvqa [--out DIR] [--detector FILE]
     mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad] [--shard I/N]
     mvptr features export --store DIR --out DIR
@@ -20,6 +21,12 @@
     mvptr search build|query ...
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+
+With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
+``objectives.use_tags`` and ``use_phrases``) are used; a ``model.*`` override is applied when it
+leaves the weights' shapes alone (dropout, wpg_layer, activation checkpointing, compile) and
+refused otherwise.
+
 With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
 command; the skipped samples are counted by reason, printed at the end (on stderr) and saved
 as ``skipped.json`` beside the command's outputs.
@@ -90,6 +97,15 @@ def cmd_prepare(args) -> None:
         from .data.demo_tasks import prepare_demo_tasks
 
         print(json.dumps(prepare_demo_tasks(args.out or "data/demo"), indent=2))
+    elif args.what == "tags":
+        from .data.tag_files import tags_from_coco_instances, write_tag_file
+
+        if not args.instances or not args.out:
+            raise SystemExit("mvptr prepare tags: --instances and --out are required")
+        tags = tags_from_coco_instances(args.instances, args.key)
+        write_tag_file(args.out, tags)
+        print(json.dumps({"out": args.out, "images": len(tags), "tags": sum(map(len, tags.values())),
+                          "classes": len({t for v in tags.values() for t in v})}, indent=2))
     elif args.what == "easyvqa":
         from .data.easyvqa import prepare_easyvqa
 
@@ -205,6 +221,15 @@ def cmd_merge_shards(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _trained(args, cfg, path, load):
+    """A trained model directory and the run's config with its settings (see
+    ``checkpoint.adopt_model_settings``)."""
+    from .checkpoint import adopt_model_settings
+
+    bundle = load(path, cfg.device)
+    return bundle, adopt_model_settings(cfg, bundle, args.overrides, str(path))
+
+
 def cmd_pretrain(args) -> None:
     cfg = _config(args)
     out = Path(cfg.out_dir)
@@ -220,10 +245,12 @@ def _locked(out: Path):
 def _pretrain(args, cfg, out: Path) -> None:
     from .checkpoint import load_model_dir
     from .data.formats import SkippedSamples
-    from .pipeline import new_bundle, pretrain_stage, training_tag_vocab
+    from .pipeline import init_dir, new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
     from .train.recipes import pretraining_recipe
 
+    if args.init_model and args.stage != "stage2":
+        raise ConfigError("--init-model starts stage 2 from a model directory: give --stage stage2 with it")
     merged = cfg.model.merged_attention
     stages = _pretraining_stages(args.stage, merged)
     for name in stages:  # a stage's objectives that cannot run fail now, not after the first stage
@@ -231,19 +258,18 @@ def _pretrain(args, cfg, out: Path) -> None:
     if merged and args.stage == "both" and _is_main():
         print("stage1: skipped (merged attention has no uni-modal stage; its one stage uses the stage2 settings)",
               file=sys.stderr, flush=True)
+    if args.stage == "stage2" and (args.init_model or not merged):
+        bundle, cfg = _trained(args, cfg, args.init_model or out / "stage1" / "model", load_model_dir)
+        if bundle.model.merged != merged:
+            raise ConfigError(f"{args.init_model}: its model has merged_attention={bundle.model.merged}, "
+                              f"the config model.merged_attention={merged}")
+    else:
+        init_dir(cfg)  # a wrong init.source is said before any data is read
+        bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     # a resumed run's settings are recorded once the checkpoint has accepted them
     record_after = args.resume and (out / "config.yaml").exists()
     if _is_main() and not record_after:
         save_config(cfg, out / "config.yaml")
-    if args.stage == "stage2" and args.init_model:
-        bundle = load_model_dir(args.init_model, cfg.device)
-        if bundle.model.merged != merged:
-            raise ConfigError(f"{args.init_model}: its model has merged_attention={bundle.model.merged}, "
-                              f"the config model.merged_attention={merged}")
-    elif args.stage == "stage2" and not merged:
-        bundle = load_model_dir(out / "stage1" / "model", cfg.device)
-    else:
-        bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     for name in stages:
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         result = pretrain_stage(cfg, getattr(cfg, name), bundle, out / name, resume=args.resume, skipped=skipped)
@@ -283,9 +309,9 @@ def _finetune(args, cfg, out: Path) -> None:
     from .pipeline import write_json
     from .train.finetune import evaluate_task, finetune, load_task_model
 
+    bundle, cfg = _trained(args, cfg, args.model, load_task_model)
     if _is_main():
         save_config(cfg, out / "config.yaml")
-    bundle = load_task_model(args.model, cfg.device)
     result = finetune(cfg, args.task, bundle, out)
     metrics = evaluate_task(cfg, args.task, bundle, out)
     if not _is_main():
@@ -306,7 +332,7 @@ def cmd_evaluate(args) -> None:
 
     cfg = _config(args)
     out = _eval_out(args)
-    bundle = load_model_dir(args.model, cfg.device)
+    bundle, cfg = _trained(args, cfg, args.model, load_model_dir)
     skipped = SkippedSamples() if cfg.data.skip_bad else None
     result = evaluate(cfg, bundle, skipped=skipped)
     if not _is_main():
@@ -332,7 +358,8 @@ def cmd_evaluate_task(args) -> None:
 
     cfg = _config(args)
     out = _eval_out(args)
-    metrics = evaluate_task(cfg, args.task, load_task_model(args.model, cfg.device), out)
+    bundle, cfg = _trained(args, cfg, args.model, load_task_model)
+    metrics = evaluate_task(cfg, args.task, bundle, out)
     if not _is_main():
         return
     write_json(out / f"eval_{args.task}.json", metrics)
@@ -386,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prep = sub.add_parser("prepare", help="generate the demo world, parse phrases, or build one phrase "
                                           "vocabulary over data.corpora")
-    prep.add_argument("what", choices=["demo", "phrases", "vocab", "tasks", "easyvqa"])
+    prep.add_argument("what", choices=["demo", "phrases", "vocab", "tasks", "easyvqa", "tags"])
+    prep.add_argument("--instances", nargs="+", help="COCO instances JSON files (tags): their labels become "
+                                                     "each image's ground-truth tags, for data.tags")
+    prep.add_argument("--key", choices=["id", "stem"], default="id",
+                      help="tags: name images by COCO image id (Karpathy captions' cocoid) or file name stem")
     prep.add_argument("--detector", default="data/demo/detector.safetensors",
                       help="demo detector weights that find easy-VQA's regions (easyvqa)")
     prep.add_argument("--out")

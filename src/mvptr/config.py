@@ -55,6 +55,7 @@ class ModelConfig:
     # embedded without the embedding LayerNorm), for checkpoints from `mvptr convert official`
     layout: str = "mvptr"
     region_layer_norm: bool = False  # official layout only: LayerNorm on region embeddings
+    region_layer_norm_eps: float = 1e-12  # its eps (the released config's img_layer_norm_eps)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class CorpusConfig:
     features: str = ""  # VinVL features.tsv or a memmap store directory
     predictions: str = ""  # VinVL predictions.tsv (unused with a store directory)
     phrase_cache: str = ""
+    tags: str = ""  # ground-truth tags {image id: [label, ...]} instead of the detector's (see data.tags)
 
 
 @dataclass
@@ -86,6 +88,10 @@ class DataConfig:
     max_phrases: int = 5
     max_tags: int = 20
     max_regions: int = 50
+    # ground-truth tags, a JSON file {image id: [label, ...]} (`mvptr prepare tags` builds one from
+    # COCO instances) that replaces the detector's tags (paper 3.1.2); "" = detector tags
+    tags: str = ""
+    dedupe_tags: bool = False  # keep each tag class once (official code); False: one tag per detection
     num_workers: int = 0
     # pre-train on several corpora at once; empty = the single corpus named above
     corpora: list[CorpusConfig] = field(default_factory=list)
@@ -114,13 +120,22 @@ class ObjectiveConfig:
     # "hungarian" (paper) or "aligned" (official code: labels at their own positions)
     mcr_matching: str = "hungarian"
     wpg_margin: float = 0.2
+    # "paper": against the sampled hard negative image (p^{s2v}), max over regions, masked phrases
+    # left out; "official" (released code): against a uniformly random other image of the batch
+    # (its regions from its own caption's pass), a random one of the top 3 regions, every phrase
+    wpg_variant: str = "paper"
+    # False (official code): phrases are masked for MCR^s but no loss is computed
+    mcr_s_loss: bool = True
     # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax
     negative_sampling: str = "sampled"
-    # "half_each" (paper: n negatives, half from each distribution) or "both" (2n, ALBEF style)
+    # "half_each" (paper and official code: n negatives, half from each distribution) or "both" (2n, ALBEF)
     itm_negatives: str = "half_each"
     # True: MLM reads its own pass over word-masked captions, and VSC/ITM/WPG see every word
     # (ALBEF style); False: one pass with masked words for everything (official, cheaper)
     mlm_separate_pass: bool = True
+    # True (official): a phrase that contains a word masked for MLM is masked and becomes an
+    # MCR^s target as well; False: it is masked only in the pass MLM reads (no shortcut either way)
+    phrase_mask_tied: bool = False
 
 
 @dataclass
@@ -176,7 +191,8 @@ class DemoConfig:
 @dataclass
 class TaskConfig:
     """One fine-tuning task: the trainer's settings, the task's files and its evaluation.
-    Paths may hold ``{split}``; fields a task does not use are ignored."""
+    Paths may hold ``{split}``; a field the task does not read must keep its default (see
+    ``mvptr.train.finetune.TASK_FIELDS``). ``train.objectives`` is read by retrieval only."""
 
     train: StageConfig = field(default_factory=StageConfig)
     train_split: str = "train"  # VQA: several joined by "+", e.g. "train2014+val2014"
@@ -190,26 +206,46 @@ class TaskConfig:
     predictions: str = ""  # and their detections ("" = data.predictions)
     num_answers: int = 3129  # VQA answer vocabulary: the most frequent training answers
     mask_regions: bool = False  # hide every region and tag (a text-only baseline)
+    # the task's input limits (0 = data.max_tokens, ...: the pre-training ones)
+    max_tokens: int = 0
+    max_tags: int = 0
+    max_regions: int = 0
+    max_phrases: int = 0
+    dropout: float = -1.0  # hidden dropout while fine-tuning (as the official --drop_out); < 0 = the model's
 
 
-def _task(name: str, epochs: float, lr: float, batch_size: int, weight_decay: float = 0.05, **files) -> TaskConfig:
-    stage = StageConfig(name=name, objectives=[], epochs=epochs, lr=lr, batch_size=batch_size,
-                        weight_decay=weight_decay, warmup_ratio=0.1)
-    return TaskConfig(train=stage, **files)
+# the paper's per-GPU batch sizes (appendix A.3) on 8 GPUs, as our global batch
+GPUS = 8
+
+
+def _task(name: str, epochs: float, lr: float, batch_size: int, objectives: list | None = None,
+          **fields) -> TaskConfig:
+    # AdamW, weight decay 0.05, linear decay without warmup (A.3; the official scripts' warmup is 0)
+    stage = StageConfig(name=name, objectives=objectives or [], epochs=epochs, lr=lr,
+                        batch_size=batch_size, weight_decay=0.05, warmup_ratio=0.0)
+    return TaskConfig(train=stage, **fields)
 
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files."""
+    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files.
+    Batch sizes are global: the paper's per-GPU size times 8 GPUs."""
 
-    retrieval: TaskConfig = field(default_factory=lambda: _task("retrieval", 5, 4e-5, 96))
+    # A.3.1, Flickr30k (COCO: 15 epochs): 96 per GPU, regions / tokens / tags / phrases 50 / 50 / 30 / 5
+    retrieval: TaskConfig = field(default_factory=lambda: _task(
+        "retrieval", 5, 4e-5, 96 * GPUS, objectives=["vsc", "itm"],
+        max_regions=50, max_tokens=50, max_tags=30, max_phrases=5, dropout=0.1))
+    # A.3.2: 25 epochs ("converges in around 7"), 32 per GPU, dropout 0.3, 50 / 128 / 30 (no phrases here)
     vqa: TaskConfig = field(default_factory=lambda: _task(
-        "vqa", 7, 5e-5, 32,
+        "vqa", 25, 5e-5, 32 * GPUS, max_regions=50, max_tokens=128, max_tags=30, dropout=0.3,
         questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",
         annotations="data/demo/vqa/v2_demo_{split}_annotations.json"))
+    # A.3.3: 64 per GPU, 70 / 70 / 20
     ve: TaskConfig = field(default_factory=lambda: _task(
-        "ve", 5, 4e-5, 64, hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
-    grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64))
+        "ve", 5, 4e-5, 64 * GPUS, max_regions=70, max_tokens=70, max_tags=20, dropout=0.1,
+        hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
+    # A.3.4 gives no hyper-parameters for grounding: those of retrieval, 64 per GPU
+    grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64 * GPUS))
     easyvqa: TaskConfig = field(default_factory=lambda: _task(
         "easyvqa", 7, 5e-5, 32,
         questions="data/demo/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",

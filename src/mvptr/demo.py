@@ -90,7 +90,8 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
 
 
 def _copy(bundle: Bundle) -> Bundle:
-    return Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
+    return Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab,
+                  dict(bundle.inputs))
 
 
 def demo_task_files(cfg: Config) -> Config:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .checkpoint import Bundle, checkpoint_bytes
-from .config import Config, StageConfig
+from .config import Config, ConfigError, StageConfig
 from .data.formats import SkippedSamples, phrase_key, read_phrase_cache
 from .data.pretrain import (
     Collator,
@@ -29,7 +29,7 @@ from .data.pretrain import (
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, check_all_pairs, encode_images, encode_texts, evaluate_retrieval
-from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir
+from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
 from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir
@@ -55,29 +55,55 @@ def training_tag_vocab(cfg: Config) -> list[str]:
                           sorted({r.image_id for r in records}), skip_bad=cfg.data.skip_bad)
 
 
+INIT_HINT = ("pass init.source=DIR, a local BERT directory of the model's size (bert-base-uncased for the "
+             "base preset: config.json, model.safetensors or pytorch_model.bin, vocab.txt), or init.source=random")
+
+
+def init_dir(cfg: Config, source: str | None = None) -> Path | None:
+    """The BERT directory ``init.source`` names (None for "random"), checked before any data is
+    read: one that is missing or does not fit the model is a ConfigError saying what to pass."""
+    source = source or cfg.init.source
+    if source == "random":
+        return None
+    path = minilm_dir() if source == "minilm" else Path(source)
+    if not (path / "config.json").is_file() or not any((path / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise ConfigError(f"init.source={source}: not a BERT directory with config.json and a vocabulary; {INIT_HINT}")
+    wrong = shape_mismatches(cfg.model, json.loads((path / "config.json").read_text()))
+    if wrong:
+        name = "the packaged MiniLM-L6" if source == "minilm" else str(path)
+        raise ConfigError(f"init.source={source}: {name} does not fit the model ({'; '.join(wrong)}); {INIT_HINT}")
+    return path
+
+
 def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], source: str | None = None) -> Bundle:
     """A model initialised from ``source``: "minilm", "random" or a local BERT directory."""
-    source = source or cfg.init.source
-    tokenizer = load_tokenizer(None if source in ("minilm", "random") else source)
+    bert_dir = init_dir(cfg, source)
+    tokenizer = load_tokenizer(None if bert_dir is None else bert_dir)
     pieces = WordPieces(tokenizer, cfg.data.max_tokens)
     tag_pieces = pad_lists([list(pieces.pieces(t)) for t in tag_vocab], 0)
     torch.manual_seed(cfg.seed)
     model = MVPTR(cfg.model, len(phrase_vocab), tag_pieces)
-    if source != "random":
-        bert_dir = minilm_dir() if source == "minilm" else Path(source)
+    if bert_dir is not None:
         bert_config, state = read_bert_dir(bert_dir)
         init_from_bert(model, bert_config, state, str(bert_dir))
-    phrase_pieces = [[p for w in phrase_vocab.words(i) for p in pieces.pieces(w)] for i in range(len(phrase_vocab))]
-    init_phrase_rows(model, phrase_pieces)
-    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab)
+    init_phrase_rows(model, phrase_pieces(phrase_vocab, pieces))
+    inputs = {"use_tags": cfg.objectives.use_tags, "use_phrases": cfg.objectives.use_phrases}
+    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab, inputs)
+
+
+def phrase_pieces(vocab: PhraseVocab, pieces: WordPieces) -> list[list[int]]:
+    """The word pieces of each phrase of the vocabulary, in id order."""
+    return [[p for w in vocab.words(i) for p in pieces.pieces(w)] for i in range(len(vocab))]
 
 
 def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: int | None = None) -> Collator:
     gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
     return Collator(
-        WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.tag_vocab, bundle.model.num_phrases,
+        pieces, bundle.tag_vocab, bundle.model.num_phrases,
         cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
         masking, gen, cfg.objectives.mlm_separate_pass,
+        phrase_pieces(bundle.phrase_vocab, pieces) if masking is not None and masking.words else None,
     )
 
 
@@ -162,12 +188,16 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     retrieval, image_ids = rank_dataset(cfg, model, dataset, collate, progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
-    grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
-    per_image = len(dataset) / len(image_ids)
+    chance = {"retrieval": chance_recall(len(image_ids), round(len(dataset) / len(image_ids)))}
+    if examples:
+        grounding = evaluate_grounding(model, examples, dataset.images, collate, e.batch_size, cfg.device)
+        chance["grounding"] = grounding["chance"]
+    else:  # a data set without Flickr30k Entities files has no grounding to measure
+        grounding = {"skipped": f"{e.entities_dir}: no Flickr30k Entities sentences for the {e.split!r} images"}
     return {
         "retrieval": retrieval,
         "grounding": grounding,
-        "chance": {"retrieval": chance_recall(len(image_ids), round(per_image)), "grounding": grounding["chance"]},
+        "chance": chance,
         "images": len(image_ids),
         "captions": len(dataset),
         **({"skipped": skip.summary()["skipped_samples"]} if skip is not None else {}),

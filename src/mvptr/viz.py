@@ -585,9 +585,10 @@ def cmd_visualize(args) -> None:
             raise SystemExit(f"mvptr visualize curves: no --metrics given and no metrics.jsonl under {cfg.out_dir}")
         print(plot_training_curves(files, out))
         return
-    from .checkpoint import load_model_dir
+    from .checkpoint import adopt_model_settings, load_model_dir
 
     bundle = load_model_dir(args.model, cfg.device)
+    cfg = adopt_model_settings(cfg, bundle, args.overrides, args.model)
     if what == "concepts":
         print(plot_concepts(bundle, out, max_points=args.max_points))
         return

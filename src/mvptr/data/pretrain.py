@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..config import CorpusConfig, DataConfig, ObjectiveConfig
+from ..config import ConfigError, CorpusConfig, DataConfig, ObjectiveConfig
 from ..model.losses import IGNORE
 from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
@@ -29,37 +29,63 @@ from .formats import (
     read_phrase_cache,
     skip_or_raise,
 )
+from .tag_files import read_tag_file
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 
 
+@dataclass
+class GroundTruthTags:
+    """Ground-truth tags that replace the detector's (``data.tags``): labels by image id, and
+    the file(s) they came from, for errors."""
+
+    labels: dict[str, list[str]]
+    source: str
+
+
 class ImageSource:
     """Regions and tags of an image from a feature store: a memmap store directory or the
-    VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``)."""
+    VinVL ``features.tsv`` + ``predictions.tsv`` pair (see ``mvptr.vision.stores``). Tags are
+    the detections' class names, most confident first, or the image's ground-truth labels
+    (``gt_tags``); ``dedupe_tags`` keeps each class once (the official code's choice)."""
 
     def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int,
-                 skip: SkippedSamples | None = None):
+                 skip: SkippedSamples | None = None, gt_tags: GroundTruthTags | None = None,
+                 dedupe_tags: bool = False):
         self.store = open_store(features, predictions, feat_dim, skip)
         self.max_regions, self.max_tags = max_regions, max_tags
+        self.gt_tags, self.dedupe_tags = gt_tags, dedupe_tags
 
     @classmethod
-    def of_store(cls, store, max_regions: int, max_tags: int) -> ImageSource:
+    def of_store(cls, store, max_regions: int, max_tags: int, gt_tags: GroundTruthTags | None = None,
+                 dedupe_tags: bool = False) -> ImageSource:
         images = cls.__new__(cls)
         images.store, images.max_regions, images.max_tags = store, max_regions, max_tags
+        images.gt_tags, images.dedupe_tags = gt_tags, dedupe_tags
         return images
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.store
 
+    def tags(self, image_id: str, image: dict | None = None) -> list[str]:
+        """Every tag of an image, in the order they are kept (``image``: its detections, if read)."""
+        if self.gt_tags is not None:
+            if image_id not in self.gt_tags.labels:
+                raise FormatError(f"{self.gt_tags.source}: no ground-truth tags for image {image_id}", "no tags")
+            names = self.gt_tags.labels[image_id]
+        else:
+            image = image or self.store.detections(image_id)
+            # the most confident first (a stable sort keeps ties in detector order)
+            names = [image["classes"][i] for i in np.argsort(-image["confs"], kind="stable")]
+        return list(dict.fromkeys(names)) if self.dedupe_tags else list(names)
+
     def __call__(self, image_id: str) -> dict:
         image = self.store[image_id]
         n = self.max_regions
-        # tags: the most confident detections' class names (a stable sort keeps ties in detector order)
-        order = np.argsort(-image["confs"], kind="stable")[: self.max_tags]
         return {
             "region_feats": image["region_feats"][:n],
             "boxes": image["boxes"][:n],
-            "tags": [image["classes"][i] for i in order],
+            "tags": self.tags(image_id, image)[: self.max_tags],
             "width": image["width"],
             "height": image["height"],
         }
@@ -121,7 +147,9 @@ class PairDataset(Dataset):
 def corpora(data: DataConfig) -> list[CorpusConfig]:
     """``data.corpora``, or one unnamed corpus of the single-corpus fields when it is empty."""
     if not data.corpora:
-        return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache)]
+        return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache, data.tags)]
+    if data.tags:
+        raise ConfigError("data.tags is for a single corpus; with data.corpora give each corpus its own tags")
     names = [c.name for c in data.corpora]
     for c in data.corpora:
         if not c.name or "/" in c.name or names.count(c.name) > 1:
@@ -131,13 +159,28 @@ def corpora(data: DataConfig) -> list[CorpusConfig]:
     return list(data.corpora)
 
 
+def ground_truth_tags(parts: list[CorpusConfig]) -> GroundTruthTags | None:
+    """The tag files of the corpora (``data.tags`` or each corpus's ``tags``), image ids
+    qualified as in :func:`open_images`; None when none has one. Either every corpus has
+    ground-truth tags or none: a mix would give some images detector tags silently."""
+    files = [c.tags for c in parts if c.tags]
+    if not files:
+        return None
+    if len(files) != len(parts):
+        raise ConfigError("data.corpora: give every corpus its tags file, or none")
+    labels = {f"{c.name}/{k}" if c.name else k: v for c in parts for k, v in read_tag_file(c.tags).items()}
+    return GroundTruthTags(labels, ", ".join(files))
+
+
 def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | None = None) -> ImageSource:
     """The region store of each corpus; with several corpora, image ids are "<corpus>/<image id>"."""
     parts = corpora(data)
+    tags = ground_truth_tags(parts)
     if not data.corpora:
-        return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip)
+        return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip,
+                           tags, data.dedupe_tags)
     stores = {c.name: open_store(c.features, c.predictions, region_feat_dim, skip) for c in parts}
-    return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags)
+    return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags, tags, data.dedupe_tags)
 
 
 def caption_ids(data: DataConfig) -> ImageIds:
@@ -163,7 +206,7 @@ def caption_records(data: DataConfig, split: str, skip: SkippedSamples | None = 
 def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
                   skip: SkippedSamples | None) -> list[CaptionRecord]:
     """Drop the captions of images with no features; with ``skip``, read every image once and
-    also drop those whose features or detections are bad."""
+    also drop those whose features, detections or ground-truth tags are bad."""
     per_image: dict[str, int] = {}
     for r in records:
         per_image[r.image_id] = per_image.get(r.image_id, 0) + 1
@@ -174,7 +217,9 @@ def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
                 raise FormatError(f"{where}: image {image_id} is captioned but has no region features",
                                   "image not found")
             if skip is not None:
-                images.store[image_id]
+                images(image_id)
+            elif images.gt_tags is not None:
+                images.tags(image_id)  # an image without ground-truth tags is found before training
         except FormatError as err:
             skip_or_raise(skip, err, samples=n)
             bad.add(image_id)
@@ -238,12 +283,13 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
 
 
 def tag_vocab_from(images: ImageSource, image_ids, skip_bad: bool = False) -> list[str]:
-    """All tag classes predicted on the given images, sorted. With ``skip_bad``, images with
-    missing or bad detections are passed over (the dataset build counts them)."""
+    """All tag classes of the given images (predicted, or their ground-truth labels), sorted.
+    With ``skip_bad``, images with missing or bad detections or tags are passed over (the
+    dataset build counts them)."""
     names: set[str] = set()
     for image_id in image_ids:
         try:
-            names.update(images.store.detections(image_id)["classes"])
+            names.update(images.tags(image_id))
         except FormatError:
             if not skip_bad:
                 raise
@@ -296,18 +342,25 @@ def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass
 class Masking:
-    """Which sets to mask in a batch, and with what probability (0 = not masked)."""
+    """Which sets to mask in a batch, and with what probability (0 = not masked).
+    ``tie_phrases``: a phrase that contains a word masked for MLM is also an MCR^s target,
+    masked in the pass MCR^s reads (the official code's tied masking)."""
 
     words: float = 0.0
     phrases: float = 0.0
     tags: float = 0.0
+    tie_phrases: bool = False
 
     @classmethod
-    def for_objectives(cls, obj: ObjectiveConfig, active: list[str]) -> "Masking":
+    def for_objectives(cls, obj: ObjectiveConfig, objectives: list[str]) -> "Masking":
+        """The masking of a stage's objectives that are switched on: an objective that is off
+        (in the stage's list or by its ``objectives.<name>`` switch) corrupts no input."""
+        on = {o for o in objectives if getattr(obj, o)}
         return cls(
-            words=obj.mlm_mask_prob if "mlm" in active else 0.0,
-            phrases=obj.phrase_mask_prob if "mcr_s" in active and obj.use_phrases else 0.0,
-            tags=obj.tag_mask_prob if "mcr_v" in active and obj.use_tags else 0.0,
+            words=obj.mlm_mask_prob if "mlm" in on else 0.0,
+            phrases=obj.phrase_mask_prob if "mcr_s" in on and obj.use_phrases else 0.0,
+            tags=obj.tag_mask_prob if "mcr_v" in on and obj.use_tags else 0.0,
+            tie_phrases=obj.phrase_mask_tied and "mcr_s" in on,
         )
 
 
@@ -315,7 +368,12 @@ class Collator:
     """Pads a list of samples into tensors and applies the masking of the active objectives.
 
     Words masked for MLM go to ``mlm_input_ids`` (``separate_mlm``, the default) or replace
-    ``input_ids`` (one shared masked pass, the official code's choice).
+    ``input_ids`` (one shared masked pass, the official code's choice). In the pass MLM reads,
+    every phrase that contains a masked word is [MASK] too (``mlm_phrase_ids``, or
+    ``phrase_ids`` when the pass is shared), so that no phrase row gives the word away;
+    ``phrase_pieces`` (the word pieces of each phrase of the vocabulary) says which phrase
+    contains which word, and without it every phrase is masked in that pass.
+    ``phrase_masked`` marks the phrases whose row in ``phrase_ids`` is not their own.
 
     Concept mode: each tag is one unit (a tag class, embedded as the mean of its pieces) and
     MCR^v labels are tag-class indices. Word-piece mode: each piece of each tag is a unit
@@ -334,6 +392,7 @@ class Collator:
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
         separate_mlm: bool = True,
+        phrase_pieces: list[list[int]] | None = None,
     ):
         if tag_mode not in ("concepts", "word_pieces"):
             raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
@@ -344,6 +403,7 @@ class Collator:
         self.masking = masking or Masking()
         self.generator = generator
         self.separate_mlm = separate_mlm
+        self.phrase_pieces = None if phrase_pieces is None else pad_lists([list(p) for p in phrase_pieces], PAD_ID)
         # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
         self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
 
@@ -409,6 +469,15 @@ class Collator:
         # phrase rows sit after the word rows of the shared table; -2 marks [MASK]
         phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)
         phrase_ids[~phrase_mask] = PAD_ID
+        leaks = self._leaking_phrases(input_ids, mlm_labels != IGNORE, phrases) & phrase_mask
+        if self.masking.tie_phrases:  # official: they are MCR^s targets, masked where MCR^s reads
+            phrase_labels = torch.where(leaks & (phrase_labels == IGNORE), phrases, phrase_labels)
+            phrase_ids = phrase_ids.masked_fill(leaks, MASK_ID)
+        mlm_phrases = phrase_ids.masked_fill(leaks, MASK_ID)
+        if self.separate_mlm:
+            words["mlm_phrase_ids"] = mlm_phrases
+        else:
+            phrase_ids = mlm_phrases
         return {
             **words,
             "word_mask": word_mask,
@@ -416,7 +485,21 @@ class Collator:
             "phrase_ids": phrase_ids,
             "phrase_mask": phrase_mask,
             "phrase_labels": phrase_labels,
+            "phrase_masked": (phrase_labels != IGNORE) | (phrase_ids == MASK_ID),
         }
+
+    def _leaking_phrases(self, input_ids: torch.Tensor, masked_words: torch.Tensor,
+                         phrases: torch.Tensor) -> torch.Tensor:
+        """(B, M): the phrases that contain a word piece masked for MLM (matched by piece id);
+        all of them when the phrases' pieces are unknown."""
+        if not masked_words.any():
+            return torch.zeros_like(phrases, dtype=torch.bool)
+        if self.phrase_pieces is None:
+            return torch.ones_like(phrases, dtype=torch.bool)
+        pieces = self.phrase_pieces[phrases.clamp(min=0)]  # (B, M, P)
+        words = input_ids.masked_fill(~masked_words, -1)  # (B, N), -1 matches no piece
+        hit = (pieces[:, :, :, None] == words[:, None, None, :]) & (pieces != PAD_ID)[..., None]
+        return hit.flatten(2).any(-1)
 
     def image(self, items: list[dict]) -> dict:
         tags = self._tags([it["tags"] if self.use_tags else [] for it in items])

@@ -122,7 +122,7 @@ class TaskCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = self.base(items)
-        for key in ("mlm_input_ids", "mlm_labels", "phrase_labels", "tag_labels"):
+        for key in ("mlm_input_ids", "mlm_phrase_ids", "mlm_labels", "phrase_labels", "phrase_masked", "tag_labels"):
             batch.pop(key, None)
         if "targets" in items[0]:
             targets = torch.zeros(len(items), self.num_answers)

@@ -104,7 +104,8 @@ def evaluate_grounding(
     device: str = "cpu", protocol: str = "merged",
 ) -> dict:
     """Accuracy (%) of zero-shot or fine-tuned grounding, and the accuracy of a random region.
-    Under torchrun each process takes its share of the examples and the counts are summed."""
+    Under torchrun each process takes its share of the examples and the counts are summed.
+    No mention at all is an error. A mention whose image has no regions counts as a miss."""
     correct, chance, total = 0, 0.0, 0
     model.eval()
     examples = examples[distributed.shard(len(examples))]
@@ -125,8 +126,10 @@ def evaluate_grounding(
                 chance += float(hits.mean())
                 total += 1
     correct, chance, total = distributed.total(torch.tensor([correct, chance, total], dtype=torch.float64)).tolist()
+    if total == 0:  # an accuracy of nothing is no number at all
+        raise ValueError("grounding: no mentions to evaluate (no example has a mention with boxes)")
     return {
-        "acc": round(100.0 * correct / max(total, 1), 2),
-        "chance": round(100.0 * chance / max(total, 1), 2),
+        "acc": round(100.0 * correct / total, 2),
+        "chance": round(100.0 * chance / total, 2),
         "mentions": int(total),
     }

@@ -7,6 +7,9 @@ in re-ranked order; the rest keep their uni-modal order.
 
 The merged-attention model has no uni-modal ranking: ITM scores every image-caption pair
 (one pass of its whole encoder each), so a large test set needs a subset of its images.
+
+Recall@K is the expectation over a random order among tied scores, so a model that scores
+everything alike gets the chance recall, never 100; a NaN score is an error.
 """
 
 from __future__ import annotations
@@ -28,14 +31,58 @@ KS = (1, 5, 10)
 ALL_PAIRS_LIMIT = 100_000
 
 
-def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS) -> dict[int, float]:
-    """Percent of queries (rows) whose best-ranked positive is within the top K.
+def check_finite_scores(scores: torch.Tensor, where: str) -> None:
+    """A NaN score is an error naming ``where`` and the first (row, column) that has one:
+    a model that produces NaN must not be ranked at all."""
+    nan = torch.isnan(scores)
+    if nan.any():
+        row, col = (int(i) for i in torch.nonzero(nan)[0])
+        raise ValueError(f"{where}: {int(nan.sum())} NaN scores (first at row {row}, column {col})")
 
-    scores (Q, C); positives (Q, C) bool. Ties are broken in favour of the positive.
+
+def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str = "scores",
+                first: torch.Tensor | None = None) -> dict[int, float]:
+    """Percent of queries (rows) whose best-ranked positive is within the top K, in
+    expectation over a uniformly random order among tied scores.
+
+    scores (Q, C); positives (Q, C) bool; ``first`` (Q, C) bool, optional: candidates ranked
+    above all others (the re-ranked ones), each group in the order of its scores. With g
+    negatives ranked above the best positive, t negatives and p positives tied with it, a
+    query is a hit at K with probability 1 - C(t, K - g) / C(t + p, K - g) (1 when K - g > t,
+    0 when K <= g): constant scores give exactly the chance recall, and without ties this is
+    the plain recall. NaN scores, a query without a positive, or no query at all are errors
+    naming ``where``.
     """
-    best_pos = scores.masked_fill(~positives, float("-inf")).max(1).values
-    rank = (scores > best_pos[:, None]).sum(1)
-    return {k: 100.0 * (rank < k).float().mean().item() for k in ks}
+    if scores.shape[0] == 0:
+        raise ValueError(f"{where}: no queries to rank")
+    check_finite_scores(scores, where)
+    lonely = ~positives.any(1)
+    if lonely.any():
+        raise ValueError(f"{where}: query {int(torch.nonzero(lonely)[0])} has no positive candidate")
+    negatives = ~positives
+    if first is None:
+        best = scores.masked_fill(negatives, float("-inf")).max(1, keepdim=True).values
+        higher, tied = scores > best, scores == best
+    else:  # the best positive by (tier, score): the top tier holding a positive, then its top score
+        best_first = (first & positives).any(1, keepdim=True)
+        same_tier = first == best_first
+        best = scores.masked_fill(negatives | ~same_tier, float("-inf")).max(1, keepdim=True).values
+        higher = (first & ~best_first) | (same_tier & (scores > best))
+        tied = same_tier & (scores == best)
+    above = (higher & negatives).sum(1).double()
+    t = (tied & negatives).sum(1).double()
+    p = (tied & positives).sum(1).double()
+    out = {}
+    for k in ks:
+        j = k - above  # places left for the tie group within the top k
+        # probability that the first j of the tie group are all negatives: prod_i (t - i) / (t + p - i)
+        all_negative = torch.ones_like(t)
+        for i in range(k):  # (t - i) reaches 0 before the denominator does: p >= 1
+            ratio = (t - i).clamp(min=0) / (t + p - i).clamp(min=1)
+            all_negative = torch.where(i < j, all_negative * ratio, all_negative)
+        hit = torch.where(j > 0, 1.0 - all_negative, torch.zeros_like(t))
+        out[k] = 100.0 * hit.mean().item()
+    return out
 
 
 def summarise(i2t: dict[int, float], t2i: dict[int, float]) -> dict[str, float]:
@@ -145,10 +192,10 @@ def reranked_recall(sim: torch.Tensor, fine: torch.Tensor, wanted: torch.Tensor,
                     positives: torch.Tensor) -> dict[str, float]:
     """Recall both ways when re-ranked candidates (scores in ``fine``) come first, in their
     re-ranked order, and the rest keep their uni-modal order."""
-    offset = 1e3  # exceeds any cosine
-    i2t = torch.where(wanted, fine + offset, sim)
-    t2i = torch.where(by_text, fine.t() + offset, sim.t())
-    return summarise(recall_at_k(i2t, positives), recall_at_k(t2i, positives.t()))
+    i2t = torch.where(wanted, fine, sim)
+    t2i = torch.where(by_text, fine.t(), sim.t())
+    return summarise(recall_at_k(i2t, positives, where="re-ranked image-to-text scores", first=wanted),
+                     recall_at_k(t2i, positives.t(), where="re-ranked text-to-image scores", first=by_text))
 
 
 def evaluate_retrieval(
@@ -167,20 +214,28 @@ def evaluate_retrieval(
     """text_image (N_t,): the image index of each caption. Returns {"uni": R, "rerank": R}, and
     with ``keep_pairs`` the re-scored pairs: {"image", "text", "itm", "sim"} (P,) tensors. The
     merged model (no global embeddings) gets {"itm": R} from every pair; see ``all_pairs_retrieval``."""
+    if len(images.hidden) == 0 or len(texts.hidden) == 0:
+        raise ValueError(f"retrieval: nothing to rank ({len(images.hidden)} images, {len(texts.hidden)} captions)")
     if texts.emb is None:
         if score != "itm":
             raise ConfigError(f"eval.rerank_score={score}: the merged-attention model has no uni-modal similarity "
                               "to add; it ranks by ITM alone (set eval.rerank_score=itm)")
         return all_pairs_retrieval(model, texts, images, text_image, batch_size, progress, precision, keep_pairs)
     sim = (images.emb @ texts.emb.t()).float().cpu()  # (N_i, N_t)
+    check_finite_scores(sim, "uni-modal similarity (rows: images, columns: captions)")
     positives = text_image[None, :] == torch.arange(len(sim))[:, None]
-    uni = summarise(recall_at_k(sim, positives), recall_at_k(sim.t(), positives.t()))
+    uni = summarise(recall_at_k(sim, positives, where="uni-modal image-to-text similarity"),
+                    recall_at_k(sim.t(), positives.t(), where="uni-modal text-to-image similarity"))
     k_c, k_i = min(k_c, sim.shape[1]), min(k_i, sim.shape[0])
     if k_c == 0 and k_i == 0:
         return {"uni": uni}
     wanted, by_text = candidates(sim, k_c, k_i)
     pairs = torch.nonzero(wanted | by_text.t())  # each pair once
     itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
+    if torch.isnan(itm).any():
+        first = pairs[torch.isnan(itm)][0].tolist()
+        raise ValueError(f"ITM scores: {int(torch.isnan(itm).sum())} of the {len(pairs)} re-ranked pairs are NaN "
+                         f"(first: image {first[0]}, caption {first[1]})")
     pair_sim = sim[pairs[:, 0], pairs[:, 1]]
     if score == "itm+sim":
         pair_scores = itm + pair_sim

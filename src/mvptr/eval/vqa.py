@@ -3,8 +3,9 @@
 Answer normalisation follows the official VQA evaluation: line breaks and tabs become
 spaces; then, only for questions whose ten human answers are not all the same string,
 every answer and the prediction lose punctuation (kept inside numbers such as "1,000"
-and "2.5"), are lower-cased, get number words mapped to digits ("two" -> "2", "none" ->
-"0"), lose the articles a / an / the, and get apostrophes restored in contractions
+and "2.5"; at most 32 periods go, as the official call's misplaced flag allows), are
+lower-cased, get number words mapped to digits ("two" -> "2", "none" -> "0"), lose the
+articles a / an / the, and get apostrophes restored by the official contraction table
 ("dont" -> "don't").
 
 A prediction's accuracy on one question is min(1, #matching humans / 3), averaged over
@@ -30,36 +31,39 @@ _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD_NOT_DECIMAL = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the official pattern, lookbehind typo included
 
 
-_CONTRACTION_FORMS = (
-    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't "
-    "he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll let's ma'am mightn't "
-    "mightn't've might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've she's "
-    "should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd "
-    "someone'd've someone'll someone's something'd something'd've something'll that's there'd there'd've "
-    "there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll "
-    "what're what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll "
-    "why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll "
-    "you're you've"
-)
-
-
-def _contractions() -> dict[str, str]:
-    """Spellings without (some) apostrophes -> the contraction, as in the official evaluation's
-    table; its entries for "I'm", "I've" and "I'd've" have upper-case keys that never match
-    the lower-cased words, so they are left out here."""
-    forms = _CONTRACTION_FORMS.split()
-    table = {f.replace("'", ""): f for f in forms}
-    # half-written forms of the double contractions, and the few irregular entries
-    for f in forms:
-        if f.count("'") == 2:
-            a, b, c = f.split("'")
-            table[f"{a}{b}'{c}"] = f
-            table[f"{a}'{b}{c}"] = f
-    table.update({"yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've"})
-    return table
-
-
-CONTRACTIONS = _contractions()
+# The official evaluation's contraction table, entry for entry and in its order ("key value"
+# pairs). Its quirks are kept: the upper-case keys ("Im", "Ive", ...) never match the
+# lower-cased words, "somebody'd" maps to "somebodyd", and "let's" / "she's" map to themselves.
+_CONTRACTION_TABLE = """
+aint ain't   arent aren't   cant can't   couldve could've   couldnt couldn't
+couldn'tve couldn't've   couldnt've couldn't've   didnt didn't   doesnt doesn't   dont don't
+hadnt hadn't   hadnt've hadn't've   hadn'tve hadn't've   hasnt hasn't   havent haven't   hed he'd
+hed've he'd've   he'dve he'd've   hes he's   howd how'd   howll how'll   hows how's   Id've I'd've
+I'dve I'd've   Im I'm   Ive I've   isnt isn't   itd it'd   itd've it'd've   it'dve it'd've
+itll it'll   let's let's   maam ma'am   mightnt mightn't   mightnt've mightn't've
+mightn'tve mightn't've   mightve might've   mustnt mustn't   mustve must've   neednt needn't
+notve not've   oclock o'clock   oughtnt oughtn't   ow's'at 'ow's'at   'ows'at 'ow's'at
+'ow'sat 'ow's'at   shant shan't   shed've she'd've   she'dve she'd've   she's she's
+shouldve should've   shouldnt shouldn't   shouldnt've shouldn't've   shouldn'tve shouldn't've
+somebody'd somebodyd   somebodyd've somebody'd've   somebody'dve somebody'd've
+somebodyll somebody'll   somebodys somebody's   someoned someone'd   someoned've someone'd've
+someone'dve someone'd've   someonell someone'll   someones someone's   somethingd something'd
+somethingd've something'd've   something'dve something'd've   somethingll something'll
+thats that's   thered there'd   thered've there'd've   there'dve there'd've   therere there're
+theres there's   theyd they'd   theyd've they'd've   they'dve they'd've   theyll they'll
+theyre they're   theyve they've   twas 'twas   wasnt wasn't   wed've we'd've   we'dve we'd've
+weve we've   werent weren't   whatll what'll   whatre what're   whats what's   whatve what've
+whens when's   whered where'd   wheres where's   whereve where've   whod who'd   whod've who'd've
+who'dve who'd've   wholl who'll   whos who's   whove who've   whyll why'll   whyre why're
+whys why's   wont won't   wouldve would've   wouldnt wouldn't   wouldnt've wouldn't've
+wouldn'tve wouldn't've   yall y'all   yall'll y'all'll   y'allll y'all'll   yall'd've y'all'd've
+y'alld've y'all'd've   y'all'dve y'all'd've   youd you'd   youd've you'd've   you'dve you'd've
+youll you'll   youre you're   youve you've
+"""
+_PAIRS = _CONTRACTION_TABLE.split()
+CONTRACTIONS = dict(zip(_PAIRS[::2], _PAIRS[1::2]))
+# the official code passes re.UNICODE (= 32) where re.sub takes its count: at most 32 periods go
+PERIODS_STRIPPED = 32
 
 
 def strip_punctuation(text: str) -> str:
@@ -70,7 +74,7 @@ def strip_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_NOT_DECIMAL.sub("", out)
+    return _PERIOD_NOT_DECIMAL.sub("", out, count=PERIODS_STRIPPED)
 
 
 def digits_and_articles(text: str) -> str:
@@ -95,29 +99,36 @@ def vqa_accuracy_from_count(count) -> np.ndarray:
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Official accuracy (0..1) of one predicted answer against the human answers."""
+    """Official accuracy (0..1) of one predicted answer against the human answers: for each
+    human, min(1, matches among the others / 3), summed in order and divided by their number,
+    as the official code does (so that rounded means agree to the last digit)."""
+    if not answers:
+        raise ValueError("no human answers to score a prediction against")
     humans = [clean(a) for a in answers]
     pred = clean(prediction)
     if len(set(humans)) > 1:
         humans = [normalize_answer(a) for a in humans]
         pred = normalize_answer(pred)
-    if len(humans) != 10:  # fewer or more humans: the same leave-one-out mean, done directly
-        return float(np.mean([min(1.0, sum(h == pred for j, h in enumerate(humans) if j != i) / 3)
-                              for i in range(len(humans))])) if humans else 0.0
-    return float(vqa_accuracy_from_count(sum(h == pred for h in humans)))
+    matches = sum(h == pred for h in humans)
+    return sum(min(1, (matches - (h == pred)) / 3) for h in humans) / len(humans)
 
 
 def evaluate_vqa(predictions: Mapping[int, str], questions: Iterable) -> dict:
     """Overall and per-answer-type accuracy (percent) of predictions {question_id: answer} on
     annotated questions (``question_id``, ``answers``, ``answer_type``, as ``read_vqa`` gives);
-    a question without a prediction counts as wrong."""
+    a question without a prediction counts as wrong. No question, or a question without human
+    answers, is an error: there is nothing to measure."""
     scores: dict[str, list[float]] = {}
     for q in questions:
+        if not q.answers:
+            raise ValueError(f"question {q.question_id}: no human answers to score against")
         acc = vqa_accuracy(predictions.get(q.question_id, ""), q.answers)
         scores.setdefault("overall", []).append(acc)
         scores.setdefault(q.answer_type or "other", []).append(acc)
-    out = {k: round(100.0 * float(np.mean(v)), 2) for k, v in scores.items()}
-    out["questions"] = len(scores.get("overall", []))
+    if not scores:
+        raise ValueError("no annotated questions to evaluate")
+    out = {k: round(100 * sum(v) / len(v), 2) for k, v in scores.items()}
+    out["questions"] = len(scores["overall"])
     return out
 
 

@@ -47,14 +47,23 @@ def read_bert_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, state
 
 
+def shape_mismatches(cfg: ModelConfig, bert_config: dict) -> list[str]:
+    """What keeps a BERT of ``bert_config`` from initialising a model of ``cfg``: its sizes, and
+    encoders deeper than it."""
+    wrong = [f"model.{ours}={getattr(cfg, ours)} but {theirs}={bert_config[theirs]}"
+             for theirs, ours in SHAPE_KEYS.items()
+             if theirs in bert_config and bert_config[theirs] != getattr(cfg, ours)]
+    depth = bert_config.get("num_hidden_layers", 0)
+    wrong += [f"model.{name}_layers={n} but num_hidden_layers={depth}"
+              for name, n in (("text", cfg.text_layers), ("visual", cfg.visual_layers),
+                              ("multimodal", cfg.multimodal_layers)) if n > depth]
+    return wrong
+
+
 def check_shapes(cfg: ModelConfig, bert_config: dict, source: str) -> None:
-    wrong = [
-        f"{ours}={getattr(cfg, ours)} but {source} has {theirs}={bert_config[theirs]}"
-        for theirs, ours in SHAPE_KEYS.items()
-        if theirs in bert_config and bert_config[theirs] != getattr(cfg, ours)
-    ]
+    wrong = shape_mismatches(cfg, bert_config)
     if wrong:
-        raise ValueError("model config does not match the initialisation checkpoint: " + "; ".join(wrong))
+        raise ValueError(f"model config does not match the initialisation checkpoint {source}: " + "; ".join(wrong))
 
 
 def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tensor], source: str = "BERT") -> dict:
@@ -197,6 +206,7 @@ def official_model_config(bert_config: dict, state: dict) -> ModelConfig:
         tag_mode="word_pieces",
         layout="official",
         region_layer_norm="bert.LayerNorm.weight" in state,
+        region_layer_norm_eps=bert_config.get("img_layer_norm_eps", 1e-12),
     )
 
 
@@ -253,7 +263,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
             unused.append(key)  # tied decoders, position_ids, fine-tuned or QA heads
     load_state_strict(model, state, str(weights))
     tokenizer = load_tokenizer(src if any((src / n).exists() for n in ("vocab.txt", "tokenizer.json")) else None)
-    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, []))
+    # the released model reads tags and phrases
+    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, [], {"use_tags": True, "use_phrases": True}))
     return {
         "source": str(weights),
         "copied": len(filled),

@@ -115,9 +115,12 @@ def sample_negatives(
 
 
 def wpg_similarity(
-    phrase_hidden: torch.Tensor, phrase_mask: torch.Tensor, region_hidden: torch.Tensor, region_mask: torch.Tensor
+    phrase_hidden: torch.Tensor, phrase_mask: torch.Tensor, region_hidden: torch.Tensor, region_mask: torch.Tensor,
+    top: int = 1, generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """S^wpg(V, S) = mean over phrases of max over regions of cosine (eq. 6).
+    """S^wpg(V, S) = mean over phrases of max over regions of cosine (eq. 6). With ``top`` > 1
+    each phrase scores by a uniformly drawn one of its ``top`` most similar regions instead
+    (the official code's WPG uses 3).
 
     Returns (similarity (P,), valid (P,)): a pair is valid when it has a phrase and a region.
     """
@@ -125,7 +128,17 @@ def wpg_similarity(
     r = F.normalize(region_hidden.float(), dim=-1)
     cos = torch.einsum("pmh,prh->pmr", p, r).masked_fill(~region_mask[:, None, :].bool(), float("-inf"))
     # a batch whose images have no regions at all has nothing to take the max over
-    best = cos.max(-1).values if cos.shape[-1] else cos.new_zeros(cos.shape[:2])
+    if not cos.shape[-1]:
+        best = cos.new_zeros(cos.shape[:2])
+    elif top == 1:
+        best = cos.max(-1).values
+    else:
+        k = min(top, cos.shape[-1])
+        ranked = cos.topk(k, dim=-1).values  # (P, M, k); -inf beyond an image's regions
+        n = region_mask.bool().sum(1).clamp(min=1, max=k)[:, None].to(cos.device)
+        draw = torch.rand(cos.shape[:2], generator=generator, device=None if generator is None else generator.device)
+        pick = (draw.to(cos.device) * n).long().clamp(max=k - 1)
+        best = ranked.gather(-1, pick[..., None]).squeeze(-1)
     best = best.masked_fill(~phrase_mask.bool(), 0.0)
     best = torch.nan_to_num(best, neginf=0.0)
     n = phrase_mask.sum(1)

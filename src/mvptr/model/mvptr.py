@@ -116,7 +116,7 @@ class MVPTR(nn.Module):
         self.embeddings = Embeddings(cfg, num_phrases)
         self.region_embed = nn.Linear(cfg.region_feat_dim, h)
         if self.official and cfg.region_layer_norm:
-            self.region_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+            self.region_norm = nn.LayerNorm(h, eps=cfg.region_layer_norm_eps)
         if self.merged:
             _check_merged(cfg)
             self.encoder = Encoder(cfg, cfg.text_layers + cfg.multimodal_layers)

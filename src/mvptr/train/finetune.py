@@ -21,7 +21,7 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +31,15 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
 from .. import distributed
-from ..checkpoint import Bundle, load_model_dir, save_model_dir
-from ..config import Config, TaskConfig
+from ..checkpoint import Bundle, load_model_dir, rebuild_model, save_model_dir
+from ..config import Config, ConfigError, TaskConfig
 from ..data.formats import (
     VE_LABELS,
     read_snli_ve,
     read_vqa,
     write_vqa_results,
 )
-from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, pad_lists
+from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images, pad_lists
 from ..data.tasks import (
     GroundingDataset,
     TaskCollator,
@@ -62,6 +62,39 @@ def task_kind(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
     return "vqa" if task == "easyvqa" else task
+
+
+LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
+COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
+                 "max_tokens", "max_tags", "max_regions")
+TASK_FIELDS = {  # the TaskConfig fields each kind of task reads (VQA and SNLI-VE texts have no phrases)
+    "retrieval": (*COMMON_FIELDS, "max_phrases"),
+    "vqa": (*COMMON_FIELDS, "questions", "annotations", "features", "predictions", "num_answers", "mask_regions"),
+    "ve": (*COMMON_FIELDS, "hypotheses", "features", "predictions", "mask_regions"),
+    "grounding": (*COMMON_FIELDS, "max_phrases"),
+}
+
+
+def check_task_config(task: str, t: TaskConfig) -> None:
+    """A field the task does not read must keep its default: setting it is an error, not a no-op."""
+    kind, default = task_kind(task), TaskConfig()
+    for f in fields(TaskConfig):
+        if f.name not in TASK_FIELDS[kind] and getattr(t, f.name) != getattr(default, f.name):
+            raise ConfigError(f"finetune.{task}.{f.name}: the {kind} task does not read it; leave it unset")
+    if kind != "retrieval" and t.train.objectives:
+        raise ConfigError(f"finetune.{task}.train.objectives: the {kind} task trains its own head; leave it empty")
+
+
+def task_setup(cfg: Config, task: str, bundle: Bundle | None = None) -> tuple[Config, TaskConfig]:
+    """The run's configuration for ``task``: its input limits in place of ``data.max_*``, and,
+    given the model to fine-tune, its dropout (the model is rebuilt with it)."""
+    t = getattr(cfg.finetune, task)
+    check_task_config(task, t)
+    cfg = replace(cfg, data=replace(cfg.data, **{k: getattr(t, k) for k in LIMITS if getattr(t, k)}))
+    if bundle is not None and t.dropout >= 0 and t.dropout != bundle.model.cfg.dropout:
+        rebuild_model(bundle, replace(bundle.model.cfg, dropout=t.dropout))
+        cfg = replace(cfg, model=bundle.model.cfg)
+    return cfg, t
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -89,8 +122,9 @@ def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
     """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
     kind = task_kind(task)
-    if kind == "retrieval":
-        return pretraining_recipe(task, ["itm"] if merged else ["vsc", "itm"], cfg.objectives, merged)
+    if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
+        objectives = [o for o in cfg.finetune.retrieval.train.objectives if not (merged and o == "vsc")]
+        return pretraining_recipe(task, objectives, cfg.objectives, merged)
 
     def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         _, fused = model.fuse_batch(batch)
@@ -160,9 +194,12 @@ def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
 # ----------------------------------------------------------------------------- data
 
 def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
+    """The task's images: its own feature files, or the pre-training images with their tags."""
+    if not t.features and not t.predictions:
+        return TaskImages(open_images(replace(cfg.data, corpora=[]), cfg.model.region_feat_dim))
     d = cfg.data
-    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions,
-                                  cfg.model.region_feat_dim, d.max_regions, d.max_tags))
+    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions, cfg.model.region_feat_dim,
+                                  d.max_regions, d.max_tags, dedupe_tags=d.dedupe_tags))
 
 
 def vqa_questions(t: TaskConfig, split: str) -> list:
@@ -210,7 +247,8 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     from ..pipeline import collator, configure_torch
 
     configure_torch(cfg)
-    kind, t = task_kind(task), getattr(cfg.finetune, task)
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task, bundle)
     out_dir = Path(out_dir)
     info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
     if kind == "retrieval":
@@ -262,7 +300,8 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
                   progress: bool = True, mask_regions: bool | None = None) -> dict:
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
     scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
-    kind, t = task_kind(task), getattr(cfg.finetune, task)
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task)
     model = bundle.model.eval()
     split, bs = t.eval_split, cfg.eval.batch_size
     hide = t.mask_regions if mask_regions is None else mask_regions
@@ -298,7 +337,9 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
 
 
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
-    """Accuracy (percent) overall and per gold label (recall of each class)."""
+    """Accuracy (percent) overall and per gold label (recall of each class); no example is an error."""
+    if len(gold) == 0:
+        raise ValueError("classification: no examples to evaluate")
     per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
                  for k, name in enumerate(labels) if (gold == k).any()}
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}

@@ -38,6 +38,8 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
+    if obj.wpg_variant not in ("paper", "official"):
+        raise ValueError(f"unknown wpg_variant {obj.wpg_variant!r} (expected 'paper' or 'official')")
     active = [o for o in objectives if getattr(obj, o)]
     if not active:
         raise ValueError(f"{name}: every objective is switched off")
@@ -77,7 +79,7 @@ def pretraining_losses(
 
     # every row goes through the concept heads (a few thousand classes): choosing the rows
     # with labels would cost a wait for the device, more than the rows cost
-    if "mcr_s" in active and obj.use_phrases:
+    if "mcr_s" in active and obj.use_phrases and obj.mcr_s_loss:
         logits = model.mcr_phrase_logits(text.phrase_hidden)
         out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching)
     if "mcr_v" in active and obj.use_tags:
@@ -125,7 +127,7 @@ def pretraining_losses(
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
             masked_text = model.encode_text(
-                batch["mlm_input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"]
+                batch["mlm_input_ids"], batch["word_mask"], batch["mlm_phrase_ids"], batch["phrase_mask"]
             )
             mlm_hidden = model.fuse(masked_text.hidden, masked_text.mask, image.region_hidden, image.region_mask).hidden
         else:
@@ -134,10 +136,31 @@ def pretraining_losses(
         masked = batch["mlm_labels"] != L.IGNORE
         words = mlm_hidden[:, : text.num_words][masked]
         out["mlm"] = L.mlm_loss(model.mlm_logits(words), batch["mlm_labels"][masked])
-    if wpg_on:
+    if wpg_on and obj.wpg_variant == "official":
+        out["wpg"] = _wpg_official(model, text, image, fused, batch, obj.wpg_margin, generator)
+    elif wpg_on:
         rest = idx[len(text_side) :] if obj.itm_negatives == "half_each" else idx[:0]
         out["wpg"] = _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t, obj.wpg_margin)
     return out
+
+
+def _wpg_official(model, text, image, fused, batch, margin, generator) -> torch.Tensor:
+    """WPG as released: the positive pairs' outputs at the WPG layer; each text's phrases against
+    the regions of a uniformly random other image of the batch (as encoded with its own
+    caption), each phrase scored by a random one of its top 3 regions; masked phrases count."""
+    n, m, b = text.num_words, text.phrase_hidden.shape[1], len(text.hidden)
+    h = fused.layers[model.cfg.wpg_layer][:b]
+    regions, region_mask = h[:, n + m :], image.region_mask
+    dev = None if generator is None else generator.device
+    shift = torch.randint(1, max(b, 2), (b,), generator=generator, device=dev)  # 1..b-1: another image
+    other = (torch.arange(b, device=h.device) + shift.to(h.device)) % b
+
+    def score(v: torch.Tensor):
+        return L.wpg_similarity(h[:, n : n + m], batch["phrase_mask"], regions[v], region_mask[v], 3, generator)
+
+    pos, valid = score(torch.arange(b, device=h.device))
+    neg, _ = score(other)
+    return L.wpg_loss(pos, neg, valid & (other != torch.arange(b, device=h.device)), margin)
 
 
 def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t, margin) -> torch.Tensor:
@@ -148,8 +171,8 @@ def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t
     n, m = text.num_words, text.phrase_hidden.shape[1]
     b = len(idx)
 
-    # a phrase masked for MCR^s no longer names its concept: it does not take part
-    phrases = batch["phrase_mask"] & (batch["phrase_labels"] == L.IGNORE)
+    # a masked phrase no longer names its concept: it does not take part
+    phrases = batch["phrase_mask"] & ~batch["phrase_masked"]
 
     def phrase_region_sim(h: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
         return L.wpg_similarity(h[:, n : n + m], phrases[t], h[:, n + m :], image.region_mask[v])
