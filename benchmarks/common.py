@@ -124,14 +124,22 @@ def synthetic_batch(cfg: Config, model: MVPTR, batch_size: int, device: str, see
     input_ids[:, 0], input_ids[:, -1] = 101, 102
     mlm_labels = masked((b, n), o.mlm_mask_prob, m.vocab_size)
     mlm_labels[:, 0] = mlm_labels[:, -1] = IGNORE
+    phrase_ids = m.vocab_size + torch.randint(0, model.num_phrases, (b, p), **kw)
+    phrase_labels = masked((b, p), o.phrase_mask_prob, model.num_phrases)
+    # as the collator does: a masked phrase reads [MASK]; in the MLM pass, so does a phrase
+    # holding a masked word (about one in ten here)
+    phrase_ids = phrase_ids.masked_fill(phrase_labels != IGNORE, 103)
+    mlm_phrase_ids = phrase_ids.masked_fill(torch.rand((b, p), **kw) < 0.1, 103)
     return {
         "input_ids": input_ids,
         "word_mask": ones(b, n),
         "mlm_input_ids": torch.where(mlm_labels != IGNORE, torch.full_like(input_ids, 103), input_ids),
         "mlm_labels": mlm_labels,
-        "phrase_ids": m.vocab_size + torch.randint(0, model.num_phrases, (b, p), **kw),
+        "phrase_ids": phrase_ids,
+        "mlm_phrase_ids": mlm_phrase_ids,
         "phrase_mask": ones(b, p),
-        "phrase_labels": masked((b, p), o.phrase_mask_prob, model.num_phrases),
+        "phrase_labels": phrase_labels,
+        "phrase_masked": phrase_ids == 103,
         "tag_pieces": model.tag_pieces[torch.randint(0, len(model.tag_pieces), (b, k), **kw)],
         "tag_mask": ones(b, k),
         "tag_labels": masked((b, k), o.tag_mask_prob, len(model.tag_pieces)),

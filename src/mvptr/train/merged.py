@@ -68,7 +68,8 @@ def merged_losses(
         out["itm"] = L.itm_loss(model.itm_logits(fused), torch.cat([torch.ones_like(idx), negative]))
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
-            masked = model.text_inputs(batch["mlm_input_ids"], batch["word_mask"], batch["phrase_ids"],
+            # its phrases holding a masked word are masked too: no shortcut (as in the two-stage recipe)
+            masked = model.text_inputs(batch["mlm_input_ids"], batch["word_mask"], batch["mlm_phrase_ids"],
                                        batch["phrase_mask"])
             mlm_hidden = joint(model, masked, image, idx, idx).hidden
         else:
@@ -85,7 +86,7 @@ def _wpg(model, text, image, fused, batch, text_side, rest, neg_image, ok_t, mar
     """WPG at ``model.wpg_depth``: each text against its uniformly drawn negative image."""
     layer, n, b = model.wpg_depth, text.num_words, len(ok_t)
     # a phrase masked for MCR^s no longer names its concept: it does not take part
-    phrases = batch["phrase_mask"] & (batch["phrase_labels"] == L.IGNORE)
+    phrases = batch["phrase_mask"] & ~batch["phrase_masked"]
 
     def similarity(h: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
         return L.wpg_similarity(h[:, n : fused.text_len], phrases[t], fused.regions(h), image.region_mask[v])
