@@ -15,6 +15,7 @@
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
     mvptr search build|query ...
+    mvptr serve --index DIR [--host 127.0.0.1] [--port 8000] [--vqa-model DIR]
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .search import add_search_parser
 
     add_search_parser(sub)
+    from .app.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
