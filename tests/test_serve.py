@@ -121,6 +121,15 @@ def test_search_bounds_are_422_with_a_message(client, params, says):
     assert r.status_code == 422 and says in json.dumps(r.json()["detail"])
 
 
+@pytest.mark.parametrize("q", ["\u00e9t\u00e9 \U0001F600 \u05e9\u05dc\u05d5\u05dd", "\x00\x01", "?" * MAX_QUERY,
+                               "a " * (MAX_QUERY // 2), "<script>alert(1)</script>", "%2e%2e/..", "[CLS] [SEP] [MASK]"])
+def test_any_query_within_the_limits_is_answered(client, index, q):
+    r = client.get("/api/search", params={"q": q, "top": 3, "rerank": 4})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    r = client.get("/api/ground", params={"image": index.ids[0], "q": q})
+    assert r.status_code == 200 and all(p["phrase"] in q for p in r.json()["phrases"])
+
+
 def test_images_are_looked_up_never_joined_to_a_path(client, index, world):
     image_id = index.ids[0]
     r = client.get(f"/api/images/{image_id}")
@@ -265,7 +274,7 @@ def test_coarse_stage_exact_and_ivf(tmp_path):
     want = np.argsort(-(queries @ emb.T), axis=1, kind="stable")[:, :10]
     assert (rows == want).all() and np.allclose(scores, np.take_along_axis(queries @ emb.T, want, 1), atol=1e-5)
     meta = write_ivf(mapped[:2000], tmp_path / "a.faiss")
-    assert meta["nlist"] == min(int(4 * 2000 ** 0.5), 2000 // 39)
+    assert meta["nlist"] == int(2000**0.5)
     write_ivf(mapped, tmp_path / "b.faiss", old=tmp_path / "a.faiss")  # the last 1000 rows added, no training
     every = CoarseIndex(mapped, tmp_path / "b.faiss", nprobe=meta["nlist"])
     assert (every.search(queries, 10)[1] == want).all()  # every list visited: exact
@@ -305,8 +314,8 @@ def test_search_build_adds_images_to_an_index(model_dir, world_args, world, inde
     assert after.ids[:n] == before.ids and after.ids[n:] == sorted(f"extra_{p.name[:-4]}"
                                                                    for p in (world / "images").glob("*.png"))[:6]
     assert np.array_equal(after.emb[:n].numpy(), before.emb.numpy())
-    alone = build_index(model_dir, tmp_path / "alone", images=str(pictures), detector=str(world / "detector.safetensors"),
-                        config="tiny")
+    detector = str(world / "detector.safetensors")
+    alone = build_index(model_dir, tmp_path / "alone", images=str(pictures), detector=detector, config="tiny")
     assert alone["images"] == 6
     assert np.allclose(after.emb[n:].numpy(), SearchIndex(tmp_path / "alone", parse_phrases=False).emb.numpy(),
                        atol=1e-6)
@@ -316,17 +325,26 @@ def test_search_build_adds_images_to_an_index(model_dir, world_args, world, inde
     hits = after.query("a red circle", top=len(after.ids), score="uni")
     assert {h.image_id for h in hits} == set(after.ids)
     with pytest.raises(ValueError, match="is already in the index"):
-        build_index(model_dir, out, images=str(pictures), detector=str(world / "detector.safetensors"), add=True)
+        build_index(model_dir, out, images=str(pictures), detector=detector, add=True)
     other = tiny_model(world_args, tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="another version of the model"):
-        build_index(other, out, images=str(pictures), detector=str(world / "detector.safetensors"), add=True)
+        build_index(other, out, images=str(pictures), detector=detector, add=True)
     with pytest.raises(ValueError, match="leave out --config"):
-        build_index(model_dir, out, images=str(pictures), detector=str(world / "detector.safetensors"), add=True,
-                    config="tiny")
+        build_index(model_dir, out, images=str(pictures), detector=detector, add=True, config="tiny")
     with pytest.raises(FileNotFoundError, match="index.json: not found"):
-        build_index(model_dir, tmp_path / "none", images=str(pictures), detector=str(world / "detector.safetensors"),
-                    add=True)
+        build_index(model_dir, tmp_path / "none", images=str(pictures), detector=detector, add=True)
     assert SearchIndex(out, parse_phrases=False).ids == after.ids  # the refusals left the index as it was
+    # an index of raw images takes more: its first region store stays where it was
+    more = tmp_path / "more"
+    more.mkdir()
+    for p in sorted((world / "images").glob("*.png"))[6:9]:
+        shutil.copy(p, more / p.name)
+    grown = build_index(model_dir, tmp_path / "alone", images=str(more), detector=detector, add=True)
+    assert grown["images"] == 9 and [s["features"] for s in grown["stores"]] == [
+        str((tmp_path / "alone" / d / "features.tsv").resolve()) for d in ("regions", "regions-1")]
+    both = SearchIndex(tmp_path / "alone", parse_phrases=False)
+    assert np.array_equal(both.store[after.ids[n]]["boxes"], after.store[after.ids[n]]["boxes"])
+    assert len(both.store[sorted(more.iterdir())[0].stem]["boxes"]) > 0
 
 
 def test_an_image_dir_that_names_no_image_is_an_error(model_dir, world, tmp_path):

@@ -77,9 +77,9 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def check_model(meta: dict, model_dir: Path, index_dir: Path) -> None:
+def check_model(meta: dict, model_dir: Path, index_dir: Path, fingerprint: str | None = None) -> None:
     """Refuse a model other than the one that computed the index's embeddings."""
-    if model_fingerprint(model_dir) != meta["model_fingerprint"]:
+    if (fingerprint or model_fingerprint(model_dir)) != meta["model_fingerprint"]:
         raise ValueError(f"{index_dir}: built with another version of the model than {model_dir} (the model files "
                          f"differ from those indexed, {meta['model']}); {REBUILD}, or give the model it was built with")
 
@@ -103,12 +103,12 @@ def image_files(image_dir: str | Path, ids) -> dict[str, str]:
     return {i: files[i] for i in ids if i in files}
 
 
-def _start(out: Path, add: bool, model_dir: Path) -> tuple[Path, dict | None]:
+def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
     """A fresh ``out.tmp`` holding, with ``add``, the region stores of the index at ``out``
     (hard links: nothing in them is rewritten) and that index's metadata."""
     old = read_meta(out) if add else None
     if old:
-        check_model(old, model_dir, out)
+        check_model(old, model_dir, out, fingerprint)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -148,7 +148,8 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
         raise ValueError("give a feature store (--features) or image files (--images with --detector)")
     if images and not detector:
         raise ValueError("indexing image files needs a detector (--detector)")
-    tmp, old = _start(out, add, Path(model_dir))
+    fingerprint = model_fingerprint(model_dir)
+    tmp, old = _start(out, add, Path(model_dir), fingerprint)
     if images:
         from .vision.detect import extract_features
 
@@ -188,10 +189,9 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
                            old=out / IVF_FILE if old else None)
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
-    meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": model_fingerprint(model_dir),
+    meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint,
             "data": old["data"] if old else to_dict(model.cfg.data), "images": total, "added": len(ids),
-            "image_files": len(files), "embed_dim": dim, "stores": stores,
-            "coarse": {**coarse, "exact_limit": limit}}
+            "image_files": len(files), "embed_dim": dim, "stores": stores, "coarse": {**coarse, "exact_limit": limit}}
     (tmp / "index.json").write_text(json.dumps(meta, indent=2))
     replace_dir(tmp, out)
     return meta
@@ -234,8 +234,9 @@ class SearchIndex:
         self.coarse = CoarseIndex(emb, ivf, nprobe)
         self.model = Model.load(model_dir, index_config(self.meta), parse_phrases=parse_phrases)
         dim = self.model.model.cfg.region_feat_dim
-        self.store = IndexStores([open_feature_store(s["features"], s["predictions"], dim) for s in self.meta["stores"]],
-                                 [s["images"] for s in self.meta["stores"]], self.row)
+        stores = self.meta["stores"]
+        self.store = IndexStores([open_feature_store(s["features"], s["predictions"], dim) for s in stores],
+                                 [s["images"] for s in stores], self.row)
 
     def query(self, text: str, top: int = 10, rerank: int = 64, score: str = "itm+sim",
               timing: dict | None = None) -> list[Hit]:
@@ -307,7 +308,8 @@ def add_search_parser(subparsers) -> None:
     p.add_argument("--out", help="index directory to write (build)")
     p.add_argument("--add", action="store_true", help="add the images to the index at --out (build)")
     p.add_argument("--exact-limit", type=int,
-                   help=f"images searched exactly; an approximate (faiss IVF) index above (build; default {EXACT_LIMIT})")
+                   help=f"images searched exactly; an approximate (faiss IVF) index above "
+                        f"(build; default {EXACT_LIMIT})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--rerank", type=int, default=64, help="candidates the multimodal encoder re-ranks (query)")

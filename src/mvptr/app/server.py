@@ -39,7 +39,8 @@ MAX_TOP = 100
 MAX_RERANK = 200
 MAX_ANSWERS = 20
 MAX_BODY = 16 * 1024  # bytes of a request body
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:", "X-Content-Type-Options": "nosniff"}
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+                "X-Content-Type-Options": "nosniff"}
 log = logging.getLogger("mvptr.serve")
 
 
