@@ -98,7 +98,8 @@ def test_search_gives_the_index_ranking(client, index):
     for r, h in zip(got["results"], want):
         assert abs(r["score"] - h.score) < 1e-4 and abs(r["coarse"] - h.similarity) < 1e-5
         assert r["image"] == f"/api/images/{h.image_id}"
-    assert {"encode_ms", "coarse_ms", "rerank_ms", "total_ms"} <= set(got["timing"])
+    assert {"encode_ms", "coarse_ms", "rerank_ms", "total_ms"} <= set(got["timing"]) and got["reranked"] == 8
+    assert client.get("/api/search", params={"q": QUERY, "top": 6, "rerank": 2}).json()["reranked"] == 6
     coarse = client.get("/api/search", params={"q": QUERY, "top": 4, "rerank": 0}).json()
     emb = index.model.encode_texts([QUERY]).emb[0]
     assert [r["id"] for r in coarse["results"]] == [index.ids[i] for i in (index.emb @ emb).topk(4).indices]

@@ -134,7 +134,9 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
         with lock:
             hits = index.query(q, top, rerank, "itm+sim" if rerank else "uni", timing)
         timing["total_ms"] = round(1000 * (time.perf_counter() - start), 2)
-        return {"query": q, "top": top, "rerank": rerank, "images": len(index.ids), "timing": timing,
+        reranked = min(max(top, rerank), len(index.ids)) if rerank else 0
+        return {"query": q, "top": top, "rerank": rerank, "reranked": reranked, "images": len(index.ids),
+                "timing": timing,
                 "results": [{"rank": r, "id": h.image_id, "coarse": round(h.similarity, 6),
                              "score": round(h.score, 6) if rerank else None, "image": image_url(h.image_id)}
                             for r, h in enumerate(hits, 1)]}

@@ -52,7 +52,7 @@ function showResults(data) {
   const t = data.timing;
   const parts = [`${data.results.length} of ${data.images} images in ${t.total_ms.toFixed(0)} ms`,
                  `coarse ${t.coarse_ms.toFixed(1)} ms`];
-  if (t.rerank_ms !== undefined) parts.push(`re-ranking ${data.rerank} candidates ${t.rerank_ms.toFixed(0)} ms`);
+  if (t.rerank_ms !== undefined) parts.push(`re-ranking ${data.reranked} candidates ${t.rerank_ms.toFixed(0)} ms`);
   $("#status").textContent = parts.join(" · ");
   for (const r of data.results) {
     const card = element("button", "result");
@@ -117,10 +117,13 @@ function drawBoxes(data) {
     shown[p.region] = before + 1;
     if (before) rect.setAttribute("stroke-dasharray", "6 6");
     svg.append(rect);
+    // a label sits above its box's left corner; inside the box at the top edge, right-aligned at the right
     const label = element("span", "label", p.phrase);
-    label.style.left = `${(100 * x0) / data.width}%`;
+    if (x0 / data.width > 0.55) label.style.right = `${100 - (100 * x1) / data.width}%`;
+    else label.style.left = `${(100 * x0) / data.width}%`;
     label.style.top = `${(100 * y0) / data.height}%`;
-    label.style.transform = `translateY(${-100 * (before + 1)}%)`;
+    const inside = y0 / data.height < 0.12;
+    label.style.transform = `translateY(${inside ? 100 * before : -100 * (before + 1)}%)`;
     label.style.background = color;
     labels.append(label);
   });
