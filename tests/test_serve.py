@@ -279,6 +279,7 @@ def test_coarse_stage_exact_and_ivf(tmp_path):
     write_ivf(mapped, tmp_path / "b.faiss", old=tmp_path / "a.faiss")  # the last 1000 rows added, no training
     every = CoarseIndex(mapped, tmp_path / "b.faiss", nprobe=meta["nlist"])
     assert (every.search(queries, 10)[1] == want).all()  # every list visited: exact
+    assert CoarseIndex(mapped, tmp_path / "b.faiss").ivf.nprobe == meta["nlist"] // 8  # the default share
     few = CoarseIndex(mapped, tmp_path / "b.faiss", nprobe=2)
     s, r = few.search(queries, 10)
     assert ((r >= 0) | (s < -1e30)).all() and (r < 3000).all()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .api import Model, open_feature_store
-from .app.coarse import EXACT_LIMIT, IVF_FILE, NPROBE, CoarseIndex, write_ivf
+from .app.coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
 from .checkpoint import STATE_FILE, replace_dir
 from .config import Config, load_config, to_dict
 from .eval.retrieval import itm_scores
@@ -215,10 +215,11 @@ class IndexStores:
 class SearchIndex:
     """An index ready to query. ``model_dir``: the model to encode queries with, instead of the
     one recorded in the index (e.g. the index moved); either way its files must be those the
-    index was built with. ``nprobe``: lists an approximate coarse stage visits."""
+    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: an
+    eighth of them)."""
 
     def __init__(self, path: str | Path, parse_phrases: bool = True, model_dir: str | Path | None = None,
-                 nprobe: int = NPROBE):
+                 nprobe: int | None = None):
         self.path = Path(path)
         self.meta = read_meta(self.path)
         model_dir = Path(model_dir or self.meta["model"])
@@ -314,7 +315,7 @@ def add_search_parser(subparsers) -> None:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--rerank", type=int, default=64, help="candidates the multimodal encoder re-ranks (query)")
     p.add_argument("--score", choices=["itm", "itm+sim", "uni"], default="itm+sim")
-    p.add_argument("--nprobe", type=int, default=NPROBE, help="lists an approximate coarse stage visits (query)")
+    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits (query; default: 1/8 of them)")
     p.add_argument("--no-phrases", action="store_true", help="do not parse phrase concepts from the query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_checked(cmd_search))

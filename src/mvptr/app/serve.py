@@ -19,10 +19,9 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
     """The FastAPI app over the index at ``index_dir``."""
     from ..api import Model
     from ..search import SearchIndex, index_config
-    from .coarse import NPROBE
     from .server import create_app
 
-    index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe or NPROBE)
+    index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
     vqa = None
     if vqa_model:
         vqa = Model.load(vqa_model, index_config(index.meta))
@@ -54,6 +53,6 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", help="the model the index was built with, when it is no longer where the index says")
     p.add_argument("--vqa-model", help="a model fine-tuned with `mvptr finetune vqa`, to answer questions on the page")
-    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query")
+    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: 1/8)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
