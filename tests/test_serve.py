@@ -225,6 +225,29 @@ def test_a_failing_request_does_not_stop_the_server(client, index, monkeypatch):
     assert client.get("/api/search", params={"q": QUERY}).status_code == 200
 
 
+def test_requests_take_the_model_in_the_order_they_came():
+    from mvptr.app.server import TicketLock
+
+    lock, order = TicketLock(), []
+
+    def request(i):
+        with lock:
+            order.append(i)
+
+    lock.__enter__()  # a request in progress
+    threads = []
+    for i in range(6):
+        threads.append(threading.Thread(target=request, args=(i,)))
+        threads[-1].start()
+        deadline = time.time() + 10
+        while lock.issued < i + 2 and time.time() < deadline:  # request i is waiting before i + 1 comes
+            time.sleep(0.001)
+    lock.__exit__(None, None, None)
+    for t in threads:
+        t.join(10)
+    assert order == list(range(6))
+
+
 def test_the_server_binds_loopback_unless_told(index_dir):
     assert parse(["serve", "--index", str(index_dir)]).host == "127.0.0.1"
     assert parse(["serve", "--index", str(index_dir), "--host", "0.0.0.0"]).host == "0.0.0.0"

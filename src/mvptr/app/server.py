@@ -80,6 +80,25 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class TicketLock:
+    """A lock granted in the order it was asked for (``threading.Lock`` promises no order), so
+    that a request waits for those ahead of it only."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.issued = self._serving = 0
+
+    def __enter__(self):
+        with self._cond:
+            ticket, self.issued = self.issued, self.issued + 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 def _number(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
@@ -93,7 +112,7 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
                   description="Search an image collection with a sentence; ground its phrases; ask questions.")
     app.add_middleware(BodyLimit)
     app.state.index, app.state.vqa = index, vqa
-    lock = threading.Lock()  # one request at a time uses the models
+    lock = TicketLock()  # one request at a time uses the models, first come first served
 
     def image_url(image_id: str) -> str | None:
         return f"/api/images/{quote(image_id, safe='')}" if image_id in index.files else None
