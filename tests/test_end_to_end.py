@@ -4,6 +4,7 @@ import json
 
 from mvptr.cli import main
 from mvptr.config import load_config
+from mvptr.search import SearchIndex
 
 
 def read_metrics(path):
@@ -41,6 +42,9 @@ def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world_
     assert all(f"finetune_{t}" in report["seconds"] for t in ("retrieval", "vqa", "ve", "grounding", "easyvqa"))
     assert "| easy-VQA (test) | VQA accuracy |" in (out / "report.md").read_text()
     assert "| pretrained | rerank |" in (out / "report.md").read_text()
+    index = SearchIndex(out / "index", parse_phrases=False)  # the index `mvptr serve` serves after the demo
+    assert len(index.ids) == len(index.files) == 128
+    assert index.meta["model"] == str((out / "stage2" / "model").resolve())
     saved = load_config(str(out / "config.yaml"))
     assert saved.stage1.epochs == 4
 

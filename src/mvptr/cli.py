@@ -19,6 +19,7 @@
     mvptr ablate [--config PRESET] [--rows full,no_mcr_v,...] [--seeds N] [--out DIR] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
     mvptr search build|query ...
+    mvptr serve --index DIR [--host 127.0.0.1] [--port 8000] [--vqa-model DIR]
 
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 
@@ -519,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .search import add_search_parser
 
     add_search_parser(sub)
+    from .app.serve import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 

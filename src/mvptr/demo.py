@@ -21,6 +21,7 @@ from .pipeline import (
     training_tag_vocab,
     write_json,
 )
+from .search import build_index
 from .text.phrases import PhraseVocab, prepare_phrases
 from .viz import make_demo_figures
 
@@ -78,6 +79,9 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
         results["pretrained"] = evaluate(cfg, bundle)
     with timed(seconds, "figures"):
         figures = make_demo_figures(cfg, bundle, out / "figures")
+    with timed(seconds, "index"):  # what `mvptr serve --index runs/demo/index` serves
+        build_index(out / "stage2" / "model", out / "index", cfg.data.features, cfg.data.predictions or None, cfg,
+                    image_dir=str(Path(cfg.demo.data_dir) / "images"))
     downstream = run_downstream(cfg, bundle, out / "finetune", seconds)
     report = build_report(results, seconds, {"stage1": stage1, "stage2": stage2})
     report["grounding"]["zero_shot"] = {"acc": results["pretrained"]["grounding"]["acc"]}

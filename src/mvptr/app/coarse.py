@@ -1,0 +1,92 @@
+"""The coarse stage of search: the images whose global embeddings have the largest inner
+product with a query's, read from the embeddings memory-mapped from the index directory.
+
+Up to ``exact_limit`` images the search is exact: faiss's brute-force inner product, straight
+from the memory map (nothing is copied into an index). Above it, an inverted-file index (faiss
+IVF with flat lists, spherical k-means on a sample) visits only the ``nprobe`` lists whose
+centroids are nearest the query (by default an eighth of them); its file is memory-mapped
+too. Recall against exact search and latency at 1M images: docs/PERFORMANCE.md
+(``benchmarks/faiss_coarse.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+EXACT_LIMIT = 100_000  # images searched exactly; an IVF index above
+PROBE_SHARE = 8  # by default a query visits 1/8 of the IVF lists (recall@10 0.92 at 1M: docs/PERFORMANCE.md)
+IVF_FILE = "coarse.faiss"
+TRAIN_PER_LIST = 64  # k-means sample per list (faiss warns below 39)
+CHUNK = 65536  # rows added to the IVF index at a time, so a memory map is never read whole
+
+
+def ivf_lists(n: int) -> int:
+    """About sqrt(n) lists (a query then scans about nprobe sqrt(n) vectors), and never fewer
+    than 39 training points per list."""
+    return max(1, min(int(math.sqrt(n)), n // 39))
+
+
+def train_ivf(emb: np.ndarray, nlist: int | None = None, seed: int = 0) -> faiss.IndexIVFFlat:
+    """An empty IVF index whose centroids are k-means centroids of a sample of ``emb``."""
+    n, dim = emb.shape
+    nlist = nlist or ivf_lists(n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.spherical = True  # the embeddings are unit vectors: so are the centroids
+    index.cp.seed = seed
+    take = min(n, TRAIN_PER_LIST * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False))
+    index.train(np.ascontiguousarray(emb[rows], dtype=np.float32))
+    return index
+
+
+def add_rows(index: faiss.Index, emb: np.ndarray, start: int = 0) -> None:
+    """Add ``emb[start:]`` to ``index`` (their ids are their row numbers)."""
+    for s in range(start, len(emb), CHUNK):
+        index.add(np.ascontiguousarray(emb[s : s + CHUNK], dtype=np.float32))
+
+
+def write_ivf(emb: np.ndarray, path: Path, old: Path | None = None, nlist: int | None = None) -> dict:
+    """Write the IVF index of ``emb`` to ``path``: the rows past those of the index at ``old``
+    are added to it (no new training), or a new index is trained on all of them."""
+    if old is not None and old.exists():
+        index = faiss.read_index(str(old))
+        add_rows(index, emb, index.ntotal)
+    else:
+        index = train_ivf(emb, nlist)
+        add_rows(index, emb)
+    faiss.write_index(index, str(path))
+    return {"kind": "ivf", "nlist": int(index.nlist)}
+
+
+class CoarseIndex:
+    """Top-k inner products over ``emb`` (N, D) float32: exact, or through the IVF index file."""
+
+    def __init__(self, emb: np.ndarray, ivf_file: Path | None = None, nprobe: int | None = None):
+        if nprobe is not None and nprobe < 1:
+            raise ValueError(f"nprobe must be at least 1, not {nprobe}")
+        self.emb = emb
+        self.ivf = None
+        if ivf_file is not None:
+            self.ivf = faiss.read_index(str(ivf_file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            if self.ivf.ntotal != len(emb):
+                raise ValueError(f"{ivf_file}: {self.ivf.ntotal} vectors for {len(emb)} embeddings; rebuild the index")
+            self.ivf.nprobe = min(nprobe or max(1, self.ivf.nlist // PROBE_SHARE), self.ivf.nlist)
+
+    @property
+    def kind(self) -> str:
+        return "exact" if self.ivf is None else f"ivf (nlist {self.ivf.nlist}, nprobe {self.ivf.nprobe})"
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (queries, k') with k' = min(k, N), best first. An IVF search
+        can find fewer than k' images in the lists it visits: the rest are row -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.emb.shape[1])
+        k = min(k, len(self.emb))
+        if k < 1:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self.ivf is not None:
+            return self.ivf.search(queries, k)
+        return faiss.knn(queries, self.emb, k, metric=faiss.METRIC_INNER_PRODUCT)
