@@ -24,7 +24,7 @@ def test_presets_load_by_name_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config("demo").model.hidden_size == 384
     assert load_config("tiny").model.hidden_size == 64
-    (tmp_path / "mine.yaml").write_text("model:\n  hidden_size: 32\n")
+    (tmp_path / "mine.yaml").write_text("model:\n  hidden_size: 32\n  num_heads: 4\n")
     assert load_config("mine.yaml").model.hidden_size == 32  # a file path still works
     with pytest.raises(ConfigError, match="presets: base, demo, tiny"):
         load_config("nope")
