@@ -186,6 +186,7 @@ class DemoConfig:
     min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
     n_process: int = 1
     easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
+    world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)
 
 
 @dataclass

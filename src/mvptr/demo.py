@@ -6,6 +6,7 @@ easy-VQA, with a majority-answer and a question-only baseline), and write ``repo
 from __future__ import annotations
 
 import copy
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,6 +17,7 @@ from .config import Config, ConfigError, save_config
 from .data.demo_world import generate_demo_world
 from .pipeline import (
     evaluate,
+    itm_separation_on,
     new_bundle,
     pretrain_stage,
     training_tag_vocab,
@@ -41,12 +43,35 @@ def prepare_data(cfg: Config, seconds: dict) -> None:
     data_dir = Path(d.data_dir)
     with timed(seconds, "prepare"):
         if not (data_dir / "predictions.tsv").exists():
-            generate_demo_world(data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, seed=cfg.seed,
+            generate_demo_world(data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, seed=d.world_seed,
                                 image_size=d.image_size)
+        check_world(data_dir, d)
     with timed(seconds, "phrases"):
         if not Path(cfg.data.phrase_vocab).exists():
             prepare_phrases(cfg.data.captions, Path(cfg.data.phrase_vocab).parent, min_count=d.min_count,
                             splits=(cfg.data.train_split,), n_process=d.n_process)
+
+
+def final_itm_loss(metrics: Path, share: float = 0.1) -> float:
+    """The mean ITM loss over the last ``share`` of a stage's logged steps."""
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    itm = [r["itm"] for r in rows if "itm" in r]
+    if not itm:
+        raise ValueError(f"{metrics}: no ITM loss logged; the stage did not train ITM")
+    last = itm[-max(1, round(share * len(itm))):]
+    return round(sum(last) / len(last), 4)
+
+
+def check_world(data_dir: Path, d) -> None:
+    """A world on disk made with another seed, size or split sizes is not silently reused."""
+    made = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
+    wanted = {"seed": d.world_seed, "image_size": d.image_size,
+              "splits": {"train": d.n_train, "val": d.n_val, "test": d.n_test}}
+    differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+    if differ:
+        changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
+        raise ConfigError(f"{data_dir}/world.json: the demo world there was made with other settings ({changes}); "
+                          f"set demo.data_dir to a new directory, or remove {data_dir} to make it again")
 
 
 def run_demo(cfg: Config, resume: bool = True) -> dict:
@@ -77,6 +102,8 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
         stage2 = pretrain_stage(cfg, cfg.stage2, bundle, out / "stage2", resume)
     with timed(seconds, "evaluate_pretrained"):
         results["pretrained"] = evaluate(cfg, bundle)
+    with timed(seconds, "itm"):
+        itm = {"final_loss": final_itm_loss(out / "stage2" / "metrics.jsonl"), **itm_separation_on(cfg, bundle)}
     with timed(seconds, "figures"):
         figures = make_demo_figures(cfg, bundle, out / "figures")
     with timed(seconds, "index"):  # what `mvptr serve --index runs/demo/index` serves
@@ -86,6 +113,7 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
     report = build_report(results, seconds, {"stage1": stage1, "stage2": stage2})
     report["grounding"]["zero_shot"] = {"acc": results["pretrained"]["grounding"]["acc"]}
     report["grounding"]["finetuned"] = {"acc": downstream.pop("grounding")["acc"]}
+    report["itm"] = itm
     report.update(downstream)
     report["figures"] = {name: str(Path(path).relative_to(out)) for name, path in figures.items()}
     write_json(out / "report.json", report)
@@ -198,6 +226,12 @@ def report_markdown(report: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items() if m in ORDER]
+    if "itm" in report:
+        itm = report["itm"]
+        lines += ["", f"Image-text matching of the pre-trained model: stage-2 ITM loss {itm['final_loss']:.3f} over the "
+                  f"last tenth of its steps (ln 2 = 0.693 is chance); AUC of each test caption's own image against "
+                  f"a random other image {itm['auc_random']:.3f}, and against its {itm['hard_k']} most similar "
+                  f"other images {itm['auc_hard']:.3f} ({itm['captions']} captions; 0.5 is chance)."]
     if "vqa" in report:
         lines += downstream_markdown(report)
     for name, path in report.get("figures", {}).items():

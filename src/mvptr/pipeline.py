@@ -28,6 +28,7 @@ from .data.pretrain import (
     tag_vocab_from,
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
+from .eval.matching import first_caption_of_each_image, itm_separation
 from .eval.retrieval import chance_recall, check_all_pairs, encode_images, encode_texts, evaluate_retrieval
 from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
 from .model.mvptr import MVPTR
@@ -150,6 +151,32 @@ def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamp
 
 
 @torch.no_grad()
+def encode_dataset(cfg: Config, model, dataset, collate):
+    """The uni-modal outputs of a pair dataset's captions and images: (texts, images, each
+    caption's image index, the image ids in index order)."""
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    loader = lambda items: DataLoader(items, batch_size=cfg.eval.batch_size, collate_fn=collate)  # noqa: E731
+    texts = encode_texts(model, loader(text_items), cfg.device)
+    images = encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device)
+    return texts, images, text_image, image_ids
+
+
+@torch.no_grad()
+def itm_separation_on(cfg: Config, bundle: Bundle, hard_k: int = 10) -> dict:
+    """ITM's AUC on ``cfg.eval.split``: the first caption of each image with its own image,
+    against a random and against its ``hard_k`` most similar other images (``mvptr.eval.matching``)."""
+    model = bundle.model.eval()
+    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
+    dataset = build_pair_dataset(replace(cfg.data, corpora=[]), pieces, bundle.phrase_vocab,
+                                 cfg.model.region_feat_dim, cfg.eval.split, cfg.eval.max_images)
+    texts, images, text_image, _ = encode_dataset(cfg, model, dataset, collator(cfg, bundle))
+    return itm_separation(model, texts, images, text_image, hard_k, cfg.eval.batch_size, cfg.eval.precision, cfg.seed,
+                          first_caption_of_each_image(text_image))
+
+
+@torch.no_grad()
 def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, keep_pairs: bool = False,
                  subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
     """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
@@ -157,14 +184,9 @@ def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, ke
     image ids in the order of its indices. ``subset``: the key and value that limited the
     images (default ``eval.max_images``), named when every pair would be too many."""
     e = cfg.eval
-    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
     if model.merged:
-        check_all_pairs(len(image_ids), len(dataset), *(subset or ("eval.max_images", e.max_images)))
-    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
-    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
-    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731
-    texts = encode_texts(model, loader(text_items), cfg.device)
-    images = encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device)
+        check_all_pairs(len(dataset.image_index), len(dataset), *(subset or ("eval.max_images", e.max_images)))
+    texts, images, text_image, image_ids = encode_dataset(cfg, model, dataset, collate)
     result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
                                 progress, e.precision, keep_pairs)
     return result, image_ids
