@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mvptr.config import Config, load_config
+from mvptr.core.config import Config, load_config
 from mvptr.model.losses import IGNORE
 from mvptr.model.mvptr import MVPTR
 

@@ -7,7 +7,7 @@ import pytest
 
 from mvptr.ablate import ROWS, ablation_report, direction, select_rows
 from mvptr.cli import main
-from mvptr.config import ConfigError
+from mvptr.core.errors import ConfigError
 
 
 def test_direction_compares_against_the_noise_and_the_paper():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mvptr.api import Model
 from mvptr.checkpoint import save_model_dir
 from mvptr.cli import main
-from mvptr.config import load_config
+from mvptr.core.config import load_config
 from mvptr.pipeline import new_bundle, training_tag_vocab
 from mvptr.search import SearchIndex, build_index
 from mvptr.text.phrases import PhraseVocab

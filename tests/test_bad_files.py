@@ -6,18 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from mvptr.data.formats import (
-    FormatError,
-    SkippedSamples,
-    TSVFile,
-    VinVLFeatures,
-    append_json_lines,
-    build_lineidx,
-    read_flickr30k_annotation,
-    read_json_lines,
-    write_vinvl_features,
-    write_vinvl_predictions,
-)
+from mvptr.core.errors import FormatError, SkippedSamples
+from mvptr.core.fileio import append_json_lines, read_json_lines
+from mvptr.formats.entities import read_flickr30k_annotation
+from mvptr.formats.tsv import TSVFile, build_lineidx
+from mvptr.formats.vinvl import VinVLFeatures, write_vinvl_features, write_vinvl_predictions
 from mvptr.vision.stores import MemmapStore, convert_vinvl_to_memmap
 
 

@@ -7,17 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mvptr.checkpoint import (
-    MODEL_FILE,
-    Bundle,
-    UntrustedPickleError,
-    has_checkpoint,
-    load_model_dir,
-    load_training_state,
-    save_model_dir,
-)
-from mvptr.config import load_config
-from mvptr.data.formats import FormatError
+from mvptr.checkpoint import MODEL_FILE, Bundle, has_checkpoint, load_model_dir, load_training_state, save_model_dir
+from mvptr.core.config import load_config
+from mvptr.core.errors import FormatError, UntrustedPickleError
 from mvptr.model.mvptr import MVPTR
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import load_tokenizer

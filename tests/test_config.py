@@ -3,7 +3,8 @@
 import pytest
 
 from mvptr.cli import main
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 
 BAD = [
     ("stage1.batch_size=0", "stage1.batch_size"),

@@ -5,7 +5,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from mvptr import config
+from mvptr.core import config
 from mvptr.train.finetune import TASKS
 from mvptr.train.recipes import OBJECTIVES
 
@@ -51,7 +51,8 @@ def test_the_fields_read_by_name_are_exactly_those_names():
 def test_a_task_field_the_task_does_not_read_is_an_error():
     import pytest
 
-    from mvptr.config import ConfigError, load_config
+    from mvptr.core.config import load_config
+    from mvptr.core.errors import ConfigError
     from mvptr.train.finetune import check_task_config
 
     for task, key, value in (("retrieval", "questions", "q.json"), ("grounding", "features", "f.tsv"),

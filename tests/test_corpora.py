@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mvptr.cli import main
-from mvptr.config import CorpusConfig, DataConfig
+from mvptr.core.config import CorpusConfig, DataConfig
 from mvptr.data.pretrain import Collator, Masking, build_pair_dataset, caption_records, open_images, tag_vocab_from
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
@@ -101,8 +101,8 @@ def test_pretrain_on_a_mix_from_a_config_file(corpora, tmp_path, capsys):
 
 
 def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
-    from mvptr.data.formats import write_phrase_cache
     from mvptr.data.pretrain import mix_phrase_vocab
+    from mvptr.formats.phrase_cache import write_phrase_cache
 
     # vg's captions also mention "blue square": found in 8 of 20 captions
     extra = tmp_path / "vg_cache.jsonl"
@@ -123,7 +123,7 @@ def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
 
 
 def test_vocab_over_the_mix_names_a_caption_without_phrases(corpora, tmp_path):
-    from mvptr.data.formats import FormatError, SkippedSamples
+    from mvptr.core.errors import FormatError, SkippedSamples
     from mvptr.data.pretrain import mix_phrase_vocab
 
     lines = open(corpora[1].phrase_cache).read().splitlines(keepends=True)

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from mvptr.checkpoint import load_model_dir, load_training_state  # noqa: E402
-from mvptr.config import load_config  # noqa: E402
+from mvptr.core.config import load_config  # noqa: E402
 from mvptr.pipeline import new_bundle, training_tag_vocab  # noqa: E402
 from mvptr.text.phrases import PhraseVocab  # noqa: E402
 from test_distributed import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _train  # noqa: E402

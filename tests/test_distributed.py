@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvptr.config import load_config
+from mvptr.core.config import load_config
+from mvptr.core.distributed import shard
 from mvptr.data.pretrain import build_pair_dataset
-from mvptr.distributed import shard
 from mvptr.pipeline import collator, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
@@ -103,7 +103,7 @@ def test_two_processes_run_every_objective_of_stage_2(world_args, tmp_path):
 
 
 def test_shards_cover_every_item_once():
-    from mvptr.distributed import Dist
+    from mvptr.core.distributed import Dist
 
     for n in (0, 1, 7, 8, 9):
         for world in (1, 2, 3):

@@ -3,7 +3,7 @@
 import json
 
 from mvptr.cli import main
-from mvptr.config import load_config
+from mvptr.core.config import load_config
 from mvptr.search import SearchIndex
 
 

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from mvptr.cli import main
-from mvptr.data.formats import FormatError, VinVLFeatures, VinVLPredictions
+from mvptr.core.errors import FormatError
+from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions
 from mvptr.vision.detect import DemoDetector, FasterRCNNDetector, extract_features
 from mvptr.vision.stores import TSVStore, convert_vinvl_to_memmap
 

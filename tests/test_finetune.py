@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 from mvptr.checkpoint import save_model_dir
 from mvptr.cli import main
-from mvptr.config import load_config
+from mvptr.core.config import load_config
 from mvptr.data.demo_tasks import prepare_demo_tasks, ve_path, vqa_paths
-from mvptr.data.formats import read_captions, read_snli_ve, read_vqa
 from mvptr.data.tasks import TaskCollator
 from mvptr.eval.grounding import evaluate_grounding, ground_truth_box
+from mvptr.formats.captions import read_captions
+from mvptr.formats.snli_ve import read_snli_ve
+from mvptr.formats.vqa import read_vqa
 from mvptr.model.heads import AnswerClassifier
 from mvptr.pipeline import collator, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
@@ -251,7 +253,7 @@ def test_easyvqa_becomes_vqa_v2_files_with_detected_regions(world, tmp_path):
     import easy_vqa
 
     from mvptr.data.easyvqa import TEST_OFFSET, easyvqa_paths, prepare_easyvqa
-    from mvptr.data.formats import VinVLPredictions
+    from mvptr.formats.vinvl import VinVLPredictions
 
     summary = prepare_easyvqa(tmp_path, world / "detector.safetensors", max_images=5)
     assert summary["splits"]["train"]["images"] == summary["splits"]["test"]["images"] == 5

@@ -3,7 +3,7 @@ weight decay and the paper's per-GPU batch sizes (as global batches on 8 GPUs)."
 
 import pytest
 
-from mvptr.config import Config, load_config
+from mvptr.core.config import Config, load_config
 from mvptr.model.layers import Dropout
 from mvptr.pipeline import new_bundle
 from mvptr.text.phrases import PhraseVocab

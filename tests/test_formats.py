@@ -5,25 +5,12 @@ import pickle
 import numpy as np
 import pytest
 
-from mvptr.data.formats import (
-    CaptionRecord,
-    FormatError,
-    SkippedSamples,
-    TSVFile,
-    VinVLFeatures,
-    VinVLPredictions,
-    build_lineidx,
-    phrase_key,
-    read_captions,
-    read_flickr30k_annotation,
-    read_flickr30k_sentences,
-    read_phrase_cache,
-    write_flickr30k_entities,
-    write_karpathy_json,
-    write_phrase_cache,
-    write_vinvl_features,
-    write_vinvl_predictions,
-)
+from mvptr.core.errors import FormatError, SkippedSamples
+from mvptr.formats.captions import CaptionRecord, read_captions, write_karpathy_json
+from mvptr.formats.entities import read_flickr30k_annotation, read_flickr30k_sentences, write_flickr30k_entities
+from mvptr.formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
+from mvptr.formats.tsv import TSVFile, build_lineidx
+from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
 
 # --------------------------------------------------------------------------- captions
 

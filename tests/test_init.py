@@ -5,7 +5,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 from mvptr.cli import main
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 from mvptr.pipeline import init_dir, new_bundle
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import load_tokenizer

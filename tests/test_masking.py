@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvptr.config import ObjectiveConfig, load_config
+from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model.losses import IGNORE
 from mvptr.model.mvptr import MASK_ID, MVPTR

@@ -13,7 +13,8 @@ from transformers import BertModel
 import mvptr.eval.retrieval as retrieval
 from mvptr.checkpoint import load_model_dir, save_model_dir
 from mvptr.cli import main
-from mvptr.config import ConfigError, ObjectiveConfig, load_config
+from mvptr.core.config import ObjectiveConfig, load_config
+from mvptr.core.errors import ConfigError
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model.convert import init_from_bert, read_bert_dir
 from mvptr.model.mvptr import MVPTR

@@ -6,7 +6,8 @@ import torch
 
 from mvptr.checkpoint import adopt_model_settings, load_model_dir, save_model_dir
 from mvptr.cli import main
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 from mvptr.model.layers import Dropout
 from mvptr.pipeline import collator, new_bundle
 from mvptr.text.phrases import PhraseVocab

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvptr.checkpoint import UntrustedPickleError, load_model_dir
+from mvptr.checkpoint import load_model_dir
 from mvptr.cli import main
+from mvptr.core.errors import UntrustedPickleError
 
 H, HEADS, FFN, LAYERS, FEAT, WORDS = 32, 4, 64, 2, 14, 30522
 # official phrase ids: rows after the words (with a gap), and one-word concepts reusing word rows

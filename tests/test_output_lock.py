@@ -8,8 +8,8 @@ import time
 import pytest
 
 from mvptr.cli import main
-from mvptr.config import ConfigError
-from mvptr.fileio import output_lock
+from mvptr.core.errors import ConfigError
+from mvptr.core.fileio import output_lock
 
 
 @pytest.mark.parametrize("command", [
@@ -45,7 +45,7 @@ def test_the_lock_is_released_on_exit_and_when_its_process_is_killed(tmp_path):
         with pytest.raises(ConfigError, match="in use by another run"):
             with output_lock(out):
                 pass
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mvptr.fileio import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mvptr.core.fileio import output_lock\n"
                                f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

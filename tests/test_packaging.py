@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"tiny", "demo", "base"}

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from mvptr.data.formats import read_phrase_cache, write_karpathy_json, write_phrase_cache
+from mvptr.formats.captions import write_karpathy_json
+from mvptr.formats.phrase_cache import read_phrase_cache, write_phrase_cache
 from mvptr.text.phrases import (
     PhraseExtractor,
     PhraseVocab,

@@ -3,10 +3,10 @@
 import torch
 from torch.utils.data import DataLoader
 
-from mvptr.config import load_config
+from mvptr.core.config import load_config
+from mvptr.core.precision import autocast
 from mvptr.data.pretrain import Masking, build_pair_dataset
 from mvptr.pipeline import collator, new_bundle, training_tag_vocab
-from mvptr.precision import autocast
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 from mvptr.train.recipes import pretraining_recipe

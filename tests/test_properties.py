@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from mvptr.api import image_item
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model.losses import IGNORE
 from mvptr.model.mvptr import MVPTR

@@ -9,17 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from mvptr.data.formats import (
-    CaptionRecord,
-    FormatError,
-    ImageIds,
-    SkippedSamples,
-    VinVLFeatures,
-    VinVLPredictions,
-    build_lineidx,
-    read_captions,
-    read_snli_ve,
-)
+from mvptr.core.errors import FormatError, SkippedSamples
+from mvptr.formats.captions import CaptionRecord, ImageIds, read_captions
+from mvptr.formats.snli_ve import read_snli_ve
+from mvptr.formats.tsv import build_lineidx
+from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions
 from mvptr.vision.stores import MemmapStore, TSVStore, convert_vinvl_to_memmap
 
 

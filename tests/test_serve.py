@@ -16,7 +16,7 @@ from mvptr.api import Model
 from mvptr.app.coarse import CoarseIndex, write_ivf
 from mvptr.checkpoint import save_model_dir
 from mvptr.cli import main, parse
-from mvptr.config import load_config
+from mvptr.core.config import load_config
 from mvptr.pipeline import new_bundle, training_tag_vocab
 from mvptr.search import SearchIndex, build_index
 from mvptr.text.phrases import PhraseVocab

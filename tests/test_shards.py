@@ -10,14 +10,10 @@ from PIL import Image
 
 import mvptr.text.phrases as phrases_module
 from mvptr.cli import main
-from mvptr.data.formats import (
-    TSVFile,
-    concat_tsv,
-    shard_part,
-    write_karpathy_json,
-    write_vinvl_features,
-    write_vinvl_predictions,
-)
+from mvptr.core.shards import shard_part
+from mvptr.formats.captions import write_karpathy_json
+from mvptr.formats.tsv import TSVFile, concat_tsv
+from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from mvptr.text.phrases import PhraseExtractor, prepare_phrases
 from mvptr.vision.detect import DemoDetector
 

@@ -7,19 +7,15 @@ import numpy as np
 import pytest
 
 from mvptr.cli import main
-from mvptr.config import DataConfig
-from mvptr.data.formats import (
-    FormatError,
-    SkippedSamples,
-    build_lineidx,
-    write_flickr30k_entities,
-    write_karpathy_json,
-    write_phrase_cache,
-    write_vinvl_features,
-    write_vinvl_predictions,
-)
+from mvptr.core.config import DataConfig
+from mvptr.core.errors import FormatError, SkippedSamples
 from mvptr.data.pretrain import build_pair_dataset
 from mvptr.eval.grounding import grounding_examples
+from mvptr.formats.captions import write_karpathy_json
+from mvptr.formats.entities import write_flickr30k_entities
+from mvptr.formats.phrase_cache import write_phrase_cache
+from mvptr.formats.tsv import build_lineidx
+from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from mvptr.text.phrases import PhraseVocab, prepare_phrases
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 

@@ -12,9 +12,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mvptr.cli import main
+from mvptr.core.errors import FormatError
 from mvptr.data.demo_world import generate_demo_world
-from mvptr.data.formats import FormatError, VinVLFeatures, VinVLPredictions, write_vinvl_predictions
 from mvptr.data.pretrain import Collator, ImageSource, Masking, tag_vocab_from
+from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_predictions
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 from mvptr.vision.stores import MemmapStore, TSVStore, convert_memmap_to_vinvl, convert_vinvl_to_memmap, open_store
 

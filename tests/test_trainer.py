@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mvptr.checkpoint import load_model_dir
-from mvptr.config import ConfigError, load_config
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
 from mvptr.pipeline import new_bundle, pretrain_stage, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.train import recipes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mvptr.config import load_config
+from mvptr.core.config import load_config
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.mvptr import MVPTR

@@ -11,9 +11,9 @@ from PIL import Image
 
 from mvptr import viz
 from mvptr.checkpoint import save_model_dir
-from mvptr.config import load_config
-from mvptr.data.formats import read_captions
+from mvptr.core.config import load_config
 from mvptr.eval import grounding
+from mvptr.formats.captions import read_captions
 from mvptr.pipeline import collator, image_source, new_bundle, phrase_lookup, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces

@@ -6,17 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mvptr.data.formats import (
-    FormatError,
-    VEPair,
-    VQAQuestion,
-    read_snli_ve,
-    read_vqa,
-    write_snli_ve,
-    write_vqa_annotations,
-    write_vqa_questions,
-    write_vqa_results,
-)
+from mvptr.core.errors import FormatError
 from mvptr.eval.vqa import (
     CONTRACTIONS,
     answer_vocabulary,
@@ -26,6 +16,8 @@ from mvptr.eval.vqa import (
     vqa_accuracy,
     vqa_accuracy_from_count,
 )
+from mvptr.formats.snli_ve import VEPair, read_snli_ve, write_snli_ve
+from mvptr.formats.vqa import VQAQuestion, read_vqa, write_vqa_annotations, write_vqa_questions, write_vqa_results
 
 
 @pytest.mark.parametrize("raw, expected", [

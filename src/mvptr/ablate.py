@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import Bundle
-from .config import Config, ConfigError, load_config, save_config
+from .core.config import Config, load_config, save_config
+from .core.errors import ConfigError
+from .core.fileio import write_json
 from .demo import demo_task_files, prepare_data
-from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab, write_json
+from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab
 from .text.phrases import PhraseVocab
 
 METRICS = ("rsum", "uni_rsum", "vqa", "grounding_zero_shot", "grounding_finetuned")

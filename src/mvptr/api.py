@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Bundle, adopt_model_settings, load_model_dir
-from .config import Config, load_config
+from .core.config import Config, load_config
 from .eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
 from .text.tokenizer import WordPieces
 from .vision.regions import Regions

@@ -15,7 +15,6 @@ they are refused unless the caller says the file is trusted (``trust_pickle=True
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import warnings
@@ -28,8 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import Config, ConfigError, ModelConfig, model_config_from_dict, to_dict
-from .data.formats import FormatError
+from .core.config import Config, ModelConfig, model_config_from_dict, to_dict
+from .core.errors import ConfigError, FormatError, UntrustedPickleError
+from .core.fileio import recover_dir, replace_dir
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
 from .text.tokenizer import load_tokenizer
@@ -37,10 +37,6 @@ from .text.tokenizer import load_tokenizer
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
-
-
-class UntrustedPickleError(ValueError):
-    pass
 
 
 # settings outside ModelConfig that change what the model sees (objectives.<key>)
@@ -60,42 +56,6 @@ class Bundle:
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written directory into place; the old one survives until the new one is there."""
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        if not final.exists():  # an earlier swap was cut between its two renames
-            old.rename(final)
-        else:
-            shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    _fsync(final.parent)  # the renames themselves reach the disk
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def recover_dir(path: str | Path) -> Path:
-    """Finish a swap that was killed between its renames: the previous directory comes back."""
-    path = Path(path)
-    old = path.with_name(path.name + ".old")
-    if not path.exists() and old.exists():
-        old.rename(path)
-    return path
 
 
 def has_checkpoint(path: str | Path) -> bool:

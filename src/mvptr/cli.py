@@ -42,15 +42,15 @@ import re
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config, save_config
-from .data.formats import FormatError, OutputDirError
-from .fileio import output_lock
+from .core.config import load_config, save_config
+from .core.errors import ConfigError, FormatError, OutputDirError
+from .core.fileio import output_lock
 
 
 def _config(args):
     overrides = list(args.overrides) + (["data.skip_bad=true"] if getattr(args, "skip_bad", False) else [])
     cfg = load_config(args.config, overrides)
-    from .distributed import from_env
+    from .core.distributed import from_env
     from .pipeline import configure_torch
 
     configure_torch(cfg)
@@ -60,13 +60,13 @@ def _config(args):
 
 def _is_main() -> bool:
     """Whether this process writes files and prints (always, outside torchrun)."""
-    from .distributed import active
+    from .core.distributed import active
 
     return active().main
 
 
 def _skipped(args):
-    from .data.formats import SkippedSamples
+    from .core.errors import SkippedSamples
 
     return SkippedSamples() if args.skip_bad else None
 
@@ -151,7 +151,7 @@ def _shard_out(args) -> Path:
     """Where the command writes: ``--out``, or its shard directory with ``--shard I/N``."""
     if args.shard is None:
         return Path(args.out)
-    from .shards import shard_dir
+    from .core.shards import shard_dir
 
     return shard_dir(args.out, args.shard)
 
@@ -159,7 +159,7 @@ def _shard_out(args) -> Path:
 def _finish_shard(args, out: Path, kind: str, inputs: dict, items: int) -> None:
     if args.shard is None:
         return
-    from .shards import finish_shard
+    from .core.shards import finish_shard
 
     finish_shard(out, kind, args.shard, {**inputs, "skip_bad": bool(args.skip_bad)}, items)
     print(f"shard {args.shard[0]}/{args.shard[1]} done; when all {args.shard[1]} are: "
@@ -212,7 +212,7 @@ def _features(args) -> None:
 
 
 def cmd_merge_shards(args) -> None:
-    from .shards import merge_shards
+    from .workflows.merge_shards import merge_shards
 
     try:
         with output_lock(args.out):
@@ -245,7 +245,7 @@ def _locked(out: Path):
 
 def _pretrain(args, cfg, out: Path) -> None:
     from .checkpoint import load_model_dir
-    from .data.formats import SkippedSamples
+    from .core.errors import SkippedSamples
     from .pipeline import init_dir, new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
     from .train.recipes import pretraining_recipe
@@ -307,7 +307,7 @@ def cmd_finetune(args) -> None:
 
 
 def _finetune(args, cfg, out: Path) -> None:
-    from .pipeline import write_json
+    from .core.fileio import write_json
     from .train.finetune import evaluate_task, finetune, load_task_model
 
     bundle, cfg = _trained(args, cfg, args.model, load_task_model)
@@ -328,8 +328,9 @@ def cmd_evaluate(args) -> None:
     if _task_args(args).task:
         return cmd_evaluate_task(args)
     from .checkpoint import load_model_dir
-    from .data.formats import SkippedSamples
-    from .pipeline import evaluate, write_json
+    from .core.errors import SkippedSamples
+    from .core.fileio import write_json
+    from .pipeline import evaluate
 
     cfg = _config(args)
     out = _eval_out(args)
@@ -354,7 +355,7 @@ def _eval_out(args) -> Path:
 
 
 def cmd_evaluate_task(args) -> None:
-    from .pipeline import write_json
+    from .core.fileio import write_json
     from .train.finetune import evaluate_task, load_task_model
 
     cfg = _config(args)
@@ -393,7 +394,7 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from .checkpoint import UntrustedPickleError
+    from .core.errors import UntrustedPickleError
     from .model.convert import convert_official
 
     try:

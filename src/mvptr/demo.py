@@ -12,15 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import Bundle
-from .config import Config, ConfigError, save_config
+from .core.config import Config, save_config
+from .core.errors import ConfigError
+from .core.fileio import write_json
 from .data.demo_world import generate_demo_world
-from .pipeline import (
-    evaluate,
-    new_bundle,
-    pretrain_stage,
-    training_tag_vocab,
-    write_json,
-)
+from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab
 from .search import build_index
 from .text.phrases import PhraseVocab, prepare_phrases
 from .viz import make_demo_figures

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import distributed
 from .checkpoint import Bundle, checkpoint_bytes
-from .config import Config, ConfigError, StageConfig
-from .data.formats import SkippedSamples, phrase_key, read_phrase_cache
+from .core import distributed
+from .core.config import Config, StageConfig
+from .core.errors import ConfigError, SkippedSamples
+from .core.fileio import write_json
 from .data.pretrain import (
     Collator,
     ImageSource,
@@ -29,6 +30,7 @@ from .data.pretrain import (
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, check_all_pairs, encode_images, encode_texts, evaluate_retrieval
+from .formats.phrase_cache import phrase_key, read_phrase_cache
 from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
 from .model.mvptr import MVPTR
 from .text.phrases import PhraseVocab
@@ -202,11 +204,3 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
         "captions": len(dataset),
         **({"skipped": skip.summary()["skipped_samples"]} if skip is not None else {}),
     }
-
-
-def write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)

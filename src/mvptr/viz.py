@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.formats import read_json_lines
+from .core.fileio import read_json_lines
 
 LOSSES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg", "loss")
 TITLES = {
@@ -336,7 +336,7 @@ def last_layer_attention(model, batch: dict) -> dict:
     "num_tags": K, "text_mask", "visual_mask"}."""
     import torch
 
-    from .config import ConfigError
+    from .core.errors import ConfigError
 
     if model.merged:
         raise ConfigError("the attention figure shows the textual and visual encoders, which the merged-attention "
@@ -572,7 +572,7 @@ def make_demo_figures(cfg, bundle, out_dir) -> dict[str, Path]:
 
 
 def cmd_visualize(args) -> None:
-    from .config import load_config
+    from .core.config import load_config
     from .pipeline import configure_torch
 
     cfg = load_config(args.config, args.overrides)

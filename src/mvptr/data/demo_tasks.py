@@ -25,14 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import (
-    VEPair,
-    read_captions,
-    write_flickr30k_entities,
-    write_snli_ve,
-    write_vqa_annotations,
-    write_vqa_questions,
-)
+from ..formats.captions import read_captions
+from ..formats.entities import write_flickr30k_entities
+from ..formats.snli_ve import VEPair, write_snli_ve
+from ..formats.vqa import write_vqa_annotations, write_vqa_questions
 
 __all__ = ["prepare_demo_tasks", "replay_world", "ve_path", "vqa_paths", "write_demo_tasks"]
 

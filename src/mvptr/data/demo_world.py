@@ -36,10 +36,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from ..formats.captions import write_karpathy_json
+from ..formats.entities import write_flickr30k_entities
+from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from ..vision.detect import DemoDetector
 from ..vision.regions import box_iou
 from .demo_tasks import write_demo_tasks
-from .formats import write_flickr30k_entities, write_karpathy_json, write_vinvl_features, write_vinvl_predictions
 
 __all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption",
            "render_scene", "make_captions", "generate_demo_world"]

@@ -17,13 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
+from ..formats.vqa import write_vqa_annotations, write_vqa_questions
 from ..vision.detect import DemoDetector
-from .formats import (
-    write_vinvl_features,
-    write_vinvl_predictions,
-    write_vqa_annotations,
-    write_vqa_questions,
-)
 
 TEST_OFFSET = 100_000
 SPLITS = ("train", "test")

@@ -13,22 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from ..config import ConfigError, CorpusConfig, DataConfig, ObjectiveConfig
+from ..core.config import CorpusConfig, DataConfig, ObjectiveConfig
+from ..core.errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
+from ..formats.captions import CaptionRecord, ImageIds, read_captions
+from ..formats.phrase_cache import phrase_key, read_phrase_cache
 from ..model.losses import IGNORE
 from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..vision.stores import CorpusStores, open_store
-from .formats import (
-    CaptionRecord,
-    FormatError,
-    ImageIds,
-    SkippedSamples,
-    phrase_key,
-    read_captions,
-    read_phrase_cache,
-    skip_or_raise,
-)
 from .tag_files import read_tag_file
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them

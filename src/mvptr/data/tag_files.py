@@ -15,7 +15,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .formats import FormatError, PathLike, load_json
+from ..core.errors import FormatError
+from ..core.fileio import PathLike, load_json
 
 KEYS = ("id", "stem")  # a COCO image by its id ("391895"), or its file name's stem
 

@@ -14,14 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..data.formats import (
-    FormatError,
-    SkippedSamples,
-    read_flickr30k_annotation,
-    read_flickr30k_sentences,
-    skip_or_raise,
-)
+from ..core import distributed
+from ..core.errors import FormatError, SkippedSamples, skip_or_raise
+from ..formats.entities import read_flickr30k_annotation, read_flickr30k_sentences
 from ..model.mvptr import MVPTR
 from ..vision.regions import box_iou
 

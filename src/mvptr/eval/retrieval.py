@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..config import ConfigError
+from ..core import distributed
+from ..core.errors import ConfigError
+from ..core.precision import autocast
 from ..model.mvptr import MVPTR
-from ..precision import autocast
 
 KS = (1, 5, 10)
 # pairs the merged model scores without being asked for a subset (eval.max_images): about a

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from .mvptr import MVPTR
 
 SHAPE_KEYS = {

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..core.config import ModelConfig
+from ..core.errors import ConfigError
 from .heads import PairClassifier, TiedClassifier
 from .layers import Embeddings, Encoder
 

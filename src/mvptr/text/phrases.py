@@ -50,15 +50,10 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from mvptr.data.formats import (
-    SkippedSamples,
-    phrase_key,
-    read_captions,
-    read_phrase_cache,
-    shard_part,
-    split_names,
-    write_phrase_cache,
-)
+from ..core.errors import SkippedSamples
+from ..core.shards import shard_part
+from ..formats.captions import read_captions, split_names
+from ..formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
 
 __all__ = [
     "PhraseExtractor",

@@ -30,15 +30,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
-from .. import distributed
 from ..checkpoint import Bundle, load_model_dir, rebuild_model, save_model_dir
-from ..config import Config, ConfigError, TaskConfig
-from ..data.formats import (
-    VE_LABELS,
-    read_snli_ve,
-    read_vqa,
-    write_vqa_results,
-)
+from ..core import distributed
+from ..core.config import Config, TaskConfig
+from ..core.errors import ConfigError
 from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images, pad_lists
 from ..data.tasks import (
     GroundingDataset,
@@ -49,6 +44,8 @@ from ..data.tasks import (
 )
 from ..eval.grounding import evaluate_grounding, grounding_examples
 from ..eval.vqa import answer_vocabulary, evaluate_vqa
+from ..formats.snli_ve import VE_LABELS, read_snli_ve
+from ..formats.vqa import read_vqa, write_vqa_results
 from ..model.heads import AnswerClassifier, PairClassifier
 from ..text.tokenizer import WordPieces
 from .recipes import Recipe, pretraining_recipe

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ObjectiveConfig
+from ..core.config import ObjectiveConfig
 from ..model import losses as L
 from ..model.mvptr import MVPTR, FusedOutput, ImageOutput, TextOutput
 

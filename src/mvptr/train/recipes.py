@@ -14,8 +14,9 @@ from typing import Callable
 
 import torch
 
-from ..config import ConfigError, ObjectiveConfig
-from ..distributed import gather_cat
+from ..core.config import ObjectiveConfig
+from ..core.distributed import gather_cat
+from ..core.errors import ConfigError
 from ..model import losses as L
 from ..model.mvptr import MVPTR
 from .merged import merged_losses

@@ -30,7 +30,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .. import distributed
 from ..checkpoint import (
     STATE_FILE,
     Bundle,
@@ -40,9 +39,11 @@ from ..checkpoint import (
     load_state_strict,
     save_model_dir,
 )
-from ..config import ConfigError, StageConfig
-from ..data.formats import OutputDirError, append_json_lines
-from ..precision import autocast
+from ..core import distributed
+from ..core.config import StageConfig
+from ..core.errors import ConfigError, OutputDirError
+from ..core.fileio import append_json_lines
+from ..core.precision import autocast
 from .recipes import Recipe
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")

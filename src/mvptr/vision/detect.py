@@ -390,7 +390,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    from ..data.formats import FormatError
+    from ..core.errors import FormatError
 
     try:
         with Image.open(path) as im:
@@ -411,7 +411,9 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     ``SkippedSamples``), an unreadable image is left out and recorded there. With ``part`` =
     (I, N), only share I of N of the files (in name order) is read.
     """
-    from ..data.formats import FormatError, shard_part, skip_or_raise, write_vinvl_features, write_vinvl_predictions
+    from ..core.errors import FormatError, skip_or_raise
+    from ..core.shards import shard_part
+    from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 
     t0 = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)

@@ -38,17 +38,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.formats import (
-    FormatError,
-    SkippedSamples,
-    VinVLFeatures,
-    VinVLPredictions,
-    load_json,
-    shard_part,
-    skip_or_raise,
-    write_vinvl_features,
-    write_vinvl_predictions,
-)
+from ..core.errors import FormatError, SkippedSamples, skip_or_raise
+from ..core.fileio import load_json
+from ..core.shards import shard_part
+from ..formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
 
 __all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "convert_vinvl_to_memmap",
            "convert_memmap_to_vinvl", "merge_stores"]

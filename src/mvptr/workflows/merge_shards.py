@@ -22,36 +22,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
-from .data.formats import FormatError, SkippedSamples, concat_tsv, load_json, read_phrase_cache, write_phrase_cache
-from .text.phrases import prepare_phrases
-from .vision.stores import merge_stores
+from ..core.errors import FormatError, SkippedSamples
+from ..core.fileio import load_json
+from ..core.shards import MARKER, SHARD_DIR_RE, shard_dir
+from ..formats.phrase_cache import read_phrase_cache, write_phrase_cache
+from ..formats.tsv import concat_tsv
+from ..text.phrases import prepare_phrases
+from ..vision.stores import merge_stores
 
-__all__ = ["shard_dir", "finish_shard", "merge_shards"]
-
-MARKER = "shard.json"
-_DIR_RE = re.compile(r"^shard-(\d+)-of-(\d+)$")
-
-
-def shard_dir(out: str | os.PathLike, part: tuple[int, int]) -> Path:
-    return Path(out) / f"shard-{part[0]}-of-{part[1]}"
-
-
-def finish_shard(directory: str | os.PathLike, kind: str, part: tuple[int, int], inputs: dict, items: int) -> None:
-    """Mark a share as done: ``merge-shards`` only merges shares that have this file."""
-    marker = {"kind": kind, "shard": list(part), "inputs": inputs, "items": items}
-    tmp = Path(directory) / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, Path(directory) / MARKER)
+__all__ = ["merge_shards"]
 
 
 def _shares(out: Path) -> tuple[list[Path], dict]:
     """The shard directories of ``out`` in order, checked complete and alike, and their marker."""
     found: dict[int, set[int]] = {}
     for p in out.iterdir() if out.is_dir() else ():
-        m = _DIR_RE.match(p.name)
+        m = SHARD_DIR_RE.match(p.name)
         if m and p.is_dir():
             found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     if not found:

@@ -16,8 +16,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
+
 # inside the package, so an installed wheel finds its presets wherever it runs
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -274,10 +276,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _preset_path(name_or_path: str) -> Path:
