@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mvptr.api import Model
-from mvptr.checkpoint import save_model_dir
+from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.pipeline import new_bundle, training_tag_vocab
@@ -135,7 +135,7 @@ def test_the_readme_example_runs(model_dir, world, tmp_path, capsys):
 
 
 def test_a_vqa_model_answers_questions(world_args, images, tmp_path):
-    from mvptr.train.finetune import attach_head, save_task_model
+    from mvptr.checkpoint.task_dir import attach_head, save_task_model
 
     cfg = load_config("tiny", world_args(tmp_path))
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))

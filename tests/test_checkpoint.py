@@ -7,10 +7,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mvptr.checkpoint import MODEL_FILE, Bundle, has_checkpoint, load_model_dir, load_training_state, save_model_dir
+from mvptr.checkpoint.model_dir import (
+    MODEL_FILE,
+    Bundle,
+    from_pretrained,
+    has_checkpoint,
+    load_model_dir,
+    load_training_state,
+    save_model_dir,
+    save_pretrained,
+)
 from mvptr.core.config import load_config
 from mvptr.core.errors import FormatError, UntrustedPickleError
-from mvptr.model.mvptr import MVPTR
+from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import load_tokenizer
 
@@ -25,10 +34,10 @@ def bundle():
 
 
 def test_save_and_load_pretrained_round_trip(bundle, tmp_path):
-    bundle.model.save_pretrained(tmp_path / "m", bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
+    save_pretrained(bundle.model, tmp_path / "m", bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
     assert {"config.json", MODEL_FILE, "phrase_vocab.json", "tag_vocab.json", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "m").iterdir()}
-    loaded = MVPTR.from_pretrained(tmp_path / "m")
+    loaded = from_pretrained(tmp_path / "m")
     for k, v in bundle.model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     full = load_model_dir(tmp_path / "m")

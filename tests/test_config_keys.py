@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from mvptr.core import config
-from mvptr.train.finetune import TASKS
+from mvptr.core.config import TASKS
 from mvptr.train.recipes import OBJECTIVES
 
 SRC = Path(config.__file__).parent

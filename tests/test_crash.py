@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from mvptr.checkpoint import load_model_dir, load_training_state
+from mvptr.checkpoint.model_dir import load_model_dir, load_training_state
 from mvptr.cli import main
 
 STEPS = ["stage1.max_steps=2", "stage2.max_steps=6", "stage1.batch_size=8", "stage2.batch_size=8",

@@ -13,28 +13,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvptr.checkpoint import save_model_dir
+from mvptr.checkpoint.model_dir import save_model_dir
+from mvptr.checkpoint.task_dir import attach_head, load_task_model, save_task_model
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.data.demo_tasks import prepare_demo_tasks, ve_path, vqa_paths
 from mvptr.data.tasks import TaskCollator
-from mvptr.eval.grounding import evaluate_grounding, ground_truth_box
+from mvptr.eval.grounding import evaluate_grounding
 from mvptr.formats.captions import read_captions
 from mvptr.formats.snli_ve import read_snli_ve
 from mvptr.formats.vqa import read_vqa
 from mvptr.model.heads import AnswerClassifier
 from mvptr.pipeline import collator, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
-from mvptr.train.finetune import (
-    attach_head,
-    classification_accuracy,
-    grounding_loss,
-    load_task_model,
-    mention_outputs,
-    save_task_model,
-    vqa_loss,
-)
-from mvptr.vision.regions import box_iou
+from mvptr.train.finetune import classification_accuracy, grounding_loss, mention_outputs, vqa_loss
+from mvptr.vision.regions import box_iou, ground_truth_box
 
 
 def tiny_cfg(world_args, out, *extra):
@@ -80,6 +73,7 @@ def test_answer_head_starts_as_the_mlm_head_averaged_over_each_answers_pieces(ti
     model = bundle.model
     answers = ["yes", "rectangle", "2", "light blue"]
     attach_head(bundle, "vqa", answers)
+    model = bundle.model  # now the VQA model (MVPTRForVQA)
     x = torch.randn(5, cfg.model.hidden_size)
     with torch.no_grad():
         mlm, head = model.mlm_logits(x), model.task_head(x)

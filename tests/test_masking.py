@@ -6,9 +6,8 @@ import torch
 
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.data.pretrain import Collator, Masking
-from mvptr.model.losses import IGNORE
-from mvptr.model.mvptr import MASK_ID, MVPTR
-from mvptr.text.tokenizer import WordPieces, load_tokenizer
+from mvptr.model.modeling import MVPTR
+from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
 from mvptr.train.recipes import pretraining_losses
 
 TOK = load_tokenizer()

@@ -11,13 +11,13 @@ import torch
 from transformers import BertModel
 
 import mvptr.eval.retrieval as retrieval
-from mvptr.checkpoint import load_model_dir, save_model_dir
+from mvptr.checkpoint.bert_init import init_from_bert, read_bert_dir
+from mvptr.checkpoint.model_dir import load_model_dir, save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.pretrain import Collator, Masking
-from mvptr.model.convert import init_from_bert, read_bert_dir
-from mvptr.model.mvptr import MVPTR
+from mvptr.model.modeling import MVPTR
 from mvptr.pipeline import evaluate, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer, minilm_dir
@@ -197,7 +197,7 @@ def test_bert_layers_initialise_the_merged_encoder_in_order():
 
 def test_a_saved_merged_model_reloads_as_merged(tmp_path):
     model = tiny_model()
-    from mvptr.checkpoint import Bundle
+    from mvptr.checkpoint.model_dir import Bundle
 
     save_model_dir(tmp_path / "m", Bundle(model, load_tokenizer(), PhraseVocab({f"p{i}": 9 for i in range(6)}, 1),
                                           TAGS))

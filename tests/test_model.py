@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import BertModel
 
+from mvptr.checkpoint.bert_init import init_from_bert, init_phrase_rows, read_bert_dir
 from mvptr.core.config import load_config
-from mvptr.model.convert import init_from_bert, init_phrase_rows, read_bert_dir
-from mvptr.model.mvptr import MVPTR
+from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import load_tokenizer, minilm_dir
 
 

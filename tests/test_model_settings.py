@@ -4,7 +4,7 @@ overrides that leave its weights' shapes alone."""
 import pytest
 import torch
 
-from mvptr.checkpoint import adopt_model_settings, load_model_dir, save_model_dir
+from mvptr.checkpoint.model_dir import adopt_model_settings, load_model_dir, save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError

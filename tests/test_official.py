@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvptr.checkpoint import load_model_dir
+from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.cli import main
 from mvptr.core.errors import UntrustedPickleError
 
@@ -151,7 +151,7 @@ def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path,
 
     # ours: words, then phrases as rows of our vocabulary (looked up by their strings)
     vocab = bundle.phrase_vocab
-    from mvptr.model.convert import official_phrase_string
+    from mvptr.checkpoint.official import official_phrase_string
 
     our_phrases = [[WORDS + vocab.id(official_phrase_string(ID2PHRASE[p])) for p in ph] for ph in phrases]
     input_ids, phrase_ids = pad(words), pad(our_phrases)
@@ -180,7 +180,7 @@ def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path,
 
 
 def test_conversion_reports_and_maps_the_phrase_vocabulary(tmp_path):
-    from mvptr.model.convert import convert_official
+    from mvptr.checkpoint.official import convert_official
 
     write_official(tmp_path / "official", official_state(False))
     report = convert_official(tmp_path / "official", tmp_path / "ours", trust_pickle=True)
@@ -203,7 +203,7 @@ def test_a_pickled_checkpoint_needs_the_trust_flag(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--trust-pickle"):
         main(["convert", "official", str(tmp_path / "official"), str(tmp_path / "ours")])
     assert not (tmp_path / "ours").exists()
-    from mvptr.model.convert import convert_official
+    from mvptr.checkpoint.official import convert_official
 
     with pytest.raises(UntrustedPickleError, match="trust_pickle=True"):
         convert_official(tmp_path / "official", tmp_path / "ours")
@@ -213,12 +213,12 @@ def test_the_api_runs_a_converted_model(tmp_path):
     import numpy as np
 
     from mvptr.api import Model
-    from mvptr.model.convert import convert_official
-    from mvptr.model.mvptr import MVPTR
+    from mvptr.checkpoint.model_dir import from_pretrained
+    from mvptr.checkpoint.official import convert_official
 
     write_official(tmp_path / "official", official_state(True))
     convert_official(tmp_path / "official", tmp_path / "ours", trust_pickle=True)
-    assert MVPTR.from_pretrained(tmp_path / "ours").cfg.layout == "official"
+    assert from_pretrained(tmp_path / "ours").cfg.layout == "official"
     model = Model.load(tmp_path / "ours", parse_phrases=False)
     rng = np.random.default_rng(0)
     image = {"region_feats": rng.random((4, FEAT), dtype=np.float32), "boxes": rng.random((4, 4)) * 20,

@@ -4,9 +4,7 @@ import numpy as np
 import torch
 
 from mvptr.data.pretrain import Collator, Masking, bert_mask
-from mvptr.model.losses import IGNORE
-from mvptr.model.mvptr import MASK_ID
-from mvptr.text.tokenizer import WordPieces, load_tokenizer
+from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
 
 TOK = load_tokenizer()
 VOCAB = 30522

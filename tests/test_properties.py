@@ -11,10 +11,9 @@ from mvptr.api import image_item
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.pretrain import Collator, Masking
-from mvptr.model.losses import IGNORE
-from mvptr.model.mvptr import MVPTR
+from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab, phrase_string
-from mvptr.text.tokenizer import WordPieces, load_tokenizer
+from mvptr.text.tokenizer import IGNORE, WordPieces, load_tokenizer
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TAGS = ["circle", "square", "traffic light", "surfboard"]

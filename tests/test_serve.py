@@ -14,7 +14,7 @@ import pytest
 
 from mvptr.api import Model
 from mvptr.app.coarse import CoarseIndex, write_ivf
-from mvptr.checkpoint import save_model_dir
+from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main, parse
 from mvptr.core.config import load_config
 from mvptr.pipeline import new_bundle, training_tag_vocab
@@ -35,7 +35,7 @@ def tiny_model(world_args, out: Path, seed: int = 0, answers=None) -> Path:
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     if answers is None:
         return save_model_dir(out / "model", bundle)
-    from mvptr.train.finetune import attach_head, save_task_model
+    from mvptr.checkpoint.task_dir import attach_head, save_task_model
 
     attach_head(bundle, "vqa", answers)
     return save_task_model(out / "vqa", bundle, {"task": "vqa", "answers": answers})

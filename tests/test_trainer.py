@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvptr.checkpoint import load_model_dir
+from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 from mvptr.pipeline import new_bundle, pretrain_stage, training_tag_vocab

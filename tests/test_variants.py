@@ -9,7 +9,7 @@ import torch
 from mvptr.core.config import load_config
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model import losses as L
-from mvptr.model.mvptr import MVPTR
+from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 from mvptr.train.recipes import pretraining_losses, pretraining_recipe
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mvptr import viz
-from mvptr.checkpoint import save_model_dir
+from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.core.config import load_config
 from mvptr.eval import grounding
 from mvptr.formats.captions import read_captions

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from mvptr.core.errors import FormatError
-from mvptr.eval.vqa import (
-    CONTRACTIONS,
-    answer_vocabulary,
-    evaluate_vqa,
-    normalize_answer,
-    soft_scores,
-    vqa_accuracy,
-    vqa_accuracy_from_count,
-)
+from mvptr.data.answers import CONTRACTIONS, answer_vocabulary, normalize_answer, soft_scores, vqa_accuracy_from_count
+from mvptr.eval.vqa import evaluate_vqa, vqa_accuracy
 from mvptr.formats.snli_ve import VEPair, read_snli_ve, write_snli_ve
 from mvptr.formats.vqa import VQAQuestion, read_vqa, write_vqa_annotations, write_vqa_questions, write_vqa_results
 

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import Bundle
+from .checkpoint.model_dir import Bundle
 from .core.config import Config, load_config, save_config
 from .core.errors import ConfigError
 from .core.fileio import write_json

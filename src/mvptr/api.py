@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Bundle, adopt_model_settings, load_model_dir
+from .checkpoint.model_dir import Bundle, adopt_model_settings, load_model_dir
 from .core.config import Config, load_config
 from .eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
 from .text.tokenizer import WordPieces
@@ -97,7 +97,7 @@ class Model:
         for the defaults (the paper's)."""
         cfg = load_config(config) if isinstance(config, str) else config
         if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
-            from .train.finetune import load_task_model
+            from .checkpoint.task_dir import load_task_model
 
             return cls(load_task_model(path, device), cfg, **kwargs)
         return cls(load_model_dir(path, device, trust_pickle), cfg, **kwargs)

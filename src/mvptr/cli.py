@@ -225,7 +225,7 @@ def cmd_merge_shards(args) -> None:
 def _trained(args, cfg, path, load):
     """A trained model directory and the run's config with its settings (see
     ``checkpoint.adopt_model_settings``)."""
-    from .checkpoint import adopt_model_settings
+    from .checkpoint.model_dir import adopt_model_settings
 
     bundle = load(path, cfg.device)
     return bundle, adopt_model_settings(cfg, bundle, args.overrides, str(path))
@@ -244,7 +244,7 @@ def _locked(out: Path):
 
 
 def _pretrain(args, cfg, out: Path) -> None:
-    from .checkpoint import load_model_dir
+    from .checkpoint.model_dir import load_model_dir
     from .core.errors import SkippedSamples
     from .pipeline import init_dir, new_bundle, pretrain_stage, training_tag_vocab
     from .text.phrases import PhraseVocab
@@ -307,8 +307,9 @@ def cmd_finetune(args) -> None:
 
 
 def _finetune(args, cfg, out: Path) -> None:
+    from .checkpoint.task_dir import load_task_model
     from .core.fileio import write_json
-    from .train.finetune import evaluate_task, finetune, load_task_model
+    from .train.finetune import evaluate_task, finetune
 
     bundle, cfg = _trained(args, cfg, args.model, load_task_model)
     if _is_main():
@@ -327,7 +328,7 @@ def _finetune(args, cfg, out: Path) -> None:
 def cmd_evaluate(args) -> None:
     if _task_args(args).task:
         return cmd_evaluate_task(args)
-    from .checkpoint import load_model_dir
+    from .checkpoint.model_dir import load_model_dir
     from .core.errors import SkippedSamples
     from .core.fileio import write_json
     from .pipeline import evaluate
@@ -355,8 +356,9 @@ def _eval_out(args) -> Path:
 
 
 def cmd_evaluate_task(args) -> None:
+    from .checkpoint.task_dir import load_task_model
     from .core.fileio import write_json
-    from .train.finetune import evaluate_task, load_task_model
+    from .train.finetune import evaluate_task
 
     cfg = _config(args)
     out = _eval_out(args)
@@ -394,8 +396,8 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_convert(args) -> None:
+    from .checkpoint.official import convert_official
     from .core.errors import UntrustedPickleError
-    from .model.convert import convert_official
 
     try:
         report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)

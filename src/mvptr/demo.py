@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import Bundle
+from .checkpoint.model_dir import Bundle
 from .core.config import Config, save_config
 from .core.errors import ConfigError
 from .core.fileio import write_json

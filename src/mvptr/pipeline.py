@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoint import Bundle, checkpoint_bytes
+from .checkpoint.bert_init import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
+from .checkpoint.model_dir import Bundle, checkpoint_bytes
 from .core import distributed
 from .core.config import Config, StageConfig
 from .core.errors import ConfigError, SkippedSamples
@@ -25,16 +26,14 @@ from .data.pretrain import (
     caption_records,
     data_captions,
     open_images,
-    pad_lists,
     tag_vocab_from,
 )
 from .eval.grounding import evaluate_grounding, grounding_examples
 from .eval.retrieval import chance_recall, check_all_pairs, encode_images, encode_texts, evaluate_retrieval
 from .formats.phrase_cache import phrase_key, read_phrase_cache
-from .model.convert import init_from_bert, init_phrase_rows, read_bert_dir, shape_mismatches
-from .model.mvptr import MVPTR
+from .model.modeling import MVPTR
 from .text.phrases import PhraseVocab
-from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir
+from .text.tokenizer import WordPieces, load_tokenizer, minilm_dir, pad_lists
 from .train.recipes import pretraining_recipe
 from .train.trainer import TrainResult, check_writable, train
 

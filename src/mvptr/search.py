@@ -34,7 +34,7 @@ import torch
 
 from .api import Model, open_feature_store
 from .app.coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
-from .checkpoint import STATE_FILE
+from .checkpoint.model_dir import STATE_FILE
 from .core.config import Config, load_config, to_dict
 from .core.fileio import replace_dir
 from .eval.retrieval import itm_scores

@@ -245,8 +245,7 @@ def plot_grounding(bundle, cfg, image_id: str, sentence_index: int | None, out_p
     """The image with, for each mention of the sentence, the chosen region (solid, labelled
     with the phrase) and the true box (dashed, same colour). Returns the PNG's path and the
     chosen region indices (one per mention, in sentence order)."""
-    from .eval.grounding import ground_truth_box
-    from .vision.regions import box_iou
+    from .vision.regions import box_iou, ground_truth_box
 
     g = ground_sentence(bundle, cfg, image_id, sentence_index)
     colors = _colors(len(g.labels))
@@ -585,7 +584,7 @@ def cmd_visualize(args) -> None:
             raise SystemExit(f"mvptr visualize curves: no --metrics given and no metrics.jsonl under {cfg.out_dir}")
         print(plot_training_curves(files, out))
         return
-    from .checkpoint import adopt_model_settings, load_model_dir
+    from .checkpoint.model_dir import adopt_model_settings, load_model_dir
 
     bundle = load_model_dir(args.model, cfg.device)
     cfg = adopt_model_settings(cfg, bundle, args.overrides, args.model)

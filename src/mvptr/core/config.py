@@ -228,6 +228,15 @@ def _task(name: str, epochs: float, lr: float, batch_size: int, objectives: list
     return TaskConfig(train=stage, **fields)
 
 
+TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
+
+
+def task_kind(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    return "vqa" if task == "easyvqa" else task
+
+
 @dataclass
 class FinetuneConfig:
     """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files.

@@ -17,10 +17,8 @@ from ..core.config import CorpusConfig, DataConfig, ObjectiveConfig
 from ..core.errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
 from ..formats.captions import CaptionRecord, ImageIds, read_captions
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
-from ..model.losses import IGNORE
-from ..model.mvptr import MASK_ID, PAD_ID
 from ..text.phrases import PhraseVocab
-from ..text.tokenizer import WordPieces
+from ..text.tokenizer import IGNORE, MASK_ID, PAD_ID, WordPieces, pad_lists
 from ..vision.stores import CorpusStores, open_store
 from .tag_files import read_tag_file
 
@@ -312,14 +310,6 @@ def bert_mask(
     if random_high > random_low:
         out[rand] = torch.randint(random_low, random_high, (int(rand.sum()),), generator=generator)
     return out, labels
-
-
-def pad_lists(lists: list[list[int]], pad: int) -> torch.Tensor:
-    width = max((len(x) for x in lists), default=0)
-    out = np.full((len(lists), width), pad, dtype=np.int64)
-    for i, x in enumerate(lists):
-        out[i, : len(x)] = x
-    return torch.from_numpy(out)
 
 
 def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:

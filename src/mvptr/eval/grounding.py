@@ -10,24 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core import distributed
 from ..core.errors import FormatError, SkippedSamples, skip_or_raise
 from ..formats.entities import read_flickr30k_annotation, read_flickr30k_sentences
-from ..model.mvptr import MVPTR
-from ..vision.regions import box_iou
-
-
-def ground_truth_box(boxes: list, protocol: str) -> np.ndarray:
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if protocol == "merged":
-        return np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]
-    if protocol == "any":
-        return b
-    raise ValueError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")
+from ..model.modeling import MVPTR
+from ..vision.regions import box_iou, ground_truth_box
 
 
 def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_tokens: int, phrase_lookup,

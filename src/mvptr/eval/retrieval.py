@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..core import distributed
 from ..core.errors import ConfigError
 from ..core.precision import autocast
-from ..model.mvptr import MVPTR
+from ..model.modeling import MVPTR
 
 KS = (1, 5, 10)
 # pairs the merged model scores without being asked for a subset (eval.max_images): about a

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-IGNORE = -100
-
+from ..text.tokenizer import IGNORE
 
 # up to this many masked concepts, every permutation is scored at once (6! = 720)
 BRUTE_FORCE_MAX = 6

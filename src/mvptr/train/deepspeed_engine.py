@@ -23,7 +23,7 @@ from unittest import mock
 
 import torch
 
-from ..checkpoint import Bundle, save_model_dir
+from ..checkpoint.model_dir import Bundle, save_model_dir
 from ..core import distributed
 from ..core.config import StageConfig
 

@@ -20,21 +20,21 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import Bundle, load_model_dir, rebuild_model, save_model_dir
+from ..checkpoint.model_dir import Bundle, rebuild_model
+from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
-from ..core.config import Config, TaskConfig
+from ..core.config import Config, TaskConfig, task_kind
 from ..core.errors import ConfigError
-from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images, pad_lists
+from ..data.answers import answer_vocabulary
+from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images
 from ..data.tasks import (
     GroundingDataset,
     TaskCollator,
@@ -43,23 +43,12 @@ from ..data.tasks import (
     VQADataset,
 )
 from ..eval.grounding import evaluate_grounding, grounding_examples
-from ..eval.vqa import answer_vocabulary, evaluate_vqa
+from ..eval.vqa import evaluate_vqa
 from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..formats.vqa import read_vqa, write_vqa_results
-from ..model.heads import AnswerClassifier, PairClassifier
 from ..text.tokenizer import WordPieces
 from .recipes import Recipe, pretraining_recipe
 from .trainer import TrainResult, train
-
-TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
-HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
-
-
-def task_kind(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
-    return "vqa" if task == "easyvqa" else task
-
 
 LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
 COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
@@ -130,62 +119,12 @@ def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
             regions = fused.region_hidden
             return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
                                                 batch["mention_mask"])}
-        logits = model.task_head(model.pool(fused.hidden, fused.mask))
+        logits = model.task_logits(fused)
         if kind == "vqa":
             return {"vqa": vqa_loss(logits, batch["answer_targets"])}
         return {"ve": F.cross_entropy(logits.float(), batch["labels"])}
 
     return Recipe(task, loss)
-
-
-# ----------------------------------------------------------------------------- heads
-
-def attach_head(bundle: Bundle, task: str, answers: list[str] | None = None, init: bool = True) -> None:
-    """Give the model the task's head (``model.task_head``), initialised as the paper says."""
-    model, kind = bundle.model, task_kind(task)
-    if kind == "vqa":
-        head = AnswerClassifier(model.cfg, len(answers))
-        head.answers = list(answers)  # class index -> answer string
-        if init:
-            pieces = [bundle.tokenizer(a, add_special_tokens=False)["input_ids"] or [bundle.tokenizer.unk_token_id]
-                      for a in answers]
-            head.init_from_mlm(model.mlm_head, model.word_rows.detach(), pad_lists(pieces, 0))
-    elif kind == "ve":
-        head = PairClassifier(model.cfg, len(VE_LABELS))
-        if init:
-            head.pooler.load_state_dict(model.itm_head.pooler.state_dict())
-    else:
-        return
-    model.task_head = head.to(model.word_rows.device)
-
-
-def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
-    """The encoders as a model directory, the head (if any) beside them, and ``task.json``."""
-    model = bundle.model
-    head = model._modules.pop("task_head", None)
-
-    def add_task_files(tmp: Path) -> None:  # inside the directory before it is swapped in
-        if head is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
-        (tmp / TASK_FILE).write_text(json.dumps(info, indent=1))
-
-    try:
-        return save_model_dir(path, bundle, extra=add_task_files)
-    finally:
-        if head is not None:
-            model.task_head = head
-
-
-def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
-    """A model directory, with its task head when it has one."""
-    path = Path(path)
-    bundle = load_model_dir(path, device)
-    if (path / TASK_FILE).exists():
-        info = json.loads((path / TASK_FILE).read_text())
-        attach_head(bundle, info["task"], info.get("answers"), init=False)
-        if hasattr(bundle.model, "task_head"):
-            bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))
-    return bundle
 
 
 # ----------------------------------------------------------------------------- data
@@ -288,7 +227,7 @@ def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs:
     for batch in DataLoader(mine, batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
         _, fused = model.fuse_batch(batch)
-        outs.append(model.task_head(model.pool(fused.hidden, fused.mask)).float())
+        outs.append(model.task_logits(fused).float())
     return distributed.gather_rows(torch.cat(outs)).cpu()
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..core.config import ObjectiveConfig
 from ..model import losses as L
-from ..model.mvptr import MVPTR, FusedOutput, ImageOutput, TextOutput
+from ..model.modeling import MVPTR, FusedOutput, ImageOutput, TextOutput
 
 
 def itm_sides(idx: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

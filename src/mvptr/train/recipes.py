@@ -18,7 +18,7 @@ from ..core.config import ObjectiveConfig
 from ..core.distributed import gather_cat
 from ..core.errors import ConfigError
 from ..model import losses as L
-from ..model.mvptr import MVPTR
+from ..model.modeling import MVPTR
 from .merged import merged_losses
 
 OBJECTIVES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoint import (
+from ..checkpoint.model_dir import (
     STATE_FILE,
     Bundle,
     checkpoint_bytes,

@@ -1,12 +1,5 @@
-"""Initialisation from a BERT-architecture checkpoint, and phrase rows from their words.
-
-Layer placement (paper 4.1: textual and visual encoders from BERT-base layers 0-5, the
-multimodal encoder from layers 6-11): textual/visual layer i <- BERT layer i, multimodal
-layer i <- BERT layer L - n_mm + i, where L is the BERT depth. For a 6-layer BERT (MiniLM)
-with 3+3+3 layers this is layers 0-2 for the uni-modal encoders and 3-5 for the
-multimodal one; with more layers than L/2 per encoder the ranges overlap. The merged-attention
-encoder (Table 4, "MergAttn") takes BERT's layers in order: its layer i <- BERT layer i.
-"""
+"""Official MVPTR checkpoints (an HF-style ``pytorch_model.bin`` + ``config.json`` +
+``id2phrase_new.json``) converted to model directories through an explicit key map."""
 
 from __future__ import annotations
 
@@ -16,119 +9,11 @@ from pathlib import Path
 import torch
 
 from ..core.config import ModelConfig
-from .mvptr import MVPTR
+from ..model.modeling import MVPTR
+from ..text.phrases import PhraseVocab, phrase_string
+from ..text.tokenizer import load_tokenizer
+from .model_dir import Bundle, load_state_strict, load_weights, save_model_dir, weights_file
 
-SHAPE_KEYS = {
-    "hidden_size": "hidden_size",
-    "num_attention_heads": "num_heads",
-    "intermediate_size": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_position_embeddings": "max_position",
-    "type_vocab_size": "type_vocab_size",
-}
-
-
-def read_bert_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, state dict) of a local BERT directory; keys without a ``bert.`` prefix."""
-    path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file}: not found (expected a BERT-architecture model directory)")
-    config = json.loads(cfg_file.read_text())
-    if (path / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "model.safetensors"))
-    elif (path / "pytorch_model.bin").exists():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
-    state = {k.removeprefix("bert."): v for k, v in state.items()}
-    return config, state
-
-
-def shape_mismatches(cfg: ModelConfig, bert_config: dict) -> list[str]:
-    """What keeps a BERT of ``bert_config`` from initialising a model of ``cfg``: its sizes, and
-    encoders deeper than it."""
-    wrong = [f"model.{ours}={getattr(cfg, ours)} but {theirs}={bert_config[theirs]}"
-             for theirs, ours in SHAPE_KEYS.items()
-             if theirs in bert_config and bert_config[theirs] != getattr(cfg, ours)]
-    depth = bert_config.get("num_hidden_layers", 0)
-    wrong += [f"model.{name}_layers={n} but num_hidden_layers={depth}"
-              for name, n in (("text", cfg.text_layers), ("visual", cfg.visual_layers),
-                              ("multimodal", cfg.multimodal_layers)) if n > depth]
-    return wrong
-
-
-def check_shapes(cfg: ModelConfig, bert_config: dict, source: str) -> None:
-    wrong = shape_mismatches(cfg, bert_config)
-    if wrong:
-        raise ValueError(f"model config does not match the initialisation checkpoint {source}: " + "; ".join(wrong))
-
-
-def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tensor], source: str = "BERT") -> dict:
-    """Copy embeddings, encoder layers, pooler and (if present) the MLM transform into ``model``."""
-    cfg = model.cfg
-    check_shapes(cfg, bert_config, source)
-    depth = bert_config["num_hidden_layers"]
-    mapping: list[tuple[str, str]] = []  # (theirs, ours); one BERT layer may feed two encoders
-    for key in state:
-        if key.startswith("embeddings.") and "position_ids" not in key:
-            mapping.append((key, key))
-        elif key.startswith("pooler."):
-            mapping.append((key, "itm_head." + key))
-        elif key.startswith("cls.predictions.transform."):
-            mapping.append((key, key.replace("cls.predictions.transform.", "mlm_head.transform.")))
-    for name, layers in _layer_placement(cfg, depth).items():
-        if len(layers) > depth:
-            raise ValueError(f"{name} has {len(layers)} layers but {source} has only {depth}")
-        for i, theirs in enumerate(layers):
-            mapping += _layer_keys(state, theirs, f"{name}.layer.{i}")
-    own = model.state_dict()
-    with torch.no_grad():
-        for theirs, ours in mapping:
-            src = state[theirs]
-            if ours == "embeddings.word_embeddings.weight":
-                own[ours][: src.shape[0]].copy_(src)  # phrase rows after the words stay for init_phrase_rows
-            else:
-                if own[ours].shape != src.shape:
-                    raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
-                                     f"{ours} needs {tuple(own[ours].shape)}")
-                own[ours].copy_(src)
-    return {"source": source, "copied": len(mapping), "bert_layers": depth}
-
-
-def _layer_placement(cfg: ModelConfig, depth: int) -> dict[str, list[int]]:
-    """The BERT layer each of our encoders' layers starts from, in order."""
-    if cfg.merged_attention:
-        return {"encoder": list(range(cfg.text_layers + cfg.multimodal_layers))}
-    return {
-        "text_encoder": list(range(cfg.text_layers)),
-        "visual_encoder": list(range(cfg.visual_layers)),
-        "multimodal_encoder": list(range(depth - cfg.multimodal_layers, depth)),
-    }
-
-
-def _layer_keys(state: dict, bert_layer: int, ours: str) -> list[tuple[str, str]]:
-    prefix = f"encoder.layer.{bert_layer}."
-    return [(k, ours + "." + k[len(prefix) :]) for k in state if k.startswith(prefix)]
-
-
-def init_phrase_rows(model: MVPTR, phrase_pieces: list[list[int]]) -> None:
-    """Each phrase row = the mean of the word rows of its words' pieces (paper 3.1.1)."""
-    if len(phrase_pieces) != model.num_phrases:
-        raise ValueError(f"{len(phrase_pieces)} phrases given, model has {model.num_phrases}")
-    if not phrase_pieces:
-        return
-    width = max(len(p) for p in phrase_pieces)
-    ids = torch.zeros(len(phrase_pieces), width, dtype=torch.long)
-    for i, p in enumerate(phrase_pieces):
-        ids[i, : len(p)] = torch.tensor(p)
-    with torch.no_grad():
-        model.phrase_rows.copy_(model.piece_mean(ids))
-
-
-# ----- official MVPTR checkpoints ------------------------------------------------------------
 # The released code's names (an HF-style BERT with three half-depth encoders), ours on the right.
 OFFICIAL_PREFIXES = (
     ("bert.embeddings.", "embeddings."),
@@ -153,8 +38,6 @@ OFFICIAL_WORD_ROWS = 30522
 def official_phrase_string(words) -> str:
     """An ``id2phrase_new.json`` tuple as our phrase string: (object, attribute) -> "attribute
     object", (subject, relation, object) -> joined; a one-word concept is the word."""
-    from ..text.phrases import phrase_string
-
     words = [str(w) for w in words]
     return phrase_string(words) if len(words) in (2, 3) else " ".join(words)
 
@@ -214,10 +97,6 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     """An official MVPTR checkpoint directory (``config.json``, ``pytorch_model.bin`` or
     ``model.safetensors``, ``id2phrase_new.json``; tokenizer files optional) as our model
     directory in the official layout. Returns what was copied, left out and newly initialised."""
-    from ..checkpoint import Bundle, load_state_strict, load_weights, save_model_dir, weights_file
-    from ..text.phrases import PhraseVocab
-    from ..text.tokenizer import load_tokenizer
-
     src = Path(src_dir)
     for name in ("config.json", "id2phrase_new.json"):
         if not (src / name).exists():

@@ -27,12 +27,13 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .core.config import Config, ModelConfig, model_config_from_dict, to_dict
-from .core.errors import ConfigError, FormatError, UntrustedPickleError
-from .core.fileio import recover_dir, replace_dir
-from .model.mvptr import MVPTR
-from .text.phrases import PhraseVocab
-from .text.tokenizer import load_tokenizer
+from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
+from ..core.errors import ConfigError, FormatError, UntrustedPickleError
+from ..core.fileio import recover_dir, replace_dir
+from ..model.modeling import MVPTR
+from ..model.task_models import TaskModel
+from ..text.phrases import PhraseVocab
+from ..text.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
@@ -88,6 +89,18 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
         extra(tmp)
     replace_dir(tmp, final)
     return final
+
+
+def save_pretrained(model: MVPTR, path: str | Path, tokenizer, phrase_vocab: PhraseVocab, tag_vocab: list[str],
+                    training_state: dict | None = None) -> Path:
+    """Write ``model``'s directory atomically: config, safetensors weights, tokenizer, vocabularies."""
+    return save_model_dir(path, Bundle(model, tokenizer, phrase_vocab, list(tag_vocab)), training_state)
+
+
+def from_pretrained(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> MVPTR:
+    """The model of a model directory (:func:`load_model_dir` also gives the tokenizer and
+    vocabularies). Missing, unexpected or misshapen weights are an error."""
+    return load_model_dir(path, device, trust_pickle).model
 
 
 def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -170,12 +183,11 @@ def rebuild_model(bundle: Bundle, cfg: ModelConfig) -> None:
     """Give ``bundle`` a model built with ``cfg`` (same weight shapes) holding the old one's
     weights and task head, e.g. with another dropout."""
     old = bundle.model
-    head = old._modules.get("task_head")
-    state = {k: v for k, v in old.state_dict().items() if not k.startswith("task_head.")}
-    model = MVPTR(cfg, old.num_phrases, old.tag_pieces)
-    load_state_strict(model, state, "the model being rebuilt")
-    if head is not None:
-        model.task_head = head
+    if isinstance(old, TaskModel):
+        model = type(old).build(cfg, old.num_phrases, old.tag_pieces, **old.task_args())
+    else:
+        model = MVPTR(cfg, old.num_phrases, old.tag_pieces)
+    load_state_strict(model, old.state_dict(), "the model being rebuilt")
     bundle.model = model.to(old.tag_pieces.device).train(old.training)
 
 

@@ -35,10 +35,9 @@ from torch import nn
 
 from ..core.config import ModelConfig
 from ..core.errors import ConfigError
+from ..text.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from .heads import PairClassifier, TiedClassifier
 from .layers import Embeddings, Encoder
-
-CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0
 
 
 @dataclass
@@ -343,21 +342,6 @@ class MVPTR(nn.Module):
     def temperature(self) -> float | None:
         """The VSC temperature; None for the merged model, which has no VSC."""
         return None if self.merged else 1.0 / self.logit_scale.detach().exp().item()
-
-    # ----- model directories ----------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path, device: str = "cpu", trust_pickle: bool = False) -> MVPTR:
-        """The model of a model directory (``mvptr.checkpoint.load_model_dir`` also gives the
-        tokenizer and vocabularies). Missing, unexpected or misshapen weights are an error."""
-        from ..checkpoint import load_model_dir
-
-        return load_model_dir(path, device, trust_pickle).model
-
-    def save_pretrained(self, path, tokenizer, phrase_vocab, tag_vocab: list[str], training_state: dict | None = None):
-        """Write a model directory atomically: config, safetensors weights, tokenizer, vocabularies."""
-        from ..checkpoint import Bundle, save_model_dir
-
-        return save_model_dir(path, Bundle(self, tokenizer, phrase_vocab, list(tag_vocab)), training_state)
 
 
 def _check_merged(cfg: ModelConfig) -> None:
