@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from mvptr.ablate import ROWS, ablation_report, direction, select_rows
 from mvptr.cli import main
 from mvptr.core.errors import ConfigError
+from mvptr.demo.ablate import ROWS, ablation_report, direction, select_rows
 
 
 def test_direction_compares_against_the_noise_and_the_paper():

@@ -10,12 +10,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mvptr.api import Model
+from mvptr.app.api import Model
+from mvptr.app.search import SearchIndex, build_index
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import load_config
-from mvptr.pipeline import new_bundle, training_tag_vocab
-from mvptr.search import SearchIndex, build_index
+from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -102,13 +103,13 @@ def test_search_ranks_by_cosine_then_reranks(model_dir, world, tmp_path, capsys)
     assert main(["search", "query", str(tmp_path / "index"), query, "--top", "4", "--json", "--no-phrases"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and {"image_id", "score", "similarity"} <= set(hits[0])
-    with pytest.raises(SystemExit, match="empty query"):
-        main(["search", "query", str(tmp_path / "index"), "   ", "--no-phrases"])
-    with pytest.raises(SystemExit, match="index.json: not found"):
-        main(["search", "query", str(tmp_path), query])
+    assert main(["search", "query", str(tmp_path / "index"), "   ", "--no-phrases"]) == 2
+    assert re.search("empty query", capsys.readouterr().err)
+    assert main(["search", "query", str(tmp_path), query]) == 2  # a user error: one line on stderr, exit status 2
+    assert re.search("index.json: not found", capsys.readouterr().err)
 
 
-def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path):
+def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path, capsys):
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     for p in sorted((world / "images").glob("*.png"))[:6]:
@@ -118,9 +119,9 @@ def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path)
     assert meta["images"] == 6
     hits = SearchIndex(tmp_path / "index", parse_phrases=False).query("a red circle", top=2, rerank=4)
     assert len(hits) == 2 and all((pictures / f"{h.image_id}.png").exists() for h in hits)
-    with pytest.raises(SystemExit, match="no image files"):
-        main(["search", "build", "--model", str(model_dir), "--images", str(tmp_path), "--detector",
-              str(world / "detector.safetensors"), "--out", str(tmp_path / "i2")])
+    assert main(["search", "build", "--model", str(model_dir), "--images", str(tmp_path), "--detector",
+                 str(world / "detector.safetensors"), "--out", str(tmp_path / "i2")]) == 2
+    assert re.search("no image files", capsys.readouterr().err)
 
 
 def test_the_readme_example_runs(model_dir, world, tmp_path, capsys):
@@ -163,7 +164,7 @@ def test_a_model_without_a_vqa_head_says_so(model, images):
         model.answer(images[0], "what color is the circle?")
 
 
-def test_search_over_a_memmap_store(model_dir, world, tmp_path):
+def test_search_over_a_memmap_store(model_dir, world, tmp_path, capsys):
     from mvptr.vision.stores import convert_vinvl_to_memmap
 
     convert_vinvl_to_memmap(world / "features.tsv", world / "predictions.tsv", tmp_path / "store", progress=False)
@@ -175,9 +176,9 @@ def test_search_over_a_memmap_store(model_dir, world, tmp_path):
     assert a.ids == b.ids and torch.allclose(a.emb, b.emb, atol=2e-3)  # the store keeps features in float16
     hits = b.query("a blue square", top=3, rerank=5)
     assert len(hits) == 3 and all(h.image_id in b.ids for h in hits)
-    with pytest.raises(SystemExit, match="needs its predictions file"):
-        main(["search", "build", "--model", str(model_dir), "--features", str(world / "features.tsv"),
-              "--out", str(tmp_path / "c")])
+    assert main(["search", "build", "--model", str(model_dir), "--features", str(world / "features.tsv"),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert re.search("needs its predictions file", capsys.readouterr().err)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -153,16 +153,16 @@ def test_a_model_directory_whose_parts_do_not_belong_together_is_refused(bundle,
 
 
 def test_evaluate_checks_where_it_writes_before_the_work(bundle, tmp_path, capsys, monkeypatch):
-    from mvptr import pipeline
     from mvptr.cli import main
+    from mvptr.workflows import evaluate as zero_shot
 
     model = save_model_dir(tmp_path / "m" / "model", bundle)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    monkeypatch.setattr(zero_shot, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
     assert main(["evaluate", "--model", str(model), "--config", "tiny", "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
     assert "cannot write to output directory" in err and err.count("\n") == 1
-    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: {"retrieval": {}, "images": 0})
+    monkeypatch.setattr(zero_shot, "evaluate", lambda *a, **k: {"retrieval": {}, "images": 0})
     assert main(["evaluate", "--model", str(model), "--config", "tiny", "--out", str(tmp_path / "results")]) == 0
     assert json.loads((tmp_path / "results" / "eval.json").read_text())["images"] == 0

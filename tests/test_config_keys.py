@@ -9,7 +9,7 @@ from mvptr.core import config
 from mvptr.core.config import TASKS
 from mvptr.train.recipes import OBJECTIVES
 
-SRC = Path(config.__file__).parent
+SRC = Path(config.__file__).parents[1]  # the package: config.py lives in core/
 
 # fields read under a name held in a string, by getattr: the objective switches (recipes and
 # masking: getattr(objectives, name) for each name in OBJECTIVES) and the tasks
@@ -53,7 +53,7 @@ def test_a_task_field_the_task_does_not_read_is_an_error():
 
     from mvptr.core.config import load_config
     from mvptr.core.errors import ConfigError
-    from mvptr.train.finetune import check_task_config
+    from mvptr.workflows.finetune import check_task_config
 
     for task, key, value in (("retrieval", "questions", "q.json"), ("grounding", "features", "f.tsv"),
                              ("grounding", "mask_regions", "true"), ("vqa", "hypotheses", "h.jsonl"),

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvptr.data.demo_world import COLORS, SHAPES, SIZES, generate_demo_world, render_scene
-from mvptr.vision.detect import DemoDetector
+from mvptr.demo.scenes import COLORS, SHAPES, SIZES, render_scene
+from mvptr.demo.world import generate_demo_world
+from mvptr.vision.demo_detector import DemoDetector
 from mvptr.vision.regions import Regions, box_iou, box_position_features
 
 N_TRAIN, N_VAL, N_TEST = 60, 10, 20

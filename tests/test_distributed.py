@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.distributed import shard
+from mvptr.data.builders import collator, training_tag_vocab
 from mvptr.data.pretrain import build_pair_dataset
-from mvptr.pipeline import collator, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 from mvptr.train.recipes import Recipe

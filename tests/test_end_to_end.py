@@ -2,9 +2,9 @@
 
 import json
 
+from mvptr.app.search import SearchIndex
 from mvptr.cli import main
 from mvptr.core.config import load_config
-from mvptr.search import SearchIndex
 
 
 def read_metrics(path):

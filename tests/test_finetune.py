@@ -13,21 +13,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.checkpoint.task_dir import attach_head, load_task_model, save_task_model
 from mvptr.cli import main
 from mvptr.core.config import load_config
-from mvptr.data.demo_tasks import prepare_demo_tasks, ve_path, vqa_paths
+from mvptr.data.builders import collator, training_tag_vocab
 from mvptr.data.tasks import TaskCollator
+from mvptr.demo.tasks import prepare_demo_tasks, ve_path, vqa_paths
 from mvptr.eval.grounding import evaluate_grounding
 from mvptr.formats.captions import read_captions
 from mvptr.formats.snli_ve import read_snli_ve
 from mvptr.formats.vqa import read_vqa
 from mvptr.model.heads import AnswerClassifier
-from mvptr.pipeline import collator, new_bundle, training_tag_vocab
+from mvptr.model.losses import grounding_loss, mention_outputs, vqa_loss
 from mvptr.text.phrases import PhraseVocab
-from mvptr.train.finetune import classification_accuracy, grounding_loss, mention_outputs, vqa_loss
 from mvptr.vision.regions import box_iou, ground_truth_box
+from mvptr.workflows.finetune import classification_accuracy
 
 
 def tiny_cfg(world_args, out, *extra):
@@ -132,7 +134,7 @@ def test_vqa_loss_and_classification_accuracy_match_loops():
 
 @torch.no_grad()
 def test_grounding_accuracy_matches_one_sentence_at_a_time(tiny_model, task_args, tmp_path):
-    from mvptr.train.finetune import grounding_dataset
+    from mvptr.workflows.finetune import grounding_dataset
 
     cfg = load_config("tiny", task_args(tmp_path))
     bundle = load_task_model(tiny_model[0])
@@ -162,7 +164,7 @@ def test_grounding_accuracy_matches_one_sentence_at_a_time(tiny_model, task_args
 
 
 def test_collator_builds_iou_targets_and_can_hide_every_region(tiny_model, task_args, tmp_path):
-    from mvptr.train.finetune import grounding_dataset
+    from mvptr.workflows.finetune import grounding_dataset
 
     cfg = load_config("tiny", task_args(tmp_path))
     bundle = load_task_model(tiny_model[0])
@@ -246,7 +248,7 @@ def test_fine_tuned_heads_survive_a_save_and_load(tiny_model, tmp_path):
 def test_easyvqa_becomes_vqa_v2_files_with_detected_regions(world, tmp_path):
     import easy_vqa
 
-    from mvptr.data.easyvqa import TEST_OFFSET, easyvqa_paths, prepare_easyvqa
+    from mvptr.demo.easyvqa import TEST_OFFSET, easyvqa_paths, prepare_easyvqa
     from mvptr.formats.vinvl import VinVLPredictions
 
     summary = prepare_easyvqa(tmp_path, world / "detector.safetensors", max_images=5)
@@ -291,7 +293,7 @@ def test_two_processes_fine_tune_and_evaluate_like_one(tiny_model, task_args, tm
 
 
 def test_zero_shot_evaluation_without_entity_files_reports_no_grounding_number(tiny_model, task_args, tmp_path):
-    from mvptr.pipeline import evaluate
+    from mvptr.workflows.evaluate import evaluate
 
     cfg = load_config("tiny", [*task_args(tmp_path), f"eval.entities_dir={tmp_path}/none", "eval.max_images=6"])
     result = evaluate(cfg, load_task_model(tiny_model[0]), progress=False)

@@ -3,11 +3,11 @@ weight decay and the paper's per-GPU batch sizes (as global batches on 8 GPUs)."
 
 import pytest
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import Config, load_config
 from mvptr.model.layers import Dropout
-from mvptr.pipeline import new_bundle
 from mvptr.text.phrases import PhraseVocab
-from mvptr.train.finetune import task_setup
+from mvptr.workflows.finetune import task_setup
 
 # task: (epochs, lr, batch per GPU, dropout, regions, tokens, tags, phrases) as appendix A.3 gives them
 PAPER = {"retrieval": (5, 4e-5, 96, 0.1, 50, 50, 30, 5), "vqa": (25, 5e-5, 32, 0.3, 50, 128, 30, 0),

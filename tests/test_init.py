@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from mvptr.checkpoint.bert_init import init_dir, new_bundle
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.pipeline import init_dir, new_bundle
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import load_tokenizer
 

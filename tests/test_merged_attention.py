@@ -11,18 +11,18 @@ import torch
 from transformers import BertModel
 
 import mvptr.eval.retrieval as retrieval
-from mvptr.checkpoint.bert_init import init_from_bert, read_bert_dir
+from mvptr.checkpoint.bert_init import init_from_bert, new_bundle, read_bert_dir
 from mvptr.checkpoint.model_dir import load_model_dir, save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.core.errors import ConfigError
+from mvptr.data.builders import training_tag_vocab
 from mvptr.data.pretrain import Collator, Masking
 from mvptr.model.modeling import MVPTR
-from mvptr.pipeline import evaluate, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer, minilm_dir
-from mvptr.train.finetune import task_recipe
-from mvptr.train.recipes import pretraining_recipe
+from mvptr.train.recipes import pretraining_recipe, task_recipe
+from mvptr.workflows.evaluate import evaluate
 
 MERGED = ["model.merged_attention=true", "objectives.vsc=false"]
 ALL = ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"]
@@ -237,7 +237,7 @@ def test_every_pair_of_a_large_set_needs_a_subset(merged_bundle, monkeypatch):
 
 
 def test_the_api_scores_pairs_by_itm_and_refuses_global_scores(merged_bundle, world):
-    from mvptr.api import Model
+    from mvptr.app.api import Model
 
     cfg, bundle = merged_bundle
     model = Model(bundle, cfg, parse_phrases=False)

@@ -4,12 +4,13 @@ overrides that leave its weights' shapes alone."""
 import pytest
 import torch
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import adopt_model_settings, load_model_dir, save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
+from mvptr.data.builders import collator
 from mvptr.model.layers import Dropout
-from mvptr.pipeline import collator, new_bundle
 from mvptr.text.phrases import PhraseVocab
 
 VOCAB = PhraseVocab({"red circle": 3, "circle left of square": 3}, min_count=1)

@@ -3,10 +3,11 @@
 import torch
 from torch.utils.data import DataLoader
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.precision import autocast
+from mvptr.data.builders import collator, training_tag_vocab
 from mvptr.data.pretrain import Masking, build_pair_dataset
-from mvptr.pipeline import collator, new_bundle, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 from mvptr.train.recipes import pretraining_recipe

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from mvptr.api import image_item
+from mvptr.app.api import image_item
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.pretrain import Collator, Masking

@@ -12,13 +12,14 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from mvptr.api import Model
+from mvptr.app.api import Model
 from mvptr.app.coarse import CoarseIndex, write_ivf
+from mvptr.app.search import SearchIndex, build_index
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main, parse
 from mvptr.core.config import load_config
-from mvptr.pipeline import new_bundle, training_tag_vocab
-from mvptr.search import SearchIndex, build_index
+from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 
 fastapi = pytest.importorskip("fastapi", reason="needs mvptr[serve]: pip install -e '.[serve]'")

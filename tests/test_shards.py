@@ -15,7 +15,7 @@ from mvptr.formats.captions import write_karpathy_json
 from mvptr.formats.tsv import TSVFile, concat_tsv
 from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from mvptr.text.phrases import PhraseExtractor, prepare_phrases
-from mvptr.vision.detect import DemoDetector
+from mvptr.vision.demo_detector import DemoDetector
 
 
 def _files(d: Path) -> dict:

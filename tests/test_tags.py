@@ -9,8 +9,8 @@ from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError, FormatError
 from mvptr.data.pretrain import build_pair_dataset, open_images, tag_vocab_from
-from mvptr.data.tag_files import read_tag_file
 from mvptr.formats.captions import read_captions
+from mvptr.formats.tags import read_tag_file
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 

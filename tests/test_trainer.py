@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.pipeline import new_bundle, pretrain_stage, training_tag_vocab
+from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.train import recipes
+from mvptr.workflows.pretrain import pretrain_stage
 
 
 def setup(world_args, out, *extra):

@@ -9,14 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from mvptr import viz
+from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import save_model_dir
+from mvptr.cli.visualize import add_parser as add_visualize_parser
 from mvptr.core.config import load_config
+from mvptr.data.builders import collator, image_source, phrase_lookup, training_tag_vocab
+from mvptr.data.grounding import grounding_examples
 from mvptr.eval import grounding
 from mvptr.formats.captions import read_captions
-from mvptr.pipeline import collator, image_source, new_bundle, phrase_lookup, training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
+from mvptr.viz.attention import attention_probs, last_layer_attention, last_layer_inputs, plot_attention
+from mvptr.viz.common import FIGURES
+from mvptr.viz.concepts import plot_concepts
+from mvptr.viz.curves import plot_training_curves, read_metrics
+from mvptr.viz.figures import make_demo_figures
+from mvptr.viz.grounding import first_grounding_sentence, plot_grounding
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +64,20 @@ def test_training_curves_continue_the_step_count_across_stages(tmp_path):
         f.write(json.dumps({"stage": "stage2", "step": 8, "loss": 1.5, "mlm": 0.5}) + "\n")
         f.write('{"stage": "stage2", "st')  # and a line cut off mid-write
     files = [tmp_path / "stage1" / "metrics.jsonl", tmp_path / "stage2" / "metrics.jsonl"]
-    rows = viz.read_metrics(files)
+    rows = read_metrics(files)
     assert [r["global_step"] for r in rows] == list(range(1, 21))
     assert rows[-1]["stage"] == "stage2" and rows[-1]["loss"] == 1.5
-    assert_png(viz.plot_training_curves(files, tmp_path / "curves.png"), min_width=1000)
+    assert_png(plot_training_curves(files, tmp_path / "curves.png"), min_width=1000)
 
 
 def test_grounding_picks_the_region_that_evaluate_grounding_picks(setup, tmp_path, monkeypatch):
     cfg, bundle, _ = setup
-    image_id, sentence = viz.first_grounding_sentence(bundle, cfg)
-    path, chosen = viz.plot_grounding(bundle, cfg, image_id, sentence, tmp_path / "grounding.png")
+    image_id, sentence = first_grounding_sentence(bundle, cfg)
+    path, chosen = plot_grounding(bundle, cfg, image_id, sentence, tmp_path / "grounding.png")
     assert_png(path)
 
     lookup = phrase_lookup(cfg, bundle.phrase_vocab, cfg.eval.split)
-    examples = grounding.grounding_examples(cfg.eval.entities_dir, [image_id], bundle.tokenizer, cfg.data.max_tokens,
+    examples = grounding_examples(cfg.eval.entities_dir, [image_id], bundle.tokenizer, cfg.data.max_tokens,
                                             lookup)
     example = next(ex for ex in examples if ex["sentence_index"] == sentence)
     assert len(chosen) == len(example["mentions"]) > 0
@@ -101,7 +109,7 @@ def test_recomputed_attention_sums_to_one_over_valid_keys_and_is_the_encoders_ow
     cfg, bundle, _ = setup
     model = bundle.model
     batch = padded_batch(cfg, bundle)
-    att = viz.last_layer_attention(model, batch)
+    att = last_layer_attention(model, batch)
     for probs, mask in ((att["text"], att["text_mask"]), (att["visual"], att["visual_mask"])):
         assert (~mask).any(), "the batch should have padded keys"
         keys = mask[:, None, :].expand_as(probs)
@@ -116,33 +124,33 @@ def test_recomputed_attention_sums_to_one_over_valid_keys_and_is_the_encoders_ow
             (model.visual_encoder, lambda: model.encode_image(batch["tag_pieces"], batch["tag_mask"],
                                                               batch["region_feats"], batch["region_mask"])),
         ):
-            _, x, mask = viz.last_layer_inputs(encoder, run)
+            _, x, mask = last_layer_inputs(encoder, run)
             sa = encoder.layer[-1].attention.self
-            heads = viz.attention_probs(sa, x, mask, average=False)
+            heads = attention_probs(sa, x, mask, average=False)
             mixed = (heads @ sa._heads(sa.value(x))).transpose(1, 2).reshape(x.shape)
             assert torch.allclose(mixed, sa(x, mask), atol=1e-5)
 
 
 def test_attention_and_concept_figures(setup, tmp_path):
     cfg, bundle, _ = setup
-    image_id, sentence = viz.first_grounding_sentence(bundle, cfg)
-    assert_png(viz.plot_attention(bundle, cfg, image_id, sentence, tmp_path / "attention.png"), min_width=1000)
-    assert_png(viz.plot_concepts(bundle, tmp_path / "concepts.png", max_points=50))
+    image_id, sentence = first_grounding_sentence(bundle, cfg)
+    assert_png(plot_attention(bundle, cfg, image_id, sentence, tmp_path / "attention.png"), min_width=1000)
+    assert_png(plot_concepts(bundle, tmp_path / "concepts.png", max_points=50))
 
 
 def test_demo_figures_and_the_visualize_command(setup, world_args, tmp_path, capsys):
     cfg, bundle, out = setup
     write_metrics(out / "stage1" / "metrics.jsonl", "stage1", range(1, 6), STAGE1)
     write_metrics(out / "stage2" / "metrics.jsonl", "stage2", range(1, 6), STAGE2)
-    figures = viz.make_demo_figures(cfg, bundle, tmp_path / "figures")
-    assert sorted(figures) == sorted(viz.FIGURES)
+    figures = make_demo_figures(cfg, bundle, tmp_path / "figures")
+    assert sorted(figures) == sorted(FIGURES)
     for path in figures.values():
         assert_png(path)
 
     model_dir = save_model_dir(tmp_path / "model", bundle)
     parser = argparse.ArgumentParser(prog="mvptr")
-    viz.add_visualize_parser(parser.add_subparsers(dest="command", required=True))
-    for figure in viz.FIGURES:
+    add_visualize_parser(parser.add_subparsers(dest="command", required=True))
+    for figure in FIGURES:
         png = tmp_path / "cli" / f"{figure}.png"
         model = [] if figure == "curves" else ["--model", str(model_dir)]
         args = parser.parse_args(["visualize", figure, *model, "--config", "tiny", "--out", str(png),

@@ -14,9 +14,14 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from ..core.config import ModelConfig
+from ..core.config import Config, ModelConfig
+from ..core.errors import ConfigError
 from ..model.modeling import MVPTR
+from ..text.phrases import PhraseVocab, phrase_pieces
+from ..text.tokenizer import WordPieces, load_tokenizer, minilm_dir, pad_lists
+from .model_dir import Bundle
 
 SHAPE_KEYS = {
     "hidden_size": "hidden_size",
@@ -36,8 +41,6 @@ def read_bert_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FileNotFoundError(f"{cfg_file}: not found (expected a BERT-architecture model directory)")
     config = json.loads(cfg_file.read_text())
     if (path / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
         state = load_file(str(path / "model.safetensors"))
     elif (path / "pytorch_model.bin").exists():
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -126,3 +129,35 @@ def init_phrase_rows(model: MVPTR, phrase_pieces: list[list[int]]) -> None:
         ids[i, : len(p)] = torch.tensor(p)
     with torch.no_grad():
         model.phrase_rows.copy_(model.piece_mean(ids))
+
+
+INIT_HINT = ("pass init.source=DIR, a local BERT directory of the model's size (bert-base-uncased for the "
+             "base preset: config.json, model.safetensors or pytorch_model.bin, vocab.txt), or init.source=random")
+def init_dir(cfg: Config, source: str | None = None) -> Path | None:
+    """The BERT directory ``init.source`` names (None for "random"), checked before any data is
+    read: one that is missing or does not fit the model is a ConfigError saying what to pass."""
+    source = source or cfg.init.source
+    if source == "random":
+        return None
+    path = minilm_dir() if source == "minilm" else Path(source)
+    if not (path / "config.json").is_file() or not any((path / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise ConfigError(f"init.source={source}: not a BERT directory with config.json and a vocabulary; {INIT_HINT}")
+    wrong = shape_mismatches(cfg.model, json.loads((path / "config.json").read_text()))
+    if wrong:
+        name = "the packaged MiniLM-L6" if source == "minilm" else str(path)
+        raise ConfigError(f"init.source={source}: {name} does not fit the model ({'; '.join(wrong)}); {INIT_HINT}")
+    return path
+def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], source: str | None = None) -> Bundle:
+    """A model initialised from ``source``: "minilm", "random" or a local BERT directory."""
+    bert_dir = init_dir(cfg, source)
+    tokenizer = load_tokenizer(None if bert_dir is None else bert_dir)
+    pieces = WordPieces(tokenizer, cfg.data.max_tokens)
+    tag_pieces = pad_lists([list(pieces.pieces(t)) for t in tag_vocab], 0)
+    torch.manual_seed(cfg.seed)
+    model = MVPTR(cfg.model, len(phrase_vocab), tag_pieces)
+    if bert_dir is not None:
+        bert_config, state = read_bert_dir(bert_dir)
+        init_from_bert(model, bert_config, state, str(bert_dir))
+    init_phrase_rows(model, phrase_pieces(phrase_vocab, pieces))
+    inputs = {"use_tags": cfg.objectives.use_tags, "use_phrases": cfg.objectives.use_phrases}
+    return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab, inputs)

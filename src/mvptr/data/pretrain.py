@@ -17,10 +17,10 @@ from ..core.config import CorpusConfig, DataConfig, ObjectiveConfig
 from ..core.errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
 from ..formats.captions import CaptionRecord, ImageIds, read_captions
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
+from ..formats.tags import read_tag_file
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import IGNORE, MASK_ID, PAD_ID, WordPieces, pad_lists
 from ..vision.stores import CorpusStores, open_store
-from .tag_files import read_tag_file
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 

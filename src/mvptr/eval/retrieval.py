@@ -18,9 +18,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..core import distributed
+from ..core.config import Config
 from ..core.errors import ConfigError
 from ..core.precision import autocast
 from ..model.modeling import MVPTR
@@ -281,3 +283,24 @@ def all_pairs_retrieval(
     if keep_pairs:
         out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm}
     return out
+
+
+@torch.no_grad()
+def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, keep_pairs: bool = False,
+                 subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
+    """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
+    settings (the merged-attention model: ITM over every pair); returns the result and the
+    image ids in the order of its indices. ``subset``: the key and value that limited the
+    images (default ``eval.max_images``), named when every pair would be too many."""
+    e = cfg.eval
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    if model.merged:
+        check_all_pairs(len(image_ids), len(dataset), *(subset or ("eval.max_images", e.max_images)))
+    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    loader = lambda items: DataLoader(items, batch_size=e.batch_size, collate_fn=collate)  # noqa: E731
+    texts = encode_texts(model, loader(text_items), cfg.device)
+    images = encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device)
+    result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
+                                progress, e.precision, keep_pairs)
+    return result, image_ids

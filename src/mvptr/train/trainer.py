@@ -44,6 +44,7 @@ from ..core.config import StageConfig
 from ..core.errors import ConfigError, OutputDirError
 from ..core.fileio import append_json_lines
 from ..core.precision import autocast
+from .deepspeed_engine import DeepSpeedEngine
 from .recipes import Recipe
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")
@@ -300,8 +301,6 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
 
     objective = _Objective(model, recipe)
     if use_ds:
-        from .deepspeed_engine import DeepSpeedEngine
-
         engine = DeepSpeedEngine(objective, optimizer, stage, d, device, out_dir, ds_tag)
     else:
         # unused parameters are allowed: a step may have no phrase to mask, say

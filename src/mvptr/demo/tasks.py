@@ -29,6 +29,7 @@ from ..formats.captions import read_captions
 from ..formats.entities import write_flickr30k_entities
 from ..formats.snli_ve import VEPair, write_snli_ve
 from ..formats.vqa import write_vqa_annotations, write_vqa_questions
+from .scenes import COLORS, SHAPES, make_captions, relation, render_scene
 
 __all__ = ["prepare_demo_tasks", "replay_world", "ve_path", "vqa_paths", "write_demo_tasks"]
 
@@ -41,7 +42,6 @@ _REL_WORDS = {"above": "above", "below": "below", "left": "left of", "right": "r
 
 def _absent_object(objects, rng) -> tuple[str, str]:
     """A (colour, shape) that no object of the scene has."""
-    from .demo_world import COLORS, SHAPES
 
     present = {(o.color, o.shape) for o in objects}
     while True:
@@ -72,7 +72,6 @@ def _humans(answer: str, rng: np.random.Generator, spelt: str | None = None, oth
 
 def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
     """Up to ``n`` questions of different kinds about one scene: question, answers, types."""
-    from .demo_world import COLORS, SHAPES, _relation
 
     shapes = [o.shape for o in objects]
     colors = [o.color for o in objects]
@@ -96,10 +95,10 @@ def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
     kinds.append(("how many", "how many shapes are there?", str(len(objects)), "number",
                   _NUMBER_WORDS[len(objects)], ()))
     pairs = [(i, j) for i in range(len(objects)) for j in range(len(objects)) if i != j
-             and shapes.count(objects[i].shape) == 1 and _relation(objects[i], objects[j])[1] >= 1.5]
+             and shapes.count(objects[i].shape) == 1 and relation(objects[i], objects[j])[1] >= 1.5]
     if pairs:
         i, j = pairs[int(rng.integers(len(pairs)))]
-        rel = _relation(objects[i], objects[j])[0]
+        rel = relation(objects[i], objects[j])[0]
         b = objects[j]
         kinds.append(("what shape is", f"what shape is {_REL_WORDS[rel]} the {b.color} {b.shape}?",
                       objects[i].shape, "other", None, ()))
@@ -111,23 +110,22 @@ def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
 
 def _hypotheses(objects, rng: np.random.Generator) -> list[tuple[str, str]]:
     """One (hypothesis, label) of each SNLI-VE label for one scene."""
-    from .demo_world import _relation
 
     def name(o, det="a"):
         return f"{det} {o.color} {o.shape}"
 
     clear = [(i, j) for i in range(len(objects)) for j in range(len(objects))
-             if i != j and _relation(objects[i], objects[j])[1] >= 1.5]
+             if i != j and relation(objects[i], objects[j])[1] >= 1.5]
     true_obj = objects[int(rng.integers(len(objects)))]
     if clear and rng.random() < 0.6:
         i, j = clear[int(rng.integers(len(clear)))]
-        rel = _relation(objects[i], objects[j])[0]
+        rel = relation(objects[i], objects[j])[0]
         entailed = f"{name(objects[i])} is {_REL_WORDS[rel]} {name(objects[j])}"
     else:
         entailed = f"there is {name(true_obj)}"
     if clear and rng.random() < 0.5:
         i, j = clear[int(rng.integers(len(clear)))]
-        rel = _relation(objects[i], objects[j])[0]
+        rel = relation(objects[i], objects[j])[0]
         wrong = {"above": "below", "below": "above", "left": "right", "right": "left"}[rel]
         contradicted = f"{name(objects[i])} is {_REL_WORDS[wrong]} {name(objects[j])}"
     else:
@@ -168,7 +166,6 @@ def write_demo_tasks(out_dir: str | Path, ids: list[str], splits: list[str], obj
 
 def replay_world(data_dir: str | Path) -> tuple[list[str], list[str], list, list]:
     """(ids, splits, objects, captions) of a written world, re-rendered from its seed."""
-    from .demo_world import make_captions, render_scene
 
     data_dir = Path(data_dir)
     world = json.loads((data_dir / "world.json").read_text())

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from ..formats.vqa import write_vqa_annotations, write_vqa_questions
-from ..vision.detect import DemoDetector
+from ..vision.demo_detector import DemoDetector
 
 TEST_OFFSET = 100_000
 SPLITS = ("train", "test")

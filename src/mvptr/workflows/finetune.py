@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint.model_dir import Bundle, rebuild_model
@@ -33,22 +32,20 @@ from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, task_kind
 from ..core.errors import ConfigError
+from ..core.runtime import configure_torch
 from ..data.answers import answer_vocabulary
+from ..data.builders import collator, image_source, phrase_lookup
+from ..data.grounding import grounding_examples
 from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images
-from ..data.tasks import (
-    GroundingDataset,
-    TaskCollator,
-    TaskImages,
-    VEDataset,
-    VQADataset,
-)
-from ..eval.grounding import evaluate_grounding, grounding_examples
+from ..data.tasks import GroundingDataset, TaskCollator, TaskImages, VEDataset, VQADataset
+from ..eval.grounding import evaluate_grounding
+from ..eval.retrieval import rank_dataset
 from ..eval.vqa import evaluate_vqa
 from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..formats.vqa import read_vqa, write_vqa_results
 from ..text.tokenizer import WordPieces
-from .recipes import Recipe, pretraining_recipe
-from .trainer import TrainResult, train
+from ..train.recipes import task_recipe
+from ..train.trainer import TrainResult, train
 
 LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
 COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
@@ -83,51 +80,8 @@ def task_setup(cfg: Config, task: str, bundle: Bundle | None = None) -> tuple[Co
     return cfg, t
 
 
-# ----------------------------------------------------------------------------- recipes
-
-def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross entropy on the soft scores, summed over answers, averaged over questions."""
-    return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / len(logits)
 
 
-def grounding_loss(phrase: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor, iou: torch.Tensor,
-                   mention_mask: torch.Tensor) -> torch.Tensor:
-    """MSE between the mention-region cosines (B, K, R) and the regions' IoU with the mention's box."""
-    cos = F.normalize(phrase.float(), dim=-1) @ F.normalize(regions.float(), dim=-1).transpose(1, 2)
-    valid = mention_mask[:, :, None] & region_mask[:, None, :].bool()
-    # the mean over valid pairs as a sum over a clamped count, as the pre-training losses do:
-    # no branch on the data, so no wait for the device (0, still in the graph, when none is valid)
-    return ((cos - iou.float()) ** 2 * valid).sum() / valid.sum().clamp(min=1)
-
-
-def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Each mention's mean word-piece output: weights (B, K, N) over the first N positions."""
-    return torch.einsum("bkn,bnh->bkh", weights, hidden[:, : weights.shape[2]].float())
-
-
-def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
-    """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
-    kind = task_kind(task)
-    if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
-        objectives = [o for o in cfg.finetune.retrieval.train.objectives if not (merged and o == "vsc")]
-        return pretraining_recipe(task, objectives, cfg.objectives, merged)
-
-    def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        _, fused = model.fuse_batch(batch)
-        if kind == "grounding":
-            phrase = mention_outputs(fused.hidden, batch["mention_weights"])
-            regions = fused.region_hidden
-            return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
-                                                batch["mention_mask"])}
-        logits = model.task_logits(fused)
-        if kind == "vqa":
-            return {"vqa": vqa_loss(logits, batch["answer_targets"])}
-        return {"ve": F.cross_entropy(logits.float(), batch["labels"])}
-
-    return Recipe(task, loss)
-
-
-# ----------------------------------------------------------------------------- data
 
 def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
     """The task's images: its own feature files, or the pre-training images with their tags."""
@@ -153,14 +107,10 @@ def _pieces(cfg: Config, bundle: Bundle) -> WordPieces:
 
 
 def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bool = False) -> TaskCollator:
-    from ..pipeline import collator
-
     return TaskCollator(collator(cfg, bundle), num_answers, mask_regions)
 
 
 def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
-    from ..pipeline import image_source, phrase_lookup
-
     image_ids = sorted({r.image_id for r in data_captions(cfg.data, [split])})
     examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, split))
@@ -169,7 +119,6 @@ def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> Gr
     return GroundingDataset(examples, image_source(cfg), limit)
 
 
-# ----------------------------------------------------------------------------- fine-tune
 
 @dataclass
 class FinetuneResult:
@@ -180,7 +129,6 @@ class FinetuneResult:
 
 def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
     """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``."""
-    from ..pipeline import collator, configure_torch
 
     configure_torch(cfg)
     kind = task_kind(task)
@@ -217,7 +165,6 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     return FinetuneResult(result, model_dir, len(dataset))
 
 
-# ----------------------------------------------------------------------------- evaluate
 
 @torch.no_grad()
 def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs: int) -> torch.Tensor:
@@ -284,7 +231,6 @@ def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> d
 def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
     """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
     k_c, k_i and final score."""
-    from ..pipeline import collator, rank_dataset
 
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
                                  t.eval_split, t.max_eval)

@@ -1,53 +1,19 @@
-"""The demo world: a synthetic image-caption dataset written in the real dataset formats.
-
-Each image shows 2-4 coloured shapes on a light, slightly textured background; each
-caption describes some of them with their size and colour and, mostly, the spatial
-relation between two of them, computed from the true geometry. ``generate_demo_world``
-renders the scenes, trains the demo detector on the training images' pixels, runs it
-on every image and writes everything the real pipelines read:
-
-* ``images/<image_id>.png``;
-* ``captions.json``: Karpathy-split JSON (train / val / test);
-* ``features.tsv`` + ``.lineidx`` and ``predictions.tsv`` + ``.lineidx``: VinVL-style
-  region features and detections;
-* ``flickr30k_entities/{Sentences,Annotations}/`` for every image: the captions with
-  their object mentions in brackets, and the objects' true boxes;
-* ``vqa/`` (VQA v2 questions and annotations) and ``snli_ve/`` (SNLI-VE hypotheses) for the
-  downstream tasks (see ``demo_tasks.py``);
-* ``detector.safetensors`` and ``world.json`` (vocabulary, counts, detector accuracy).
-
-Caption wordings were chosen so that SceneGraphParser (spaCy backend) finds each shape
-as an entity with its size and colour as modifiers and the relation as an edge between
-the two shapes; e.g. "left of" parses that way while "to the left of" yields an entity
-"left", and "right of" only after "just". One known miss: the small spaCy model often
-reads "teal" after a size word as a noun ("a big teal star" -> entity "teal star").
-"""
+"""Scenes of the demo world: coloured shapes on a plain background, rendered to pixels,
+and the captions that describe them (their words, relations and counts)."""
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
-
-from ..formats.captions import write_karpathy_json
-from ..formats.entities import write_flickr30k_entities
-from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
-from ..vision.detect import DemoDetector
-from ..vision.regions import box_iou
-from .demo_tasks import write_demo_tasks
-
-__all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption",
-           "render_scene", "make_captions", "generate_demo_world"]
 
 # circle, rectangle, triangle and the colours but purple are easy-VQA's. Words the
 # parser often reads as nouns after an adjective ("cross", "orange", "cyan") are avoided.
+__all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption", "render_scene",
+           "relation", "make_captions"]
+
 SHAPES = ("circle", "rectangle", "triangle", "square", "star", "diamond", "heart")
 COLORS = {
     "red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
@@ -56,7 +22,6 @@ COLORS = {
 }
 SIZES = ("small", "big")
 SIZE_WORDS = {"small": ("small",), "big": ("big", "large")}
-
 # Wordings of where the first shape is relative to the second. Each fact is also told
 # from the other shape's side ("B below A" for "A above B").
 RELATIONS = {
@@ -77,14 +42,11 @@ _FRAMES = (
     ("there is {A} {R} {B}", ("just right of", "beneath", "next to", "beside")),
 )
 _NUMBERS = {2: "two", 3: "three", 4: "four"}
-
 # Object sizes as fractions of the image side (longest side of the shape).
 _SIZE_RANGE = {"small": (0.15, 0.21), "big": (0.28, 0.375)}
 _RECT_ASPECT = 0.55  # short side / long side of a rectangle
 _GAP = 3  # min. pixels between shapes, so that connected components separate them
 _MARGIN = 2  # shapes keep off the image border, which the detector takes as background
-
-
 @dataclass
 class WorldObject:
     shape: str
@@ -95,8 +57,6 @@ class WorldObject:
     @property
     def centre(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
-
-
 @dataclass
 class Caption:
     words: list[str]  # with punctuation as separate words, first word capitalised
@@ -108,10 +68,6 @@ class Caption:
         for p in (" :", " ,", " ."):
             text = text.replace(p, p[1])
         return text
-
-
-# --------------------------------------------------------------------------- rendering
-
 def _unit_polygon(shape: str) -> np.ndarray:
     """Outline of a star or heart, (k, 2) points, in arbitrary units (y down)."""
     if shape == "star":
@@ -122,8 +78,6 @@ def _unit_polygon(shape: str) -> np.ndarray:
     x = 16 * np.sin(t) ** 3
     y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
     return np.stack([x, -y], 1)
-
-
 @functools.lru_cache(maxsize=None)
 def _alpha(shape: str, w: int, h: int, supersample: int = 4) -> np.ndarray:
     """Anti-aliased coverage (h, w) in [0, 1] of a shape filling a w x h box."""
@@ -146,8 +100,6 @@ def _alpha(shape: str, w: int, h: int, supersample: int = 4) -> np.ndarray:
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return np.asarray(canvas.reduce(supersample), dtype=np.float32) / 255.0
-
-
 def _footprint(shape: str, size: str, image_size: int, rng: np.random.Generator) -> tuple[int, int]:
     lo, hi = _SIZE_RANGE[size]
     side = int(rng.integers(round(lo * image_size), round(hi * image_size) + 1))
@@ -155,8 +107,6 @@ def _footprint(shape: str, size: str, image_size: int, rng: np.random.Generator)
         return side, side
     short = max(2, round(side * _RECT_ASPECT))
     return (side, short) if rng.random() < 0.5 else (short, side)
-
-
 def _place(footprints: list[tuple[int, int]], image_size: int, rng: np.random.Generator,
            tries: int = 60) -> list[tuple[int, int]] | None:
     """Top-left corners for boxes of the given sizes, ``_GAP`` apart; None when they do not fit."""
@@ -172,8 +122,6 @@ def _place(footprints: list[tuple[int, int]], image_size: int, rng: np.random.Ge
         else:
             return None
     return [(x, y) for x, y, _, _ in placed]
-
-
 def render_scene(rng: np.random.Generator, image_size: int = 96,
                  distractor_prob: float = 0.2) -> tuple[np.ndarray, list[WorldObject]]:
     """A random scene: (HxWx3 uint8 image, its shapes). No two shapes share shape and colour.
@@ -218,11 +166,7 @@ def render_scene(rng: np.random.Generator, image_size: int = 96,
             objects.append(WorldObject(shape, color, size, box))
     img += rng.normal(0, 2.5, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
-
-
-# --------------------------------------------------------------------------- captions
-
-def _relation(a: WorldObject, b: WorldObject) -> tuple[str, float]:
+def relation(a: WorldObject, b: WorldObject) -> tuple[str, float]:
     """Where ``a`` is relative to ``b`` along the dominant axis, and how clear that is (>= 1)."""
     dx = a.centre[0] - b.centre[0]
     dy = a.centre[1] - b.centre[1]
@@ -230,15 +174,11 @@ def _relation(a: WorldObject, b: WorldObject) -> tuple[str, float]:
     if abs(dy) >= abs(dx):
         return ("above" if dy < 0 else "below"), clarity
     return ("left" if dx < 0 else "right"), clarity
-
-
 def _mention(obj: WorldObject, det: str, rng: np.random.Generator) -> list[str]:
     words = [det]
     if rng.random() < 0.9:  # the size is sometimes left out; the colour never is
         words.append(str(rng.choice(SIZE_WORDS[obj.size])))
     return words + [obj.color, obj.shape]
-
-
 def _assemble(parts: list, objects: list[WorldObject], rng: np.random.Generator) -> Caption:
     """``parts``: strings of plain words and object indices, mentioned in that order."""
     words: list[str] = []
@@ -254,13 +194,11 @@ def _assemble(parts: list, objects: list[WorldObject], rng: np.random.Generator)
     words.append(".")
     words[0] = words[0].capitalize()
     return Caption(words, mentions)
-
-
 def _relation_caption(objects: list[WorldObject], rng: np.random.Generator) -> Caption:
     pairs = [(i, j) for i in range(len(objects)) for j in range(i + 1, len(objects))]
-    clear = [(i, j) for i, j in pairs if _relation(objects[i], objects[j])[1] >= 1.5]
+    clear = [(i, j) for i, j in pairs if relation(objects[i], objects[j])[1] >= 1.5]
     i, j = (clear or pairs)[int(rng.integers(len(clear or pairs)))]
-    rel, _ = _relation(objects[i], objects[j])
+    rel, _ = relation(objects[i], objects[j])
     # Every wording of the fact "i rel j" and of its mirror "j opposite(rel) i".
     options = [(i, r, j) for r in RELATIONS[rel]] + [(j, r, i) for r in RELATIONS[_OPPOSITE[rel]]]
     a, b = objects[i].box, objects[j].box
@@ -272,8 +210,6 @@ def _relation_caption(objects: list[WorldObject], rng: np.random.Generator) -> C
     head, tail = frame.split("{B}")
     before_a, between = head.split("{A}")
     return _assemble([before_a, subj, between.replace("{R}", words), obj, tail], objects, rng)
-
-
 def _listing_caption(objects: list[WorldObject], rng: np.random.Generator) -> Caption:
     order = [int(k) for k in rng.permutation(len(objects))]
     if rng.random() < 0.5:  # "three shapes: A, B and C" names them all
@@ -284,14 +220,10 @@ def _listing_caption(objects: list[WorldObject], rng: np.random.Generator) -> Ca
             parts.append(k)
         return _assemble(parts, objects, rng)
     return _assemble(["an image with", order[0], "and", order[1]], objects, rng)
-
-
 def _gist(caption: Caption) -> str:
     """The caption without articles and with one word per size: near-duplicates share it."""
     synonym = {w: size for size, words in SIZE_WORDS.items() for w in words}
     return " ".join(synonym.get(w, w) for w in map(str.lower, caption.words) if w not in ("a", "the"))
-
-
 def make_captions(objects: list[WorldObject], rng: np.random.Generator, n: int = 5) -> list[Caption]:
     """``n`` captions that differ in more than articles and size synonyms; about three in
     four of them tell a spatial relation."""
@@ -304,112 +236,3 @@ def make_captions(objects: list[WorldObject], rng: np.random.Generator, n: int =
     if len(captions) < n:
         raise RuntimeError(f"could not write {n} different captions for {objects}")
     return list(captions.values())
-
-
-# --------------------------------------------------------------------------- the world
-
-def _detection_quality(regions, objects: list[list[WorldObject]]) -> dict:
-    """Recall of true shapes at IoU 0.5, tag accuracy on them, and extra regions per image."""
-    found = correct = extra = total = 0
-    for reg, objs in zip(regions, objects):
-        total += len(objs)
-        if not len(reg):
-            continue
-        iou = box_iou(np.asarray([o.box for o in objs], dtype=np.float32), reg.boxes)
-        matched = set()
-        for k, o in enumerate(objs):
-            best = int(iou[k].argmax())
-            if iou[k, best] >= 0.5 and best not in matched:
-                matched.add(best)
-                found += 1
-                correct += reg.tags[best] == o.shape
-        extra += len(reg) - len(matched)
-    return {"recall@0.5": round(found / max(total, 1), 4), "tag_accuracy": round(correct / max(found, 1), 4),
-            "extra_regions_per_image": round(extra / max(len(regions), 1), 4)}
-
-
-def generate_demo_world(
-    out_dir: str | os.PathLike,
-    n_train: int = 3000,
-    n_val: int = 200,
-    n_test: int = 500,
-    seed: int = 0,
-    image_size: int = 96,
-    *,
-    detector_epochs: int = 8,
-    feat_dim: int = 128,
-    distractor_prob: float = 0.2,
-    progress: bool = True,
-) -> dict:
-    """Render the demo world into ``out_dir`` (see the module docstring) and return its summary.
-
-    Deterministic given ``seed``: images and captions come from numpy generators seeded
-    by it, and the detector is trained with it. Image ids are the zero-padded running
-    numbers of the train, then val, then test images.
-    """
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    scene_seed, caption_seed = np.random.SeedSequence(seed).spawn(2)
-    scene_rng, caption_rng = np.random.default_rng(scene_seed), np.random.default_rng(caption_seed)
-
-    n_total = n_train + n_val + n_test
-    width = max(6, len(str(n_total - 1)))
-    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
-    ids = [f"{i:0{width}d}" for i in range(n_total)]
-    images, objects, captions = [], [], []
-    for image_id in tqdm(ids, desc="rendering scenes", unit="image", disable=not progress):
-        img, objs = render_scene(scene_rng, image_size, distractor_prob)
-        Image.fromarray(img).save(out / "images" / f"{image_id}.png", compress_level=1)
-        images.append(img)
-        objects.append(objs)
-        captions.append(make_captions(objs, caption_rng))
-
-    write_karpathy_json(out / "captions.json", [
-        {"filename": f"{image_id}.png", "imgid": i, "split": split, "sentences": [c.raw for c in caps]}
-        for i, (image_id, split, caps) in enumerate(zip(ids, splits, captions))
-    ], dataset="demo")
-
-    for image_id, split, img, objs, caps in zip(ids, splits, images, objects, captions):
-        if split == "train":
-            continue
-        # Entity ids are 1-based object numbers; boxes are xyxy pixel extents.
-        write_flickr30k_entities(
-            out / "flickr30k_entities", image_id,
-            [(c.words, [(s, e, k + 1) for s, e, k in c.mentions]) for c in caps],
-            boxes={str(k + 1): [list(o.box)] for k, o in enumerate(objs)},
-            width=img.shape[1], height=img.shape[0])
-
-    detector = DemoDetector(SHAPES, list(COLORS), SIZES, feat_dim=feat_dim)
-    accuracy = detector.fit(
-        images[:n_train],
-        [[{"box": o.box, "shape": o.shape, "color": o.color, "size": o.size} for o in objs]
-         for objs in objects[:n_train]],
-        epochs=detector_epochs, seed=seed, progress=progress)
-    regions = detector.detect(images, progress=progress)
-    detector.save(out / "detector.safetensors")
-    write_vinvl_features(out / "features.tsv", ((i, r.features) for i, r in zip(ids, regions)))
-    write_vinvl_predictions(out / "predictions.tsv", ((i, r.prediction()) for i, r in zip(ids, regions)))
-
-    tasks = write_demo_tasks(out, ids, splits, objects, captions, image_size, seed)
-
-    test = slice(n_train + n_val, n_total)
-    world = {
-        "seed": seed,
-        "image_size": image_size,
-        "shapes": list(SHAPES),
-        "colors": {name: list(rgb) for name, rgb in COLORS.items()},
-        "sizes": list(SIZES),
-        "size_words": {k: list(v) for k, v in SIZE_WORDS.items()},
-        "relations": [r for words in RELATIONS.values() for r in words] + list(SIDE_BY_SIDE),
-        "splits": {"train": n_train, "val": n_val, "test": n_test},
-        "num_objects": sum(len(o) for o in objects),
-        "num_captions": sum(len(c) for c in captions),
-        "num_regions": sum(len(r) for r in regions),
-        "tasks": tasks,
-        "region_feature_dim": feat_dim + 6,
-        "detector": {"config": detector.config, "accuracy": accuracy,
-                     "test_detection": _detection_quality(regions[test], objects[test])},
-    }
-    (out / "world.json").write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")
-    return {**world, "out_dir": str(out), "seconds": round(time.perf_counter() - t0, 1)}

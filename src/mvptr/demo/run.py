@@ -11,18 +11,22 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint.model_dir import Bundle
-from .core.config import Config, save_config
-from .core.errors import ConfigError
-from .core.fileio import write_json
-from .data.demo_world import generate_demo_world
-from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab
-from .search import build_index
-from .text.phrases import PhraseVocab, prepare_phrases
-from .viz import make_demo_figures
-
-ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
-METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+from ..app.search import build_index
+from ..checkpoint.bert_init import new_bundle
+from ..checkpoint.model_dir import Bundle
+from ..core.config import Config, save_config
+from ..core.errors import ConfigError
+from ..core.fileio import write_json
+from ..data.builders import training_tag_vocab
+from ..text.phrases import PhraseVocab, prepare_phrases
+from ..viz.figures import make_demo_figures
+from ..workflows.evaluate import evaluate
+from ..workflows.finetune import evaluate_task, finetune
+from ..workflows.pretrain import pretrain_stage
+from .easyvqa import easyvqa_paths, prepare_easyvqa
+from .report import build_report, report_markdown
+from .tasks import prepare_demo_tasks, ve_path, vqa_paths
+from .world import generate_demo_world
 
 
 @contextmanager
@@ -96,8 +100,6 @@ def _copy(bundle: Bundle) -> Bundle:
 
 def demo_task_files(cfg: Config) -> Config:
     """``cfg`` with every task reading the demo world's task files in ``demo.data_dir``."""
-    from .data.demo_tasks import ve_path, vqa_paths
-    from .data.easyvqa import easyvqa_paths
 
     d, f = Path(cfg.demo.data_dir), cfg.finetune
     vqa_q, vqa_a = vqa_paths(d / "vqa", "{split}")
@@ -116,9 +118,6 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     """Fine-tune a copy of the pre-trained model on each task and evaluate it; then easy-VQA,
     with regions and with every region hidden (question only). The task files are written
     first when missing."""
-    from .data.demo_tasks import prepare_demo_tasks
-    from .data.easyvqa import prepare_easyvqa
-    from .train.finetune import evaluate_task, finetune
 
     cfg = demo_task_files(cfg)
     f, data_dir = cfg.finetune, Path(cfg.demo.data_dir)
@@ -151,82 +150,3 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     }
 
 
-def build_report(results: dict, seconds: dict, training: dict) -> dict:
-    some = next(iter(results.values()))
-    chance = some["chance"]
-    retrieval = {name: {"uni": r["retrieval"]["uni"], "rerank": r["retrieval"]["rerank"]}
-                 for name, r in results.items()}
-    retrieval["chance"] = {"uni": chance["retrieval"], "rerank": chance["retrieval"]}
-    grounding = {name: {"acc": r["grounding"]["acc"]} for name, r in results.items()}
-    grounding["chance"] = {"acc": chance["grounding"]}
-    models = [m for m in ORDER if m in retrieval]
-    return {
-        "retrieval": {m: retrieval[m] for m in models},
-        "grounding": {m: grounding[m] for m in models},
-        "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
-        "eval_set": {"images": some["images"], "captions": some["captions"],
-                     "mentions": some["grounding"]["mentions"], "pairs_rescored": some["retrieval"]["pairs_scored"]},
-        "training": {k: {"steps": v.steps, "samples_per_second": round(v.samples_per_second, 1), "last_losses": v.last,
-                         "skipped_steps": v.skipped_steps} for k, v in training.items()},
-    }
-
-
-def report_markdown(report: dict) -> str:
-    ev = report["eval_set"]
-    lines = [
-        "# mvptr demo report",
-        "",
-        f"Zero-shot retrieval on the demo world's test split ({ev['images']} images, {ev['captions']} captions; "
-        f"{ev['pairs_rescored']} pairs re-scored by ITM). Recall in percent.",
-        "",
-        "| model | ranking | " + " | ".join(METRICS) + " |",
-        "|---|---|" + "---|" * len(METRICS),
-    ]
-    for model in report["retrieval"]:
-        for kind in ("uni", "rerank"):
-            r = report["retrieval"][model][kind]
-            lines.append(f"| {model} | {kind} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
-    lines += [
-        "",
-        f"Zero-shot phrase grounding ({ev['mentions']} mentions, accuracy at IoU > 0.5, percent).",
-        "",
-        "| model | accuracy |",
-        "|---|---|",
-    ]
-    lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items() if m in ORDER]
-    if "vqa" in report:
-        lines += downstream_markdown(report)
-    for name, path in report.get("figures", {}).items():
-        lines += ["", f"![{name}]({path})"]
-    lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
-    lines += ["", "Training.", "", "| stage | steps | samples/s | last losses |", "|---|---|---|---|"]
-    lines += [
-        f"| {k} | {v['steps']} | {v['samples_per_second']} | "
-        + ", ".join(f"{n}={x:.3f}" for n, x in v["last_losses"].items()) + " |"
-        for k, v in report["training"].items()
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def downstream_markdown(report: dict) -> list[str]:
-    """One table of the fine-tuned tasks (percent) with the baselines each is read against."""
-    rt, vqa, ve, gr, easy = (report[k] for k in ("retrieval_finetuned", "vqa", "ve", "grounding", "easyvqa"))
-    zero = report["retrieval"]["pretrained"]
-    rows = [
-        ("retrieval (test)", "RSUM, re-ranked", rt["rerank"]["rsum"], f"zero-shot {zero['rerank']['rsum']:.2f}"),
-        ("retrieval (test)", "RSUM, uni-modal", rt["uni"]["rsum"], f"zero-shot {zero['uni']['rsum']:.2f}"),
-        ("retrieval (test)", "i2t / t2i R@1, re-ranked", f"{rt['rerank']['i2t_r1']:.2f} / {rt['rerank']['t2i_r1']:.2f}",
-         f"zero-shot {zero['rerank']['i2t_r1']:.2f} / {zero['rerank']['t2i_r1']:.2f}"),
-        ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
-        ("SNLI-VE (demo world)", "accuracy", ve["acc"],
-         "chance 33.33; per label " + ", ".join(f"{k} {v:.2f}" for k, v in ve.get("per_label", {}).items())),
-        ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
-         f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
-        ("easy-VQA (test)", "VQA accuracy", easy["acc"],
-         f"majority answer {easy['majority']:.2f}, question only {easy['question_only']:.2f}"),
-    ]
-    lines = ["", "Fine-tuned on each task (percent; the test sets of the demo world are subsampled as configured).",
-             "", "| task | metric | fine-tuned | baselines |", "|---|---|---|---|"]
-    lines += [f"| {t} | {m} | {v if isinstance(v, str) else f'{v:.2f}'} | {b} |" for t, m, v, b in rows]
-    return lines

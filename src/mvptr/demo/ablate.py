@@ -17,13 +17,18 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint.model_dir import Bundle
-from .core.config import Config, load_config, save_config
-from .core.errors import ConfigError
-from .core.fileio import write_json
-from .demo import demo_task_files, prepare_data
-from .pipeline import evaluate, new_bundle, pretrain_stage, training_tag_vocab
-from .text.phrases import PhraseVocab
+from ..checkpoint.bert_init import new_bundle
+from ..checkpoint.model_dir import Bundle
+from ..core.config import Config, load_config, save_config
+from ..core.errors import ConfigError
+from ..core.fileio import write_json
+from ..data.builders import training_tag_vocab
+from ..text.phrases import PhraseVocab
+from ..workflows.evaluate import evaluate
+from ..workflows.finetune import evaluate_task, finetune
+from ..workflows.pretrain import pretrain_stage
+from .run import demo_task_files, prepare_data
+from .tasks import prepare_demo_tasks
 
 METRICS = ("rsum", "uni_rsum", "vqa", "grounding_zero_shot", "grounding_finetuned")
 LABELS = {
@@ -68,8 +73,6 @@ def row_config(preset: str, overrides: list[str], row: AblationRow, seed_offset:
 
 
 def finetune_on(cfg: Config, bundle: Bundle, task: str, out: Path, progress: bool) -> dict:
-    from .train.finetune import evaluate_task, finetune
-
     model = Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
     finetune(cfg, task, model, out, progress)
     return evaluate_task(cfg, task, model, out, progress)
@@ -77,7 +80,6 @@ def finetune_on(cfg: Config, bundle: Bundle, task: str, out: Path, progress: boo
 
 def run_row(cfg: Config, progress: bool = True) -> dict:
     """Pre-train, evaluate zero-shot and fine-tune one configuration; the figures of one table cell."""
-    from .data.demo_tasks import prepare_demo_tasks
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
