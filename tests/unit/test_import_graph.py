@@ -5,8 +5,9 @@ imports from a higher layer than its own (the layers are listed below, lowest fi
 (d) no mvptr module is imported inside a function, and a third-party module only when it
 is an optional or heavy one of ``LAZY_ALLOWED``.
 
-Only imports at module level count for (a)-(c) (those inside ``try`` or ``if`` too); an
-import inside a function is what (d) forbids. ``MVPTR_SRC`` points the checks at another
+Every import of an mvptr module counts for (a)-(c), wherever it stands (inside ``try``,
+``if`` or a function: an import moved into a function to dodge a cycle is still reported
+as the cycle, and again by (d)). ``MVPTR_SRC`` points the checks at another
 checkout's ``src/mvptr``.
 """
 
@@ -113,7 +114,7 @@ def _visit(module: str, is_pkg: bool, path: Path, node: ast.AST, in_function: bo
 
 
 def _imports() -> tuple[dict[str, dict[str, int]], list[str]]:
-    """({module: {imported module: line}} at module level, [lazy import violations])."""
+    """({module: {imported module: first line}}, [lazy import violations])."""
     edges: dict[str, dict[str, int]] = defaultdict(dict)
     lazy: list[str] = []
     for module, (path, is_pkg) in MODULES.items():
