@@ -15,12 +15,12 @@ pytest.importorskip("deepspeed")
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from helpers import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _train  # noqa: E402
 from mvptr.checkpoint.bert_init import new_bundle  # noqa: E402
 from mvptr.checkpoint.model_dir import load_model_dir, load_training_state  # noqa: E402
 from mvptr.core.config import load_config  # noqa: E402
 from mvptr.data.builders import training_tag_vocab  # noqa: E402
 from mvptr.text.phrases import PhraseVocab  # noqa: E402
-from test_distributed import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _train  # noqa: E402
 
 os.environ["DS_ACCELERATOR"] = "cpu"  # inherited by the runs
 

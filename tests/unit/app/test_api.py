@@ -19,7 +19,7 @@ from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 @pytest.fixture(scope="module")

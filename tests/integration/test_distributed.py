@@ -2,38 +2,19 @@
 
 import json
 import math
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _train
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.distributed import shard
-from mvptr.data.builders import collator, training_tag_vocab
-from mvptr.data.pretrain import build_pair_dataset
+from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
-from mvptr.text.tokenizer import WordPieces
-from mvptr.train.recipes import Recipe
-from mvptr.train.trainer import StepBatches, train
-
-
-def _run(cmd, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _metrics(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _torchrun(n, port):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(port),
-            "-m", "mvptr"]
+from mvptr.train.trainer import StepBatches
 
 
 def _state(run):
@@ -123,34 +104,6 @@ def test_step_batches_cut_a_step_into_rank_and_accumulation_shares():
         assert rebuilt == [i for _, _, i in whole[step]]
     with pytest.raises(ValueError, match="not a multiple"):
         StepBatches(40, 6, seed=0, start=0, total=1, world=4)
-
-
-def _setup(world_args, out, *extra):
-    cfg = load_config("tiny", world_args(out) + ["model.dropout=0.1", *extra])
-    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
-    data = build_pair_dataset(cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens), bundle.phrase_vocab,
-                              cfg.model.region_feat_dim, cfg.data.train_split)
-    return cfg, bundle, data
-
-
-def _per_sample_recipe(nan_at_step=None):
-    """A loss that is a mean over samples, so accumulation must not change the gradient."""
-    calls = {"n": 0}
-
-    def loss(model, batch, generator):
-        calls["n"] += 1
-        text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
-        value = (text.global_emb[:, 0] - 0.5).pow(2).mean()
-        if nan_at_step is not None and calls["n"] == nan_at_step:
-            value = value * float("nan")
-        return {"fit": value}
-
-    return Recipe("per_sample", loss)
-
-
-def _train(cfg, bundle, data, out, recipe=None, **stage):
-    st = cfg.stage1.__class__(**{**cfg.stage1.__dict__, "max_steps": 3, "batch_size": 16, "lr": 1e-3, **stage})
-    return train(bundle, recipe or _per_sample_recipe(), data, collator(cfg, bundle), st, out, progress=False)
 
 
 def test_gradient_accumulation_gives_the_weights_of_the_whole_batch(world_args, tmp_path):

@@ -6,49 +6,19 @@ import re
 import numpy as np
 import pytest
 
+from helpers import DIM, IDS, VOCAB, _prediction, captions_of, phrase_records, write_corpus
 from mvptr.cli import main
 from mvptr.core.config import DataConfig
 from mvptr.core.errors import FormatError, SkippedSamples
 from mvptr.data.grounding import grounding_examples
 from mvptr.data.pretrain import build_pair_dataset
-from mvptr.formats.captions import write_karpathy_json
 from mvptr.formats.entities import write_flickr30k_entities
 from mvptr.formats.phrase_cache import write_phrase_cache
 from mvptr.formats.tsv import build_lineidx
-from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
-from mvptr.text.phrases import PhraseVocab, prepare_phrases
+from mvptr.text.phrases import prepare_phrases
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 
-DIM = 134  # configs/tiny.yaml's region_feat_dim
-IDS = [str(i) for i in range(1, 9)]
 BAD = "3"  # the image each case spoils
-
-
-def _prediction(n, w=100, h=80):
-    return {"image_h": h, "image_w": w, "num_boxes": n,
-            "objects": [{"rect": [k, k, k + 10, k + 12], "class": "circle", "conf": 0.9} for k in range(n)]}
-
-
-def captions_of(image_id):
-    return [f"a red circle number {image_id}", f"two circles number {image_id}"]
-
-
-def phrase_records(ids):
-    """Phrase cache records of the captions of ``ids`` (keyed by caption text)."""
-    return [(c, [("circle", "red")]) for i in ids for c in captions_of(i)]
-
-
-def write_corpus(root, ids=IDS, regions=3):
-    """Two captions per image, features, predictions and phrase cache, in the real formats."""
-    root.mkdir(parents=True, exist_ok=True)
-    write_karpathy_json(root / "captions.json", [
-        {"filename": f"{i}.png", "imgid": k, "split": "train", "sentences": captions_of(i)}
-        for k, i in enumerate(ids)])
-    rng = np.random.default_rng(0)
-    write_vinvl_features(root / "features.tsv", [(i, rng.random((regions, DIM), dtype=np.float32)) for i in ids])
-    write_vinvl_predictions(root / "predictions.tsv", [(i, _prediction(regions)) for i in ids])
-    write_phrase_cache(root / "phrase_cache.jsonl", phrase_records(ids))
-    return root
 
 
 def _edit_line(path, image_id, new):
@@ -120,9 +90,6 @@ def _data(root, **kw):
 @pytest.fixture(scope="module")
 def pieces():
     return WordPieces(load_tokenizer(), 16)
-
-
-VOCAB = PhraseVocab({"red circle": 16}, 1)
 
 
 def _build(root, pieces, skip=None):

@@ -12,7 +12,7 @@ import pytest
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {"tiny", "demo", "base"}
 
 
