@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from mvptr.checkpoint.model_dir import load_model_dir, load_training_state
 from mvptr.cli import main
+
+pytestmark = pytest.mark.slow
 
 STEPS = ["stage1.max_steps=2", "stage2.max_steps=6", "stage1.batch_size=8", "stage2.batch_size=8",
          "stage1.save_every=2", "stage2.save_every=2"]

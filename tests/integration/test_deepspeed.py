@@ -22,6 +22,8 @@ from mvptr.core.config import load_config  # noqa: E402
 from mvptr.data.builders import training_tag_vocab  # noqa: E402
 from mvptr.text.phrases import PhraseVocab  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 os.environ["DS_ACCELERATOR"] = "cpu"  # inherited by the runs
 
 COMMON = ["--config", "tiny", "stage1.objectives=[vsc]", "stage1.max_steps=4", "stage1.lr=5e-3", "threads=1",

@@ -16,6 +16,8 @@ from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.train.trainer import StepBatches
 
+pytestmark = pytest.mark.slow
+
 
 def _state(run):
     return torch.load(run / "stage1/model/training_state.pt", weights_only=True)["optimizer"]["state"]

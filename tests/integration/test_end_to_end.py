@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 from mvptr.app.search import SearchIndex
 from mvptr.cli import main
 from mvptr.core.config import load_config
+
+pytestmark = pytest.mark.slow
 
 
 def read_metrics(path):

@@ -12,6 +12,8 @@ import pytest
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {"tiny", "demo", "base"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..core.errors import ConfigError, FormatError, MvptrError, OutputDirError
 from ..core.fileio import output_lock
 from ..vision.detect import extract_features
-from ..vision.stores import convert_memmap_to_vinvl, convert_vinvl_to_memmap
+from ..vision.store_convert import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 from ..workflows.merge_shards import merge_shards
 from .common import (
     SHARD_HELP,

@@ -11,7 +11,8 @@ from ..core.errors import SkippedSamples
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
 from ..text.phrases import PhraseVocab, phrase_pieces
 from ..text.tokenizer import WordPieces
-from .pretrain import Collator, ImageSource, Masking, caption_records, data_captions, open_images, tag_vocab_from
+from .collate import Collator, Masking
+from .pretrain import ImageSource, caption_records, data_captions, open_images, tag_vocab_from
 
 
 def image_source(cfg: Config) -> ImageSource:

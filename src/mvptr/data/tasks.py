@@ -20,7 +20,8 @@ from ..formats.vqa import VQAQuestion
 from ..text.tokenizer import WordPieces
 from ..vision.regions import box_iou, ground_truth_box
 from .answers import soft_scores
-from .pretrain import Collator, ImageSource
+from .collate import Collator
+from .pretrain import ImageSource
 
 
 class TaskImages:

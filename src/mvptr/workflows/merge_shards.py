@@ -30,7 +30,7 @@ from ..core.shards import MARKER, SHARD_DIR_RE, shard_dir
 from ..formats.phrase_cache import read_phrase_cache, write_phrase_cache
 from ..formats.tsv import concat_tsv
 from ..text.phrases import prepare_phrases
-from ..vision.stores import merge_stores
+from ..vision.store_convert import merge_stores
 
 __all__ = ["merge_shards"]
 

@@ -14,7 +14,8 @@ from ..core.errors import SkippedSamples
 from ..core.fileio import write_json
 from ..core.runtime import configure_torch
 from ..data.builders import collator
-from ..data.pretrain import Masking, build_pair_dataset
+from ..data.collate import Masking
+from ..data.pretrain import build_pair_dataset
 from ..text.tokenizer import WordPieces
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, train

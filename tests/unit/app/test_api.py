@@ -19,6 +19,8 @@ from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 
+pytestmark = pytest.mark.slow  # each module builds a model and an index
+
 README = Path(__file__).resolve().parents[3] / "README.md"
 
 
@@ -165,7 +167,7 @@ def test_a_model_without_a_vqa_head_says_so(model, images):
 
 
 def test_search_over_a_memmap_store(model_dir, world, tmp_path, capsys):
-    from mvptr.vision.stores import convert_vinvl_to_memmap
+    from mvptr.vision.store_convert import convert_vinvl_to_memmap
 
     convert_vinvl_to_memmap(world / "features.tsv", world / "predictions.tsv", tmp_path / "store", progress=False)
     from_tsv = build_index(model_dir, tmp_path / "a", str(world / "features.tsv"), str(world / "predictions.tsv"),

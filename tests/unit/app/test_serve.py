@@ -22,6 +22,8 @@ from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 
+pytestmark = pytest.mark.slow  # each module builds a model and an index
+
 fastapi = pytest.importorskip("fastapi", reason="needs mvptr[serve]: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 

@@ -33,6 +33,7 @@ def bundle():
     return Bundle(model.eval(), load_tokenizer(), vocab, ["circle", "red square"])
 
 
+@pytest.mark.slow
 def test_save_and_load_pretrained_round_trip(bundle, tmp_path):
     save_pretrained(bundle.model, tmp_path / "m", bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
     assert {"config.json", MODEL_FILE, "phrase_vocab.json", "tag_vocab.json", "tokenizer.json"} <= {
@@ -136,6 +137,7 @@ def _broken(bundle, tmp_path, damage):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage,message", [
     # without its tokenizer files, transformers would build a near-empty tokenizer: every word [UNK]
     (lambda p: [(p / f).unlink() for f in ("tokenizer.json", "vocab.txt") if (p / f).exists()],

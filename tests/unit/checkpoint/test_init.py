@@ -37,6 +37,7 @@ def test_a_local_bert_directory_initialises_the_encoders_layer_by_layer(small_be
     assert torch.equal(ours["embeddings.word_embeddings.weight"][: len(words)], words)
 
 
+@pytest.mark.slow
 def test_pretraining_starts_from_a_local_bert_directory(small_bert, world_args, tmp_path):
     args = [*world_args(tmp_path / "run"), f"init.source={small_bert}", "stage1.max_steps=1", "threads=2"]
     assert main(["pretrain", "--config", "tiny", "--stage", "stage1", *args]) == 0

@@ -13,6 +13,8 @@ from mvptr.data.builders import collator
 from mvptr.model.layers import Dropout
 from mvptr.text.phrases import PhraseVocab
 
+pytestmark = pytest.mark.slow
+
 VOCAB = PhraseVocab({"red circle": 3, "circle left of square": 3}, min_count=1)
 TAGS = ["circle", "square"]
 

@@ -122,6 +122,7 @@ def reference(s, ids_a, mask_a, ids_b, mask_b, feats, region_mask):
             "joint": joint}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("region_layer_norm", [False, True])
 def test_converted_official_checkpoint_reproduces_the_official_forward(tmp_path, region_layer_norm):
     state = official_state(region_layer_norm)

@@ -39,6 +39,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,key", BAD)
 def test_a_setting_no_run_can_use_is_an_error_naming_its_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')} = "):

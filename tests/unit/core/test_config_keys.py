@@ -5,6 +5,8 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from mvptr.core import config
 from mvptr.core.config import TASKS
 from mvptr.train.recipes import OBJECTIVES
@@ -48,6 +50,7 @@ def test_the_fields_read_by_name_are_exactly_those_names():
     assert READ_BY_NAME["ObjectiveConfig"] <= fields["ObjectiveConfig"]
 
 
+@pytest.mark.slow
 def test_a_task_field_the_task_does_not_read_is_an_error():
     import pytest
 

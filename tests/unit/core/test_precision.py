@@ -1,5 +1,6 @@
 """Compiled bf16 training computes the losses of eager fp32 training, to bf16's precision."""
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -7,10 +8,13 @@ from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.precision import autocast
 from mvptr.data.builders import collator, training_tag_vocab
-from mvptr.data.pretrain import Masking, build_pair_dataset
+from mvptr.data.collate import Masking
+from mvptr.data.pretrain import build_pair_dataset
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
 from mvptr.train.recipes import pretraining_recipe
+
+pytestmark = pytest.mark.slow
 
 # bf16 keeps 8 significant bits (relative rounding 2^-8); a loss computed through a few layers of
 # bf16 products carries a few such roundings, so 8 units of it bounds the difference from fp32

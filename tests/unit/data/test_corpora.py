@@ -10,10 +10,12 @@ from torch.utils.data import DataLoader
 from helpers import DIM, VOCAB, captions_of, write_corpus
 from mvptr.cli import main
 from mvptr.core.config import CorpusConfig, DataConfig
-from mvptr.data.pretrain import Collator, Masking, build_pair_dataset, caption_records, open_images, tag_vocab_from
+from mvptr.data.collate import Collator, Masking
+from mvptr.data.pretrain import build_pair_dataset, caption_records, open_images, tag_vocab_from
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
-from mvptr.vision.stores import CorpusStores, convert_vinvl_to_memmap
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
+from mvptr.vision.stores import CorpusStores
 
 A_IDS = [str(i) for i in range(1, 7)]  # 6 images, 12 captions, TSV
 B_IDS = [str(i) for i in range(1, 5)]  # 4 images, 8 captions, memmap store; ids shared with A

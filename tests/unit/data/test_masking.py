@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mvptr.core.config import ObjectiveConfig, load_config
-from mvptr.data.pretrain import Collator, Masking
+from mvptr.data.collate import Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
 from mvptr.train.recipes import pretraining_losses

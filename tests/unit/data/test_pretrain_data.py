@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from mvptr.data.pretrain import Collator, Masking, bert_mask
+from mvptr.data.collate import Collator, Masking, bert_mask
 from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
 
 TOK = load_tokenizer()

@@ -233,6 +233,7 @@ def test_prepare_phrases_command_line_skip_bad(tmp_path, capsys):
     assert json.loads((tmp_path / "p" / "skipped.json").read_text())["skipped_samples"] == 1
 
 
+@pytest.mark.slow
 def test_pretrain_command_line_skip_bad(tmp_path, capsys):
     root = write_corpus(tmp_path / "c")
     where, _ = _spoil(root, "box outside image")

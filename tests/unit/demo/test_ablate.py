@@ -9,6 +9,8 @@ from mvptr.cli import main
 from mvptr.core.errors import ConfigError
 from mvptr.demo.ablate import ROWS, ablation_report, direction, select_rows
 
+pytestmark = pytest.mark.slow
+
 
 def test_direction_compares_against_the_noise_and_the_paper():
     assert direction(50.0, 52.0, 1.0, 30.0, 40.0) == "reproduces"  # both fall

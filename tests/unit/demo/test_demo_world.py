@@ -261,6 +261,7 @@ def test_features_change_with_pixels_not_labels(world):
     assert not np.allclose(after.features[0, :FEAT_DIM], before.features[0, :FEAT_DIM])
 
 
+@pytest.mark.slow
 def test_detector_learns_from_pixels():
     rng = np.random.default_rng(3)
     scenes = [render_scene(rng) for _ in range(300)]

@@ -35,6 +35,7 @@ def test_recall_without_ties_matches_a_naive_loop_with_several_captions_per_imag
             assert fast[k] == pytest.approx(naive_recall(s, pos, k))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_recall_with_ties_is_the_mean_over_random_tie_breaking(seed):
     g = torch.Generator().manual_seed(seed)
@@ -85,6 +86,7 @@ def test_nan_scores_and_empty_queries_are_errors():
         recall_at_k(torch.zeros(1, 6), torch.zeros(1, 6, dtype=torch.bool))
 
 
+@pytest.mark.slow
 def test_chance_recall_is_the_expected_recall_of_a_random_ranking():
     g = torch.Generator().manual_seed(0)
     n_img, per = 10, 5

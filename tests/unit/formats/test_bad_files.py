@@ -11,7 +11,8 @@ from mvptr.core.fileio import append_json_lines, read_json_lines
 from mvptr.formats.entities import read_flickr30k_annotation
 from mvptr.formats.tsv import TSVFile, build_lineidx
 from mvptr.formats.vinvl import VinVLFeatures, write_vinvl_features, write_vinvl_predictions
-from mvptr.vision.stores import MemmapStore, convert_vinvl_to_memmap
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
+from mvptr.vision.stores import MemmapStore
 
 
 def _rows(path, n=3, dim=4):

@@ -14,7 +14,8 @@ from mvptr.formats.captions import CaptionRecord, ImageIds, read_captions
 from mvptr.formats.snli_ve import read_snli_ve
 from mvptr.formats.tsv import build_lineidx
 from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions
-from mvptr.vision.stores import MemmapStore, TSVStore, convert_vinvl_to_memmap
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
+from mvptr.vision.stores import MemmapStore, TSVStore
 
 
 def _tsv(path, text):

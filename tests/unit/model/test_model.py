@@ -19,6 +19,7 @@ def minilm():
     return model.eval()
 
 
+@pytest.mark.slow
 def test_text_encoder_reproduces_bert(minilm):
     tok = load_tokenizer()
     enc = tok(["a big red circle above a small blue triangle", "two shapes"], padding=True, return_tensors="pt")
@@ -131,6 +132,7 @@ def test_cpu_attention_with_dropout_is_sdpa_before_the_mask():
     assert not torch.allclose(dropped, expected, atol=1e-3)  # and the mask is applied
 
 
+@pytest.mark.slow
 def test_compiled_layers_keep_their_names_and_outputs():
     torch.manual_seed(0)
     eager = MVPTR(load_config("tiny").model, num_phrases=3, tag_pieces=torch.tensor([[2003, 0]])).eval()
@@ -146,6 +148,7 @@ def test_compiled_layers_keep_their_names_and_outputs():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it was traced
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_a_summary_only_pass_gives_the_full_pass_summary(pool):
     torch.manual_seed(0)

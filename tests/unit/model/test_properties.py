@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mvptr.app.api import image_item
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.data.pretrain import Collator, Masking
+from mvptr.data.collate import Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab, phrase_string
 from mvptr.text.tokenizer import IGNORE, WordPieces, load_tokenizer
@@ -54,6 +54,7 @@ def test_a_huge_caption_is_cut_to_the_limit(pieces):
     assert len(ids) == 24 and ids[-1] == 102
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(tuples=st.lists(st.lists(st.text(min_size=1, max_size=12), min_size=0, max_size=5), max_size=8),
        max_phrases=st.integers(0, 6))
@@ -109,6 +110,7 @@ def batches(draw):
     return out
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(items=batches(), tag_mode=st.sampled_from(["concepts", "word_pieces"]),
        probs=st.tuples(*[st.sampled_from([0.0, 0.5, 1.0])] * 3), seed=st.integers(0, 2**31))
@@ -153,6 +155,7 @@ def test_regions_beyond_the_maximum_are_cut_and_tags_are_the_most_confident(n, m
         assert min(kept) >= np.sort(confs)[::-1][len(kept) - 1]
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(key=st.text(max_size=20), value=st.text(max_size=20))
 def test_config_overrides_are_applied_or_rejected_by_name(key, value):
@@ -169,6 +172,7 @@ def training_model():
     return MVPTR(load_config("tiny").model, 7, torch.tensor([[4418, 0], [2675, 0], [4026, 2422], [14175, 6277]]))
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=batches(), seed=st.integers(0, 2**31))
 @example(items=[item([101, 102], 0, [], []), {**item([101, 2417, 102], 0, ["circle"], [1]), "image_index": 1}],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mvptr.core.config import load_config
-from mvptr.data.pretrain import Collator, Masking
+from mvptr.data.collate import Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
@@ -53,6 +53,7 @@ def model():
     return MVPTR(load_config("tiny").model, 3, torch.tensor([[4418, 0]])).eval()
 
 
+@pytest.mark.slow
 def test_official_wpg_takes_a_random_other_image_and_keeps_masked_phrases(model):
     b = batch()  # one region per image (the draw among the top 3 has one choice), every phrase masked
     obj = dataclasses.replace(load_config("tiny").objectives, wpg_variant="official")

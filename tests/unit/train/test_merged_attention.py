@@ -17,7 +17,7 @@ from mvptr.cli import main
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.builders import training_tag_vocab
-from mvptr.data.pretrain import Collator, Masking
+from mvptr.data.collate import Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer, minilm_dir
@@ -98,6 +98,7 @@ def test_the_joint_sequence_holds_words_phrases_tags_and_regions():
     assert not torch.allclose(fused.hidden[:, :n_words], fused2.hidden[:, :n_words])
 
 
+@pytest.mark.slow
 def test_all_objectives_give_finite_losses_that_fall_on_a_fixed_batch():
     model = tiny_model()
     batch = fixed_batch(model)
@@ -169,6 +170,7 @@ def test_stage1_with_merged_attention_is_refused_by_the_cli(capsys):
     assert "merged-attention" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bert_layers_initialise_the_merged_encoder_in_order():
     cfg = load_config("demo", MERGED).model
     bert_config, state = read_bert_dir(minilm_dir())
@@ -253,6 +255,7 @@ def test_the_api_scores_pairs_by_itm_and_refuses_global_scores(merged_bundle, wo
     assert len(grounded) == 1 and grounded[0].region >= 0
 
 
+@pytest.mark.slow
 def test_pretrain_and_evaluate_through_the_cli(world_args, tmp_path, capsys):
     out = tmp_path / "run"
     args = [*world_args(out), *MERGED, "stage2.max_steps=6", "stage2.batch_size=8", "threads=1"]

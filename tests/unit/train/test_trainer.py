@@ -16,6 +16,8 @@ from mvptr.text.phrases import PhraseVocab
 from mvptr.train import recipes
 from mvptr.workflows.pretrain import pretrain_stage
 
+pytestmark = pytest.mark.slow
+
 
 def setup(world_args, out, *extra):
     cfg = load_config("tiny", world_args(out) + ["stage2.epochs=1", "stage2.save_every=2", *extra])

@@ -14,7 +14,8 @@ from mvptr.core.errors import FormatError
 from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions
 from mvptr.vision.demo_detector import DemoDetector
 from mvptr.vision.detect import FasterRCNNDetector, extract_features
-from mvptr.vision.stores import TSVStore, convert_vinvl_to_memmap
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
+from mvptr.vision.stores import TSVStore
 
 FEAT = 16
 # image id -> (width, height, [box drawn as x1, y1, x2, y2 with x2, y2 exclusive])

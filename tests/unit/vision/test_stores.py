@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mvptr.cli import main
 from mvptr.core.errors import FormatError
-from mvptr.data.pretrain import Collator, ImageSource, Masking, tag_vocab_from
+from mvptr.data.collate import Collator, Masking
+from mvptr.data.pretrain import ImageSource, tag_vocab_from
 from mvptr.demo.world import generate_demo_world
 from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_predictions
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
-from mvptr.vision.stores import MemmapStore, TSVStore, convert_memmap_to_vinvl, convert_vinvl_to_memmap, open_store
+from mvptr.vision.store_convert import convert_memmap_to_vinvl, convert_vinvl_to_memmap
+from mvptr.vision.stores import MemmapStore, TSVStore, open_store
 
 DIM = 134  # the demo world's 128-wide embedding + 6 box numbers
 

@@ -26,6 +26,8 @@ from mvptr.viz.curves import plot_training_curves, read_metrics
 from mvptr.viz.figures import make_demo_figures
 from mvptr.viz.grounding import first_grounding_sentence, plot_grounding
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def setup(world_args, tmp_path_factory):

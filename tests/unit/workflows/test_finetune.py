@@ -31,6 +31,8 @@ from mvptr.text.phrases import PhraseVocab
 from mvptr.vision.regions import box_iou, ground_truth_box
 from mvptr.workflows.finetune import classification_accuracy
 
+pytestmark = pytest.mark.slow
+
 
 def tiny_cfg(world_args, out, *extra):
     return load_config("tiny", [*world_args(out), *extra])
