@@ -71,7 +71,6 @@ def image_item(image, max_regions: int, max_tags: int) -> dict:
 
 def open_feature_store(features: str, predictions: str | None, feat_dim: int):
     """A memmap store directory, or a VinVL features.tsv with its predictions.tsv."""
-
     if not os.path.isdir(features) and not predictions:
         raise ValueError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
     return open_store(str(features), str(predictions or ""), feat_dim)
@@ -98,7 +97,6 @@ class Model:
         for the defaults (the paper's)."""
         cfg = load_config(config) if isinstance(config, str) else config
         if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
-
             return cls(load_task_model(path, device), cfg, **kwargs)
         return cls(load_model_dir(path, device, trust_pickle), cfg, **kwargs)
 

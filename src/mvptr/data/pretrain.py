@@ -1,8 +1,8 @@
-"""Image-caption pairs as MVPTR's multi-level input, and the batch collator with masking.
+"""Image-caption pairs as MVPTR's multi-level input.
 
 A sample is a caption (word pieces + phrase concepts) and its image (region features +
-tags). The collator pads, then masks words (MLM), phrases (MCR^s) and tags (MCR^v) with
-BERT's 80/10/10 rule, vectorised over the batch.
+tags). The images come from one or several corpora (``data.corpora``), their tags from the
+detector or from ground-truth tag files. Batching and masking are :mod:`.collate`'s.
 """
 
 from __future__ import annotations

@@ -80,7 +80,6 @@ def finetune_on(cfg: Config, bundle: Bundle, task: str, out: Path, progress: boo
 
 def run_row(cfg: Config, progress: bool = True) -> dict:
     """Pre-train, evaluate zero-shot and fine-tune one configuration; the figures of one table cell."""
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

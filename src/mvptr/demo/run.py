@@ -100,7 +100,6 @@ def _copy(bundle: Bundle) -> Bundle:
 
 def demo_task_files(cfg: Config) -> Config:
     """``cfg`` with every task reading the demo world's task files in ``demo.data_dir``."""
-
     d, f = Path(cfg.demo.data_dir), cfg.finetune
     vqa_q, vqa_a = vqa_paths(d / "vqa", "{split}")
     easy_q, easy_a = easyvqa_paths(d / "easyvqa", "{split}")
@@ -118,7 +117,6 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     """Fine-tune a copy of the pre-trained model on each task and evaluate it; then easy-VQA,
     with regions and with every region hidden (question only). The task files are written
     first when missing."""
-
     cfg = demo_task_files(cfg)
     f, data_dir = cfg.finetune, Path(cfg.demo.data_dir)
     with timed(seconds, "prepare_tasks"):

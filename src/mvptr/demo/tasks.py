@@ -42,7 +42,6 @@ _REL_WORDS = {"above": "above", "below": "below", "left": "left of", "right": "r
 
 def _absent_object(objects, rng) -> tuple[str, str]:
     """A (colour, shape) that no object of the scene has."""
-
     present = {(o.color, o.shape) for o in objects}
     while True:
         c, s = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
@@ -72,7 +71,6 @@ def _humans(answer: str, rng: np.random.Generator, spelt: str | None = None, oth
 
 def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
     """Up to ``n`` questions of different kinds about one scene: question, answers, types."""
-
     shapes = [o.shape for o in objects]
     colors = [o.color for o in objects]
     kinds = []
@@ -166,7 +164,6 @@ def write_demo_tasks(out_dir: str | Path, ids: list[str], splits: list[str], obj
 
 def replay_world(data_dir: str | Path) -> tuple[list[str], list[str], list, list]:
     """(ids, splits, objects, captions) of a written world, re-rendered from its seed."""
-
     data_dir = Path(data_dir)
     world = json.loads((data_dir / "world.json").read_text())
     counts = world["splits"]

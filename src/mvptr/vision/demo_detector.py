@@ -1,4 +1,18 @@
-"""None"""
+"""The demo detector: VinVL's role (regions, region features, object tags) for the demo world.
+
+Two stages, like a two-stage detector:
+
+1. proposals from pixels, with no learning: pixels that differ from the background
+   colour (estimated from the image border) are grouped into 8-connected components,
+   and each component large enough gives its bounding box;
+2. a small CNN looks at a square crop around each proposal and classifies its shape,
+   colour and size. Its penultimate layer is the region's appearance feature and the
+   shape head gives the object tag and its confidence.
+
+A region's feature vector is ``[CNN embedding (feat_dim), 6 box position numbers]``,
+VinVL's layout (2048 + 6) at a smaller width. Everything in it is computed from the
+image pixels and the detected box; labels are only used as training targets.
+"""
 
 from __future__ import annotations
 
@@ -281,7 +295,6 @@ class DemoDetector(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Weights to a safetensors file; the configuration (class names included) goes in its metadata."""
-
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path), metadata={"config": json.dumps(self.config)})
 

@@ -1,17 +1,10 @@
-"""The demo detector: VinVL's role (regions, region features, object tags) for the demo world.
+"""Detectors and feature extraction: image files in, VinVL ``features.tsv`` and
+``predictions.tsv`` out (``mvptr features extract``).
 
-Two stages, like a two-stage detector:
-
-1. proposals from pixels, with no learning: pixels that differ from the background
-   colour (estimated from the image border) are grouped into 8-connected components,
-   and each component large enough gives its bounding box;
-2. a small CNN looks at a square crop around each proposal and classifies its shape,
-   colour and size. Its penultimate layer is the region's appearance feature and the
-   shape head gives the object tag and its confidence.
-
-A region's feature vector is ``[CNN embedding (feat_dim), 6 box position numbers]``,
-VinVL's layout (2048 + 6) at a smaller width. Everything in it is computed from the
-image pixels and the detected box; labels are only used as training targets.
+``--detector demo`` runs the demo world's detector (:mod:`.demo_detector`); ``frcnn`` runs
+torchvision's Faster R-CNN from a local weights file (the ``detect`` extra). Either way a
+region's feature ends with its 6 box position numbers, VinVL's layout. ``--shard I/N``
+extracts share I of N of the images.
 """
 
 from __future__ import annotations
@@ -120,7 +113,6 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     ``SkippedSamples``), an unreadable image is left out and recorded there. With ``part`` =
     (I, N), only share I of N of the files (in name order) is read.
     """
-
     t0 = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():

@@ -45,7 +45,6 @@ def last_layer_attention(model, batch: dict) -> dict:
     """Head-averaged last-layer attention of the textual and visual encoders on a collated
     batch: {"text": (B, N + M, N + M), "visual": (B, 1 + K + R, 1 + K + R), "num_words": N,
     "num_tags": K, "text_mask", "visual_mask"}."""
-
     if model.merged:
         raise ConfigError("the attention figure shows the textual and visual encoders, which the merged-attention "
                           "model (model.merged_attention) does not have")
@@ -89,7 +88,6 @@ def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> 
     which Flickr30k Entities follows): phrase concepts -> word pieces in the textual encoder,
     regions -> tags in the visual encoder, next to the image with its numbered regions.
     Cells are probabilities of the whole attention row, averaged over heads."""
-
     record = _caption(cfg, image_id, sentence_index)
     source = image_source(cfg)
     image = source(image_id)

@@ -11,11 +11,8 @@ writes one PNG and returns its path:
   region-to-tag attention in the visual encoder's last layer (paper Figure 4, left);
 * ``plot_concepts``: a t-SNE map of the tag-class and phrase embedding rows (paper Figure 6).
 
-``make_demo_figures`` writes all four for the demo, and ``add_visualize_parser`` registers
-``mvptr visualize {curves,grounding,attention,concepts}``.
-
-matplotlib, torch and the model code are imported inside the functions, so that building
-the command-line parser stays cheap.
+``make_demo_figures`` writes all four for the demo; ``mvptr visualize`` (``cli/visualize.py``)
+writes one. matplotlib is imported inside the functions that draw.
 """
 
 from __future__ import annotations

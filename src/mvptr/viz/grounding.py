@@ -46,7 +46,6 @@ def _grounding_example(bundle, cfg, image_id: str, sentence_index: int | None):
 def ground_sentence(bundle, cfg, image_id: str, sentence_index: int | None = None) -> SentenceGrounding:
     """Ground the Flickr30k Entities mentions of one sentence (None: the image's first
     sentence with boxed mentions) exactly as ``evaluate_grounding`` does."""
-
     ex = _grounding_example(bundle, cfg, image_id, sentence_index)
     source = image_source(cfg)
     image = source(image_id)
@@ -72,7 +71,6 @@ def plot_grounding(bundle, cfg, image_id: str, sentence_index: int | None, out_p
     """The image with, for each mention of the sentence, the chosen region (solid, labelled
     with the phrase) and the true box (dashed, same colour). Returns the PNG's path and the
     chosen region indices (one per mention, in sentence order)."""
-
     g = ground_sentence(bundle, cfg, image_id, sentence_index)
     colors = region_colors(len(g.labels))
     fig = new_figure(9.6, 5.2)
@@ -120,7 +118,6 @@ def _legend_swatch(ax, y: float, color):
 def first_grounding_sentence(bundle, cfg, split: str | None = None) -> tuple[str, int]:
     """(image id, sentence index) of the first image of ``split`` (default: the evaluation
     split) with a sentence that has boxed Flickr30k Entities mentions."""
-
     split = split or cfg.eval.split
     entities = Path(cfg.eval.entities_dir)
     for image_id in sorted({r.image_id for r in data_captions(cfg.data, [split])}):

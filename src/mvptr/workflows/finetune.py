@@ -129,7 +129,6 @@ class FinetuneResult:
 
 def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
     """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``."""
-
     configure_torch(cfg)
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)
@@ -231,7 +230,6 @@ def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> d
 def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
     """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
     k_c, k_i and final score."""
-
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
                                  t.eval_split, t.max_eval)
     result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True,

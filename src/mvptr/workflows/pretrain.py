@@ -1,7 +1,5 @@
-"""The steps a user runs, as functions: build a model, pre-train a stage, evaluate.
-
-The command line (``cli.py``) and the demo are thin layers over these.
-"""
+"""Pre-training one stage: the recipe of its objectives, the pair dataset with its
+masking, the trainer; the data each corpus gave goes to ``data.json`` beside the run."""
 
 from __future__ import annotations
 
