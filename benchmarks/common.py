@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from mvptr.config import Config, load_config
-from mvptr.model.losses import IGNORE
-from mvptr.model.mvptr import MVPTR
+from mvptr.core.config import Config, load_config
+from mvptr.model.modeling import MVPTR
+from mvptr.text.tokenizer import IGNORE
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

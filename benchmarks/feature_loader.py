@@ -31,10 +31,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
-from mvptr.data.formats import CaptionRecord, write_vinvl_features, write_vinvl_predictions
-from mvptr.data.pretrain import FIRST_WORD_ID, Collator, ImageSource, Masking, PairDataset
+from mvptr.data.collate import FIRST_WORD_ID, Collator, Masking
+from mvptr.data.pretrain import ImageSource, PairDataset
+from mvptr.formats.captions import CaptionRecord
+from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
-from mvptr.vision.stores import convert_vinvl_to_memmap
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
 
 REGIONS, DIM, TOKENS, PHRASES, TAGS = 50, 2054, 35, 5, 20
 NUM_PHRASES, VOCAB = 1000, 30522

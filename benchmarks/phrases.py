@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
-from mvptr.data.formats import write_karpathy_json
+from mvptr.formats.captions import write_karpathy_json
 from mvptr.text.phrases import PhraseExtractor, prepare_phrases
 
 COUNTS = ["a", "a", "the", "two", "three", "some", "an old", "a small", "a large", "a young"]

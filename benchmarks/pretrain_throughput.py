@@ -40,7 +40,7 @@ from common import (  # noqa: E402
     synthetic_batch,
     write_result,
 )
-from mvptr.precision import autocast  # noqa: E402
+from mvptr.core.precision import autocast
 from mvptr.train.recipes import pretraining_recipe  # noqa: E402
 from mvptr.train.trainer import adamw, only_trainable, param_groups, reuse_freed_cpu_memory  # noqa: E402
 

@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_config, machine, random_model, sync, synthetic_batch, write_result  # noqa: E402
+from mvptr.core.precision import autocast
 from mvptr.eval.retrieval import (  # noqa: E402
     EncodedSet,
     candidates,
@@ -34,7 +35,6 @@ from mvptr.eval.retrieval import (  # noqa: E402
     evaluate_retrieval,
     reranked_recall,
 )
-from mvptr.precision import autocast  # noqa: E402
 
 
 def encode(model, cfg, n_images, per_image, device, precision, batch=512):

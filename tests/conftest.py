@@ -2,7 +2,7 @@
 
 import pytest
 
-from mvptr.data.demo_world import generate_demo_world
+from mvptr.demo.world import generate_demo_world
 from mvptr.text.phrases import prepare_phrases
 
 

@@ -2,25 +2,32 @@
 
     mvptr serve --index runs/demo/index --vqa-model runs/demo/finetune/vqa/model   # http://127.0.0.1:8000/
 
-It listens on this machine only (127.0.0.1) unless ``--host`` says otherwise.
+It listens on this machine only (127.0.0.1) unless ``--host`` says otherwise. The service
+needs the ``serve`` extra (fastapi, uvicorn); without it the rest of mvptr still imports,
+and :func:`load_service` says what to install.
 """
 
 from __future__ import annotations
 
-import sys
+from .api import Model
+from .search import SearchIndex, index_config
 
+try:  # the serve extra: fastapi (with pydantic and starlette)
+    from .server import create_app
+except ModuleNotFoundError as err:
+    if (err.name or "").split(".")[0] not in ("fastapi", "pydantic", "starlette"):
+        raise
+    create_app, MISSING = None, err.name
+else:
+    MISSING = None
 
-def _fail(message: str):
-    print(f"mvptr serve: {message}", file=sys.stderr)
-    raise SystemExit(2)
+__all__ = ["load_service"]
 
 
 def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None):
     """The FastAPI app over the index at ``index_dir``."""
-    from ..api import Model
-    from ..search import SearchIndex, index_config
-    from .server import create_app
-
+    if create_app is None:
+        raise ModuleNotFoundError(f"No module named {MISSING!r}", name=MISSING)
     index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
     vqa = None
     if vqa_model:
@@ -28,31 +35,3 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
             raise ValueError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
     return create_app(index, vqa)
-
-
-def cmd_serve(args) -> None:
-    try:
-        import uvicorn
-    except ImportError as err:
-        _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
-    try:
-        app = load_service(args.index, args.model, args.vqa_model, args.nprobe)
-    except ImportError as err:
-        _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
-    except (FileNotFoundError, ValueError) as err:  # FormatError is a ValueError
-        _fail(str(err))
-    print(f"mvptr serve: {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-
-
-def add_serve_parser(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="the search page and HTTP API over an index (needs mvptr[serve])",
-                              description="Serve a page and an HTTP API over an index built by `mvptr search build`.")
-    p.add_argument("--index", required=True, help="index directory (mvptr search build --out)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", help="the model the index was built with, when it is no longer where the index says")
-    p.add_argument("--vqa-model", help="a model fine-tuned with `mvptr finetune vqa`, to answer questions on the page")
-    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: 1/8)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=cmd_serve)

@@ -30,8 +30,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from ..api import Model
-from ..search import SearchIndex
+from .api import Model
+from .search import SearchIndex
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY = 300  # characters of a query or a question

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..eval.grounding import ground_truth_box
-from ..eval.vqa import soft_scores
+from ..formats.snli_ve import VE_LABELS, VEPair
+from ..formats.vqa import VQAQuestion
 from ..text.tokenizer import WordPieces
-from ..vision.regions import box_iou
-from .formats import VE_LABELS, VEPair, VQAQuestion
-from .pretrain import Collator, ImageSource
+from ..vision.regions import box_iou, ground_truth_box
+from .answers import soft_scores
+from .collate import Collator
+from .pretrain import ImageSource
 
 
 class TaskImages:

@@ -18,12 +18,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..config import ConfigError
-from ..model.mvptr import MVPTR
-from ..precision import autocast
+from ..core import distributed
+from ..core.config import Config
+from ..core.errors import ConfigError
+from ..core.precision import autocast
+from ..model.modeling import MVPTR
 
 KS = (1, 5, 10)
 # pairs the merged model scores without being asked for a subset (eval.max_images): about a
@@ -281,3 +283,32 @@ def all_pairs_retrieval(
     if keep_pairs:
         out["pair_scores"] = {"image": pairs[:, 0], "text": pairs[:, 1], "itm": itm}
     return out
+
+
+@torch.no_grad()
+def encode_dataset(cfg: Config, model, dataset, collate):
+    """The uni-modal outputs of a pair dataset's captions and images: (texts, images, each
+    caption's image index, the image ids in index order)."""
+    image_ids = sorted(dataset.image_index, key=dataset.image_index.get)
+    text_items = [{"input_ids": dataset.token_ids[i], "phrases": dataset.phrase_ids[i]} for i in range(len(dataset))]
+    text_image = torch.tensor([dataset.image_index[r.image_id] for r in dataset.records])
+    loader = lambda items: DataLoader(items, batch_size=cfg.eval.batch_size, collate_fn=collate)  # noqa: E731
+    texts = encode_texts(model, loader(text_items), cfg.device)
+    images = encode_images(model, loader([dataset.images(i) for i in image_ids]), cfg.device)
+    return texts, images, text_image, image_ids
+
+
+@torch.no_grad()
+def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, keep_pairs: bool = False,
+                 subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
+    """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
+    settings (the merged-attention model: ITM over every pair); returns the result and the
+    image ids in the order of its indices. ``subset``: the key and value that limited the
+    images (default ``eval.max_images``), named when every pair would be too many."""
+    e = cfg.eval
+    if model.merged:
+        check_all_pairs(len(dataset.image_index), len(dataset), *(subset or ("eval.max_images", e.max_images)))
+    texts, images, text_image, image_ids = encode_dataset(cfg, model, dataset, collate)
+    result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
+                                progress, e.precision, keep_pairs)
+    return result, image_ids

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 
 
 class Dropout(nn.Module):
@@ -61,23 +61,27 @@ class SelfAttention(nn.Module):
         b, n, h = x.shape
         return x.view(b, n, self.num_heads, h // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_queries: int | None = None,
+                return_probs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """key_mask: (B, L) bool, True where a key may be attended to. With ``num_queries``, only
-        the first that many positions ask (every position is still a key): (B, num_queries, H)."""
+        the first that many positions ask (every position is still a key): (B, num_queries, H).
+        With ``return_probs``, also the attention probabilities (B, heads, queries, L), before dropout."""
         q = self._heads(self.query(x[:, :num_queries]))
         k, v = self._heads(self.key(x)), self._heads(self.value(x))
         mask = key_mask[:, None, None, :]
         p = self.attention_dropout.p if self.training else 0.0
-        if p and x.device.type == "cpu":
-            # SDPA's CPU kernels have no dropout: its fallback does these same steps, but draws
-            # the mask one float per weight (see Dropout)
+        weights = None
+        if return_probs or (p and x.device.type == "cpu"):
+            # SDPA's CPU kernels have no dropout, and SDPA never returns its weights: its fallback
+            # does these same steps, but draws the dropout mask one float per weight (see Dropout)
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
             weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1)
-            out = self.attention_dropout(weights) @ v
+            out = (self.attention_dropout(weights) if p else weights) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         b, _, n, d = out.shape
-        return out.transpose(1, 2).reshape(b, n, -1)
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        return (out, weights) if return_probs else out
 
 
 class ResidualOutput(nn.Module):

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-IGNORE = -100
-
+from ..text.tokenizer import IGNORE
 
 # up to this many masked concepts, every permutation is scored at once (6! = 720)
 BRUTE_FORCE_MAX = 6
@@ -161,3 +160,19 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked language modelling cross entropy over masked word pieces (eq. 9)."""
     return _labelled_mean_ce(logits, labels)
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy on the soft scores, summed over answers, averaged over questions."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / len(logits)
+def grounding_loss(phrase: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor, iou: torch.Tensor,
+                   mention_mask: torch.Tensor) -> torch.Tensor:
+    """MSE between the mention-region cosines (B, K, R) and the regions' IoU with the mention's box."""
+    cos = F.normalize(phrase.float(), dim=-1) @ F.normalize(regions.float(), dim=-1).transpose(1, 2)
+    valid = mention_mask[:, :, None] & region_mask[:, None, :].bool()
+    # the mean over valid pairs as a sum over a clamped count, as the pre-training losses do:
+    # no branch on the data, so no wait for the device (0, still in the graph, when none is valid)
+    return ((cos - iou.float()) ** 2 * valid).sum() / valid.sum().clamp(min=1)
+def mention_outputs(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Each mention's mean word-piece output: weights (B, K, N) over the first N positions."""
+    return torch.einsum("bkn,bnh->bkh", weights, hidden[:, : weights.shape[2]].float())

@@ -50,15 +50,11 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from mvptr.data.formats import (
-    SkippedSamples,
-    phrase_key,
-    read_captions,
-    read_phrase_cache,
-    shard_part,
-    split_names,
-    write_phrase_cache,
-)
+from ..core.errors import SkippedSamples
+from ..core.shards import shard_part
+from ..formats.captions import read_captions, split_names
+from ..formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
+from .tokenizer import WordPieces
 
 __all__ = [
     "PhraseExtractor",
@@ -324,3 +320,8 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
     vocab = PhraseVocab.build(train, min_count=min_count)
     vocab.save(out_dir / "phrase_vocab.json")
     return statistics(train, vocab)
+
+
+def phrase_pieces(vocab: PhraseVocab, pieces: WordPieces) -> list[list[int]]:
+    """The word pieces of each phrase of the vocabulary, in id order."""
+    return [[p for w in vocab.words(i) for p in pieces.pieces(w)] for i in range(len(vocab))]

@@ -5,7 +5,13 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import torch
 from transformers import BertTokenizerFast
+
+# special ids of the bert-base-uncased vocabulary
+CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0
+IGNORE = -100  # the label of a position no loss scores
 
 
 def minilm_dir() -> Path:
@@ -36,3 +42,11 @@ class WordPieces:
     def _pieces(self, word: str) -> tuple[int, ...]:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
         return tuple(ids) or (self.tokenizer.unk_token_id,)
+
+
+def pad_lists(lists: list[list[int]], pad: int) -> torch.Tensor:
+    width = max((len(x) for x in lists), default=0)
+    out = np.full((len(lists), width), pad, dtype=np.int64)
+    for i, x in enumerate(lists):
+        out[i, : len(x)] = x
+    return torch.from_numpy(out)

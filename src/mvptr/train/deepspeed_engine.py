@@ -23,9 +23,9 @@ from unittest import mock
 
 import torch
 
-from .. import distributed
-from ..checkpoint import Bundle, save_model_dir
-from ..config import StageConfig
+from ..checkpoint.model_dir import Bundle, save_model_dir
+from ..core import distributed
+from ..core.config import StageConfig
 
 DS_DIR = "deepspeed"
 

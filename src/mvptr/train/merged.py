@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ObjectiveConfig
+from ..core.config import ObjectiveConfig
 from ..model import losses as L
-from ..model.mvptr import MVPTR, FusedOutput, ImageOutput, TextOutput
+from ..model.modeling import MVPTR, FusedOutput, ImageOutput, TextOutput
 
 
 def itm_sides(idx: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from ..config import ConfigError, ObjectiveConfig
-from ..distributed import gather_cat
+from ..core.config import Config, ObjectiveConfig, task_kind
+from ..core.distributed import gather_cat
+from ..core.errors import ConfigError
 from ..model import losses as L
-from ..model.mvptr import MVPTR
+from ..model.losses import grounding_loss, mention_outputs, vqa_loss
+from ..model.modeling import MVPTR
 from .merged import merged_losses
 
 OBJECTIVES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
@@ -187,3 +190,25 @@ def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t
         )
         neg[rest], _ = phrase_region_sim(extra.hidden, rest, neg_image[rest])
     return L.wpg_loss(pos, neg, valid & ok_t, margin)
+
+
+def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
+    """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
+    kind = task_kind(task)
+    if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
+        objectives = [o for o in cfg.finetune.retrieval.train.objectives if not (merged and o == "vsc")]
+        return pretraining_recipe(task, objectives, cfg.objectives, merged)
+
+    def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        _, fused = model.fuse_batch(batch)
+        if kind == "grounding":
+            phrase = mention_outputs(fused.hidden, batch["mention_weights"])
+            regions = fused.region_hidden
+            return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
+                                                batch["mention_mask"])}
+        logits = model.task_logits(fused)
+        if kind == "vqa":
+            return {"vqa": vqa_loss(logits, batch["answer_targets"])}
+        return {"ve": F.cross_entropy(logits.float(), batch["labels"])}
+
+    return Recipe(task, loss)

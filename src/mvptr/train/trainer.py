@@ -30,8 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..checkpoint import (
+from ..checkpoint.model_dir import (
     STATE_FILE,
     Bundle,
     checkpoint_bytes,
@@ -40,9 +39,12 @@ from ..checkpoint import (
     load_state_strict,
     save_model_dir,
 )
-from ..config import ConfigError, StageConfig
-from ..data.formats import OutputDirError, append_json_lines
-from ..precision import autocast
+from ..core import distributed
+from ..core.config import StageConfig
+from ..core.errors import ConfigError, OutputDirError
+from ..core.fileio import append_json_lines
+from ..core.precision import autocast
+from .deepspeed_engine import DeepSpeedEngine
 from .recipes import Recipe
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")
@@ -299,8 +301,6 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
 
     objective = _Objective(model, recipe)
     if use_ds:
-        from .deepspeed_engine import DeepSpeedEngine
-
         engine = DeepSpeedEngine(objective, optimizer, stage, d, device, out_dir, ds_tag)
     else:
         # unused parameters are allowed: a step may have no phrase to mask, say

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Regions", "box_position_features", "box_iou"]
+__all__ = ["Regions", "box_position_features", "box_iou", "ground_truth_box"]
 
 
 def box_position_features(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
@@ -66,3 +66,14 @@ class Regions:
                 for box, tag, conf in zip(self.boxes, self.tags, self.confs)
             ],
         }
+
+
+def ground_truth_box(boxes: list, protocol: str) -> np.ndarray:
+    """A mention's ground truth: the union of its entity's boxes ("merged", the original
+    Flickr30k Entities protocol) or each of them ("any")."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if protocol == "merged":
+        return np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]
+    if protocol == "any":
+        return b
+    raise ValueError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")

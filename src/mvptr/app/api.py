@@ -1,0 +1,256 @@
+"""Use a trained model from Python: encode images and texts, score pairs, ground phrases.
+
+    from mvptr.api import Model
+
+    model = Model.load("runs/demo/stage2/model", config="demo")
+    images = model.images_from_store("data/demo/features.tsv", "data/demo/predictions.tsv", ["000000", "000001"])
+    scores = model.score(images, ["a red circle left of a blue square"])  # (images, texts)
+    model.ground(images[0], "a red circle left of a blue square")
+
+Images are region sets: :class:`mvptr.vision.regions.Regions` from a detector (see
+:meth:`Model.detect`), or the per-image dicts of a feature store. Texts are strings; their
+phrase concepts are parsed with spaCy unless given (``phrases=``, scene-graph tuples or
+phrase strings such as "big wave") or switched off
+(``parse_phrases=False``). Inputs are cut to the limits of the config's ``data`` section
+(``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``), as in training. A model
+fine-tuned for VQA (``mvptr finetune vqa``) also answers questions (:meth:`Model.answer`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint.model_dir import Bundle, adopt_model_settings, load_model_dir
+from ..checkpoint.task_dir import load_task_model
+from ..core.config import Config, load_config
+from ..data.builders import collator
+from ..eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
+from ..text.phrases import PhraseExtractor
+from ..text.tokenizer import WordPieces
+from ..vision.regions import Regions
+from ..vision.stores import open_store
+
+SCORES = ("uni", "itm", "both")
+
+
+@dataclass
+class Grounded:
+    phrase: str  # the words of the caption that were grounded
+    region: int  # index of the chosen region (-1: the image has no regions)
+    box: list[float]  # its box, xyxy pixels (empty when there is none)
+    similarity: float  # cosine of the phrase and region outputs of the multimodal encoder
+
+
+def image_item(image, max_regions: int, max_tags: int) -> dict:
+    """One image as the collator's input: the first ``max_regions`` regions and, as tags, the
+    class names of the ``max_tags`` most confident detections (as in training)."""
+    if isinstance(image, Regions):
+        feats, boxes, classes = image.features, image.boxes, list(image.tags)
+        confs, width, height = image.confs, image.image_w, image.image_h
+    else:  # a feature store's dict
+        feats, boxes, classes = image["region_feats"], image["boxes"], list(image.get("classes", image.get("tags", [])))
+        confs, width, height = image.get("confs", np.ones(len(classes))), image["width"], image["height"]
+    feats = np.asarray(feats, dtype=np.float32)
+    feats = feats.reshape(len(feats), -1) if feats.size else feats.reshape(0, feats.shape[-1] if feats.ndim > 1 else 0)
+    order = np.argsort(-np.asarray(confs, dtype=np.float32), kind="stable")[:max_tags]
+    return {
+        "region_feats": feats[:max_regions],
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[:max_regions],
+        "tags": [classes[i] for i in order],
+        "width": width,
+        "height": height,
+    }
+
+
+def open_feature_store(features: str, predictions: str | None, feat_dim: int):
+    """A memmap store directory, or a VinVL features.tsv with its predictions.tsv."""
+    if not os.path.isdir(features) and not predictions:
+        raise ValueError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
+    return open_store(str(features), str(predictions or ""), feat_dim)
+
+
+class Model:
+    """A model directory ready for inference (eval mode, no gradients)."""
+
+    def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
+                 batch_size: int = 64):
+        self.bundle, self.model = bundle, bundle.model.eval()
+        self.cfg = adopt_model_settings(cfg or Config(), bundle)  # its model section and inputs
+        self.device = next(self.model.parameters()).device.type
+        self.parse_phrases, self.batch_size = parse_phrases, batch_size
+        self.pieces = WordPieces(bundle.tokenizer, self.cfg.data.max_tokens)
+        self._extractor = None
+
+        self.collate = collator(self.cfg, bundle)
+
+    @classmethod
+    def load(cls, path: str | Path, config: str | Config | None = None, device: str = "cpu",
+             trust_pickle: bool = False, **kwargs) -> Model:
+        """``config``: the preset or YAML the model was trained with (its input limits), or None
+        for the defaults (the paper's)."""
+        cfg = load_config(config) if isinstance(config, str) else config
+        if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
+            return cls(load_task_model(path, device), cfg, **kwargs)
+        return cls(load_model_dir(path, device, trust_pickle), cfg, **kwargs)
+
+    # ----- inputs ---------------------------------------------------------------------------
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            self._extractor = PhraseExtractor()
+        return self._extractor
+
+    def phrases(self, texts: Sequence[str]) -> list[list[tuple[str, ...]]]:
+        """Scene-graph tuples of each text (none when phrase parsing is off)."""
+        if not self.parse_phrases:
+            return [[] for _ in texts]
+        return self.extractor.extract(list(texts), progress=False)
+
+    def images_from_store(self, features: str, predictions: str | None = None, image_ids: Sequence[str] | None = None):
+        """Per-image dicts of a feature store (VinVL TSV pair or memmap directory); all images by default."""
+        store = open_feature_store(features, predictions, self.model.cfg.region_feat_dim)
+        return [store[i] for i in (store.ids() if image_ids is None else image_ids)]
+
+    @staticmethod
+    def detect(pixels: Sequence[np.ndarray], detector) -> list[Regions]:
+        """Regions of raw HxWx3 uint8 images from a detector (e.g. ``DemoDetector.load(path)``)."""
+        return detector.detect(list(pixels))
+
+    def _batches(self, items: list[dict]):
+        for start in range(0, len(items), self.batch_size):
+            yield self.collate(items[start : start + self.batch_size])
+
+    def _empty(self) -> EncodedSet:
+        c = self.model.cfg
+        return EncodedSet(torch.zeros(0, c.embed_dim), torch.zeros(0, 0, c.hidden_size),
+                          torch.zeros(0, 0, dtype=torch.bool))
+
+    def require_global_embeddings(self, what: str) -> None:
+        if self.model.merged:
+            raise ValueError(f"{what} needs global embeddings, and the merged-attention model (model.merged_attention) "
+                             "has none: it scores image-text pairs with ITM only (score(..., mode='itm'))")
+
+    # ----- encoders ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_texts(
+        self, texts: Sequence[str], phrases: Sequence[Sequence[Sequence[str]]] | None = None
+    ) -> EncodedSet:
+        """Global embeddings and token/phrase outputs of each text (the merged-attention
+        model: the embedded texts, no global embeddings)."""
+        texts = [str(t) for t in texts]
+        tuples = self.phrases(texts) if phrases is None else phrases
+        if len(tuples) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(tuples)} phrase lists")
+        vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
+        if not texts:
+            return self._empty()
+        items = [{"input_ids": ids, "phrases": vocab.encode(t, m)}
+                 for ids, t in zip(self.pieces.captions(texts), tuples)]
+        return encode_texts(self.model, self._batches(items), self.device)
+
+    def _image_items(self, images) -> list[dict]:
+        d = self.cfg.data
+        items = [image_item(im, d.max_regions, d.max_tags) for im in images]
+        want = self.model.cfg.region_feat_dim
+        for i, it in enumerate(items):
+            if it["region_feats"].shape[1] != want:
+                raise ValueError(f"image {i}: region features are {it['region_feats'].shape[1]} wide, "
+                                 f"the model takes {want}")
+        return items
+
+    @torch.no_grad()
+    def encode_images(self, images) -> EncodedSet:
+        """Global embeddings and region outputs of each image (the merged-attention model:
+        the embedded regions and tags, no global embeddings)."""
+        items = self._image_items(images)
+        return encode_images(self.model, self._batches(items), self.device) if items else self._empty()
+
+    # ----- scores -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, images, texts, mode: str = "both") -> torch.Tensor:
+        """(images, texts) scores: "uni" = cosine of the global embeddings, "itm" = log-odds of
+        matching from the multimodal encoder, "both" = their sum (the merged-attention model:
+        "itm" only). Images and texts may be given raw or already encoded."""
+        if mode not in SCORES:
+            raise ValueError(f"unknown score {mode!r} (expected one of {', '.join(SCORES)})")
+        if mode != "itm":
+            self.require_global_embeddings(f"score(mode={mode!r})")
+        v = images if isinstance(images, EncodedSet) else self.encode_images(images)
+        t = texts if isinstance(texts, EncodedSet) else self.encode_texts(texts)
+        if mode == "uni":
+            return (v.emb @ t.emb.t()).float().cpu()
+        pairs = torch.cartesian_prod(torch.arange(len(v.hidden)), torch.arange(len(t.hidden)))
+        itm = itm_scores(self.model, t, v, pairs, self.batch_size, progress=False).view(len(v.hidden), len(t.hidden))
+        return itm if mode == "itm" else itm + (v.emb @ t.emb.t()).float().cpu()
+
+    # ----- question answering -----------------------------------------------------------------
+    @torch.no_grad()
+    def answer(self, image, question: str, top: int = 1) -> list[tuple[str, float]]:
+        """The ``top`` answers of a VQA-fine-tuned model (``mvptr finetune vqa``) to a question
+        about ``image``, with their probabilities (the head is trained with BCE on soft scores)."""
+        head = getattr(self.model, "task_head", None)
+        answers = getattr(head, "answers", None)
+        if answers is None:
+            raise ValueError("this model has no VQA head; load a model fine-tuned with `mvptr finetune vqa`")
+        # questions carry no phrase concepts, as in VQA fine-tuning
+        text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
+        batch = {k: v.to(self.device) for k, v in self.collate([{**text, **self._image_items([image])[0]}]).items()}
+        _, fused = self.model.fuse_batch(batch)
+        probs = head(self.model.pool(fused.hidden, fused.mask))[0].float().sigmoid().cpu()
+        best = probs.topk(min(top, len(answers)))
+        return [(answers[i], float(p)) for p, i in zip(best.values.tolist(), best.indices.tolist())]
+
+    # ----- grounding --------------------------------------------------------------------------
+    def _spans(self, caption: str, phrases: Sequence[str] | None) -> list[tuple[int, int]]:
+        if phrases is not None:
+            spans = []
+            for p in phrases:
+                at = caption.find(p)
+                if at < 0 and len(caption.lower()) == len(caption):  # then lower-case offsets are the same
+                    at = caption.lower().find(p.lower())
+                if at < 0:
+                    raise ValueError(f"phrase {p!r} is not in the caption {caption!r}")
+                spans.append((at, at + len(p)))
+            return spans
+        if not self.parse_phrases:
+            raise ValueError("phrase parsing is off: give the phrases to ground")
+        return [(c.start_char, c.end_char) for c in self.extractor.nlp(caption).noun_chunks]
+
+    @torch.no_grad()
+    def ground(self, image, caption: str, phrases: Sequence[str] | None = None) -> list[Grounded]:
+        """The region each phrase of ``caption`` refers to: its noun phrases (parsed), or the
+        given substrings. A phrase is the mean multimodal output of its word pieces, matched
+        to the region output of highest cosine (paper 4.2.3)."""
+        enc = self.bundle.tokenizer(caption, truncation=True, max_length=self.cfg.data.max_tokens,
+                                    return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        mentions, names = [], []
+        for start, end in self._spans(caption, phrases):
+            pos = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+            if pos:  # a phrase cut off by max_tokens is left out
+                mentions.append(pos)
+                names.append(caption[start:end])
+        tuples = self.phrases([caption])[0]
+        phrase_ids = self.bundle.phrase_vocab.encode(tuples, self.cfg.data.max_phrases)
+        text = {"input_ids": enc["input_ids"], "phrases": phrase_ids}
+        item = self._image_items([image])[0]
+        batch = {k: v.to(self.device) for k, v in self.collate([{**text, **item}]).items()}
+        _, fused = self.model.fuse_batch(batch)
+        regions = F.normalize(fused.region_hidden[0].float(), dim=-1)
+        fused = fused.hidden[0].float()
+        out = []
+        for name, pos in zip(names, mentions):
+            if len(regions) == 0:
+                out.append(Grounded(name, -1, [], float("nan")))
+                continue
+            sims = regions @ F.normalize(fused[pos].mean(0), dim=-1)
+            best = int(sims.argmax())
+            out.append(Grounded(name, best, [float(x) for x in item["boxes"][best]], float(sims[best])))
+        return out

@@ -1,0 +1,276 @@
+"""Search an image collection with a sentence: coarse ranking by the global embeddings, then
+the multimodal encoder re-ranks the best candidates (the retrieval protocol, one query).
+
+    mvptr search build --model runs/demo/stage2/model --config demo \\
+        --features data/demo/features.tsv --predictions data/demo/predictions.tsv \\
+        --image-dir data/demo/images --out runs/demo/index
+    mvptr search build --model runs/demo/stage2/model --images more/ --detector FILE --out runs/demo/index --add
+    mvptr search query runs/demo/index "a red circle left of a blue square" --top 10
+
+An index directory holds ``index.json`` (the model and a fingerprint of its files, the feature
+stores, the input limits, the coarse stage), ``ids.json``, ``embeddings.npy`` (one
+L2-normalised global embedding per image, float32, memory-mapped when searched),
+``files.json`` (the image file of each image id that has one) and, above
+``--exact-limit`` images, ``coarse.faiss`` (see :mod:`mvptr.app.coarse`). Region outputs
+are not stored: re-ranking encodes its few candidates again from the store, which keeps an
+index at one vector per image. Raw images are indexed through a detector (``--images DIR
+--detector FILE``); their regions go to a feature store inside the index. ``--add`` adds
+the images of another store or directory to an existing index built with the same model.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint.model_dir import STATE_FILE
+from ..core.config import Config, load_config, to_dict
+from ..core.fileio import replace_dir
+from ..eval.retrieval import itm_scores
+from ..vision.detect import IMAGE_SUFFIXES, extract_features
+from .api import Model, open_feature_store
+from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
+
+FORMAT = "mvptr-search/2"
+REBUILD = "rebuild it with `mvptr search build`"
+
+
+@dataclass
+class Hit:
+    image_id: str
+    score: float  # the ranking score (re-ranked candidates: ITM log-odds, plus the cosine for "itm+sim")
+    similarity: float  # cosine of the global embeddings
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 of the model directory's files, names and contents (not a resumable training
+    state): an index is only valid for the weights that computed its embeddings."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: model directory not found")
+    h = hashlib.sha256()
+    for f in sorted(p for p in model_dir.iterdir() if p.is_file() and p.name != STATE_FILE):
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_meta(path: Path) -> dict:
+    meta_file = path / "index.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{meta_file}: not found (build an index with `mvptr search build`)")
+    meta = json.loads(meta_file.read_text())
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("mvptr-search/"):
+        raise ValueError(f"{meta_file}: not an mvptr search index")
+    if meta["format"] != FORMAT:
+        raise ValueError(f"{meta_file}: index format {meta['format']}, this mvptr reads {FORMAT}; {REBUILD}")
+    return meta
+
+
+def check_model(meta: dict, model_dir: Path, index_dir: Path, fingerprint: str | None = None) -> None:
+    """Refuse a model other than the one that computed the index's embeddings."""
+    if (fingerprint or model_fingerprint(model_dir)) != meta["model_fingerprint"]:
+        raise ValueError(f"{index_dir}: built with another version of the model than {model_dir} (the model files "
+                         f"differ from those indexed, {meta['model']}); {REBUILD}, or give the model it was built with")
+
+
+def index_config(meta: dict) -> Config:
+    """The input limits the index was built with."""
+    return load_config(None, [f"data.{k}={v}" for k, v in meta["data"].items() if k.startswith("max_")])
+
+
+def image_files(image_dir: str | Path, ids) -> dict[str, str]:
+    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...)."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: image directory not found")
+    files: dict[str, str] = {}
+    for p in sorted(image_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            if p.stem in files:
+                raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
+            files[p.stem] = str(p.resolve())
+    return {i: files[i] for i in ids if i in files}
+
+
+def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
+    """A fresh ``out.tmp`` holding, with ``add``, the region stores of the index at ``out``
+    (hard links: nothing in them is rewritten) and that index's metadata."""
+    old = read_meta(out) if add else None
+    if old:
+        check_model(old, model_dir, out, fingerprint)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for sub in (p for p in out.iterdir() if p.is_dir()) if add else ():
+        shutil.copytree(sub, tmp / sub.name, copy_function=os.link)
+    return tmp, old
+
+
+def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path | None, dim: int,
+           batch_size: int) -> int:
+    """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map."""
+    old = np.load(old_file, mmap_mode="r") if old_file else np.zeros((0, dim), np.float32)
+    emb = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32, shape=(len(old) + len(ids), dim))
+    for s in range(0, len(old), 65536):
+        stop = min(s + 65536, len(old))
+        emb[s:stop] = old[s:stop]
+    for s in range(0, len(ids), batch_size):
+        batch = [store[i] for i in ids[s : s + batch_size]]
+        emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()
+    emb.flush()
+    return len(emb)
+
+
+def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
+                config: str | None = None, images: str | None = None, detector: str | None = None,
+                batch_size: int = 64, image_dir: str | None = None, add: bool = False,
+                exact_limit: int | None = None) -> dict:
+    """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
+    files are, for showing them) or a directory of image files (``images`` + ``detector``).
+    With ``add``, the images join the index at ``out``. Above ``exact_limit`` images the coarse
+    stage is approximate. The index replaces ``out`` only once it is complete."""
+    out = Path(out)
+    if add and config:
+        raise ValueError("--add encodes with the input limits of the index; leave out --config")
+    if not images and not features:
+        raise ValueError("give a feature store (--features) or image files (--images with --detector)")
+    if images and not detector:
+        raise ValueError("indexing image files needs a detector (--detector)")
+    fingerprint = model_fingerprint(model_dir)
+    tmp, old = _start(out, add, Path(model_dir), fingerprint)
+    if images:
+        part = "regions" if not old else f"regions-{len(old['stores'])}"
+        extract_features(images, tmp / part, "demo", detector, batch_size, progress=False)
+        features, predictions = (str(out.resolve() / part / n) for n in ("features.tsv", "predictions.tsv"))
+        read_from = (str(tmp / part / "features.tsv"), str(tmp / part / "predictions.tsv"))
+        image_dir = images
+    else:
+        features = str(Path(features).resolve())
+        predictions = str(Path(predictions).resolve()) if predictions else ""
+        read_from = (features, predictions)
+    model = Model.load(model_dir, index_config(old) if old else config, batch_size=batch_size, parse_phrases=False)
+    model.require_global_embeddings("an image search index")
+    store = open_feature_store(*read_from, model.model.cfg.region_feat_dim)
+    ids = list(store.ids())
+    known = json.loads((out / "ids.json").read_text()) if old else []
+    seen = set(known)
+    dup = next((i for i in ids if i in seen), None)
+    if dup is not None:
+        raise ValueError(f"{features}: image id {dup!r} is already in the index {out}")
+    files = json.loads((out / "files.json").read_text()) if old else {}
+    if image_dir:
+        new_files = image_files(image_dir, ids)
+        if ids and not new_files:
+            raise ValueError(f"{image_dir}: no image file is named after an image id of {features} "
+                             f"(e.g. {ids[0]}.png)")
+        files.update(new_files)
+    dim = model.model.cfg.embed_dim
+    total = _embed(model, store, ids, tmp / "embeddings.npy", out / "embeddings.npy" if old else None, dim,
+                   batch_size)
+    (tmp / "ids.json").write_text(json.dumps(known + ids))
+    (tmp / "files.json").write_text(json.dumps(files))
+    limit = exact_limit if exact_limit is not None else (old or {}).get("coarse", {}).get("exact_limit", EXACT_LIMIT)
+    coarse = {"kind": "exact"}
+    if total > limit:
+        coarse = write_ivf(np.load(tmp / "embeddings.npy", mmap_mode="r"), tmp / IVF_FILE,
+                           old=out / IVF_FILE if old else None)
+    stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
+                                                 "images": len(ids)}]
+    meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint,
+            "data": old["data"] if old else to_dict(model.cfg.data), "images": total, "added": len(ids),
+            "image_files": len(files), "embed_dim": dim, "stores": stores, "coarse": {**coarse, "exact_limit": limit}}
+    (tmp / "index.json").write_text(json.dumps(meta, indent=2))
+    replace_dir(tmp, out)
+    return meta
+
+
+class IndexStores:
+    """The feature stores of an index (one per build that added images) as one mapping from
+    image id to the image's regions."""
+
+    def __init__(self, stores: list, sizes: list[int], row: dict[str, int]):
+        self.stores, self.row = stores, row
+        self.ends = np.cumsum(sizes).tolist()
+
+    def __contains__(self, image_id) -> bool:
+        return image_id in self.row
+
+    def __getitem__(self, image_id) -> dict:
+        return self.stores[bisect.bisect_right(self.ends, self.row[image_id])][image_id]
+
+
+class SearchIndex:
+    """An index ready to query. ``model_dir``: the model to encode queries with, instead of the
+    one recorded in the index (e.g. the index moved); either way its files must be those the
+    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: an
+    eighth of them)."""
+
+    def __init__(self, path: str | Path, parse_phrases: bool = True, model_dir: str | Path | None = None,
+                 nprobe: int | None = None):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        model_dir = Path(model_dir or self.meta["model"])
+        check_model(self.meta, model_dir, self.path)
+        self.ids = json.loads((self.path / "ids.json").read_text())
+        self.row = {image_id: r for r, image_id in enumerate(self.ids)}
+        self.files = json.loads((self.path / "files.json").read_text())
+        emb = np.load(self.path / "embeddings.npy", mmap_mode="c")  # copy-on-write: a tensor can view it
+        if len(emb) != len(self.ids):
+            raise ValueError(f"{self.path}: {len(emb)} embeddings for {len(self.ids)} image ids; {REBUILD}")
+        self.emb = torch.from_numpy(emb)
+        ivf = self.path / IVF_FILE if self.meta["coarse"]["kind"] == "ivf" else None
+        self.coarse = CoarseIndex(emb, ivf, nprobe)
+        self.model = Model.load(model_dir, index_config(self.meta), parse_phrases=parse_phrases)
+        dim = self.model.model.cfg.region_feat_dim
+        stores = self.meta["stores"]
+        self.store = IndexStores([open_feature_store(s["features"], s["predictions"], dim) for s in stores],
+                                 [s["images"] for s in stores], self.row)
+
+    def query(self, text: str, top: int = 10, rerank: int = 64, score: str = "itm+sim",
+              timing: dict | None = None) -> list[Hit]:
+        """The ``top`` images for ``text``: cosine ranking, then the best ``rerank`` (at least
+        ``top``) by ``score`` ("itm" = ITM log-odds, "itm+sim" = log-odds plus cosine, "uni" =
+        no re-ranking). ``timing`` receives the milliseconds of each step."""
+        if score not in ("itm", "itm+sim", "uni"):
+            raise ValueError(f"unknown score {score!r} (expected itm, itm+sim or uni)")
+        if not text.strip():
+            raise ValueError("empty query")
+        timing = {} if timing is None else timing
+        if not self.ids or top < 1:
+            return []
+        t = time.perf_counter()
+        texts = self.model.encode_texts([text])
+        t = _lap(timing, "encode_ms", t)
+        sims, rows = self.coarse.search(texts.emb.float().cpu().numpy(), max(top, rerank if score != "uni" else 0))
+        found = rows[0] >= 0
+        cand, sim = torch.from_numpy(rows[0][found]), torch.from_numpy(sims[0][found])
+        t = _lap(timing, "coarse_ms", t)
+        ranked, k = sim, len(cand)
+        if score != "uni" and rerank > 0 and k:
+            images = self.model.encode_images([self.store[self.ids[i]] for i in cand.tolist()])
+            pairs = torch.stack([torch.arange(k), torch.zeros(k, dtype=torch.long)], 1)
+            ranked = itm_scores(self.model.model, texts, images, pairs, self.model.batch_size, progress=False)
+            if score == "itm+sim":
+                ranked = ranked + sim
+            _lap(timing, "rerank_ms", t)
+        order = ranked.argsort(descending=True, stable=True)[:top]
+        return [Hit(self.ids[int(cand[o])], float(ranked[o]), float(sim[o])) for o in order]
+
+
+def _lap(timing: dict, name: str, since: float) -> float:
+    now = time.perf_counter()
+    timing[name] = round(1000 * (now - since), 2)
+    return now

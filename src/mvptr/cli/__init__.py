@@ -1,0 +1,87 @@
+"""The ``mvptr`` command.
+
+    mvptr prepare demo [--out DIR] [--n-train N] [--n-val N] [--n-test N] [--seed S]
+    mvptr prepare phrases --captions FILE --out DIR [--min-count K] [--train-split S] [--n-process P] [--skip-bad]
+                          [--shard I/N]       (FILE may hold {split}: ann/coco_karpathy_{split}.json)
+    mvptr prepare vocab [--config PRESET] [--min-count K] [--out FILE] [--skip-bad]
+    mvptr prepare tasks [--out DIR]               (the demo world's VQA / SNLI-VE / grounding files)
+    mvptr prepare tags --instances FILE [FILE ...] --out FILE [--key id|stem]   (ground-truth tags for data.tags)
+    mvptr prepare easyvqa [--out DIR] [--detector FILE]
+    mvptr features convert --features F.tsv --predictions P.tsv --out DIR [--feat-dim D] [--skip-bad] [--shard I/N]
+    mvptr features export --store DIR --out DIR
+    mvptr features extract --images DIR --out DIR [--detector demo|frcnn] [--weights FILE] [--device D] [--skip-bad]
+    mvptr merge-shards OUT                        (after prepare phrases / features extract|convert --shard I/N)
+    mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
+    mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
+    mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
+    mvptr evaluate retrieval|vqa|ve|grounding|easyvqa --model DIR [--config PRESET] [key=value ...]
+    mvptr demo [--config PRESET] [--fresh] [key=value ...]
+    mvptr ablate [--config PRESET] [--rows full,no_mcr_v,...] [--seeds N] [--out DIR] [key=value ...]
+    mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
+    mvptr search build|query ...
+    mvptr serve --index DIR [--host 127.0.0.1] [--port 8000] [--vqa-model DIR]
+
+Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+
+One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
+file, setting or output directory) is one line on stderr and exit status 2; any other
+exception is a bug and keeps its traceback (exit status 1). One module per command group.
+
+With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
+``objectives.use_tags`` and ``use_phrases``) are used; a ``model.*`` override is applied when it
+leaves the weights' shapes alone (dropout, wpg_layer, activation checkpointing, compile) and
+refused otherwise.
+
+With ``--skip-bad`` (``data.skip_bad=true``) a bad sample is left out instead of stopping the
+command; the skipped samples are counted by reason, printed at the end (on stderr) and saved
+as ``skipped.json`` beside the command's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.errors import FormatError, MvptrError
+from . import convert, demo, evaluate, features, prepare, search, serve, train, visualize
+
+__all__ = ["main", "parse", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
+    sub = p.add_subparsers(dest="command", required=True)
+    prepare.add_parser(sub)
+    features.add_parser(sub)
+    train.add_parsers(sub)
+    evaluate.add_parser(sub)
+    demo.add_parsers(sub)
+    visualize.add_parser(sub)
+    convert.add_parser(sub)
+    search.add_parser(sub)
+    serve.add_parser(sub)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but key=value overrides may also follow options that come after a
+    positional argument (``mvptr finetune vqa --model DIR key=value``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        args.func(args)
+    except MvptrError as err:
+        sample = isinstance(err, FormatError) and hasattr(args, "skip_bad") and err.reason != "model directory"
+        hint = "; --skip-bad leaves such samples out" if sample else ""
+        print(f"mvptr: {err}{hint}", file=sys.stderr)
+        return 2
+    return 0

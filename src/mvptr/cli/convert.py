@@ -1,0 +1,21 @@
+"""``mvptr convert official``: an official MVPTR checkpoint as an mvptr model directory."""
+
+from __future__ import annotations
+
+import json
+
+from ..checkpoint.official import convert_official
+
+
+def cmd_convert(args) -> None:
+    print(json.dumps(convert_official(args.src, args.out, trust_pickle=args.trust_pickle), indent=2))
+
+
+def add_parser(sub) -> None:
+    conv = sub.add_parser("convert", help="an official MVPTR checkpoint as an mvptr model directory")
+    conv.add_argument("what", choices=["official"])
+    conv.add_argument("src", help="directory with config.json, pytorch_model.bin and id2phrase_new.json")
+    conv.add_argument("out", help="model directory to write")
+    conv.add_argument("--trust-pickle", action="store_true",
+                      help="load pytorch_model.bin although pickle files can run code: only for trusted sources")
+    conv.set_defaults(func=cmd_convert)

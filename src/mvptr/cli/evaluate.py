@@ -1,0 +1,66 @@
+"""``mvptr evaluate``: zero-shot retrieval and grounding of a model directory, or one task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..checkpoint.model_dir import load_model_dir
+from ..checkpoint.task_dir import load_task_model
+from ..core.errors import SkippedSamples
+from ..core.fileio import write_json
+from ..train.trainer import check_writable
+from ..workflows import evaluate as zero_shot
+from ..workflows.finetune import evaluate_task
+from .common import SKIP_HELP, add_config_args, is_main, report_skipped, run_config, trained
+
+
+def _task_args(args):
+    """``evaluate``'s optional task comes before the overrides: a key=value there is an override."""
+    if args.task and "=" in args.task:
+        args.overrides, args.task = [args.task, *args.overrides], None
+    return args
+
+
+def cmd_evaluate(args) -> None:
+    if _task_args(args).task:
+        return cmd_evaluate_task(args)
+    cfg = run_config(args)
+    out = _eval_out(args)
+    bundle, cfg = trained(args, cfg, args.model, load_model_dir)
+    skipped = SkippedSamples() if cfg.data.skip_bad else None
+    result = zero_shot.evaluate(cfg, bundle, skipped=skipped)
+    if not is_main():
+        return
+    write_json(out / "eval.json", result)
+    print(json.dumps(result, indent=2))
+    report_skipped(skipped, out / "skipped.json")
+
+
+def _eval_out(args) -> Path:
+    """Where an evaluation writes (--out, else beside the model), checked before any work."""
+    out = Path(args.out) if args.out else Path(args.model).parent
+    if is_main():
+        check_writable(out, 2**20)
+    return out
+
+
+def cmd_evaluate_task(args) -> None:
+    cfg = run_config(args)
+    out = _eval_out(args)
+    bundle, cfg = trained(args, cfg, args.model, load_task_model)
+    metrics = evaluate_task(cfg, args.task, bundle, out)
+    if not is_main():
+        return
+    write_json(out / f"eval_{args.task}.json", metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, or one task")
+    ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding or easyvqa (default: zero-shot)")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--out", help="directory for the results (default: the model directory's parent)")
+    ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
+    add_config_args(ev)
+    ev.set_defaults(func=cmd_evaluate)

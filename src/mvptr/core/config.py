@@ -1,0 +1,423 @@
+"""Typed configuration: dataclasses, YAML presets and ``key=value`` overrides.
+
+A run's configuration is the dataclass defaults, then a preset shipped in the
+package (``mvptr/configs/<name>.yaml``) or any YAML file, then command-line
+overrides. OmegaConf checks every key against the dataclasses, so a misspelt key
+is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+# inside the package, so an installed wheel finds its presets wherever it runs
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 768
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    text_layers: int = 6
+    visual_layers: int = 6
+    multimodal_layers: int = 6
+    vocab_size: int = 30522
+    max_position: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    region_feat_dim: int = 2054  # detector features + the 6 box numbers, as in VinVL
+    embed_dim: int = 768  # width of the global (VSC) embeddings
+    temperature: float = 0.07  # initial VSC temperature (learnable)
+    # what the global (VSC) embedding projects: the [CLS] output (paper) or the mean of all
+    # outputs (for initialisations trained with mean pooling, such as the packaged MiniLM)
+    global_pool: str = "cls"
+    wpg_layer: int = 3  # multimodal layer (1-based) whose outputs WPG aligns
+    # "concepts": one input row per tag class (mean of its word pieces), MCR^v over tag classes.
+    # "word_pieces": tags as word-piece tokens, MCR^v over word pieces (official code).
+    tag_mode: str = "concepts"
+    merged_attention: bool = False  # Table 4 row 7: one encoder over {w, c, t, r}
+    # recompute each layer's activations in the backward pass instead of storing them
+    activation_checkpointing: bool = False
+    # torch.compile each transformer layer with this backend ("inductor" fuses the element-wise
+    # work between the products); "none" runs eagerly
+    compile: str = "none"
+    # "mvptr" (paper: phrases after [SEP], sets share one position) or "official" (the released
+    # code's sequences: phrases before [SEP], consecutive positions, [SEP] after the tags, regions
+    # embedded without the embedding LayerNorm), for checkpoints from `mvptr convert official`
+    layout: str = "mvptr"
+    region_layer_norm: bool = False  # official layout only: LayerNorm on region embeddings
+    region_layer_norm_eps: float = 1e-12  # its eps (the released config's img_layer_norm_eps)
+
+
+@dataclass
+class InitConfig:
+    # "minilm" (packaged MiniLM-L6), "random", or a path to a local BERT-architecture directory.
+    source: str = "minilm"
+
+
+@dataclass
+class CorpusConfig:
+    """One corpus of a pre-training mix: its own captions, features and phrase cache."""
+
+    name: str = ""  # namespaces its image ids ("<name>/<image id>"); no "/"
+    captions: str = ""
+    features: str = ""  # VinVL features.tsv or a memmap store directory
+    predictions: str = ""  # VinVL predictions.tsv (unused with a store directory)
+    phrase_cache: str = ""
+    tags: str = ""  # ground-truth tags {image id: [label, ...]} instead of the detector's (see data.tags)
+
+
+@dataclass
+class DataConfig:
+    captions: str = "data/demo/captions.json"
+    features: str = "data/demo/features.tsv"
+    predictions: str = "data/demo/predictions.tsv"
+    phrase_cache: str = "data/demo/phrases/phrase_cache.jsonl"
+    phrase_vocab: str = "data/demo/phrases/phrase_vocab.json"
+    train_split: str = "train"
+    max_tokens: int = 35
+    max_phrases: int = 5
+    max_tags: int = 20
+    max_regions: int = 50
+    # ground-truth tags, a JSON file {image id: [label, ...]} (`mvptr prepare tags` builds one from
+    # COCO instances) that replaces the detector's tags (paper 3.1.2); "" = detector tags
+    tags: str = ""
+    dedupe_tags: bool = False  # keep each tag class once (official code); False: one tag per detection
+    num_workers: int = 0
+    # pre-train on several corpora at once; empty = the single corpus named above
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    # leave out bad samples (counted by reason in skipped.json) instead of stopping at the first
+    skip_bad: bool = False
+    # the captions' image ids -> the features' ids (every corpus): a regular expression whose first
+    # group is the id ("0*(\\d+)$": "coco_522418" and "COCO_val2014_000000391895" -> "522418",
+    # "391895"), then a JSON file mapping ids; "" = ids as written
+    image_id_pattern: str = ""
+    image_id_map: str = ""
+
+
+@dataclass
+class ObjectiveConfig:
+    mcr_v: bool = True
+    mcr_s: bool = True
+    vsc: bool = True
+    wpg: bool = True
+    itm: bool = True
+    mlm: bool = True
+    use_phrases: bool = True
+    use_tags: bool = True
+    tag_mask_prob: float = 0.25
+    phrase_mask_prob: float = 0.25
+    mlm_mask_prob: float = 0.15
+    # "hungarian" (paper) or "aligned" (official code: labels at their own positions)
+    mcr_matching: str = "hungarian"
+    wpg_margin: float = 0.2
+    # "paper": against the sampled hard negative image (p^{s2v}), max over regions, masked phrases
+    # left out; "official" (released code): against a uniformly random other image of the batch
+    # (its regions from its own caption's pass), a random one of the top 3 regions, every phrase
+    wpg_variant: str = "paper"
+    # False (official code): phrases are masked for MCR^s but no loss is computed
+    mcr_s_loss: bool = True
+    # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax
+    negative_sampling: str = "sampled"
+    # "half_each" (paper and official code: n negatives, half from each distribution) or "both" (2n, ALBEF)
+    itm_negatives: str = "half_each"
+    # True: MLM reads its own pass over word-masked captions, and VSC/ITM/WPG see every word
+    # (ALBEF style); False: one pass with masked words for everything (official, cheaper)
+    mlm_separate_pass: bool = True
+    # True (official): a phrase that contains a word masked for MLM is masked and becomes an
+    # MCR^s target as well; False: it is masked only in the pass MLM reads (no shortcut either way)
+    phrase_mask_tied: bool = False
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage1"
+    # which encoders train; "stage1" = uni-modal encoders, "stage2" = everything
+    objectives: list = field(default_factory=lambda: ["mcr_v", "mcr_s", "vsc"])
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 caps the number of optimizer steps
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.2
+    grad_clip: float = 1.0
+    log_every: int = 10
+    save_every: int = 0  # steps; 0 = only at the end
+    # the batch of one step is split into this many forward/backward passes (less memory)
+    grad_accum_steps: int = 1
+    # "fp32", "bf16" (autocast) or "fp16" (autocast with a dynamic loss scaler)
+    precision: str = "fp32"
+    # under torchrun: shard the optimizer state across processes (ZeRO stage 1; torch engine)
+    shard_optimizer: bool = False
+    # "torch" (DistributedDataParallel) or "deepspeed" (pip install "mvptr[deepspeed]")
+    engine: str = "torch"
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (deepspeed engine only)
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    max_images: int = 0  # 0 = all
+    k_c: int = 128  # captions re-ranked per image
+    k_i: int = 64  # images re-ranked per caption
+    batch_size: int = 128
+    # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
+    rerank_score: str = "itm"
+    precision: str = "fp32"  # "bf16" or "fp16" runs the re-ranker under autocast
+    entities_dir: str = "data/demo/flickr30k_entities"
+
+
+@dataclass
+class DemoConfig:
+    data_dir: str = "data/demo"
+    n_train: int = 3000
+    n_val: int = 200
+    n_test: int = 500
+    image_size: int = 96
+    min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
+    n_process: int = 1
+    easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
+    world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)
+
+
+@dataclass
+class TaskConfig:
+    """One fine-tuning task: the trainer's settings, the task's files and its evaluation.
+    Paths may hold ``{split}``; a field the task does not read must keep its default (see
+    ``mvptr.train.finetune.TASK_FIELDS``). ``train.objectives`` is read by retrieval only."""
+
+    train: StageConfig = field(default_factory=StageConfig)
+    train_split: str = "train"  # VQA: several joined by "+", e.g. "train2014+val2014"
+    eval_split: str = "test"
+    max_train: int = 0  # examples used for training (retrieval: images; 0 = all), a fixed subset
+    max_eval: int = 0  # examples evaluated (retrieval: images; 0 = all), a fixed subset
+    questions: str = ""  # VQA v2 questions JSON
+    annotations: str = ""  # VQA v2 annotations JSON
+    hypotheses: str = ""  # SNLI-VE jsonl
+    features: str = ""  # region features of the task's images ("" = data.features)
+    predictions: str = ""  # and their detections ("" = data.predictions)
+    num_answers: int = 3129  # VQA answer vocabulary: the most frequent training answers
+    mask_regions: bool = False  # hide every region and tag (a text-only baseline)
+    # the task's input limits (0 = data.max_tokens, ...: the pre-training ones)
+    max_tokens: int = 0
+    max_tags: int = 0
+    max_regions: int = 0
+    max_phrases: int = 0
+    dropout: float = -1.0  # hidden dropout while fine-tuning (as the official --drop_out); < 0 = the model's
+
+
+# the paper's per-GPU batch sizes (appendix A.3) on 8 GPUs, as our global batch
+GPUS = 8
+
+
+def _task(name: str, epochs: float, lr: float, batch_size: int, objectives: list | None = None,
+          **fields) -> TaskConfig:
+    # AdamW, weight decay 0.05, linear decay without warmup (A.3; the official scripts' warmup is 0)
+    stage = StageConfig(name=name, objectives=objectives or [], epochs=epochs, lr=lr,
+                        batch_size=batch_size, weight_decay=0.05, warmup_ratio=0.0)
+    return TaskConfig(train=stage, **fields)
+
+
+TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
+
+
+def task_kind(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    return "vqa" if task == "easyvqa" else task
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files.
+    Batch sizes are global: the paper's per-GPU size times 8 GPUs."""
+
+    # A.3.1, Flickr30k (COCO: 15 epochs): 96 per GPU, regions / tokens / tags / phrases 50 / 50 / 30 / 5
+    retrieval: TaskConfig = field(default_factory=lambda: _task(
+        "retrieval", 5, 4e-5, 96 * GPUS, objectives=["vsc", "itm"],
+        max_regions=50, max_tokens=50, max_tags=30, max_phrases=5, dropout=0.1))
+    # A.3.2: 25 epochs ("converges in around 7"), 32 per GPU, dropout 0.3, 50 / 128 / 30 (no phrases here)
+    vqa: TaskConfig = field(default_factory=lambda: _task(
+        "vqa", 25, 5e-5, 32 * GPUS, max_regions=50, max_tokens=128, max_tags=30, dropout=0.3,
+        questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",
+        annotations="data/demo/vqa/v2_demo_{split}_annotations.json"))
+    # A.3.3: 64 per GPU, 70 / 70 / 20
+    ve: TaskConfig = field(default_factory=lambda: _task(
+        "ve", 5, 4e-5, 64 * GPUS, max_regions=70, max_tokens=70, max_tags=20, dropout=0.1,
+        hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
+    # A.3.4 gives no hyper-parameters for grounding: those of retrieval, 64 per GPU
+    grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64 * GPUS))
+    easyvqa: TaskConfig = field(default_factory=lambda: _task(
+        "easyvqa", 7, 5e-5, 32,
+        questions="data/demo/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
+        annotations="data/demo/easyvqa/v2_easyvqa_{split}_annotations.json",
+        features="data/demo/easyvqa/features.tsv", predictions="data/demo/easyvqa/predictions.tsv"))
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    out_dir: str = "runs/demo"
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default
+    # deterministic kernels: the same seed gives the same weights, also after a resume
+    deterministic: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            name="stage2", objectives=["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"], epochs=2.0
+        )
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def _preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {', '.join(known)})")
+
+
+def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if preset:
+            path = _preset_path(preset)
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, value = item.split("=", 1)
+            if not key or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+                raise ConfigError(f"unknown config key {key!r}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+    except (OmegaConfBaseException, yaml.YAMLError) as err:  # wrong types, unparsable keys or values
+        raise ConfigError(f"bad config: {err}") from None
+    cfg = OmegaConf.to_object(cfg)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), d)
+    return OmegaConf.to_object(cfg)
+
+
+# ----- validation: a value no run can use is an error when the config is built ---------------
+CHOICES = {
+    "model.global_pool": ("cls", "mean"),
+    "model.tag_mode": ("concepts", "word_pieces"),
+    "model.layout": ("mvptr", "official"),
+    "objectives.mcr_matching": ("hungarian", "aligned"),
+    "objectives.negative_sampling": ("sampled", "hardest"),
+    "objectives.itm_negatives": ("half_each", "both"),
+    "eval.rerank_score": ("itm", "itm+sim"),
+    "eval.precision": ("fp32", "bf16", "fp16"),
+}
+STAGE_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
+OBJECTIVE_NAMES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check(ok: bool, key: str, value: Any, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: {want}")
+
+
+def _check_stage(key: str, stage: StageConfig, objectives_known: bool) -> None:
+    _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "must be a positive number of samples")
+    _check(stage.max_steps >= 0, f"{key}.max_steps", stage.max_steps,
+           "must be 0 (train by epochs) or a positive step count")
+    _check(stage.epochs > 0 or stage.max_steps > 0, f"{key}.epochs", stage.epochs,
+           "must be positive (or set max_steps), else nothing trains")
+    _check(stage.lr > 0, f"{key}.lr", stage.lr, "must be a positive learning rate")
+    _check(stage.weight_decay >= 0, f"{key}.weight_decay", stage.weight_decay, "must be >= 0")
+    _check(0 <= stage.warmup_ratio <= 1, f"{key}.warmup_ratio", stage.warmup_ratio, "must be within [0, 1]")
+    _check(stage.grad_clip > 0, f"{key}.grad_clip", stage.grad_clip, "must be a positive gradient norm")
+    _check(stage.log_every > 0, f"{key}.log_every", stage.log_every, "must be a positive step count")
+    _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
+    _check(stage.grad_accum_steps >= 1, f"{key}.grad_accum_steps", stage.grad_accum_steps, "must be at least 1")
+    _check(stage.batch_size % stage.grad_accum_steps == 0, f"{key}.grad_accum_steps", stage.grad_accum_steps,
+           f"must divide the batch size {stage.batch_size}")
+    for name, allowed in STAGE_CHOICES.items():
+        value = getattr(stage, name)
+        _check(value in allowed, f"{key}.{name}", value, f"expected one of {', '.join(map(str, allowed))}")
+    if objectives_known:
+        unknown = [o for o in stage.objectives if o not in OBJECTIVE_NAMES]
+        _check(not unknown, f"{key}.objectives", list(stage.objectives),
+               f"unknown objectives {unknown} (known: {', '.join(OBJECTIVE_NAMES)})")
+
+
+def validate(cfg: Config) -> None:
+    """Refuse values that would divide by zero, train nothing or select nothing, naming the key."""
+    m, d, e = cfg.model, cfg.data, cfg.eval
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        _check(value in allowed, key, value, f"expected one of {', '.join(allowed)}")
+    _check(cfg.device == "cpu" or cfg.device.split(":")[0] in ("cuda", "mps"), "device", cfg.device,
+           "expected cpu, cuda, cuda:N or mps")
+    _check(cfg.threads >= 0, "threads", cfg.threads, "must be 0 (torch's default) or a positive thread count")
+    for key in ("hidden_size", "num_heads", "intermediate_size", "text_layers", "visual_layers", "multimodal_layers",
+                "region_feat_dim", "embed_dim"):
+        _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
+    _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
+           f"must divide model.hidden_size {m.hidden_size}")
+    _check(1 <= m.wpg_layer <= m.multimodal_layers, "model.wpg_layer", m.wpg_layer,
+           f"must be a multimodal layer, 1..{m.multimodal_layers}")
+    for key in ("dropout", "attention_dropout"):
+        _check(0 <= getattr(m, key) < 1, f"model.{key}", getattr(m, key), "must be within [0, 1)")
+    _check(m.temperature > 0, "model.temperature", m.temperature, "must be positive")
+    _check(d.max_tokens >= 3, "data.max_tokens", d.max_tokens, "must leave room for [CLS], a word and [SEP] (>= 3)")
+    for key in ("max_phrases", "max_tags", "num_workers"):
+        _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
+    _check(d.max_regions > 0, "data.max_regions", d.max_regions, "must be positive: the model reads regions")
+    o = cfg.objectives
+    for key in ("tag_mask_prob", "phrase_mask_prob", "mlm_mask_prob"):
+        _check(0 <= getattr(o, key) < 1, f"objectives.{key}", getattr(o, key), "must be within [0, 1)")
+    _check(o.wpg_margin >= 0, "objectives.wpg_margin", o.wpg_margin, "must be >= 0")
+    _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
+    for key in ("max_images", "k_c", "k_i"):
+        _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
+    _check_stage("stage1", cfg.stage1, True)
+    _check_stage("stage2", cfg.stage2, True)
+    for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa"):
+        t = getattr(cfg.finetune, task)
+        _check_stage(f"finetune.{task}.train", t.train, False)
+        for key in ("max_train", "max_eval"):
+            _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")

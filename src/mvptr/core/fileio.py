@@ -1,0 +1,188 @@
+"""Files written so that a crash never leaves half of one: atomic JSON and text writes,
+directory swaps and their recovery, JSON lines that survive a torn append, and the lock that
+keeps two runs out of one output directory.
+
+Two runs writing into one directory corrupt each other (a model directory with files of
+both, one run's config.yaml beside the other's weights). A run holds an operating-system
+lock on ``<dir>/.lock`` while it writes; a second run stops at once with a message naming
+the holder. The lock goes with the process however it ends (a crash, SIGKILL), so a stale
+lock file never blocks a later run. (flock: it holds across processes on one machine and
+on local disks; some network file systems ignore it.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there
+    fcntl = None
+
+__all__ = ["PathLike", "output_lock", "load_json", "write_json", "write_text_atomic", "replace_dir", "recover_dir",
+           "append_json_lines", "read_json_lines"]
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | os.PathLike, sibling: bool = False):
+    """Hold the lock of ``directory`` while the body writes into it: ``<directory>/.lock``, or
+    with ``sibling`` (for a directory that must not exist yet) ``<directory>.lock`` beside it,
+    removed again on release. A second holder gets a :class:`ConfigError`."""
+    directory = Path(directory)
+    path = directory.with_name(directory.name + ".lock") if sibling else directory / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "holder unknown"
+        f.close()
+        raise ConfigError(f"{directory} is in use by another run ({holder}); wait for it to finish or choose "
+                          "another output directory") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(sys.argv)}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        if sibling:
+            path.unlink(missing_ok=True)
+        else:
+            f.truncate(0)
+        f.close()
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it into place: a reader sees the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
+    """``obj`` as JSON, written atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def load_json(path: PathLike) -> Any:
+    """A JSON document; a missing or unparsable file is a FormatError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: expected a JSON document: {e}") from None
+
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory into place; the old one survives until the new one is there."""
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        if not final.exists():  # an earlier swap was cut between its two renames
+            old.rename(final)
+        else:
+            shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    _fsync(final.parent)  # the renames themselves reach the disk
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(path: str | Path) -> Path:
+    """Finish a swap that was killed between its renames: the previous directory comes back."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+    return path
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut an unterminated last line (an append interrupted by a crash or a full disk), reading
+    backwards from the end, so the next append starts a line of its own."""
+    try:
+        f = open(path, "r+b")
+    except FileNotFoundError:
+        return
+    with f:
+        end = pos = f.seek(0, os.SEEK_END)
+        while pos > 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            if pos == end and block.endswith(b"\n"):
+                return
+            k = block.rfind(b"\n")
+            if k >= 0:
+                f.truncate(pos - step + k + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
+    """Append JSON lines in one write after cutting a torn tail: a crash at any point leaves
+    whole lines and at most one torn last line, which :func:`read_json_lines` passes over."""
+    path = Path(path)
+    _cut_torn_tail(path)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+
+
+def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
+    """Yield (line number, decoded value) of a JSON-lines file, skipping blank lines.
+
+    An unterminated last line that is not valid JSON (an interrupted append) is ignored;
+    any other undecodable line is a FormatError naming the file and line.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found") from None
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # torn tail: the only line without a trailing newline
+                return
+            skip_or_raise(skip, FormatError(f"{path} line {n}: expected a JSON object: {e}", "bad JSON line"))
+            continue
+        yield n, value

@@ -1,0 +1,218 @@
+"""Table 4 of the paper with one command: each row pre-trained, evaluated and fine-tuned.
+
+Every row of the paper's ablation table is a set of ``key=value`` overrides on one preset
+(rows as data, below). For each row and seed, the workflow pre-trains both stages, evaluates
+zero-shot retrieval (uni-modal and ITM re-ranked) and phrase grounding, then fine-tunes a copy
+on the demo world's VQA and on phrase grounding. The full model runs with several training
+seeds, so a reader can tell which differences between rows are larger than the spread of one
+row over seeds. A finished run of a row is kept (``result.json``) and reused when the command
+is run again, so an interrupted ablation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checkpoint.bert_init import new_bundle
+from ..checkpoint.model_dir import Bundle
+from ..core.config import Config, load_config, save_config
+from ..core.errors import ConfigError
+from ..core.fileio import write_json
+from ..data.builders import training_tag_vocab
+from ..text.phrases import PhraseVocab
+from ..workflows.evaluate import evaluate
+from ..workflows.finetune import evaluate_task, finetune
+from ..workflows.pretrain import pretrain_stage
+from .run import demo_task_files, prepare_data
+from .tasks import prepare_demo_tasks
+
+METRICS = ("rsum", "uni_rsum", "vqa", "grounding_zero_shot", "grounding_finetuned")
+LABELS = {
+    "rsum": "RSUM (re-ranked)",
+    "uni_rsum": "Uni-RSUM",
+    "vqa": "VQA",
+    "grounding_zero_shot": "grounding, pre-trained",
+    "grounding_finetuned": "grounding, fine-tuned",
+}
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    key: str
+    inputs: str  # the paper's notation: w tokens, c phrases, r regions, t tags
+    tasks: str
+    overrides: tuple[str, ...]
+    paper: dict  # Table 4's figures: COCO-5k RSUM and Uni-RSUM, VQA test-dev, Flickr30k grounding
+
+
+ROWS = (
+    AblationRow("full", "w, c, r, t", "MCR^{v,s}+VSC+WPG+MLM+ITM", (),
+                dict(rsum=502.6, uni_rsum=471.9, vqa=76.16, grounding_zero_shot=42.55, grounding_finetuned=73.10)),
+    AblationRow("no_mcr_v", "w, c, r, t", "MCR^s+VSC+WPG+MLM+ITM", ("objectives.mcr_v=false",),
+                dict(rsum=498.1, uni_rsum=463.2, vqa=75.57, grounding_zero_shot=32.05, grounding_finetuned=72.86)),
+    AblationRow("no_tags", "w, c, r", "MCR^s+VSC+WPG+MLM+ITM", ("objectives.mcr_v=false", "objectives.use_tags=false"),
+                dict(rsum=494.8, uni_rsum=459.5, vqa=74.44, grounding_zero_shot=27.60, grounding_finetuned=71.98)),
+    AblationRow("no_wpg_mcr_s", "w, c, r, t", "MCR^v+VSC+MLM+ITM", ("objectives.mcr_s=false", "objectives.wpg=false"),
+                dict(rsum=498.3, uni_rsum=468.8, vqa=76.02, grounding_zero_shot=36.09, grounding_finetuned=72.65)),
+    AblationRow("no_phrases", "w, r, t", "MCR^v+VSC+MLM+ITM",
+                ("objectives.mcr_s=false", "objectives.wpg=false", "objectives.use_phrases=false"),
+                dict(rsum=500.4, uni_rsum=470.9, vqa=75.98, grounding_zero_shot=35.04, grounding_finetuned=72.48)),
+    AblationRow("merged_attention", "w, c, r, t", "MCR^{v,s}+WPG+MLM+ITM (MergAttn)",
+                ("model.merged_attention=true", "objectives.vsc=false"),
+                dict(rsum=496.5, uni_rsum=None, vqa=75.25, grounding_zero_shot=29.42, grounding_finetuned=72.24)),
+)
+
+
+def row_config(preset: str, overrides: list[str], row: AblationRow, seed_offset: int, out: Path) -> Config:
+    base = load_config(preset, overrides)
+    return load_config(preset, [*overrides, *row.overrides, f"seed={base.seed + seed_offset}", f"out_dir={out}"])
+
+
+def finetune_on(cfg: Config, bundle: Bundle, task: str, out: Path, progress: bool) -> dict:
+    model = Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
+    finetune(cfg, task, model, out, progress)
+    return evaluate_task(cfg, task, model, out, progress)
+
+
+def run_row(cfg: Config, progress: bool = True) -> dict:
+    """Pre-train, evaluate zero-shot and fine-tune one configuration; the figures of one table cell."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    # merged attention has no uni-modal stage: its one stage takes the stage2 settings
+    for stage in (cfg.stage2,) if cfg.model.merged_attention else (cfg.stage1, cfg.stage2):
+        pretrain_stage(cfg, stage, bundle, out / stage.name, resume=True, progress=progress)
+    zero_shot = evaluate(cfg, bundle, progress)
+    tasks = demo_task_files(cfg)
+    if not Path(tasks.finetune.vqa.questions.format(split=tasks.finetune.vqa.train_split)).exists():
+        prepare_demo_tasks(cfg.demo.data_dir)
+    vqa = finetune_on(tasks, bundle, "vqa", out / "finetune" / "vqa", progress)
+    grounding = finetune_on(tasks, bundle, "grounding", out / "finetune" / "grounding", progress)
+    retrieval = zero_shot["retrieval"]
+    merged = cfg.model.merged_attention  # every pair scored by ITM: no uni-modal ranking
+    return {
+        "rsum": retrieval["itm" if merged else "rerank"]["rsum"],
+        "uni_rsum": None if merged else retrieval["uni"]["rsum"],
+        "vqa": vqa["acc"],
+        "grounding_zero_shot": zero_shot["grounding"]["acc"],
+        "grounding_finetuned": grounding["acc"],
+        "eval_images": zero_shot["images"],
+    }
+
+
+def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None = None, seeds: int = 2,
+                 rows: tuple[AblationRow, ...] = ROWS, progress: bool = True) -> dict:
+    """Every row once, the full model (the first row) with ``seeds`` training seeds; writes
+    ``ablation.json`` and ``ablation.md`` in ``out_dir`` (default ``<out_dir>/ablation``)."""
+    cfg = load_config(preset, overrides)
+    out = Path(out_dir or Path(cfg.out_dir) / "ablation")
+    prepare_data(cfg, {})
+    results = {}
+    for i, row in enumerate(rows):
+        runs = []
+        for s in range(seeds if i == 0 else 1):
+            run_dir = out / row.key / f"seed{s}"
+            done = run_dir / "result.json"
+            if not done.exists():
+                write_json(done, run_row(row_config(preset, overrides, row, s, run_dir), progress))
+            runs.append(json.loads(done.read_text()))
+        results[row.key] = runs
+    report = ablation_report(results, rows)
+    write_json(out / "ablation.json", report)
+    (out / "ablation.md").write_text(ablation_markdown(report, preset, overrides))
+    return report
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.fmean(values), 2) if values else None
+
+
+def ablation_report(results: dict[str, list[dict]], rows: tuple[AblationRow, ...]) -> dict:
+    """Per row: the mean over its seeds and each seed's figures; the full model's spread (max -
+    min over seeds) is the noise a difference has to exceed; per metric, whether each row moves
+    from the full model the way the paper's row does."""
+    full = results[rows[0].key]
+    spread = {m: (max(r[m] for r in full) - min(r[m] for r in full)) if full[0][m] is not None else None
+              for m in METRICS}
+    table = {}
+    for row in rows:
+        runs = results[row.key]
+        ours = {m: _mean([r[m] for r in runs]) for m in METRICS}
+        table[row.key] = {"inputs": row.inputs, "tasks": row.tasks, "overrides": list(row.overrides),
+                          "ours": ours, "seeds": runs, "paper": row.paper}
+    base = table[rows[0].key]["ours"]
+    for row in rows[1:]:
+        entry = table[row.key]
+        entry["direction"] = {m: direction(entry["ours"][m], base[m], spread[m], row.paper[m], rows[0].paper[m])
+                              for m in METRICS}
+    return {"rows": table, "full_model_spread": spread, "eval_images": full[0]["eval_images"]}
+
+
+def direction(ours: float | None, ours_full: float | None, noise: float | None, paper: float | None,
+              paper_full: float | None) -> str:
+    """How a row's change from the full model compares with the paper's change."""
+    if None in (ours, ours_full, paper, paper_full):
+        return "n/a"
+    diff = ours - ours_full
+    if abs(diff) <= (noise or 0.0):
+        return "within noise"
+    return "reproduces" if (diff > 0) == (paper - paper_full > 0) else "opposite"
+
+
+def ablation_markdown(report: dict, preset: str, overrides: list[str]) -> str:
+    spread = report["full_model_spread"]
+    command = " ".join(["mvptr ablate --config", preset, *overrides])
+    lines = [
+        "# Table 4 on the demo world",
+        "",
+        f"`{command}`. Zero-shot retrieval on {report['eval_images']} test images (RSUM in percent points, "
+        "re-ranked by ITM and uni-modal); VQA is the demo world's VQA after fine-tuning; grounding is "
+        "accuracy at IoU > 0.5 before and after fine-tuning. The paper's figures (COCO 5k after fine-tuning, "
+        "VQA test-dev, Flickr30k Entities) stand beside ours as `ours / paper`.",
+        "",
+        "| inputs | training tasks | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+
+    def cell(v):
+        return "NA" if v is None else f"{v:.2f}"
+
+    for row in report["rows"].values():
+        seeds = row["seeds"]
+        values = []
+        for m in METRICS:
+            text = f"{cell(row['ours'][m])} / {cell(row['paper'][m])}"
+            if len(seeds) > 1 and row["ours"][m] is not None:
+                text = f"{cell(row['ours'][m])} ({', '.join(cell(s[m]) for s in seeds)}) / {cell(row['paper'][m])}"
+            values.append(text)
+        lines.append(f"| {row['inputs']} | {row['tasks']} | " + " | ".join(values) + " |")
+    lines += [
+        "",
+        "The full model's spread over its seeds (max - min): "
+        + ", ".join(f"{LABELS[m]} {cell(spread[m])}" for m in METRICS) + ".",
+        "",
+        "Does each row move away from the full model the way the paper's row does? A change no larger "
+        "than the full model's spread is within noise.",
+        "",
+        "| row | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for row in list(report["rows"].values())[1:]:
+        lines.append(f"| {row['tasks']} ({row['inputs']}) | " + " | ".join(row["direction"][m] for m in METRICS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def select_rows(keys: list[str], rows: tuple[AblationRow, ...] = ROWS) -> tuple[AblationRow, ...]:
+    """The rows named in ``keys``, the full model always first (the others are read against it)."""
+    known = {r.key: r for r in rows}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown ablation rows {unknown} (known: {', '.join(known)})")
+    return (rows[0], *(known[k] for k in keys if k != rows[0].key))

@@ -1,0 +1,89 @@
+"""The demo's report: retrieval of each initialisation against chance, the downstream tasks,
+and the time each step took, as JSON and Markdown."""
+
+from __future__ import annotations
+
+ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+def build_report(results: dict, seconds: dict, training: dict) -> dict:
+    some = next(iter(results.values()))
+    chance = some["chance"]
+    retrieval = {name: {"uni": r["retrieval"]["uni"], "rerank": r["retrieval"]["rerank"]}
+                 for name, r in results.items()}
+    retrieval["chance"] = {"uni": chance["retrieval"], "rerank": chance["retrieval"]}
+    grounding = {name: {"acc": r["grounding"]["acc"]} for name, r in results.items()}
+    grounding["chance"] = {"acc": chance["grounding"]}
+    models = [m for m in ORDER if m in retrieval]
+    return {
+        "retrieval": {m: retrieval[m] for m in models},
+        "grounding": {m: grounding[m] for m in models},
+        "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},
+        "eval_set": {"images": some["images"], "captions": some["captions"],
+                     "mentions": some["grounding"]["mentions"], "pairs_rescored": some["retrieval"]["pairs_scored"]},
+        "training": {k: {"steps": v.steps, "samples_per_second": round(v.samples_per_second, 1), "last_losses": v.last,
+                         "skipped_steps": v.skipped_steps} for k, v in training.items()},
+    }
+def report_markdown(report: dict) -> str:
+    ev = report["eval_set"]
+    lines = [
+        "# mvptr demo report",
+        "",
+        f"Zero-shot retrieval on the demo world's test split ({ev['images']} images, {ev['captions']} captions; "
+        f"{ev['pairs_rescored']} pairs re-scored by ITM). Recall in percent.",
+        "",
+        "| model | ranking | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    for model in report["retrieval"]:
+        for kind in ("uni", "rerank"):
+            r = report["retrieval"][model][kind]
+            lines.append(f"| {model} | {kind} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
+    lines += [
+        "",
+        f"Zero-shot phrase grounding ({ev['mentions']} mentions, accuracy at IoU > 0.5, percent).",
+        "",
+        "| model | accuracy |",
+        "|---|---|",
+    ]
+    lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items() if m in ORDER]
+    if "itm" in report:
+        itm = report["itm"]
+        lines += ["", f"Image-text matching of the pre-trained model: stage-2 ITM loss {itm['final_loss']:.3f} over the "
+                  f"last tenth of its steps (ln 2 = 0.693 is chance); AUC of each test image's first caption with "
+                  f"its own image against a random other image {itm['auc_random']:.3f}, and against its "
+                  f"{itm['hard_k']} most similar other images {itm['auc_hard']:.3f} ({itm['captions']} captions; "
+                  "0.5 is chance)."]
+    if "vqa" in report:
+        lines += downstream_markdown(report)
+    for name, path in report.get("figures", {}).items():
+        lines += ["", f"![{name}]({path})"]
+    lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
+    lines += ["", "Training.", "", "| stage | steps | samples/s | last losses |", "|---|---|---|---|"]
+    lines += [
+        f"| {k} | {v['steps']} | {v['samples_per_second']} | "
+        + ", ".join(f"{n}={x:.3f}" for n, x in v["last_losses"].items()) + " |"
+        for k, v in report["training"].items()
+    ]
+    return "\n".join(lines) + "\n"
+def downstream_markdown(report: dict) -> list[str]:
+    """One table of the fine-tuned tasks (percent) with the baselines each is read against."""
+    rt, vqa, ve, gr, easy = (report[k] for k in ("retrieval_finetuned", "vqa", "ve", "grounding", "easyvqa"))
+    zero = report["retrieval"]["pretrained"]
+    rows = [
+        ("retrieval (test)", "RSUM, re-ranked", rt["rerank"]["rsum"], f"zero-shot {zero['rerank']['rsum']:.2f}"),
+        ("retrieval (test)", "RSUM, uni-modal", rt["uni"]["rsum"], f"zero-shot {zero['uni']['rsum']:.2f}"),
+        ("retrieval (test)", "i2t / t2i R@1, re-ranked", f"{rt['rerank']['i2t_r1']:.2f} / {rt['rerank']['t2i_r1']:.2f}",
+         f"zero-shot {zero['rerank']['i2t_r1']:.2f} / {zero['rerank']['t2i_r1']:.2f}"),
+        ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
+        ("SNLI-VE (demo world)", "accuracy", ve["acc"],
+         "chance 33.33; per label " + ", ".join(f"{k} {v:.2f}" for k, v in ve.get("per_label", {}).items())),
+        ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
+         f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
+        ("easy-VQA (test)", "VQA accuracy", easy["acc"],
+         f"majority answer {easy['majority']:.2f}, question only {easy['question_only']:.2f}"),
+    ]
+    lines = ["", "Fine-tuned on each task (percent; the test sets of the demo world are subsampled as configured).",
+             "", "| task | metric | fine-tuned | baselines |", "|---|---|---|---|"]
+    lines += [f"| {t} | {m} | {v if isinstance(v, str) else f'{v:.2f}'} | {b} |" for t, m, v, b in rows]
+    return lines

@@ -1,0 +1,251 @@
+"""Fine-tuning and evaluation on the downstream tasks (paper 4.2, appendix A.3).
+
+Each task is a recipe of the one trainer:
+
+* ``retrieval``: VSC + ITM on the caption pairs (the pre-training objectives, nothing masked);
+  evaluated by coarse-to-fine ranking (``eval/retrieval.py``), with the per-pair scores saved.
+  The merged-attention model has no global embeddings: ITM alone, with uniformly drawn
+  negatives, and every pair of the evaluation images scored by ITM;
+* ``vqa`` (and ``easyvqa``, the same task on other files): an answer classifier on the
+  multimodal summary, initialised from the MLM head, trained with BCE on soft scores;
+  evaluated with the official VQA accuracy, and a results file for the evaluation server;
+* ``ve``: a 3-way classifier on the multimodal summary (SNLI-VE), cross entropy, accuracy;
+* ``grounding``: the cosine of each mention (mean of its word pieces' multimodal outputs)
+  to each region output, regressed on the regions' IoU with the mention's box (MSE);
+  evaluated as accuracy at IoU > 0.5.
+
+A fine-tuned model directory is an ordinary model directory (the encoders) plus, for
+tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its answers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..checkpoint.model_dir import Bundle, rebuild_model
+from ..checkpoint.task_dir import attach_head, save_task_model
+from ..core import distributed
+from ..core.config import Config, TaskConfig, task_kind
+from ..core.errors import ConfigError
+from ..core.runtime import configure_torch
+from ..data.answers import answer_vocabulary
+from ..data.builders import collator, image_source, phrase_lookup
+from ..data.grounding import grounding_examples
+from ..data.pretrain import ImageSource, build_pair_dataset, data_captions, open_images
+from ..data.tasks import GroundingDataset, TaskCollator, TaskImages, VEDataset, VQADataset
+from ..eval.grounding import evaluate_grounding
+from ..eval.retrieval import rank_dataset
+from ..eval.vqa import evaluate_vqa
+from ..formats.snli_ve import VE_LABELS, read_snli_ve
+from ..formats.vqa import read_vqa, write_vqa_results
+from ..text.tokenizer import WordPieces
+from ..train.recipes import task_recipe
+from ..train.trainer import TrainResult, train
+
+LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
+COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
+                 "max_tokens", "max_tags", "max_regions")
+TASK_FIELDS = {  # the TaskConfig fields each kind of task reads (VQA and SNLI-VE texts have no phrases)
+    "retrieval": (*COMMON_FIELDS, "max_phrases"),
+    "vqa": (*COMMON_FIELDS, "questions", "annotations", "features", "predictions", "num_answers", "mask_regions"),
+    "ve": (*COMMON_FIELDS, "hypotheses", "features", "predictions", "mask_regions"),
+    "grounding": (*COMMON_FIELDS, "max_phrases"),
+}
+
+
+def check_task_config(task: str, t: TaskConfig) -> None:
+    """A field the task does not read must keep its default: setting it is an error, not a no-op."""
+    kind, default = task_kind(task), TaskConfig()
+    for f in fields(TaskConfig):
+        if f.name not in TASK_FIELDS[kind] and getattr(t, f.name) != getattr(default, f.name):
+            raise ConfigError(f"finetune.{task}.{f.name}: the {kind} task does not read it; leave it unset")
+    if kind != "retrieval" and t.train.objectives:
+        raise ConfigError(f"finetune.{task}.train.objectives: the {kind} task trains its own head; leave it empty")
+
+
+def task_setup(cfg: Config, task: str, bundle: Bundle | None = None) -> tuple[Config, TaskConfig]:
+    """The run's configuration for ``task``: its input limits in place of ``data.max_*``, and,
+    given the model to fine-tune, its dropout (the model is rebuilt with it)."""
+    t = getattr(cfg.finetune, task)
+    check_task_config(task, t)
+    cfg = replace(cfg, data=replace(cfg.data, **{k: getattr(t, k) for k in LIMITS if getattr(t, k)}))
+    if bundle is not None and t.dropout >= 0 and t.dropout != bundle.model.cfg.dropout:
+        rebuild_model(bundle, replace(bundle.model.cfg, dropout=t.dropout))
+        cfg = replace(cfg, model=bundle.model.cfg)
+    return cfg, t
+
+
+
+
+
+def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
+    """The task's images: its own feature files, or the pre-training images with their tags."""
+    if not t.features and not t.predictions:
+        return TaskImages(open_images(replace(cfg.data, corpora=[]), cfg.model.region_feat_dim))
+    d = cfg.data
+    return TaskImages(ImageSource(t.features or d.features, t.predictions or d.predictions, cfg.model.region_feat_dim,
+                                  d.max_regions, d.max_tags, dedupe_tags=d.dedupe_tags))
+
+
+def vqa_questions(t: TaskConfig, split: str) -> list:
+    """The questions of ``split`` ("train2014+val2014" joins several), annotated where the
+    annotation file exists (test splits have none)."""
+    out = []
+    for part in split.split("+"):
+        ann = t.annotations.format(split=part) if t.annotations else None
+        out += read_vqa(t.questions.format(split=part), ann if ann and Path(ann).exists() else None)
+    return out
+
+
+def _pieces(cfg: Config, bundle: Bundle) -> WordPieces:
+    return WordPieces(bundle.tokenizer, cfg.data.max_tokens)
+
+
+def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bool = False) -> TaskCollator:
+    return TaskCollator(collator(cfg, bundle), num_answers, mask_regions)
+
+
+def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
+    image_ids = sorted({r.image_id for r in data_captions(cfg.data, [split])})
+    examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
+                                  phrase_lookup(cfg, bundle.phrase_vocab, split))
+    if not examples:
+        raise ValueError(f"{cfg.eval.entities_dir}: no Flickr30k Entities sentences for the {split!r} images")
+    return GroundingDataset(examples, image_source(cfg), limit)
+
+
+
+@dataclass
+class FinetuneResult:
+    train: TrainResult
+    model_dir: Path
+    examples: int
+
+
+def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``."""
+    configure_torch(cfg)
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task, bundle)
+    out_dir = Path(out_dir)
+    info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
+    if kind == "retrieval":
+        dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
+                                     t.train_split, t.max_train)
+        collate = collator(cfg, bundle)
+    elif kind == "vqa":
+        questions = vqa_questions(t, t.train_split)
+        answers = answer_vocabulary((q.answers for q in questions), t.num_answers)
+        info["answers"] = answers
+        attach_head(bundle, task, answers)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_train)
+        collate = _collate(cfg, bundle, len(answers), t.mask_regions)
+    elif kind == "ve":
+        attach_head(bundle, task)
+        pairs = read_snli_ve(t.hypotheses.format(split=t.train_split))
+        info["unlabelled_pairs_left_out"] = pairs.unlabelled  # gold label "-"
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train)
+        collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
+    else:
+        dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train)
+        collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
+    recipe = task_recipe(task, cfg, bundle.model.merged)
+    result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
+                   cfg.data.num_workers, progress)
+    model_dir = out_dir / "model"
+    if distributed.active().main:
+        save_task_model(model_dir, bundle, info)
+    distributed.barrier()
+    return FinetuneResult(result, model_dir, len(dataset))
+
+
+
+@torch.no_grad()
+def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs: int) -> torch.Tensor:
+    """Task-head outputs for every example; under torchrun each process predicts its share."""
+    mine = Subset(dataset, range(len(dataset))[distributed.shard(len(dataset))])
+    outs = [torch.zeros(0, num_outputs, device=device)]
+    for batch in DataLoader(mine, batch_size=batch_size, collate_fn=collate):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        _, fused = model.fuse_batch(batch)
+        outs.append(model.task_logits(fused).float())
+    return distributed.gather_rows(torch.cat(outs)).cpu()
+
+
+@torch.no_grad()
+def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | None = None,
+                  progress: bool = True, mask_regions: bool | None = None) -> dict:
+    """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
+    scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
+    kind = task_kind(task)
+    cfg, t = task_setup(cfg, task)
+    model = bundle.model.eval()
+    split, bs = t.eval_split, cfg.eval.batch_size
+    hide = t.mask_regions if mask_regions is None else mask_regions
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if kind in ("vqa", "ve") and not hasattr(model, "task_head"):
+        raise ValueError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
+    if kind == "vqa":
+        answers = model.task_head.answers
+        questions = vqa_questions(t, split)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_eval)
+        collate = _collate(cfg, bundle, len(answers), hide)
+        best = _predict(model, dataset, collate, bs, cfg.device, len(answers)).argmax(1).tolist()
+        predictions = {q.question_id: answers[a] for q, a in zip(dataset.questions, best)}
+        if out_dir is not None and distributed.active().main:
+            write_vqa_results(out_dir / f"vqa_results_{split}.json", predictions)
+        if not dataset.questions or not dataset.questions[0].answers:
+            return {"questions": len(predictions), "results_only": True}
+        metrics = evaluate_vqa(predictions, dataset.questions)
+        majority = evaluate_vqa({q.question_id: answers[0] for q in dataset.questions}, dataset.questions)
+        return {"acc": metrics.pop("overall"), "majority": majority["overall"], **metrics}
+    if kind == "ve":
+        pairs = read_snli_ve(t.hypotheses.format(split=split))
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_eval)
+        collate = _collate(cfg, bundle, mask_regions=hide)
+        pred = _predict(model, dataset, collate, bs, cfg.device, len(VE_LABELS)).argmax(1)
+        gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
+        return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold),
+                "unlabelled_pairs_left_out": pairs.unlabelled}
+    if kind == "grounding":
+        data = grounding_dataset(cfg, bundle, split, t.max_eval)
+        return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)
+    return _evaluate_retrieval(cfg, t, bundle, out_dir, progress)
+
+
+def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
+    """Accuracy (percent) overall and per gold label (recall of each class); no example is an error."""
+    if len(gold) == 0:
+        raise ValueError("classification: no examples to evaluate")
+    per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
+                 for k, name in enumerate(labels) if (gold == k).any()}
+    return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
+
+
+def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
+    """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
+    k_c, k_i and final score."""
+    dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
+                                 t.eval_split, t.max_eval)
+    result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True,
+                                     subset=("finetune.retrieval.max_eval", t.max_eval))
+    pairs = result.pop("pair_scores", None)
+    if out_dir is not None and pairs is not None and distributed.active().main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records = dataset.records
+        np.savez_compressed(
+            out_dir / "retrieval_pair_scores.npz",
+            image_id=np.asarray([image_ids[i] for i in pairs["image"].tolist()]),
+            text_index=pairs["text"].numpy(),
+            caption=np.asarray([records[i].caption for i in pairs["text"].tolist()]),
+            positive=np.asarray([records[t].image_id == image_ids[v]
+                                 for v, t in zip(pairs["image"].tolist(), pairs["text"].tolist())]),
+            itm=pairs["itm"].numpy(),
+            **({"sim": pairs["sim"].numpy()} if "sim" in pairs else {}),  # the merged model has none
+        )
+    return {**result, "images": len(image_ids), "captions": len(dataset)}

@@ -1,0 +1,112 @@
+"""Masking follows the objectives that are on, and MLM cannot read a masked word from a phrase."""
+
+import numpy as np
+import pytest
+import torch
+
+from mvptr.core.config import ObjectiveConfig, load_config
+from mvptr.data.collate import Collator, Masking
+from mvptr.model.modeling import MVPTR
+from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
+from mvptr.train.recipes import pretraining_losses
+
+TOK = load_tokenizer()
+PIECES = WordPieces(TOK, 16)
+VOCAB = 30522
+ALL = ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"]
+# the phrase vocabulary of these tests, and each phrase's word pieces
+PHRASES = [("big", "wave"), ("small", "boat"), ("wave",), ("red", "kite")]
+PHRASE_PIECES = [[p for w in words for p in PIECES.pieces(w)] for words in PHRASES]
+
+
+@pytest.mark.parametrize("off, field", [("mcr_v", "tags"), ("mcr_s", "phrases"), ("mlm", "words")])
+def test_an_objective_switched_off_masks_nothing(off, field):
+    obj = ObjectiveConfig(**{off: False})
+    masking = Masking.for_objectives(obj, ALL)  # the stage still lists it
+    assert getattr(masking, field) == 0.0
+    assert all(getattr(masking, f) > 0 for f in ("tags", "phrases", "words") if f != field)
+    assert getattr(Masking.for_objectives(ObjectiveConfig(), ALL), field) > 0
+
+
+def test_a_switched_off_objective_leaves_its_inputs_whole_in_a_collated_batch():
+    obj = ObjectiveConfig(mcr_v=False, mcr_s=False, mlm=False, mlm_separate_pass=False)
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking.for_objectives(obj, ALL),
+                       generator=torch.Generator().manual_seed(0), separate_mlm=False, phrase_pieces=PHRASE_PIECES)
+    b = collate(items() * 16)
+    clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(items() * 16)
+    for key in ("input_ids", "phrase_ids", "tag_pieces"):
+        assert torch.equal(b[key], clean[key]), key
+    for key in ("mlm_labels", "phrase_labels", "tag_labels"):
+        assert (b[key] == IGNORE).all(), key
+
+
+def items():
+    rng = np.random.default_rng(0)
+    caps = PIECES.captions(["a big wave near a small boat", "a red kite over a wave", "a small boat"])
+    phrases = [[0, 1, 2], [3, 2], [1]]
+    return [{"input_ids": c, "phrases": p, "tags": ["circle"], "image_index": i,
+             "region_feats": rng.standard_normal((3, 134)).astype(np.float32),
+             "boxes": np.tile(np.array([0, 0, 10, 10], np.float32), (3, 1)), "width": 96.0, "height": 96.0}
+            for i, (c, p) in enumerate(zip(caps, phrases))]
+
+
+def expected_leaks(batch, its):
+    """Naively: phrase j of caption b contains a piece that MLM masked in caption b."""
+    out = torch.zeros(batch["phrase_mask"].shape, dtype=torch.bool)
+    for b, it in enumerate(its):
+        masked = {it["input_ids"][n] for n in range(len(it["input_ids"])) if batch["mlm_labels"][b, n] != IGNORE}
+        for j, phrase in enumerate(it["phrases"]):
+            out[b, j] = bool(masked & set(PHRASE_PIECES[phrase]))
+    return out
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_every_phrase_holding_a_masked_word_is_masked_in_the_mlm_pass(separate):
+    its = items() * 20
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
+                       generator=torch.Generator().manual_seed(0), separate_mlm=separate, phrase_pieces=PHRASE_PIECES)
+    b = collate(its)
+    clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(its)
+    leaks = expected_leaks(b, its)
+    assert leaks.any() and (b["phrase_mask"] & ~leaks).any()
+    mlm_phrases = b["mlm_phrase_ids"] if separate else b["phrase_ids"]
+    assert (mlm_phrases[leaks] == MASK_ID).all()
+    keep = b["phrase_mask"] & ~leaks
+    assert torch.equal(mlm_phrases[keep], clean["phrase_ids"][keep])
+    if separate:  # the pass the alignment objectives read keeps every phrase
+        assert torch.equal(b["phrase_ids"], clean["phrase_ids"])
+    assert (b["phrase_labels"] == IGNORE).all()  # not tied: no MCR^s target
+    assert torch.equal(b["phrase_masked"], (b["phrase_ids"] == MASK_ID) & b["phrase_mask"])
+
+
+def test_without_the_phrases_pieces_every_phrase_is_masked_in_the_mlm_pass():
+    its = items() * 4
+    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
+                 generator=torch.Generator().manual_seed(0))(its)
+    assert (b["mlm_phrase_ids"][b["phrase_mask"]] == MASK_ID).all()
+
+
+def test_tied_masking_makes_the_phrases_of_masked_words_mcr_targets():
+    its = items() * 20
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3, tie_phrases=True),
+                       generator=torch.Generator().manual_seed(0), separate_mlm=False, phrase_pieces=PHRASE_PIECES)
+    b = collate(its)
+    leaks = expected_leaks(b, its)
+    phrases = torch.tensor([p + [-1] * (3 - len(p)) for p in (it["phrases"] for it in its)])
+    assert torch.equal(b["phrase_labels"][leaks], phrases[leaks])
+    assert (b["phrase_labels"][~leaks] == IGNORE).all() and (b["phrase_ids"][leaks] == MASK_ID).all()
+    assert Masking.for_objectives(ObjectiveConfig(phrase_mask_tied=True), ALL).tie_phrases
+
+
+def test_the_mlm_pass_reads_the_masked_phrases():
+    torch.manual_seed(0)
+    cfg = load_config("tiny")
+    model = MVPTR(cfg.model, len(PHRASES), torch.tensor([[4418, 0]]))
+    its = items() * 4
+    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.5),
+                 generator=torch.Generator().manual_seed(0), phrase_pieces=PHRASE_PIECES)(its)
+    seen = []
+    encode = model.encode_text
+    model.encode_text = lambda ids, wm, phrase_ids, pm: seen.append(phrase_ids) or encode(ids, wm, phrase_ids, pm)
+    pretraining_losses(model, b, ["mlm"], cfg.objectives, torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and torch.equal(seen[1], b["mlm_phrase_ids"]) and (seen[1] == MASK_ID).any()
