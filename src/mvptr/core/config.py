@@ -138,6 +138,13 @@ class ObjectiveConfig:
     # True (official): a phrase that contains a word masked for MLM is masked and becomes an
     # MCR^s target as well; False: it is masked only in the pass MLM reads (no shortcut either way)
     phrase_mask_tied: bool = False
+    # each objective's weight in the stage's sum; unlisted objectives weigh 1 (the paper's
+    # unweighted L1 and L2). Under one AdamW a small weight mostly lowers an objective's share of
+    # the update of the parameters it shares with others (see docs/DECISIONS.md, "ITM learns")
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    # over a stage's first N steps the ITM / WPG negatives go from uniform to p^{v2s} / p^{s2v}
+    # (the sampling logits scaled by step / N); 0 = the paper's hard negatives from the first step
+    negative_warmup_steps: int = 0
 
 
 @dataclass
@@ -163,6 +170,9 @@ class StageConfig:
     # "torch" (DistributedDataParallel) or "deepspeed" (pip install "mvptr[deepspeed]")
     engine: str = "torch"
     zero_stage: int = 2  # DeepSpeed ZeRO stage (deepspeed engine only)
+    # pre-training: the learning rate of the parameters only the cross-modal objectives reach
+    # (multimodal encoder, ITM and MLM heads) is lr times this; 1 = one rate for all (paper)
+    cross_modal_lr_scale: float = 1.0
 
 
 @dataclass
@@ -299,6 +309,12 @@ def _preset_path(name_or_path: str) -> Path:
     raise ConfigError(f"no config file or preset named {name_or_path!r} (presets: {', '.join(known)})")
 
 
+def _in_mapping(cfg, key: str) -> bool:
+    """A new entry of a mapping field (such as objectives.loss_weights), not of a settings section."""
+    parent = OmegaConf.select(cfg, key.rpartition(".")[0], default=None) if "." in key else None
+    return parent is not None and OmegaConf.is_dict(parent) and OmegaConf.get_type(parent) is dict
+
+
 def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
     cfg = OmegaConf.structured(Config)
@@ -310,7 +326,8 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
-            if not key or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            if not key or (OmegaConf.select(cfg, key, default="__missing__") == "__missing__"
+                           and not _in_mapping(cfg, key)):
                 raise ConfigError(f"unknown config key {key!r}")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
     except (OmegaConfBaseException, yaml.YAMLError) as err:  # wrong types, unparsable keys or values
@@ -371,6 +388,9 @@ def _check_stage(key: str, stage: StageConfig, objectives_known: bool) -> None:
     _check(0 <= stage.warmup_ratio <= 1, f"{key}.warmup_ratio", stage.warmup_ratio, "must be within [0, 1]")
     _check(stage.grad_clip > 0, f"{key}.grad_clip", stage.grad_clip, "must be a positive gradient norm")
     _check(stage.log_every > 0, f"{key}.log_every", stage.log_every, "must be a positive step count")
+    _check(stage.cross_modal_lr_scale > 0, f"{key}.cross_modal_lr_scale", stage.cross_modal_lr_scale, "must be positive")
+    _check(objectives_known or stage.cross_modal_lr_scale == 1.0, f"{key}.cross_modal_lr_scale",
+           stage.cross_modal_lr_scale, "is read by pre-training stages only; leave it at 1 for a task")
     _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
     _check(stage.grad_accum_steps >= 1, f"{key}.grad_accum_steps", stage.grad_accum_steps, "must be at least 1")
     _check(stage.batch_size % stage.grad_accum_steps == 0, f"{key}.grad_accum_steps", stage.grad_accum_steps,
@@ -411,6 +431,14 @@ def validate(cfg: Config) -> None:
     for key in ("tag_mask_prob", "phrase_mask_prob", "mlm_mask_prob"):
         _check(0 <= getattr(o, key) < 1, f"objectives.{key}", getattr(o, key), "must be within [0, 1)")
     _check(o.wpg_margin >= 0, "objectives.wpg_margin", o.wpg_margin, "must be >= 0")
+    for name, weight in o.loss_weights.items():
+        _check(name in OBJECTIVE_NAMES, f"objectives.loss_weights.{name}", weight,
+               f"not an objective (expected one of {', '.join(OBJECTIVE_NAMES)})")
+        _check(weight >= 0 and weight != float("inf"), f"objectives.loss_weights.{name}", weight,
+               "must be a finite weight >= 0")
+    _check(o.negative_warmup_steps >= 0, "objectives.negative_warmup_steps", o.negative_warmup_steps, "must be >= 0")
+    _check(o.negative_warmup_steps == 0 or o.negative_sampling == "sampled", "objectives.negative_warmup_steps",
+           o.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to warm up)")
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
     for key in ("max_images", "k_c", "k_i"):
         _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")

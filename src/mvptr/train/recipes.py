@@ -31,12 +31,18 @@ CROSS_MODAL_MODULES = ("multimodal_encoder.", "mlm_head.", "itm_head.")
 
 @dataclass
 class Recipe:
+    """``weights``: each loss's weight in the sum the optimizer steps on (unlisted: 1);
+    ``lr_scale``: a parameter's learning rate as a multiple of the stage's."""
+
     name: str
     loss: Callable[[MVPTR, dict, torch.Generator], dict[str, torch.Tensor]]
     trainable: Callable[[str], bool] = field(default=lambda name: True)
+    weights: dict[str, float] = field(default_factory=dict)
+    lr_scale: Callable[[str], float] = field(default=lambda name: 1.0)
 
 
-def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, merged: bool = False) -> Recipe:
+def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, merged: bool = False,
+                       cross_modal_lr_scale: float = 1.0) -> Recipe:
     """``merged``: the recipe of the merged-attention model."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
@@ -48,20 +54,35 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
         raise ValueError(f"{name}: every objective is switched off")
     cross = any(o in CROSS_MODAL for o in active)
     if merged:
-        check_merged_objectives(name, active, obj)
+        check_merged_objectives(name, active, obj, cross_modal_lr_scale)
     losses = merged_losses if merged else pretraining_losses
 
     def trainable(param_name: str) -> bool:
         return cross or not param_name.startswith(CROSS_MODAL_MODULES)
 
+    def lr_scale(param_name: str) -> float:
+        return cross_modal_lr_scale if param_name.startswith(CROSS_MODAL_MODULES) else 1.0
+
     def loss(model: MVPTR, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return losses(model, batch, active, obj, generator)
 
-    return Recipe(name, loss, trainable)
+    return Recipe(name, loss, trainable, dict(obj.loss_weights), lr_scale)
 
 
-def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig) -> None:
+def negative_hardness(step: int | None, warmup_steps: int) -> float:
+    """The factor on the sampling logits of ITM / WPG negatives: rising linearly from 0 (uniform)
+    to 1 (the paper's p^{v2s} / p^{s2v}) over ``warmup_steps``; 1 outside a training step."""
+    if warmup_steps <= 0 or step is None:
+        return 1.0
+    return min(1.0, step / warmup_steps)
+
+
+def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, cross_modal_lr_scale: float) -> None:
     """What the merged-attention model cannot train is an error, not ignored."""
+    if obj.negative_warmup_steps or cross_modal_lr_scale != 1.0:
+        raise ConfigError(
+            f"{name}: the merged-attention model draws its negatives uniformly and has no separate multimodal "
+            "encoder; leave objectives.negative_warmup_steps at 0 and cross_modal_lr_scale at 1")
     if "vsc" in active:
         raise ConfigError(
             f"{name}: VSC needs the global embeddings of uni-modal encoders, which the merged-attention model "
@@ -100,8 +121,9 @@ def pretraining_losses(
     idx = torch.arange(b, device=sim.device)
     same_image = batch["image_index"][:, None] == batch["image_index"][None, :]
     # p^{s2v}: for each text, a distribution over the batch's images; p^{v2s}: the reverse
-    neg_image, ok_t = L.sample_negatives(sim.t(), same_image, obj.negative_sampling, generator)
-    neg_text, ok_i = L.sample_negatives(sim, same_image, obj.negative_sampling, generator)
+    hardness = negative_hardness(batch.get("step"), obj.negative_warmup_steps)
+    neg_image, ok_t = L.sample_negatives(hardness * sim.t(), same_image, obj.negative_sampling, generator)
+    neg_text, ok_i = L.sample_negatives(hardness * sim, same_image, obj.negative_sampling, generator)
     # which texts get a negative image (text_side) and which images a negative text; a query
     # with no admissible negative keeps its slot, labelled IGNORE, so shapes never depend on data
     if obj.itm_negatives == "half_each":

@@ -141,13 +141,16 @@ class TrainResult:
     skipped_steps: int
 
 
-def param_groups(model: torch.nn.Module, trainable: Callable[[str], bool], weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, trainable: Callable[[str], bool], weight_decay: float, lr: float,
+                 lr_scale: Callable[[str], float] = lambda name: 1.0) -> list[dict]:
+    """The trainable parameters in groups of one weight decay and one learning rate."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad or not trainable(name):
             continue
-        (no_decay if name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((not name.endswith(NO_DECAY), lr_scale(name)), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def check_writable(out_dir: Path, needed: int = 64 * 2**20) -> None:
@@ -234,6 +237,7 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
     return {
         "batch_size": stage.batch_size, "steps": total, "lr": stage.lr, "weight_decay": stage.weight_decay,
         "warmup_ratio": stage.warmup_ratio, "grad_clip": stage.grad_clip, "grad_accum_steps": stage.grad_accum_steps,
+        "cross_modal_lr_scale": stage.cross_modal_lr_scale,
         "precision": stage.precision, "seed": seed, "samples": samples, "processes": processes,
         "phrase_vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
         "tag_vocab_sha256": hashlib.sha256("\n".join(bundle.tag_vocab).encode()).hexdigest(),
@@ -267,7 +271,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         raise ValueError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
     use_ds = stage.engine == "deepspeed"
     sharded = stage.shard_optimizer and d.on and not use_ds
-    optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay), stage.lr, sharded)
+    optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay, stage.lr, recipe.lr_scale), stage.lr,
+                      sharded)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     warmup = int(stage.warmup_ratio * total)
 
@@ -320,7 +325,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     t0, samples, last, sums = time.time(), 0, {}, {}
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
     for batch in loader:
-        step, micro = batch.pop("step"), batch.pop("micro")
+        step, micro = batch["step"], batch.pop("micro")  # a recipe may read the step (its schedules)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         torch.manual_seed(step_seed(seed, step, micro_stream(4, micro, d.rank, d.world)))  # dropout
         neg_gen.manual_seed(step_seed(seed, step, micro_stream(3, micro, d.rank, d.world)))
@@ -330,7 +335,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         with sync:
             with autocast(device, stage.precision):
                 losses = engine(batch, neg_gen)
-            loss = sum(losses.values())
+            loss = sum(recipe.weights.get(name, 1.0) * value for name, value in losses.items())
             if use_ds:
                 engine.backward(loss)
             else:

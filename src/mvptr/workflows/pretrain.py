@@ -28,7 +28,8 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
-    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, bundle.model.merged)
+    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, bundle.model.merged,
+                                stage.cross_modal_lr_scale)
     if cfg.data.skip_bad and skipped is None:
         skipped = SkippedSamples()
     dataset = build_pair_dataset(
