@@ -18,6 +18,8 @@ import pytest
 
 from mvptr.cli import main
 
+pytestmark = pytest.mark.slow  # trains a model directory, then runs every case through the command line
+
 DIM = 134  # configs/tiny.yaml's region_feat_dim
 IDS = ("1", "2", "3", "4")
 
