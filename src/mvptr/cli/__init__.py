@@ -24,8 +24,10 @@
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 
 One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
-file, setting or output directory) is one line on stderr and exit status 2; any other
-exception is a bug and keeps its traceback (exit status 1). One module per command group.
+file, setting or output directory) is one line on stderr and exit status 2, and so is an
+operating-system error on a path the user gave (missing, a file where a directory goes, a
+directory where a file goes); any other exception is a bug and keeps its traceback (exit
+status 1). One module per command group.
 
 With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
 ``objectives.use_tags`` and ``use_phrases``) are used; a ``model.*`` override is applied when it
