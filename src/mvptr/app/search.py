@@ -70,7 +70,10 @@ def read_meta(path: Path) -> dict:
     meta_file = path / "index.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: not found (build an index with `mvptr search build`)")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_file}: not valid JSON ({err}); {REBUILD}") from None
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("mvptr-search/"):
         raise ValueError(f"{meta_file}: not an mvptr search index")
     if meta["format"] != FORMAT:

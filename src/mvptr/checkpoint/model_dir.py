@@ -118,9 +118,9 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
         )
     try:  # even a trusted pickle is read as tensors and containers only, never as code
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: holds more than tensors and containers ({err}); "
-                         "re-save its state dict alone, or as safetensors") from None
+    except pickle.UnpicklingError:  # torch's message spans many lines
+        raise ValueError(f"{path}: damaged, or holds more than tensors and containers (torch.load with "
+                         "weights_only=True refused it); re-save its state dict alone, or as safetensors") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -161,7 +161,7 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     try:
         model = MVPTR(model_config_from_dict(config["model"]), int(config["num_phrases"]), state["tag_pieces"])
     except (KeyError, TypeError, ValueError, OmegaConfBaseException) as err:
-        raise ValueError(f"{cfg_file}: bad model configuration ({err})") from None
+        raise ValueError(f"{cfg_file}: bad model configuration ({str(err).strip().splitlines()[0]})") from None
     report = load_state(model, state, str(source), strict)
     if report["missing"] or report["unexpected"]:
         warnings.warn(f"{source}: missing {report['missing']}, unexpected {report['unexpected']}", stacklevel=2)

@@ -24,8 +24,10 @@
 Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
 
 One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
-file, setting or output directory) is one line on stderr and exit status 2; any other
-exception is a bug and keeps its traceback (exit status 1). One module per command group.
+file, setting or output directory) is one line on stderr and exit status 2, and so is an
+operating-system error on a path the user gave (missing, a file where a directory goes, a
+directory where a file goes); any other exception is a bug and keeps its traceback (exit
+status 1). One module per command group.
 
 With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
 ``objectives.use_tags`` and ``use_phrases``) are used; a ``model.*`` override is applied when it
@@ -80,8 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except MvptrError as err:
-        sample = isinstance(err, FormatError) and hasattr(args, "skip_bad") and err.reason != "model directory"
+        sample = isinstance(err, FormatError) and hasattr(args, "skip_bad") and err.reason not in NOT_SAMPLES
         hint = "; --skip-bad leaves such samples out" if sample else ""
         print(f"mvptr: {err}{hint}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path of the user's: missing, a file where a directory goes, ...
+        if err.filename is None and not isinstance(err, (FileNotFoundError, FileExistsError)):
+            raise
+        where = f"{err.filename}: {err.strerror}" if err.filename is not None else str(err)
+        print(f"mvptr: {where}; {PATH_HINTS.get(type(err), 'check the path')}", file=sys.stderr)
+        return 2
     return 0
+
+
+PATH_HINTS = {FileExistsError: "a file stands where a directory is needed: move it or choose another path",
+              NotADirectoryError: "a file stands where a directory is needed: move it or choose another path",
+              IsADirectoryError: "a directory stands where a file is needed: give the file's path"}
+
+# reasons of a FormatError that are not about one sample: --skip-bad would not help
+NOT_SAMPLES = ("model directory", "file not found", "input or output", "output exists", "stale index", "no captions",
+               "malformed input", "bad image id map", "bad image id pattern", "bad tag file", "bad VQA file",
+               "bad COCO instances file", "no split")

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..checkpoint.model_dir import adopt_model_settings
 from ..core.config import load_config
 from ..core.distributed import active, from_env
-from ..core.errors import SkippedSamples
+from ..core.errors import FormatError, MvptrError, SkippedSamples
 from ..core.fileio import output_lock
 from ..core.runtime import configure_torch
 from ..core.shards import finish_shard, shard_dir
@@ -81,7 +81,12 @@ def finish_share(args, out: Path, kind: str, inputs: dict, items: int) -> None:
 def trained(args, cfg, path, load):
     """A trained model directory and the run's config with its settings (see
     ``checkpoint.model_dir.adopt_model_settings``)."""
-    bundle = load(path, cfg.device)
+    try:
+        bundle = load(path, cfg.device)
+    except MvptrError:
+        raise
+    except (FileNotFoundError, ValueError) as err:  # the model directory's files, named in the message
+        raise FormatError(str(err), "model directory") from None
     return bundle, adopt_model_settings(cfg, bundle, args.overrides, str(path))
 
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 
 from ..checkpoint.official import convert_official
+from ..core.errors import FormatError, MvptrError
 
 
 def cmd_convert(args) -> None:
-    print(json.dumps(convert_official(args.src, args.out, trust_pickle=args.trust_pickle), indent=2))
+    try:
+        report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)
+    except MvptrError:
+        raise
+    except (FileNotFoundError, ValueError) as err:  # the checkpoint's files, named in the message
+        raise FormatError(f"convert official: {err}", "model directory") from None
+    print(json.dumps(report, indent=2))
 
 
 def add_parser(sub) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.errors import ConfigError
 from ..demo.ablate import ROWS, run_ablation, select_rows
 from ..demo.run import run_demo
 from .common import add_config_args, locked, run_config
@@ -18,6 +19,8 @@ def cmd_demo(args) -> None:
 
 
 def cmd_ablate(args) -> None:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: the full model needs at least one training seed")
     # one evaluation subset for every row: merged attention scores every pair with ITM
     overrides = list(args.overrides)
     if not any(o.startswith("eval.max_images=") for o in overrides):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..checkpoint.model_dir import load_model_dir
 from ..checkpoint.task_dir import load_task_model
-from ..core.errors import SkippedSamples
+from ..core.config import TASKS
+from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.fileio import write_json
 from ..train.trainer import check_writable
 from ..workflows import evaluate as zero_shot
@@ -46,9 +47,14 @@ def _eval_out(args) -> Path:
 
 
 def cmd_evaluate_task(args) -> None:
+    if args.task not in TASKS:
+        raise ConfigError(f"unknown task {args.task!r} (evaluate one of {', '.join(TASKS)}, or none: zero-shot)")
     cfg = run_config(args)
     out = _eval_out(args)
     bundle, cfg = trained(args, cfg, args.model, load_task_model)
+    if args.task in ("vqa", "ve", "easyvqa") and not hasattr(bundle.model, "task_head"):
+        raise FormatError(f"{args.model}: no {args.task} task head; fine-tune the model first "
+                          f"(mvptr finetune {args.task} --model {args.model})", "model directory")
     metrics = evaluate_task(cfg, args.task, bundle, out)
     if not is_main():
         return

@@ -27,6 +27,8 @@ def cmd_features(args) -> None:
         raise ConfigError("features export: --shard applies to extract and convert")
     if not args.out:
         raise ConfigError(f"features {args.what}: --out is required")
+    if args.feat_dim is not None and args.feat_dim <= 0:
+        raise ConfigError(f"--feat-dim {args.feat_dim}: expected a positive feature width")
     # convert writes a directory that must not exist yet: its lock lies beside it
     with output_lock(shard_out(args), sibling=args.what == "convert"):
         try:
@@ -76,6 +78,8 @@ def cmd_merge_shards(args) -> None:
         with output_lock(args.out):
             summary = merge_shards(args.out)
     except FileExistsError as err:
+        if err.filename is not None:  # OUT itself is a file
+            raise OutputDirError(f"{err.filename}: a file, not the --out directory of the shard runs") from None
         raise FormatError(str(err), "output exists") from None
     print(json.dumps(summary, indent=2))
 

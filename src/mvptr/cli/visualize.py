@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..checkpoint.model_dir import adopt_model_settings, load_model_dir
+from ..checkpoint.model_dir import load_model_dir
 from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.runtime import configure_torch
@@ -11,6 +11,7 @@ from ..viz.common import FIGURES, stage_metrics
 from ..viz.concepts import plot_concepts
 from ..viz.curves import plot_training_curves
 from ..viz.grounding import first_grounding_sentence, plot_grounding
+from .common import trained
 
 
 def cmd_visualize(args) -> None:
@@ -25,8 +26,7 @@ def cmd_visualize(args) -> None:
         print(plot_training_curves(files, out))
         return
 
-    bundle = load_model_dir(args.model, cfg.device)
-    cfg = adopt_model_settings(cfg, bundle, args.overrides, args.model)
+    bundle, cfg = trained(args, cfg, args.model, load_model_dir)
     if what == "concepts":
         print(plot_concepts(bundle, out, max_points=args.max_points))
         return

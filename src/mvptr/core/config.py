@@ -318,11 +318,14 @@ def _in_mapping(cfg, key: str) -> bool:
 def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
     cfg = OmegaConf.structured(Config)
+    source = ""
     try:
         if preset:
             path = _preset_path(preset)
+            source = f" in {path}"
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         for item in overrides:
+            source = f" in override {item!r}"
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
@@ -330,11 +333,21 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
                            and not _in_mapping(cfg, key)):
                 raise ConfigError(f"unknown config key {key!r}")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
-    except (OmegaConfBaseException, yaml.YAMLError) as err:  # wrong types, unparsable keys or values
-        raise ConfigError(f"bad config: {err}") from None
+    except (OmegaConfBaseException, yaml.YAMLError, TypeError) as err:  # wrong types, unparsable keys or values
+        raise ConfigError(f"bad config{source}: {_one_line(err)}") from None
     cfg = OmegaConf.to_object(cfg)
     validate(cfg)
     return cfg
+
+
+def _one_line(err: Exception) -> str:
+    """OmegaConf's and PyYAML's several-line messages as one line: the key or the place, and the problem."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem} (a YAML syntax error)"
+    first = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
+    key = getattr(err, "full_key", None)
+    return f"{key}: {first}" if key else first
 
 
 def to_dict(cfg: Any) -> dict:
@@ -427,6 +440,9 @@ def validate(cfg: Config) -> None:
     for key in ("max_phrases", "max_tags", "num_workers"):
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
     _check(d.max_regions > 0, "data.max_regions", d.max_regions, "must be positive: the model reads regions")
+    names = [c.name for c in d.corpora]
+    _check(all(n and "/" not in n for n in names) and len(set(names)) == len(names), "data.corpora names", names,
+           "expected distinct non-empty names without '/' (they prefix the image ids)")
     o = cfg.objectives
     for key in ("tag_mask_prob", "phrase_mask_prob", "mlm_mask_prob"):
         _check(0 <= getattr(o, key) < 1, f"objectives.{key}", getattr(o, key), "must be within [0, 1)")

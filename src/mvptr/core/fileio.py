@@ -30,7 +30,7 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None
 
 __all__ = ["PathLike", "output_lock", "load_json", "write_json", "write_text_atomic", "replace_dir", "recover_dir",
-           "append_json_lines", "read_json_lines"]
+           "append_json_lines", "read_json_lines", "text_line"]
 
 PathLike = str | os.PathLike
 
@@ -84,10 +84,10 @@ def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
 def load_json(path: PathLike) -> Any:
     """A JSON document; a missing or unparsable file is a FormatError naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark (Windows editors) is read past
             return json.load(f)
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise FormatError(f"{path}: file not found", "file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: expected a JSON document: {e}") from None
 
@@ -163,6 +163,12 @@ def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
         f.flush()
 
 
+def text_line(path: PathLike, offset: int) -> int:
+    """The 1-based line of byte ``offset`` of a file."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
 def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
     """Yield (line number, decoded value) of a JSON-lines file, skipping blank lines.
 
@@ -173,7 +179,10 @@ def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
+        raise FormatError(f"{path}: file not found", "file not found") from None
+    except UnicodeDecodeError as e:
+        line = text_line(path, e.start)
+        raise FormatError(f"{path} line {line}: expected UTF-8 text: {e.reason}", "not UTF-8") from None
     lines = text.split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():

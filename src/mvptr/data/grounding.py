@@ -22,6 +22,9 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
         ann_file = root / "Annotations" / f"{image_id}.xml"
         sent_file = root / "Sentences" / f"{image_id}.txt"
         if not ann_file.exists() or not sent_file.exists():
+            if sent_file.exists():  # sentences whose boxes are missing would be left out unseen
+                skip_or_raise(skip, FormatError(f"{ann_file}: file not found (the boxes of {sent_file})",
+                                                "file not found"))
             continue
         try:
             boxes = read_flickr30k_annotation(ann_file)["boxes"]

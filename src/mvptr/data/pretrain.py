@@ -141,9 +141,9 @@ def corpora(data: DataConfig) -> list[CorpusConfig]:
     names = [c.name for c in data.corpora]
     for c in data.corpora:
         if not c.name or "/" in c.name or names.count(c.name) > 1:
-            raise ValueError(f"data.corpora: expected distinct non-empty names without '/', got {names}")
+            raise ConfigError(f"data.corpora: expected distinct non-empty names without '/', got {names}")
         if not (c.captions and c.features and c.phrase_cache):
-            raise ValueError(f"data.corpora: corpus {c.name!r} needs captions, features and phrase_cache")
+            raise ConfigError(f"data.corpora: corpus {c.name!r} needs captions, features and phrase_cache")
     return list(data.corpora)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..core.errors import FormatError
 from ..formats.snli_ve import VE_LABELS, VEPair
 from ..formats.vqa import VQAQuestion
 from ..text.tokenizer import WordPieces
@@ -43,7 +44,10 @@ class TaskImages:
 def _with_features(items: list, images: TaskImages, image_id, what: str) -> list:
     keep = [it for it in items if images.key(image_id(it)) is not None]
     if not keep and items:
-        raise ValueError(f"none of the {len(items)} {what} has region features (first image: {image_id(items[0])})")
+        store = images.source.store
+        where = getattr(store, "path", None) or getattr(getattr(store, "features", None), "path", "the features")
+        raise FormatError(f"{where}: none of the {len(items)} {what} has region features (first image: "
+                          f"{image_id(items[0])}); give the task the features of its images", "image not found")
     return keep
 
 

@@ -183,6 +183,8 @@ def _read_caption_list(path: PathLike, data: list, skip: SkippedSamples | None, 
             skip_or_raise(skip, err)
             continue
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+        if not captions:
+            skip_or_raise(skip, FormatError(f"{path} (entry {n}): an empty caption list", "empty caption"))
         for k, raw in enumerate(captions):
             try:
                 caption = _caption_text(path, f"entry {n}, image {image_id}, caption {k}", raw)

@@ -43,9 +43,10 @@ def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dic
                               "old phrase cache")
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
         if phrases is None or not isinstance(rec.get("caption"), str) or not isinstance(phrases, list) or not all(
-                isinstance(t, list) and t and all(isinstance(w, str) for w in t) for t in phrases):
+                isinstance(t, list) and len(t) in (2, 3) and all(isinstance(w, str) for w in t) for t in phrases):
             skip_or_raise(skip, FormatError(f"{path} line {n}: expected {{\"caption\": ..., \"phrases\": "
-                                             f"[[word, ...], ...]}}", "bad phrase record"))
+                                             f"[[object, attribute] or [subject, relation, object], ...]}}",
+                                             "bad phrase record"))
             continue
         cache[rec["caption"]] = [tuple(t) for t in phrases]
     return cache

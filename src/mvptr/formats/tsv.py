@@ -78,7 +78,7 @@ class TSVFile:
     def __init__(self, path: PathLike):
         self.path = str(path)
         if not os.path.isfile(self.path):
-            raise FormatError(f"{self.path}: file not found")
+            raise FormatError(f"{self.path}: file not found", "file not found")
         idx_path = _lineidx_path(self.path)
         if not idx_path.is_file():
             raise FormatError(

@@ -57,7 +57,11 @@ def read_vqa(questions_path: PathLike, annotations_path: PathLike | None = None)
         if not isinstance(q, dict) or not all(key in q for key in ("image_id", "question", "question_id")):
             raise FormatError(f"{questions_path} (question {k}): expected image_id, question and question_id",
                               "bad VQA file")
-        out.append(VQAQuestion(int(q["question_id"]), str(q["image_id"]), str(q["question"])))
+        try:
+            out.append(VQAQuestion(int(q["question_id"]), str(q["image_id"]), str(q["question"])))
+        except (TypeError, ValueError):
+            raise FormatError(f"{questions_path} (question {k}): expected an integer question_id, "
+                              f"got {q['question_id']!r}", "bad VQA file") from None
     if annotations_path is None:
         return out
     ann = load_json(annotations_path)

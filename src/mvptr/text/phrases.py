@@ -50,7 +50,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..core.errors import SkippedSamples
+from ..core.errors import FormatError, SkippedSamples
 from ..core.shards import shard_part
 from ..formats.captions import read_captions, split_names
 from ..formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
@@ -250,9 +250,16 @@ class PhraseVocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PhraseVocab:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        vocab = cls(data["freq"], data["min_count"])
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            vocab = cls(data["freq"], data["min_count"])
+        except FileNotFoundError:
+            raise FormatError(f"{path}: file not found; build it with `mvptr prepare phrases`",
+                              "file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise FormatError(f"{path}: not a phrase vocabulary of `mvptr prepare phrases` ({err!r}); build it "
+                              "again", "model directory") from None
         if vocab._ids != data["phrases"]:
             raise ValueError(f"{path}: phrase ids do not follow the frequency order of \"freq\"")
         return vocab
@@ -317,6 +324,10 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
         return {"captions": len(records), "shard": f"{part[0]}/{part[1]}"}
     keep = set(split_names(splits))
     train = [cache[phrase_key(r)] for r in records if r.split in keep]
+    if not train:  # an empty vocabulary would make every phrase objective learn nothing
+        found = ", ".join(sorted({r.split for r in records})) or "none"
+        raise FormatError(f"{captions_path}: no caption of the split {'+'.join(sorted(keep))} to build the phrase "
+                          f"vocabulary from (the file's splits: {found}); name one with --train-split", "no captions")
     vocab = PhraseVocab.build(train, min_count=min_count)
     vocab.save(out_dir / "phrase_vocab.json")
     return statistics(train, vocab)

@@ -41,7 +41,7 @@ from ..checkpoint.model_dir import (
 )
 from ..core import distributed
 from ..core.config import StageConfig
-from ..core.errors import ConfigError, OutputDirError
+from ..core.errors import ConfigError, FormatError, OutputDirError
 from ..core.fileio import append_json_lines
 from ..core.precision import autocast
 from .deepspeed_engine import DeepSpeedEngine
@@ -287,7 +287,11 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     ckpt = out_dir / "model"
     settings = run_settings(stage, total, seed, len(dataset), d.world, bundle)
     if resume and has_checkpoint(ckpt):
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+            raise FormatError(f"{ckpt / STATE_FILE}: damaged training state ({type(err).__name__}); resume from a "
+                              f"copy, or remove {ckpt} to train the stage from its start", "model directory") from None
         check_same_settings(ckpt, state.get("settings"), settings)
         if state.get("recipe") != recipe.name:
             raise ValueError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}")

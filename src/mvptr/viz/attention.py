@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, FormatError
 from ..data.builders import collator, image_source, phrase_lookup
 from ..data.pretrain import data_captions
 from ..text.tokenizer import WordPieces
@@ -63,7 +63,7 @@ def _caption(cfg, image_id: str, sentence_index: int):
     records = sorted((r for r in data_captions(cfg.data) if r.image_id == image_id),
                      key=lambda r: r.sent_id)
     if not records:
-        raise ValueError(f"{cfg.data.captions}: no captions for image {image_id!r}")
+        raise FormatError(f"{cfg.data.captions}: no captions for image {image_id!r}", "image not found")
     if not 0 <= sentence_index < len(records):
         raise ValueError(f"image {image_id!r} has {len(records)} captions; no sentence {sentence_index}")
     return records[sentence_index]

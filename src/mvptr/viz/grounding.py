@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import FormatError
 from ..data.builders import collator, image_source, phrase_lookup
 from ..data.grounding import grounding_examples
 from ..data.pretrain import data_captions
@@ -22,7 +23,7 @@ def _split_of(cfg, image_id: str) -> str:
     for r in data_captions(cfg.data):
         if r.image_id == image_id:
             return r.split
-    raise ValueError(f"{cfg.data.captions}: no captions for image {image_id!r}")
+    raise FormatError(f"{cfg.data.captions}: no captions for image {image_id!r}", "image not found")
 @dataclass
 class SentenceGrounding:
     image_id: str

@@ -31,7 +31,7 @@ from ..checkpoint.model_dir import Bundle, rebuild_model
 from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, task_kind
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, FormatError
 from ..core.runtime import configure_torch
 from ..data.answers import answer_vocabulary
 from ..data.builders import collator, image_source, phrase_lookup
@@ -115,7 +115,9 @@ def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> Gr
     examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, split))
     if not examples:
-        raise ValueError(f"{cfg.eval.entities_dir}: no Flickr30k Entities sentences for the {split!r} images")
+        raise FormatError(f"{cfg.eval.entities_dir}: no Flickr30k Entities sentences for the {split!r} images "
+                          "(expected Sentences/<image>.txt and Annotations/<image>.xml; eval.entities_dir)",
+                          "file not found")
     return GroundingDataset(examples, image_source(cfg), limit)
 
 
