@@ -128,7 +128,8 @@ class ObjectiveConfig:
     wpg_variant: str = "paper"
     # False (official code): phrases are masked for MCR^s but no loss is computed
     mcr_s_loss: bool = True
-    # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax
+    # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax;
+    # "uniform": any other image / caption of the batch alike (the demo: see docs/DECISIONS.md)
     negative_sampling: str = "sampled"
     # "half_each" (paper and official code: n negatives, half from each distribution) or "both" (2n, ALBEF)
     itm_negatives: str = "half_each"
@@ -370,7 +371,7 @@ CHOICES = {
     "model.tag_mode": ("concepts", "word_pieces"),
     "model.layout": ("mvptr", "official"),
     "objectives.mcr_matching": ("hungarian", "aligned"),
-    "objectives.negative_sampling": ("sampled", "hardest"),
+    "objectives.negative_sampling": ("sampled", "hardest", "uniform"),
     "objectives.itm_negatives": ("half_each", "both"),
     "eval.rerank_score": ("itm", "itm+sim"),
     "eval.precision": ("fp32", "bf16", "fp16"),

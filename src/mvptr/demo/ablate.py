@@ -62,7 +62,9 @@ ROWS = (
                 ("objectives.mcr_s=false", "objectives.wpg=false", "objectives.use_phrases=false"),
                 dict(rsum=500.4, uni_rsum=470.9, vqa=75.98, grounding_zero_shot=35.04, grounding_finetuned=72.48)),
     AblationRow("merged_attention", "w, c, r, t", "MCR^{v,s}+WPG+MLM+ITM (MergAttn)",
-                ("model.merged_attention=true", "objectives.vsc=false"),
+                # uniform negatives and one encoder: nothing for the demo's warm-up or LR scale
+                ("model.merged_attention=true", "objectives.vsc=false", "objectives.negative_warmup_steps=0",
+                 "stage2.cross_modal_lr_scale=1.0"),
                 dict(rsum=496.5, uni_rsum=None, vqa=75.25, grounding_zero_shot=29.42, grounding_finetuned=72.24)),
 )
 

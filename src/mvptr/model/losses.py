@@ -93,9 +93,12 @@ def sample_negatives(
 
     ``exclude`` (B, B) marks candidates that are not negatives (the positive itself and other
     captions of the same image). "sampled" draws from softmax(logits) over the rest (the paper's
-    p^{v2s} / p^{s2v}); "hardest" takes the argmax (official code). Returns (indices, valid):
-    rows with no admissible candidate are marked invalid.
+    p^{v2s} / p^{s2v}); "hardest" takes the argmax (official code); "uniform" draws any of the
+    rest alike, whatever the logits. Returns (indices, valid): rows with no admissible candidate
+    are marked invalid.
     """
+    if mode == "uniform":
+        return sample_negatives(torch.zeros_like(logits), exclude, "sampled", generator)
     with torch.no_grad():
         masked = logits.float().masked_fill(exclude, float("-inf"))
         valid = ~exclude.all(1)
@@ -109,7 +112,7 @@ def sample_negatives(
                 probs = probs.to(generator.device)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
         else:
-            raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled' or 'hardest')")
+            raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled', 'hardest' or 'uniform')")
     return idx, valid
 
 

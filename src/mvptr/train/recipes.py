@@ -88,7 +88,7 @@ def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, 
             f"{name}: VSC needs the global embeddings of uni-modal encoders, which the merged-attention model "
             "(model.merged_attention) does not have; it trains with MCR^v + MCR^s + WPG + MLM + ITM "
             f"(Table 4): set objectives.vsc=false or leave vsc out of {name}.objectives")
-    if any(o in CROSS_MODAL for o in active) and obj.negative_sampling != "sampled":
+    if any(o in CROSS_MODAL for o in active) and obj.negative_sampling == "hardest":
         raise ConfigError(
             f"objectives.negative_sampling={obj.negative_sampling}: the merged-attention model has no uni-modal "
             "similarity to choose hard negatives by; its negatives are drawn uniformly (leave it at 'sampled')")
