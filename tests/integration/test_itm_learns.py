@@ -1,8 +1,8 @@
 """Stage 2 with all six objectives learns image-text matching on the tiny world.
 
 With the paper's hard negatives from the first step and MLM weighted like the rest, the ITM
-loss of this run stays at ln 2 = 0.693 (+- 0.001) for all 300 steps, and so it does with
-negatives that harden linearly over the run: the fresh ITM head never leaves its plateau
+loss of this run stays at ln 2 = 0.693 (+- 0.001) for 200 steps, and with negatives that harden
+linearly over 300 steps it ends at 0.6925: the fresh ITM head never leaves its plateau
 (docs/DECISIONS.md, "ITM learns"). Uniform negatives, with MLM's share of the shared update
 lowered, take it clearly below (0.51 / 0.62 / 0.60 over seeds 0 / 1 / 2 after 200 steps).
 """
