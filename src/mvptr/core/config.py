@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .validation import validate
 
 # inside the package, so an installed wheel finds its presets wherever it runs
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -366,103 +367,3 @@ def model_config_from_dict(d: dict) -> ModelConfig:
 
 
 # ----- validation: a value no run can use is an error when the config is built ---------------
-CHOICES = {
-    "model.global_pool": ("cls", "mean"),
-    "model.tag_mode": ("concepts", "word_pieces"),
-    "model.layout": ("mvptr", "official"),
-    "objectives.mcr_matching": ("hungarian", "aligned"),
-    "objectives.negative_sampling": ("sampled", "hardest", "uniform"),
-    "objectives.itm_negatives": ("half_each", "both"),
-    "eval.rerank_score": ("itm", "itm+sim"),
-    "eval.precision": ("fp32", "bf16", "fp16"),
-}
-STAGE_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
-OBJECTIVE_NAMES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _check(ok: bool, key: str, value: Any, want: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r}: {want}")
-
-
-def _check_stage(key: str, stage: StageConfig, objectives_known: bool) -> None:
-    _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "must be a positive number of samples")
-    _check(stage.max_steps >= 0, f"{key}.max_steps", stage.max_steps,
-           "must be 0 (train by epochs) or a positive step count")
-    _check(stage.epochs > 0 or stage.max_steps > 0, f"{key}.epochs", stage.epochs,
-           "must be positive (or set max_steps), else nothing trains")
-    _check(stage.lr > 0, f"{key}.lr", stage.lr, "must be a positive learning rate")
-    _check(stage.weight_decay >= 0, f"{key}.weight_decay", stage.weight_decay, "must be >= 0")
-    _check(0 <= stage.warmup_ratio <= 1, f"{key}.warmup_ratio", stage.warmup_ratio, "must be within [0, 1]")
-    _check(stage.grad_clip > 0, f"{key}.grad_clip", stage.grad_clip, "must be a positive gradient norm")
-    _check(stage.log_every > 0, f"{key}.log_every", stage.log_every, "must be a positive step count")
-    _check(stage.cross_modal_lr_scale > 0, f"{key}.cross_modal_lr_scale", stage.cross_modal_lr_scale, "must be positive")
-    _check(objectives_known or stage.cross_modal_lr_scale == 1.0, f"{key}.cross_modal_lr_scale",
-           stage.cross_modal_lr_scale, "is read by pre-training stages only; leave it at 1 for a task")
-    _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
-    _check(stage.grad_accum_steps >= 1, f"{key}.grad_accum_steps", stage.grad_accum_steps, "must be at least 1")
-    _check(stage.batch_size % stage.grad_accum_steps == 0, f"{key}.grad_accum_steps", stage.grad_accum_steps,
-           f"must divide the batch size {stage.batch_size}")
-    for name, allowed in STAGE_CHOICES.items():
-        value = getattr(stage, name)
-        _check(value in allowed, f"{key}.{name}", value, f"expected one of {', '.join(map(str, allowed))}")
-    if objectives_known:
-        unknown = [o for o in stage.objectives if o not in OBJECTIVE_NAMES]
-        _check(not unknown, f"{key}.objectives", list(stage.objectives),
-               f"unknown objectives {unknown} (known: {', '.join(OBJECTIVE_NAMES)})")
-
-
-def validate(cfg: Config) -> None:
-    """Refuse values that would divide by zero, train nothing or select nothing, naming the key."""
-    m, d, e = cfg.model, cfg.data, cfg.eval
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        _check(value in allowed, key, value, f"expected one of {', '.join(allowed)}")
-    _check(cfg.device == "cpu" or cfg.device.split(":")[0] in ("cuda", "mps"), "device", cfg.device,
-           "expected cpu, cuda, cuda:N or mps")
-    _check(cfg.threads >= 0, "threads", cfg.threads, "must be 0 (torch's default) or a positive thread count")
-    for key in ("hidden_size", "num_heads", "intermediate_size", "text_layers", "visual_layers", "multimodal_layers",
-                "region_feat_dim", "embed_dim"):
-        _check(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
-    _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
-           f"must divide model.hidden_size {m.hidden_size}")
-    _check(1 <= m.wpg_layer <= m.multimodal_layers, "model.wpg_layer", m.wpg_layer,
-           f"must be a multimodal layer, 1..{m.multimodal_layers}")
-    for key in ("dropout", "attention_dropout"):
-        _check(0 <= getattr(m, key) < 1, f"model.{key}", getattr(m, key), "must be within [0, 1)")
-    _check(m.temperature > 0, "model.temperature", m.temperature, "must be positive")
-    _check(d.max_tokens >= 3, "data.max_tokens", d.max_tokens, "must leave room for [CLS], a word and [SEP] (>= 3)")
-    for key in ("max_phrases", "max_tags", "num_workers"):
-        _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
-    _check(d.max_regions > 0, "data.max_regions", d.max_regions, "must be positive: the model reads regions")
-    names = [c.name for c in d.corpora]
-    _check(all(n and "/" not in n for n in names) and len(set(names)) == len(names), "data.corpora names", names,
-           "expected distinct non-empty names without '/' (they prefix the image ids)")
-    o = cfg.objectives
-    for key in ("tag_mask_prob", "phrase_mask_prob", "mlm_mask_prob"):
-        _check(0 <= getattr(o, key) < 1, f"objectives.{key}", getattr(o, key), "must be within [0, 1)")
-    _check(o.wpg_margin >= 0, "objectives.wpg_margin", o.wpg_margin, "must be >= 0")
-    for name, weight in o.loss_weights.items():
-        _check(name in OBJECTIVE_NAMES, f"objectives.loss_weights.{name}", weight,
-               f"not an objective (expected one of {', '.join(OBJECTIVE_NAMES)})")
-        _check(weight >= 0 and weight != float("inf"), f"objectives.loss_weights.{name}", weight,
-               "must be a finite weight >= 0")
-    _check(o.negative_warmup_steps >= 0, "objectives.negative_warmup_steps", o.negative_warmup_steps, "must be >= 0")
-    _check(o.negative_warmup_steps == 0 or o.negative_sampling == "sampled", "objectives.negative_warmup_steps",
-           o.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to warm up)")
-    _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
-    for key in ("max_images", "k_c", "k_i"):
-        _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
-    _check_stage("stage1", cfg.stage1, True)
-    _check_stage("stage2", cfg.stage2, True)
-    for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa"):
-        t = getattr(cfg.finetune, task)
-        _check_stage(f"finetune.{task}.train", t.train, False)
-        for key in ("max_train", "max_eval"):
-            _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")
