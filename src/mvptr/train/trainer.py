@@ -244,10 +244,15 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
     }
 
 
+# settings added after checkpoints began recording them, with the value every earlier run had
+SETTINGS_BEFORE_RECORDED = {"cross_modal_lr_scale": 1.0}
+
+
 def check_same_settings(ckpt: Path, saved: dict | None, now: dict) -> None:
     """A resumed run continues the one it resumes, or stops: never old state under new settings."""
     if saved is None:  # a checkpoint written before settings were recorded
         return
+    saved = {**SETTINGS_BEFORE_RECORDED, **saved}
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
     if changed:
         raise ConfigError(f"{ckpt}: cannot resume with changed settings ({'; '.join(changed)}): resume with the "
