@@ -20,6 +20,7 @@ def world_args(world):
     return lambda out: [
         f"out_dir={out}",
         f"demo.data_dir={world}",
+        "demo.n_train=96", "demo.n_val=8", "demo.n_test=24",  # the world's sizes: another world is refused
         f"data.captions={world}/captions.json",
         f"data.features={world}/features.tsv",
         f"data.predictions={world}/predictions.tsv",

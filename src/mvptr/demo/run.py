@@ -53,6 +53,9 @@ def prepare_data(cfg: Config, seconds: dict) -> None:
 
 def check_world(data_dir: Path, d) -> None:
     """A world on disk made with another seed, size or split sizes is not silently reused."""
+    if not (data_dir / "world.json").exists():
+        raise ConfigError(f"{data_dir}: has predictions.tsv but no world.json, so it is not a demo world "
+                          f"`mvptr demo` made; set demo.data_dir to a new directory, or remove {data_dir}")
     made = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
     wanted = {"seed": d.world_seed, "image_size": d.image_size,
               "splits": {"train": d.n_train, "val": d.n_val, "test": d.n_test}}

@@ -46,7 +46,8 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
     shutil.copytree(world, w)  # the demo's task files are written into the world's directory
     args = ["ablate", "--config", "tiny", "--rows", "no_phrases,merged_attention", "--seeds", "2",
             "--out", str(tmp_path / "ab"),
-            f"out_dir={tmp_path}/runs", f"demo.data_dir={w}", f"data.captions={w}/captions.json",
+            f"out_dir={tmp_path}/runs", f"demo.data_dir={w}", "demo.n_train=96", "demo.n_val=8", "demo.n_test=24",
+            f"data.captions={w}/captions.json",
             f"data.features={w}/features.tsv", f"data.predictions={w}/predictions.tsv",
             f"data.phrase_cache={w}/phrases/phrase_cache.jsonl", f"data.phrase_vocab={w}/phrases/phrase_vocab.json",
             f"eval.entities_dir={w}/flickr30k_entities", "eval.max_images=8", "stage1.max_steps=2",
