@@ -17,7 +17,7 @@ from ..checkpoint.bert_init import new_bundle
 from ..checkpoint.model_dir import Bundle
 from ..core.config import Config, save_config
 from ..core.errors import ConfigError
-from ..core.fileio import write_json
+from ..core.fileio import read_json_lines, write_json
 from ..data.builders import training_tag_vocab
 from ..text.phrases import PhraseVocab, prepare_phrases
 from ..viz.figures import make_demo_figures
@@ -68,8 +68,7 @@ def check_world(data_dir: Path, d) -> None:
 
 def final_itm_loss(metrics: Path, share: float = 0.1) -> float:
     """The mean ITM loss over the last ``share`` of a stage's logged steps."""
-    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    itm = [r["itm"] for r in rows if "itm" in r]
+    itm = [row["itm"] for _, row in read_json_lines(metrics) if "itm" in row]
     if not itm:
         raise ValueError(f"{metrics}: no ITM loss logged; the stage did not train ITM")
     last = itm[-max(1, round(share * len(itm))):]

@@ -91,7 +91,8 @@ def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, 
     if any(o in CROSS_MODAL for o in active) and obj.negative_sampling == "hardest":
         raise ConfigError(
             f"objectives.negative_sampling={obj.negative_sampling}: the merged-attention model has no uni-modal "
-            "similarity to choose hard negatives by; its negatives are drawn uniformly (leave it at 'sampled')")
+            "similarity to choose hard negatives by; its negatives are drawn uniformly (leave it at 'sampled' or "
+            "'uniform')")
 
 
 def pretraining_losses(

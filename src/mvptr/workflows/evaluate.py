@@ -19,6 +19,14 @@ from ..eval.retrieval import chance_recall, encode_dataset, rank_dataset
 from ..text.tokenizer import WordPieces
 
 
+def eval_dataset(cfg: Config, bundle: Bundle, skip: SkippedSamples | None = None):
+    """The pair dataset of ``cfg.eval.split`` (limited to ``eval.max_images``), read from the
+    single-corpus fields of ``cfg.data`` (``data.corpora`` is for pre-training)."""
+    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
+    return build_pair_dataset(replace(cfg.data, corpora=[]), pieces, bundle.phrase_vocab, cfg.model.region_feat_dim,
+                              cfg.eval.split, cfg.eval.max_images, skip=skip)
+
+
 @torch.no_grad()
 def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: SkippedSamples | None = None) -> dict:
     """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``.
@@ -28,11 +36,8 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     """
     model = bundle.model.eval()
     e = cfg.eval
-    data = replace(cfg.data, corpora=[])
-    skip = (skipped if skipped is not None else SkippedSamples()) if data.skip_bad else None
-    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
-    dataset = build_pair_dataset(data, pieces, bundle.phrase_vocab, cfg.model.region_feat_dim, e.split,
-                                 e.max_images, skip=skip)
+    skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
+    dataset = eval_dataset(cfg, bundle, skip)
     collate = collator(cfg, bundle)
     retrieval, image_ids = rank_dataset(cfg, model, dataset, collate, progress)
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
@@ -58,9 +63,6 @@ def itm_separation_on(cfg: Config, bundle: Bundle, hard_k: int = 10) -> dict:
     """ITM's AUC on ``cfg.eval.split``: the first caption of each image with its own image,
     against a random and against its ``hard_k`` most similar other images (``mvptr.eval.matching``)."""
     model = bundle.model.eval()
-    pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
-    dataset = build_pair_dataset(replace(cfg.data, corpora=[]), pieces, bundle.phrase_vocab,
-                                 cfg.model.region_feat_dim, cfg.eval.split, cfg.eval.max_images)
-    texts, images, text_image, _ = encode_dataset(cfg, model, dataset, collator(cfg, bundle))
+    texts, images, text_image, _ = encode_dataset(cfg, model, eval_dataset(cfg, bundle), collator(cfg, bundle))
     return itm_separation(model, texts, images, text_image, hard_k, cfg.eval.batch_size, cfg.eval.precision, cfg.seed,
                           first_caption_of_each_image(text_image))
