@@ -8,7 +8,6 @@ from typing import Any
 
 from .errors import ConfigError
 
-
 CHOICES = {
     "model.global_pool": ("cls", "mean"),
     "model.tag_mode": ("concepts", "word_pieces"),
@@ -45,7 +44,8 @@ def _check_stage(key: str, stage, objectives_known: bool) -> None:
     _check(0 <= stage.warmup_ratio <= 1, f"{key}.warmup_ratio", stage.warmup_ratio, "must be within [0, 1]")
     _check(stage.grad_clip > 0, f"{key}.grad_clip", stage.grad_clip, "must be a positive gradient norm")
     _check(stage.log_every > 0, f"{key}.log_every", stage.log_every, "must be a positive step count")
-    _check(stage.cross_modal_lr_scale > 0, f"{key}.cross_modal_lr_scale", stage.cross_modal_lr_scale, "must be positive")
+    _check(stage.cross_modal_lr_scale > 0, f"{key}.cross_modal_lr_scale", stage.cross_modal_lr_scale,
+           "must be positive")
     _check(objectives_known or stage.cross_modal_lr_scale == 1.0, f"{key}.cross_modal_lr_scale",
            stage.cross_modal_lr_scale, "is read by pre-training stages only; leave it at 1 for a task")
     _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
