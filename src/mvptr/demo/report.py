@@ -48,8 +48,8 @@ def report_markdown(report: dict) -> str:
     lines += [f"| {m} | {g['acc']:.2f} |" for m, g in report["grounding"].items() if m in ORDER]
     if "itm" in report:
         itm = report["itm"]
-        lines += ["", f"Image-text matching of the pre-trained model: stage-2 ITM loss {itm['final_loss']:.3f} over the "
-                  f"last tenth of its steps (ln 2 = 0.693 is chance); AUC of each test image's first caption with "
+        lines += ["", "Image-text matching of the pre-trained model: stage-2 ITM loss "
+                  f"{itm['final_loss']:.3f} over the last tenth of its steps (ln 2 = 0.693 is chance); AUC of each test image's first caption with "
                   f"its own image against a random other image {itm['auc_random']:.3f}, and against its "
                   f"{itm['hard_k']} most similar other images {itm['auc_hard']:.3f} ({itm['captions']} captions; "
                   "0.5 is chance)."]
