@@ -49,10 +49,10 @@ def report_markdown(report: dict) -> str:
     if "itm" in report:
         itm = report["itm"]
         lines += ["", "Image-text matching of the pre-trained model: stage-2 ITM loss "
-                  f"{itm['final_loss']:.3f} over the last tenth of its steps (ln 2 = 0.693 is chance); AUC of each test image's first caption with "
-                  f"its own image against a random other image {itm['auc_random']:.3f}, and against its "
-                  f"{itm['hard_k']} most similar other images {itm['auc_hard']:.3f} ({itm['captions']} captions; "
-                  "0.5 is chance)."]
+                  f"{itm['final_loss']:.3f} over the last tenth of its steps (ln 2 = 0.693 is chance); AUC of "
+                  "each test image's first caption with its own image against a random other image "
+                  f"{itm['auc_random']:.3f}, and against its {itm['hard_k']} most similar other images "
+                  f"{itm['auc_hard']:.3f} ({itm['captions']} captions; 0.5 is chance)."]
     if "vqa" in report:
         lines += downstream_markdown(report)
     for name, path in report.get("figures", {}).items():
