@@ -29,7 +29,7 @@ def cmd_ablate(args) -> None:
     cfg = run_config(args)
     rows = select_rows(args.rows.split(",")) if args.rows else ROWS
     out = Path(args.out or Path(cfg.out_dir) / "ablation")
-    run_ablation(args.config, overrides, out, args.seeds, rows)
+    run_ablation(args.config, overrides, out, args.seeds, rows, budget=args.budget)
     print((out / "ablation.md").read_text())
 
 
@@ -47,6 +47,9 @@ def add_parsers(sub) -> None:
     ab.add_argument("--eval-images", type=int, default=100,
                     help="test images every row is evaluated on (eval.max_images; merged attention scores every "
                          "pair with ITM)")
+    ab.add_argument("--budget", type=float, default=0.5,
+                    help="share of the preset's pre-training and fine-tuning steps each row trains for (default "
+                         "0.5: the demo preset's seven runs in about an hour on two CPU cores)")
     ab.add_argument("--out", help="output directory (default: <out_dir>/ablation)")
     add_config_args(ab)
     ab.set_defaults(func=cmd_ablate)

@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from mvptr.cli import main
+from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.demo.ablate import ROWS, ablation_report, direction, select_rows
+from mvptr.demo.ablate import ROWS, ablation_report, budget_overrides, direction, select_rows
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +36,22 @@ def test_the_report_takes_the_full_models_spread_over_seeds():
                  "grounding_zero_shot": "reproduces", "grounding_finetuned": "within noise"}
 
 
+def test_the_budget_scales_every_training_run_and_the_negative_warm_up():
+    cfg = load_config("demo", ["stage1.max_steps=0", "stage2.max_steps=0", "finetune.vqa.train.max_steps=400",
+                               "finetune.grounding.train.max_steps=30", "objectives.negative_warmup_steps=120"])
+    scaled = load_config("demo", budget_overrides(cfg, 0.5))
+    assert scaled.stage1.epochs == cfg.stage1.epochs / 2 and scaled.stage2.epochs == cfg.stage2.epochs / 2
+    assert scaled.finetune.vqa.train.max_steps == 200 and scaled.finetune.grounding.train.max_steps == 15
+    assert scaled.objectives.negative_warmup_steps == 60
+    # a capped stage is scaled by its cap; a budget of 1 changes nothing
+    capped = load_config("demo", ["stage1.max_steps=9"])
+    assert "stage1.max_steps=4" in budget_overrides(capped, 0.5)
+    assert load_config("demo", budget_overrides(cfg, 1.0)) == cfg
+    for share in (0.0, -1.0, 1.5):
+        with pytest.raises(ConfigError, match="--budget"):
+            budget_overrides(cfg, share)
+
+
 def test_unknown_rows_are_an_error():
     with pytest.raises(ConfigError, match="unknown ablation rows"):
         select_rows(["full", "no_such_row"])
@@ -56,7 +73,8 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
     report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
     assert list(report["rows"]) == ["full", "no_phrases", "merged_attention"]
     assert len(report["rows"]["full"]["seeds"]) == 2 and len(report["rows"]["no_phrases"]["seeds"]) == 1
-    assert report["eval_images"] == 8
+    assert report["eval_images"] == 8 and report["budget"] == 0.5  # the default; the caps given win
+    assert report["command"].startswith("mvptr ablate --config tiny --budget 0.5 ")
     assert report["rows"]["merged_attention"]["ours"]["uni_rsum"] is None  # no uni-modal encoders to rank with
     for s in [s for row in report["rows"].values() for s in row["seeds"]]:
         assert 0.0 <= s["rsum"] <= 600.0 and 0.0 <= s["vqa"] <= 100.0 and 0.0 <= s["grounding_finetuned"] <= 100.0
