@@ -17,6 +17,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from ..checkpoint.bert_init import new_bundle
 from ..checkpoint.model_dir import Bundle
 from ..core.config import Config, load_config, save_config
@@ -136,8 +138,11 @@ def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None =
         for s in range(seeds if i == 0 else 1):
             run_dir = out / row.key / f"seed{s}"
             done = run_dir / "result.json"
-            if not done.exists():
-                write_json(done, run_row(row_config(preset, overrides, row, s, run_dir), progress))
+            row_cfg = row_config(preset, overrides, row, s, run_dir)
+            if done.exists():
+                check_same_settings(row_cfg, run_dir)
+            else:
+                write_json(done, run_row(row_cfg, progress))
             runs.append(json.loads(done.read_text()))
         results[row.key] = runs
     report = ablation_report(results, rows)
@@ -146,6 +151,28 @@ def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None =
     write_json(out / "ablation.json", report)
     (out / "ablation.md").write_text(ablation_markdown(report))
     return report
+
+
+def check_same_settings(cfg: Config, run_dir: Path) -> None:
+    """A finished row is reused only if it ran with the settings asked for now (another
+    ``--budget`` or override would otherwise be reported under the new command)."""
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    differ = sorted(k for k, v in _flat(OmegaConf.to_container(OmegaConf.structured(cfg))).items()
+                    if saved.get(k) != v)
+    if differ:
+        keys = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
+        raise ConfigError(f"{run_dir}: this row finished with other settings ({keys}); pass another --out, "
+                          f"or remove {run_dir} to run it again")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _mean(values: list) -> float | None:

@@ -58,7 +58,7 @@ def test_unknown_rows_are_an_error():
     assert [r.key for r in select_rows(["no_tags"])] == ["full", "no_tags"]
 
 
-def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
+def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path, capsys):
     w = tmp_path / "world"
     shutil.copytree(world, w)  # the demo's task files are written into the world's directory
     args = ["ablate", "--config", "tiny", "--rows", "no_phrases,merged_attention", "--seeds", "2",
@@ -83,4 +83,8 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path):
     done = tmp_path / "ab" / "full" / "seed0" / "result.json"
     before = done.stat().st_mtime_ns
     assert main(args) == 0
+    assert done.stat().st_mtime_ns == before
+    # but not one that ran with other settings
+    assert main([*args, "stage2.lr=0.0005"]) == 2
+    assert "finished with other settings (stage2.lr)" in capsys.readouterr().err
     assert done.stat().st_mtime_ns == before
