@@ -1052,6 +1052,12 @@ def _(tmp, base):
             f"demo.data_dir={tmp}/demo"], ["--seeds"]
 
 
+@case("ablate: a budget outside (0, 1]")
+def _(tmp, base):
+    return ["ablate", "--config", "tiny", "--rows", "full", "--budget", "0", "--out", tmp / "ab", f"out_dir={tmp}/r",
+            f"demo.data_dir={tmp}/demo"], ["--budget"]
+
+
 # ----------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("name", sorted(CASES))
