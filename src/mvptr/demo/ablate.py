@@ -140,7 +140,7 @@ def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None =
             done = run_dir / "result.json"
             row_cfg = row_config(preset, overrides, row, s, run_dir)
             if done.exists():
-                check_same_settings(row_cfg, run_dir)
+                check_finished_row(row_cfg, run_dir)
             else:
                 write_json(done, run_row(row_cfg, progress))
             runs.append(json.loads(done.read_text()))
@@ -153,9 +153,11 @@ def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None =
     return report
 
 
-def check_same_settings(cfg: Config, run_dir: Path) -> None:
+def check_finished_row(cfg: Config, run_dir: Path) -> None:
     """A finished row is reused only if it ran with the settings asked for now (another
-    ``--budget`` or override would otherwise be reported under the new command)."""
+    ``--budget`` or override would otherwise be reported under the new command). The row's
+    counterpart of ``train.trainer.check_same_settings``, which guards a resumed stage: this
+    one compares whole configs and points to ``--out``."""
     saved = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
     differ = sorted(k for k, v in _flat(OmegaConf.to_container(OmegaConf.structured(cfg))).items()
                     if saved.get(k) != v)
