@@ -12,6 +12,7 @@ from helpers import _metrics, _per_sample_recipe, _run, _setup, _torchrun, _trai
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.distributed import shard
+from mvptr.core.precision import resolve as resolve_precision
 from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.train.trainer import StepBatches
@@ -137,6 +138,13 @@ def test_mixed_precision_trains(world_args, tmp_path, precision):
     # fp16's loss scaler may skip a first overflowing step; it must not skip them all
     assert result.skipped_steps < 4
     assert not torch.equal(before, bundle.model.state_dict()["text_proj.weight"])
+    assert all(math.isfinite(v) for v in result.last.values())
+
+
+def test_auto_precision_trains_in_the_one_this_machine_has(world_args, tmp_path):
+    cfg, bundle, data = _setup(world_args, tmp_path)
+    result = _train(cfg, bundle, data, tmp_path, precision="auto", max_steps=2)
+    assert result.precision == resolve_precision("auto", "cpu")
     assert all(math.isfinite(v) for v in result.last.values())
 
 

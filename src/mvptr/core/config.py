@@ -165,7 +165,8 @@ class StageConfig:
     save_every: int = 0  # steps; 0 = only at the end
     # the batch of one step is split into this many forward/backward passes (less memory)
     grad_accum_steps: int = 1
-    # "fp32", "bf16" (autocast) or "fp16" (autocast with a dynamic loss scaler)
+    # "fp32", "bf16" (autocast), "fp16" (autocast with a dynamic loss scaler), or "auto": bf16
+    # where the device multiplies it natively, else fp32 (mvptr.core.precision)
     precision: str = "fp32"
     # under torchrun: shard the optimizer state across processes (ZeRO stage 1; torch engine)
     shard_optimizer: bool = False
@@ -186,7 +187,7 @@ class EvalConfig:
     batch_size: int = 128
     # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
     rerank_score: str = "itm"
-    precision: str = "fp32"  # "bf16" or "fp16" runs the re-ranker under autocast
+    precision: str = "fp32"  # "bf16", "fp16" or "auto" (as in training) runs the re-ranker under autocast
     entities_dir: str = "data/demo/flickr30k_entities"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ConfigError
+from .precision import CHOICES as PRECISION_CHOICES
 
 CHOICES = {
     "model.global_pool": ("cls", "mean"),
@@ -16,9 +17,9 @@ CHOICES = {
     "objectives.negative_sampling": ("sampled", "hardest", "uniform"),
     "objectives.itm_negatives": ("half_each", "both"),
     "eval.rerank_score": ("itm", "itm+sim"),
-    "eval.precision": ("fp32", "bf16", "fp16"),
+    "eval.precision": PRECISION_CHOICES,
 }
-STAGE_CHOICES = {"precision": ("fp32", "bf16", "fp16"), "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
+STAGE_CHOICES = {"precision": PRECISION_CHOICES, "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
 OBJECTIVE_NAMES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
 
 

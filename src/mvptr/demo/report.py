@@ -6,9 +6,9 @@ from __future__ import annotations
 ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 def build_report(results: dict, seconds: dict, training: dict) -> dict:
-    some = next(iter(results.values()))
+    some = results.get("pretrained", next(iter(results.values())))
     chance = some["chance"]
-    retrieval = {name: {"uni": r["retrieval"]["uni"], "rerank": r["retrieval"]["rerank"]}
+    retrieval = {name: {kind: r["retrieval"][kind] for kind in ("uni", "rerank") if kind in r["retrieval"]}
                  for name, r in results.items()}
     retrieval["chance"] = {"uni": chance["retrieval"], "rerank": chance["retrieval"]}
     grounding = {name: {"acc": r["grounding"]["acc"]} for name, r in results.items()}
@@ -21,7 +21,7 @@ def build_report(results: dict, seconds: dict, training: dict) -> dict:
         "eval_set": {"images": some["images"], "captions": some["captions"],
                      "mentions": some["grounding"]["mentions"], "pairs_rescored": some["retrieval"]["pairs_scored"]},
         "training": {k: {"steps": v.steps, "samples_per_second": round(v.samples_per_second, 1), "last_losses": v.last,
-                         "skipped_steps": v.skipped_steps} for k, v in training.items()},
+                         "skipped_steps": v.skipped_steps, "precision": v.precision} for k, v in training.items()},
     }
 def report_markdown(report: dict) -> str:
     ev = report["eval_set"]
@@ -29,14 +29,14 @@ def report_markdown(report: dict) -> str:
         "# mvptr demo report",
         "",
         f"Zero-shot retrieval on the demo world's test split ({ev['images']} images, {ev['captions']} captions; "
-        f"{ev['pairs_rescored']} pairs re-scored by ITM). Recall in percent.",
+        f"{ev['pairs_rescored']} pairs re-scored by ITM). Recall in percent. The models before pre-training "
+        "rank uni-modally only: their ITM heads are untrained.",
         "",
         "| model | ranking | " + " | ".join(METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
     ]
-    for model in report["retrieval"]:
-        for kind in ("uni", "rerank"):
-            r = report["retrieval"][model][kind]
+    for model, kinds in report["retrieval"].items():
+        for kind, r in kinds.items():
             lines.append(f"| {model} | {kind} | " + " | ".join(f"{r[m]:.2f}" for m in METRICS) + " |")
     lines += [
         "",
@@ -59,9 +59,9 @@ def report_markdown(report: dict) -> str:
         lines += ["", f"![{name}]({path})"]
     lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["seconds"].items()]
-    lines += ["", "Training.", "", "| stage | steps | samples/s | last losses |", "|---|---|---|---|"]
+    lines += ["", "Training.", "", "| stage | steps | precision | samples/s | last losses |", "|---|---|---|---|---|"]
     lines += [
-        f"| {k} | {v['steps']} | {v['samples_per_second']} | "
+        f"| {k} | {v['steps']} | {v['precision']} | {v['samples_per_second']} | "
         + ", ".join(f"{n}={x:.3f}" for n, x in v["last_losses"].items()) + " |"
         for k, v in report["training"].items()
     ]
@@ -78,6 +78,9 @@ def downstream_markdown(report: dict) -> list[str]:
         ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
         ("SNLI-VE (demo world)", "accuracy", ve["acc"],
          "chance 33.33; per label " + ", ".join(f"{k} {v:.2f}" for k, v in ve.get("per_label", {}).items())),
+        *[("SNLI-VE (demo world)", f"accuracy on {kind} hypotheses ({g['pairs']})", g["acc"],
+           "per label " + ", ".join(f"{k} {v:.2f}" for k, v in g["per_label"].items()))
+          for kind, g in ve.get("per_group", {}).items()],
         ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
          f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
         ("easy-VQA (test)", "VQA accuracy", easy["acc"],

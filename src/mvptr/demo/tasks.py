@@ -106,6 +106,15 @@ def _questions(objects, rng: np.random.Generator, n: int) -> list[dict]:
              "multiple_choice_answer": kinds[k][2], "answer_type": kinds[k][3]} for k in sorted(order)]
 
 
+def hypothesis_kind(hypothesis: str) -> str:
+    """What a demo SNLI-VE hypothesis states: "existence" (there is ...), "relation" (one object
+    where another is) or "property" (what no picture shows, the neutral ones)."""
+    text = hypothesis.lower()
+    if text.startswith("there is "):
+        return "existence"
+    return "relation" if any(f" is {w} " in text for w in _REL_WORDS.values()) else "property"
+
+
 def _hypotheses(objects, rng: np.random.Generator) -> list[tuple[str, str]]:
     """One (hypothesis, label) of each SNLI-VE label for one scene."""
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,10 @@ def generate_demo_world(
     feat_dim: int = 128,
     distractor_prob: float = 0.2,
     progress: bool = True,
+    on_captions: Callable[[], object] | None = None,
 ) -> dict:
     """Render the demo world into ``out_dir`` (see the module docstring) and return its summary.
+    ``on_captions`` is called once ``captions.json`` is written, before the detector trains.
 
     Deterministic given ``seed``: images and captions come from numpy generators seeded
     by it, and the detector is trained with it. Image ids are the zero-padded running
@@ -112,6 +115,8 @@ def generate_demo_world(
         {"filename": f"{image_id}.png", "imgid": i, "split": split, "sentences": [c.raw for c in caps]}
         for i, (image_id, split, caps) in enumerate(zip(ids, splits, captions))
     ], dataset="demo")
+    if on_captions is not None:
+        on_captions()
 
     for image_id, split, img, objs, caps in zip(ids, splits, images, objects, captions):
         if split == "train":

@@ -291,7 +291,7 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
                     batch_size: int = 256, n_process: int = 1,
                     extractor: PhraseExtractor | None = None,
                     chunk_size: int = 4096, skip: SkippedSamples | None = None,
-                    part: tuple[int, int] | None = None) -> dict:
+                    part: tuple[int, int] | None = None, progress: bool = True) -> dict:
     """Parse all captions into ``out_dir/phrase_cache.jsonl``; build ``phrase_vocab.json``.
 
     Every caption of every split is parsed (records keyed by the caption's text, see
@@ -312,7 +312,8 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
     todo = [k for k in keys if k not in cache]
     if todo:
         extractor = extractor or PhraseExtractor()
-        with tqdm(total=len(keys), initial=len(keys) - len(todo), desc="phrases", unit="caption") as bar:
+        with tqdm(total=len(keys), initial=len(keys) - len(todo), desc="phrases", unit="caption",
+                  disable=not progress) as bar:
             for lo in range(0, len(todo), chunk_size):
                 chunk = todo[lo:lo + chunk_size]
                 parsed = extractor.extract(chunk, batch_size=batch_size, n_process=n_process, progress=False)

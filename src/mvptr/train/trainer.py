@@ -21,7 +21,7 @@ import hashlib
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +44,7 @@ from ..core.config import StageConfig
 from ..core.errors import ConfigError, FormatError, OutputDirError
 from ..core.fileio import append_json_lines
 from ..core.precision import autocast
+from ..core.precision import resolve as resolve_precision
 from .deepspeed_engine import DeepSpeedEngine
 from .recipes import Recipe
 
@@ -139,6 +140,7 @@ class TrainResult:
     samples_per_second: float
     last: dict
     skipped_steps: int
+    precision: str = "fp32"  # the one it trained in ("auto" resolved)
 
 
 def param_groups(model: torch.nn.Module, trainable: Callable[[str], bool], weight_decay: float, lr: float,
@@ -266,6 +268,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         reuse_freed_cpu_memory()
     if d.main:
         check_writable(out_dir, checkpoint_bytes(bundle.model))
+    stage = replace(stage, precision=resolve_precision(stage.precision, device))  # "auto" -> what it is here
     accum = stage.grad_accum_steps
     model = bundle.model.to(device)
     per_epoch = len(dataset) // stage.batch_size
@@ -402,4 +405,4 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         engine.finish()
     model.eval()
     seconds = time.time() - t0
-    return TrainResult(total - start, seconds, samples / max(seconds, 1e-9), last, skipped)
+    return TrainResult(total - start, seconds, samples / max(seconds, 1e-9), last, skipped, stage.precision)

@@ -20,6 +20,7 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -181,9 +182,12 @@ def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs:
 
 @torch.no_grad()
 def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | None = None,
-                  progress: bool = True, mask_regions: bool | None = None) -> dict:
+                  progress: bool = True, mask_regions: bool | None = None,
+                  group_of: Callable[[str], str] | None = None) -> dict:
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
-    scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's."""
+    scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's.
+    ``group_of`` (SNLI-VE): a hypothesis's group; the accuracies of each group are added under
+    ``per_group``."""
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task)
     model = bundle.model.eval()
@@ -212,8 +216,16 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
         collate = _collate(cfg, bundle, mask_regions=hide)
         pred = _predict(model, dataset, collate, bs, cfg.device, len(VE_LABELS)).argmax(1)
         gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
-        return {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold),
-                "unlabelled_pairs_left_out": pairs.unlabelled}
+        out = {**classification_accuracy(pred, gold, VE_LABELS), "pairs": len(gold),
+               "unlabelled_pairs_left_out": pairs.unlabelled}
+        if group_of is not None:
+            groups = np.array([group_of(p.hypothesis) for p in dataset.pairs])
+            out["per_group"] = {}
+            for g in sorted(set(groups)):
+                mine = torch.from_numpy(groups == g)
+                out["per_group"][g] = {**classification_accuracy(pred[mine], gold[mine], VE_LABELS),
+                                       "pairs": int(mine.sum())}
+        return out
     if kind == "grounding":
         data = grounding_dataset(cfg, bundle, split, t.max_eval)
         return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)

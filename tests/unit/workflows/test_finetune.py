@@ -14,22 +14,22 @@ import torch
 import torch.nn.functional as F
 
 from mvptr.checkpoint.bert_init import new_bundle
-from mvptr.checkpoint.model_dir import save_model_dir
+from mvptr.checkpoint.model_dir import load_model_dir, save_model_dir
 from mvptr.checkpoint.task_dir import attach_head, load_task_model, save_task_model
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.data.builders import collator, training_tag_vocab
 from mvptr.data.tasks import TaskCollator
-from mvptr.demo.tasks import prepare_demo_tasks, ve_path, vqa_paths
+from mvptr.demo.tasks import hypothesis_kind, prepare_demo_tasks, ve_path, vqa_paths
 from mvptr.eval.grounding import evaluate_grounding
 from mvptr.formats.captions import read_captions
-from mvptr.formats.snli_ve import read_snli_ve
+from mvptr.formats.snli_ve import VE_LABELS, read_snli_ve
 from mvptr.formats.vqa import read_vqa
 from mvptr.model.heads import AnswerClassifier
 from mvptr.model.losses import grounding_loss, mention_outputs, vqa_loss
 from mvptr.text.phrases import PhraseVocab
 from mvptr.vision.regions import box_iou, ground_truth_box
-from mvptr.workflows.finetune import classification_accuracy
+from mvptr.workflows.finetune import classification_accuracy, evaluate_task
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +199,25 @@ def test_demo_task_files_tell_the_truth_about_each_scene(task_world):
     assert {p.label for p in pairs} == {"entailment", "neutral", "contradiction"}
     train_images = {r.image_id for r in read_captions(task_world / "captions.json", splits=["train"])}
     assert all((task_world / "flickr30k_entities" / "Sentences" / f"{i}.txt").exists() for i in train_images)
+    # each label's hypotheses are of the kinds the generator writes for it, and the demo tells them apart
+    kinds = {label: {hypothesis_kind(p.hypothesis) for p in pairs if p.label == label} for label in VE_LABELS}
+    assert kinds["neutral"] == {"property"}
+    assert kinds["entailment"] <= {"existence", "relation"} and kinds["contradiction"] <= {"existence", "relation"}
+    assert kinds["entailment"] | kinds["contradiction"] == {"existence", "relation"}
+
+
+def test_ve_accuracy_per_group_adds_up_to_the_whole(tiny_model, task_args, tmp_path):
+    model_dir, _ = tiny_model
+    cfg = load_config("tiny", task_args(tmp_path))
+    bundle = load_model_dir(model_dir)
+    attach_head(bundle, "ve")
+    result = evaluate_task(cfg, "ve", bundle, progress=False, group_of=hypothesis_kind)
+    groups = result["per_group"]
+    assert set(groups) == {"existence", "relation", "property"}
+    assert sum(g["pairs"] for g in groups.values()) == result["pairs"]
+    correct = sum(g["acc"] * g["pairs"] for g in groups.values()) / 100
+    assert correct == pytest.approx(result["acc"] * result["pairs"] / 100, abs=0.01 * len(groups))
+    assert set(groups["property"]["per_label"]) == {"neutral"}  # a group reports only the labels it has
 
 
 @pytest.mark.parametrize("task", ["vqa", "ve", "grounding", "retrieval"])
