@@ -47,7 +47,7 @@ from mvptr.train.trainer import adamw, only_trainable, param_groups, reuse_freed
 
 def make_step(cfg, model, stage, batch, device, precision):
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives)
-    optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay), lr=1e-5)
+    optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay, 1e-5), lr=1e-5)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator(device)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every model benchmark of docs/PERFORMANCE.md in one run, results as JSON in $1 (default
 # benchmarks/results). On a CUDA machine: the base and demo configs in bf16 and the
-# COCO-5k-sized re-ranking evaluation; on a CPU: the demo config in fp32.
+# COCO-5k-sized re-ranking evaluation; on a CPU: the demo config in fp32, and in bf16 where the
+# CPU multiplies it natively.
 set -euo pipefail
 out=${1:-benchmarks/results}
 here=$(dirname "$0")
@@ -30,6 +31,11 @@ if $py -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
 else
   row $py "$here/pretrain_throughput.py" --config demo --device cpu --precision fp32 --steps 10 \
     --out "$out/pretrain_demo_fp32.json"
+  # what the demo preset's precision "auto" picks on a CPU with AMX or AVX512-BF16
+  if $py -c "import sys; from mvptr.core.precision import native_bf16; sys.exit(not native_bf16('cpu'))"; then
+    row $py "$here/pretrain_throughput.py" --config demo --device cpu --precision bf16 --steps 10 \
+      --out "$out/pretrain_demo_bf16.json"
+  fi
   row $py "$here/rerank.py" --config demo --device cpu --precision fp32 --images 500 --k-c 16 --k-i 8 \
     --baseline-queries 100 --out "$out/rerank_demo_fp32.json"
 fi
