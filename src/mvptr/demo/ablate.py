@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from ..checkpoint.bert_init import new_bundle
 from ..checkpoint.model_dir import Bundle
-from ..core.config import Config, load_config, save_config
+from ..core.config import Config, load_config, save_config, to_dict
 from ..core.errors import ConfigError
 from ..core.fileio import write_json
 from ..data.builders import training_tag_vocab
@@ -159,7 +159,7 @@ def check_finished_row(cfg: Config, run_dir: Path) -> None:
     counterpart of ``train.trainer.check_same_settings``, which guards a resumed stage: this
     one compares whole configs and points to ``--out``."""
     saved = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
-    differ = sorted(k for k, v in _flat(OmegaConf.to_container(OmegaConf.structured(cfg))).items()
+    differ = sorted(k for k, v in _flat(to_dict(cfg)).items()
                     if saved.get(k) != v)
     if differ:
         keys = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
