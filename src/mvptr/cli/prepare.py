@@ -1,7 +1,8 @@
 """``mvptr prepare demo|phrases|vocab|tasks|tags|easyvqa``: data a run reads, made once.
 
-The demo world's sizes, its seed and the phrase vocabulary's ``--min-count`` default to the
-``--config`` preset's ``demo`` section and ``seed``: the configuration is their one source.
+The demo world's sizes and its seed default to the ``--config`` preset's ``demo`` section and
+``seed``, the phrase vocabulary's ``--min-count`` to its ``data.phrase_min_count`` (50 with
+``base``, the paper's; 5 with ``demo``): the configuration is their one source.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def cmd_prepare(args) -> None:
         raise ConfigError(f"prepare {args.what}: --shard applies to prepare phrases")
     cfg = load_config(args.config)
     d = cfg.demo
-    min_count = d.min_count if args.min_count is None else args.min_count
+    min_count = cfg.data.phrase_min_count if args.min_count is None else args.min_count
     if args.what == "demo":
         pick = lambda value, default: default if value is None else value  # noqa: E731
         summary = generate_demo_world(args.out or d.data_dir, n_train=pick(args.n_train, d.n_train),
@@ -95,7 +96,7 @@ def add_parser(sub) -> None:
     prep.add_argument("--out")
     prep.add_argument("--captions")
     prep.add_argument("--min-count", type=int, help="phrase vocabulary threshold (default: the preset's "
-                                                    "demo.min_count)")
+                                                    "data.phrase_min_count)")
     prep.add_argument("--train-split", default="train",
                       help="phrases: the split(s) the vocabulary counts, e.g. train+restval (Karpathy COCO)")
     prep.add_argument("--n-process", type=int, default=1)

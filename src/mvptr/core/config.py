@@ -86,6 +86,9 @@ class DataConfig:
     predictions: str = "data/demo/predictions.tsv"
     phrase_cache: str = "data/demo/phrases/phrase_cache.jsonl"
     phrase_vocab: str = "data/demo/phrases/phrase_vocab.json"
+    # a phrase gets a concept embedding when it occurs in at least this many training captions
+    # (paper 3.1.1: 50, on 9M captions); `mvptr prepare phrases|vocab` and `mvptr demo` read it
+    phrase_min_count: int = 50
     train_split: str = "train"
     max_tokens: int = 35
     max_phrases: int = 5
@@ -147,6 +150,10 @@ class ObjectiveConfig:
     # over a stage's first N steps the ITM / WPG negatives go from uniform to p^{v2s} / p^{s2v}
     # (the sampling logits scaled by step / N); 0 = the paper's hard negatives from the first step
     negative_warmup_steps: int = 0
+    # how MCR^v, MCR^s and MLM average over masked items: "token" (over every masked item of the
+    # batch, as the official code's cross entropy does) or "sample" (each sample's mean over its own
+    # masked items, as eqs. 2, 3 and 9 write it, then the mean over the samples that have any)
+    loss_average: str = "token"
 
 
 @dataclass
@@ -198,7 +205,6 @@ class DemoConfig:
     n_val: int = 200
     n_test: int = 500
     image_size: int = 96
-    min_count: int = 5  # phrase vocabulary threshold (the paper uses 50 on 9M captions)
     n_process: int = 1
     easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
     world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)

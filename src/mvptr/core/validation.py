@@ -16,6 +16,7 @@ CHOICES = {
     "objectives.mcr_matching": ("hungarian", "aligned"),
     "objectives.negative_sampling": ("sampled", "hardest", "uniform"),
     "objectives.itm_negatives": ("half_each", "both"),
+    "objectives.loss_average": ("token", "sample"),
     "eval.rerank_score": ("itm", "itm+sim"),
     "eval.precision": PRECISION_CHOICES,
 }
@@ -84,6 +85,8 @@ def validate(cfg) -> None:
     _check(d.max_tokens >= 3, "data.max_tokens", d.max_tokens, "must leave room for [CLS], a word and [SEP] (>= 3)")
     for key in ("max_phrases", "max_tags", "num_workers"):
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
+    _check(d.phrase_min_count >= 1, "data.phrase_min_count", d.phrase_min_count,
+           "must be at least 1 caption (a phrase seen in none cannot be learned)")
     _check(d.max_regions > 0, "data.max_regions", d.max_regions, "must be positive: the model reads regions")
     names = [c.name for c in d.corpora]
     _check(all(n and "/" not in n for n in names) and len(set(names)) == len(names), "data.corpora names", names,

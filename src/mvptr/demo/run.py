@@ -46,8 +46,8 @@ def prepare_data(cfg: Config, seconds: dict) -> None:
     thread, spaCy uses one), so together they take the time of the longer."""
     d = cfg.demo
     data_dir = Path(d.data_dir)
-    phrases = partial(prepare_phrases, cfg.data.captions, Path(cfg.data.phrase_vocab).parent, min_count=d.min_count,
-                      splits=(cfg.data.train_split,), n_process=d.n_process)
+    phrases = partial(prepare_phrases, cfg.data.captions, Path(cfg.data.phrase_vocab).parent,
+                      min_count=cfg.data.phrase_min_count, splits=(cfg.data.train_split,), n_process=d.n_process)
     new_world = not (data_dir / "predictions.tsv").exists()
     alongside = (new_world and d.n_process == 1 and not Path(cfg.data.phrase_vocab).exists()
                  and Path(cfg.data.captions).resolve() == (data_dir / "captions.json").resolve())

@@ -58,13 +58,24 @@ def hungarian_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return out
 
 
-def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungarian") -> torch.Tensor:
-    """Masked concept recovering (eqs. 2-3): cross entropy over concepts at masked positions."""
+def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungarian",
+             average: str = "token") -> torch.Tensor:
+    """Masked concept recovering (eqs. 2-3): cross entropy over concepts at masked positions,
+    logits (B, L, C) and labels (B, L); ``average`` as in :func:`per_sample_mean_ce`."""
     if matching == "hungarian":
         labels = hungarian_labels(logits, labels)
     elif matching != "aligned":
         raise ValueError(f"unknown MCR matching {matching!r} (expected 'hungarian' or 'aligned')")
+    if average == "sample":
+        rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
+        return per_sample_mean_ce(logits.flatten(0, -2), labels.flatten(), rows.flatten(), labels.shape[0])
+    _check_average(average)
     return _labelled_mean_ce(logits, labels)
+
+
+def _check_average(average: str) -> None:
+    if average not in ("token", "sample"):
+        raise ValueError(f"unknown loss average {average!r} (expected 'token' or 'sample')")
 
 
 def _labelled_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,6 +83,18 @@ def _labelled_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     No branch on the labels, so no wait for the device."""
     total = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     return total / (labels != IGNORE).sum().clamp(min=1)
+
+
+def per_sample_mean_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Cross entropy as eqs. 2, 3 and 9 write it: each sample's mean over its own labelled items,
+    then the mean over the samples that have any. logits (K, C), labels (K,), ``rows`` (K,): the
+    sample of each item, among ``num_rows``. A sample with one masked item then weighs as much
+    as one with ten (the per-token mean weighs it a tenth as much). 0, in the graph, with none."""
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")
+    labelled = (labels != IGNORE).float()
+    total = ce.new_zeros(num_rows).index_add(0, rows, ce)
+    count = ce.new_zeros(num_rows).index_add(0, rows, labelled)
+    return (total / count.clamp(min=1)).sum() / (count > 0).sum().clamp(min=1)
 
 
 def vsc_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -160,9 +183,25 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _labelled_mean_ce(logits, labels)
 
 
-def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Masked language modelling cross entropy over masked word pieces (eq. 9)."""
+def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, average: str = "token",
+             rows: torch.Tensor | None = None, num_rows: int = 0) -> torch.Tensor:
+    """Masked language modelling cross entropy over masked word pieces (eq. 9): logits (K, C)
+    and labels (K,) of the masked pieces; with ``average="sample"``, ``rows`` (K,) names each
+    piece's caption among ``num_rows`` (see :func:`per_sample_mean_ce`)."""
+    if average == "sample":
+        if rows is None:
+            raise ValueError("mlm_loss(average='sample') needs the caption of each masked piece (rows)")
+        return per_sample_mean_ce(logits, labels, rows, num_rows)
+    _check_average(average)
     return _labelled_mean_ce(logits, labels)
+
+
+def masked_word_loss(decode, word_hidden: torch.Tensor, labels: torch.Tensor, average: str = "token") -> torch.Tensor:
+    """MLM over a batch: ``decode`` (the MLM head) reads the outputs (B, N, H) of the masked
+    pieces only, so only they reach the vocabulary-sized decoder; labels (B, N)."""
+    selected = labels != IGNORE
+    rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(labels)[selected]
+    return mlm_loss(decode(word_hidden[selected]), labels[selected], average, rows, len(labels))
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -60,9 +60,10 @@ def merged_losses(
     out: dict[str, torch.Tensor] = {}
     if "mcr_s" in active and obj.use_phrases:
         logits = model.mcr_phrase_logits(fused.hidden[:b, n : fused.text_len])
-        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching)
+        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching, obj.loss_average)
     if "mcr_v" in active and obj.use_tags:
-        out["mcr_v"] = L.mcr_loss(model.mcr_tag_logits(fused.tag_hidden[:b]), batch["tag_labels"], obj.mcr_matching)
+        out["mcr_v"] = L.mcr_loss(model.mcr_tag_logits(fused.tag_hidden[:b]), batch["tag_labels"], obj.mcr_matching,
+                                  obj.loss_average)
     if "itm" in active:
         negative = torch.zeros_like(t_idx[b:]).masked_fill(~torch.cat([ok_t[text_side], ok_i[image_side]]), L.IGNORE)
         out["itm"] = L.itm_loss(model.itm_logits(fused), torch.cat([torch.ones_like(idx), negative]))
@@ -74,8 +75,7 @@ def merged_losses(
             mlm_hidden = joint(model, masked, image, idx, idx).hidden
         else:
             mlm_hidden = fused.hidden[:b]
-        selected = batch["mlm_labels"] != L.IGNORE  # only masked positions reach the decoder
-        out["mlm"] = L.mlm_loss(model.mlm_logits(mlm_hidden[:, :n][selected]), batch["mlm_labels"][selected])
+        out["mlm"] = L.masked_word_loss(model.mlm_logits, mlm_hidden[:, :n], batch["mlm_labels"], obj.loss_average)
     if wpg_on:
         rest = idx[len(text_side) :] if obj.itm_negatives == "half_each" else idx[:0]
         out["wpg"] = _wpg(model, text, image, fused, batch, text_side, rest, neg_image, ok_t, obj.wpg_margin)

@@ -106,10 +106,10 @@ def pretraining_losses(
     # with labels would cost a wait for the device, more than the rows cost
     if "mcr_s" in active and obj.use_phrases and obj.mcr_s_loss:
         logits = model.mcr_phrase_logits(text.phrase_hidden)
-        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching)
+        out["mcr_s"] = L.mcr_loss(logits, batch["phrase_labels"], obj.mcr_matching, obj.loss_average)
     if "mcr_v" in active and obj.use_tags:
         logits = model.mcr_tag_logits(image.tag_hidden)
-        out["mcr_v"] = L.mcr_loss(logits, batch["tag_labels"], obj.mcr_matching)
+        out["mcr_v"] = L.mcr_loss(logits, batch["tag_labels"], obj.mcr_matching, obj.loss_average)
 
     sim = L.vsc_logits(image.global_emb, text.global_emb, model.logit_scale)  # images x texts
     if "vsc" in active:
@@ -158,10 +158,8 @@ def pretraining_losses(
             mlm_hidden = model.fuse(masked_text.hidden, masked_text.mask, image.region_hidden, image.region_mask).hidden
         else:
             mlm_hidden = fused.hidden[:b]
-        # only masked positions reach the vocabulary-sized decoder
-        masked = batch["mlm_labels"] != L.IGNORE
-        words = mlm_hidden[:, : text.num_words][masked]
-        out["mlm"] = L.mlm_loss(model.mlm_logits(words), batch["mlm_labels"][masked])
+        out["mlm"] = L.masked_word_loss(model.mlm_logits, mlm_hidden[:, : text.num_words], batch["mlm_labels"],
+                                        obj.loss_average)
     if wpg_on and obj.wpg_variant == "official":
         out["wpg"] = _wpg_official(model, text, image, fused, batch, obj.wpg_margin, generator)
     elif wpg_on:

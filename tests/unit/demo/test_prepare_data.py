@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_phrases_parsed_alongside_the_detector_match_the_world_already_made(world, tmp_path, capsys):
     new = tmp_path / "world"
     cfg = load_config("tiny", [
-        f"demo.data_dir={new}", "demo.n_train=96", "demo.n_val=8", "demo.n_test=24", "demo.min_count=2",
+        f"demo.data_dir={new}", "demo.n_train=96", "demo.n_val=8", "demo.n_test=24", "data.phrase_min_count=2",
         f"data.captions={new}/captions.json", f"data.phrase_cache={new}/phrases/phrase_cache.jsonl",
         f"data.phrase_vocab={new}/phrases/phrase_vocab.json",
     ])

@@ -1,6 +1,7 @@
 """Each objective on hand-made tensors."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -125,3 +126,35 @@ def test_batched_hungarian_matches_scipy_assignment_cost():
         r, c = linear_sum_assignment(cost.numpy())
         ours = sum(1 - probs[b, p, out[b, p]].item() for p in pos.tolist())
         assert abs(ours - cost[r, c].sum().item()) < 1e-5
+
+
+def _two_samples():
+    """Sample 0 has one masked item (loss ln 2: two equal logits), sample 1 has three items
+    predicted almost surely right (loss ~0)."""
+    logits = torch.zeros(2, 3, 2)
+    logits[1, :, 0] = 50.0
+    labels = torch.tensor([[0, L.IGNORE, L.IGNORE], [0, 0, 0]])
+    return logits, labels
+
+
+def test_per_sample_average_weighs_each_sample_once_as_eqs_2_3_and_9():
+    logits, labels = _two_samples()
+    ln2 = math.log(2)
+    # per token: ln 2 over 4 items; per sample: (ln 2 + 0) / 2
+    assert L.mcr_loss(logits, labels, "aligned", "token").item() == pytest.approx(ln2 / 4)
+    assert L.mcr_loss(logits, labels, "aligned", "sample").item() == pytest.approx(ln2 / 2)
+    decode = lambda h: h  # noqa: E731  (the hidden states are the logits here)
+    assert L.masked_word_loss(decode, logits, labels, "token").item() == pytest.approx(ln2 / 4)
+    assert L.masked_word_loss(decode, logits, labels, "sample").item() == pytest.approx(ln2 / 2)
+
+
+def test_per_sample_average_leaves_out_samples_without_masked_items_and_is_zero_without_any():
+    logits, labels = _two_samples()
+    with_empty = torch.cat([labels, torch.full((1, 3), L.IGNORE)])
+    padded = torch.cat([logits, torch.randn(1, 3, 2)])
+    assert L.mcr_loss(padded, with_empty, "aligned", "sample").item() == pytest.approx(math.log(2) / 2)
+    none = torch.full((2, 3), L.IGNORE)
+    loss = L.mcr_loss(logits.requires_grad_(), none, "aligned", "sample")
+    assert loss.item() == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="loss average"):
+        L.mcr_loss(logits, labels, "aligned", "per_batch")

@@ -21,7 +21,23 @@ def test_the_default_fine_tuning_settings_are_the_papers(task):
     assert (t.train.epochs, t.train.lr, t.train.batch_size, t.train.weight_decay) == (epochs, lr, per_gpu * 8, 0.05)
     limits = (t.max_regions, t.max_tokens, t.max_tags, t.max_phrases)
     assert t.dropout == dropout and limits == (regions, tokens, tags, phrases)
-    assert getattr(load_config("base").finetune, task) == t  # the base preset keeps them
+    base = getattr(load_config("base").finetune, task)  # the base preset keeps them
+    assert (base.train, base.dropout, base.max_regions, base.max_tokens, base.max_tags) == (
+        t.train, t.dropout, t.max_regions, t.max_tokens, t.max_tags)
+
+
+def test_base_fine_tunes_vqa_on_train_and_val_and_evaluates_on_test_dev():
+    """A.3.2: "we fine-tune MVPTR on the training and validation sets", VQA v2's own file names."""
+    vqa = load_config("base").finetune.vqa
+    assert vqa.train_split == "train2014+val2014" and vqa.eval_split == "test-dev2015"
+    assert vqa.questions.format(split="val2014").endswith("v2_OpenEnded_mscoco_val2014_questions.json")
+    assert vqa.annotations.format(split="train2014").endswith("v2_mscoco_train2014_annotations.json")
+
+
+def test_base_is_the_paper_in_its_phrase_threshold_and_loss_average():
+    base, demo = load_config("base"), load_config("demo")
+    assert base.data.phrase_min_count == 50 and demo.data.phrase_min_count == 5
+    assert base.objectives.loss_average == "sample" and demo.objectives.loss_average == "token"
 
 
 def test_a_task_runs_with_its_own_input_limits_and_dropout():

@@ -1,0 +1,25 @@
+"""The phrase vocabulary's threshold comes from the preset: the paper's 50 with ``base``."""
+
+import pytest
+
+import mvptr.cli.prepare as prepare_cli
+from mvptr.cli import main
+from mvptr.core.config import load_config
+from mvptr.core.errors import ConfigError
+
+
+@pytest.mark.parametrize("preset, wanted", [("base", 50), ("demo", 5)])
+def test_prepare_phrases_counts_with_the_presets_threshold(preset, wanted, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(prepare_cli, "prepare_phrases", lambda *a, **kw: seen.update(kw) or {})
+    assert main(["prepare", "phrases", "--config", preset, "--captions", str(tmp_path / "c.json"),
+                 "--out", str(tmp_path / "p")]) == 0
+    assert seen["min_count"] == wanted
+    assert main(["prepare", "phrases", "--config", preset, "--captions", str(tmp_path / "c.json"),
+                 "--out", str(tmp_path / "p"), "--min-count", "7"]) == 0
+    assert seen["min_count"] == 7
+
+
+def test_a_threshold_below_one_caption_is_refused():
+    with pytest.raises(ConfigError, match="data.phrase_min_count"):
+        load_config("demo", ["data.phrase_min_count=0"])
