@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from common import machine
-
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import Bundle
 from mvptr.core.config import load_config, save_config

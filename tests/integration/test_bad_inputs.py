@@ -406,6 +406,9 @@ spoil_tsv("a box outside the image", "predictions",
           ["line 3", "image 3", "object 0"])
 spoil_tsv("num_boxes unlike the objects", "predictions", row3(f"3\t{json.dumps(prediction(num_boxes=5))}"),
           ["line 3", "image 3"])
+spoil_tsv("a conf that is a word", "predictions",
+          row3(f"3\t{json.dumps(prediction(n=1, objects=[{'rect': [1, 1, 5, 5], 'class': 'x', 'conf': 'high'}]))}"),
+          ["line 3", "image 3", "object 0", "conf"])
 spoil_tsv("one field", "predictions", row3("3"), ["line 3", "image 3"])
 spoil_tsv("an image missing", "predictions", lambda rows: rows[:2] + rows[3:], ["image 3"])
 
@@ -559,6 +562,27 @@ config_case("a corpus name with a slash", ["data.corpora=[{name: a/b, captions: 
 config_case("an init.source directory that does not exist", ["init.source=/nonexistent/bert"],
             ["/nonexistent/bert"])
 config_case("a preset that does not exist", [], ["nope", "presets"], config="nope")
+config_case("an infinite learning rate", ["stage1.lr=inf"], ["stage1.lr", "finite"])
+config_case("a NaN temperature", ["model.temperature=nan"], ["model.temperature", "finite"])
+config_case("an infinite loss weight", ["objectives.loss_weights.mlm=inf"], ["objectives.loss_weights.mlm"])
+config_case("max_tokens beyond the position table", ["data.max_tokens=600"], ["data.max_tokens", "512"])
+config_case("a task's max_tokens beyond the position table", ["finetune.vqa.max_tokens=1000"],
+            ["finetune.vqa.max_tokens"])
+config_case("a demo world without training images", ["demo.n_train=0"], ["demo.n_train"])
+config_case("a demo image side of 4 pixels", ["demo.image_size=4"], ["demo.image_size"])
+config_case("no parsing processes", ["demo.n_process=0"], ["demo.n_process"])
+
+
+def demo_world_case(name, flags, where):
+    @case(f"prepare demo: {name}")
+    def _(tmp, base):
+        return ["prepare", "demo", "--out", tmp / "world", *flags], where
+
+
+demo_world_case("no training images", ["--n-train", "0"], ["--n-train"])
+demo_world_case("a negative number of training images", ["--n-train", "-5"], ["--n-train", "-5"])
+demo_world_case("no test images", ["--n-test", "0"], ["--n-test"])
+demo_world_case("an image side of 4 pixels", ["--image-size", "4"], ["--image-size", "32"])
 
 
 def yaml_case(name, text, where=()):
@@ -591,6 +615,12 @@ def _(tmp, base):
 def pretrain_cmd(tmp, root, *extra):
     return ["pretrain", "--config", "tiny", "--stage", "stage1", f"out_dir={tmp}/run", "stage1.max_steps=1",
             "stage1.batch_size=2", *data_args(root), *extra]
+
+
+@case("pretrain: a batch larger than the data")
+def _(tmp, base):
+    root = corpus(tmp, base)
+    return pretrain_cmd(tmp, root, "stage1.batch_size=64"), ["stage1", "batch", "64"]
 
 
 @case("pretrain: captions file missing")
@@ -831,7 +861,7 @@ def ve_case(name, text, where):
     def _(tmp, base):
         f = tmp / "ve_train.jsonl"
         if text is not None:
-            f.write_text(text)
+            f.write_text(text, encoding="utf-8", errors="surrogateescape")  # bytes as given
         return task_cmd(tmp, base, "ve", "finetune", f"finetune.ve.hypotheses={tmp}/ve_{{split}}.jsonl"), [f, *where]
 
 
@@ -841,6 +871,7 @@ ve_case("a line that is not JSON", GOOD_VE + "\n{\"Flickr30K_ID\": \n", [":2"])
 ve_case("a line without sentence2", json.dumps({"Flickr30K_ID": "4", "gold_label": "neutral"}) + "\n", [":1"])
 ve_case("a line without the image", json.dumps({"sentence2": "x", "gold_label": "neutral"}) + "\n", [":1"])
 ve_case("a line that is a list", "[1, 2]\n", [":1"])
+ve_case("a byte that is not UTF-8", GOOD_VE.replace("a circle", "a \udcff circle") + "\n", [" line 1", "UTF-8"])
 ve_case("a capitalised label", json.dumps({"Flickr30K_ID": "4", "sentence2": "x", "gold_label": "Entailment"})
         + "\n", [":1", "Entailment"])
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..core.config import ModelConfig
+from ..core.fileio import load_json
 from ..model.modeling import MVPTR
 from ..text.phrases import PhraseVocab, phrase_string
 from ..text.tokenizer import load_tokenizer
@@ -107,10 +107,10 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     for key in ("bert.embeddings.word_embeddings.weight", "bert.img_embedding.weight", "bert.txt_proj"):
         if key not in theirs:
             raise ValueError(f"{weights}: no {key}; not an official MVPTR checkpoint")
-    cfg = official_model_config(json.loads((src / "config.json").read_text()), theirs)
+    cfg = official_model_config(load_json(src / "config.json"), theirs)
 
     table = theirs["bert.embeddings.word_embeddings.weight"]
-    id2phrase = json.loads((src / "id2phrase_new.json").read_text())
+    id2phrase = load_json(src / "id2phrase_new.json")
     rows, names = official_phrase_rows(id2phrase, cfg.vocab_size)
     if rows and max(rows) >= len(table):
         raise ValueError(f"id2phrase_new.json names phrase id {max(rows)}, the embedding table has {len(table)} rows")

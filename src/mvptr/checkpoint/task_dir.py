@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from ..core.config import task_kind
+from ..core.fileio import load_json
 from ..formats.snli_ve import VE_LABELS
 from ..model.task_models import TASK_MODELS, MVPTRForVE, MVPTRForVQA
 from ..text.tokenizer import pad_lists
@@ -58,7 +59,7 @@ def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
     path = Path(path)
     bundle = load_model_dir(path, device)
     if (path / TASK_FILE).exists():
-        info = json.loads((path / TASK_FILE).read_text())
+        info = load_json(path / TASK_FILE)
         attach_head(bundle, info["task"], info.get("answers"), init=False)
         if isinstance(bundle.model, tuple(TASK_MODELS.values())):
             bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))

@@ -7,12 +7,14 @@ The demo world's sizes and its seed default to the ``--config`` preset's ``demo`
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.fileio import output_lock
+from ..core.validation import check_world_size
 from ..data.pretrain import mix_phrase_vocab
 from ..demo.easyvqa import prepare_easyvqa
 from ..demo.tasks import prepare_demo_tasks
@@ -39,6 +41,9 @@ def cmd_prepare(args) -> None:
     min_count = cfg.data.phrase_min_count if args.min_count is None else args.min_count
     if args.what == "demo":
         pick = lambda value, default: default if value is None else value  # noqa: E731
+        check_world_size(pick(args.n_train, d.n_train), pick(args.n_val, d.n_val), pick(args.n_test, d.n_test),
+                         pick(args.image_size, d.image_size),
+                         {k: f"--{k.replace('_', '-')}" for k in ("n_train", "n_val", "n_test", "image_size")})
         summary = generate_demo_world(args.out or d.data_dir, n_train=pick(args.n_train, d.n_train),
                                       n_val=pick(args.n_val, d.n_val), n_test=pick(args.n_test, d.n_test),
                                       seed=pick(args.seed, cfg.seed), image_size=pick(args.image_size, d.image_size))
@@ -83,6 +88,17 @@ def _phrases(args, min_count: int) -> None:
                                             "splits": [args.train_split]}, stats.get("captions"))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def add_parser(sub) -> None:
     prep = sub.add_parser("prepare", help="generate the demo world, parse phrases, or build one phrase "
                                           "vocabulary over data.corpora")
@@ -99,7 +115,7 @@ def add_parser(sub) -> None:
                                                     "data.phrase_min_count)")
     prep.add_argument("--train-split", default="train",
                       help="phrases: the split(s) the vocabulary counts, e.g. train+restval (Karpathy COCO)")
-    prep.add_argument("--n-process", type=int, default=1)
+    prep.add_argument("--n-process", type=positive_int, default=1, help="phrases: parsing processes")
     prep.add_argument("--n-train", type=int, help="demo: training images (default: the preset's demo.n_train)")
     prep.add_argument("--n-val", type=int, help="demo: validation images (default: demo.n_val)")
     prep.add_argument("--n-test", type=int, help="demo: test images (default: demo.n_test)")

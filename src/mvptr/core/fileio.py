@@ -163,6 +163,19 @@ def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
         f.flush()
 
 
+def read_text(path: PathLike) -> str:
+    """A UTF-8 text file of the user's; a missing file or a byte that is not UTF-8 is a
+    FormatError naming the file (and the line of the byte)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: file not found", "file not found") from None
+    except UnicodeDecodeError as e:
+        line = text_line(path, e.start)
+        raise FormatError(f"{path} line {line}: expected UTF-8 text: {e.reason}", "not UTF-8") from None
+
+
 def text_line(path: PathLike, offset: int) -> int:
     """The 1-based line of byte ``offset`` of a file."""
     with open(path, "rb") as f:
@@ -175,15 +188,7 @@ def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
     An unterminated last line that is not valid JSON (an interrupted append) is ignored;
     any other undecodable line is a FormatError naming the file and line.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise FormatError(f"{path}: file not found", "file not found") from None
-    except UnicodeDecodeError as e:
-        line = text_line(path, e.start)
-        raise FormatError(f"{path} line {line}: expected UTF-8 text: {e.reason}", "not UTF-8") from None
-    lines = text.split("\n")
+    lines = read_text(path).split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -4,6 +4,7 @@ refused when the config is built, naming the key (``mvptr.core.config.load_confi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .errors import ConfigError
@@ -63,8 +64,35 @@ def _check_stage(key: str, stage, objectives_known: bool) -> None:
                f"unknown objectives {unknown} (known: {', '.join(OBJECTIVE_NAMES)})")
 
 
+# the demo world's smallest scene: below it the smallest shapes are a few pixels wide
+MIN_IMAGE_SIZE = 32
+
+
+def check_world_size(n_train: int, n_val: int, n_test: int, image_size: int, names: dict[str, str]) -> None:
+    """The demo world's split sizes and image side, each named as ``names`` says (a config key
+    or a command-line flag)."""
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        _check(value >= 1, names[name], value, "must be at least 1 image (the split is trained or evaluated on)")
+    _check(n_val >= 0, names["n_val"], n_val, "must be 0 or more images")
+    _check(image_size >= MIN_IMAGE_SIZE, names["image_size"], image_size,
+           f"must be at least {MIN_IMAGE_SIZE} pixels (smaller scenes leave the smallest shapes a few pixels wide)")
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """No setting may be NaN or infinite: a learning rate of inf divides by zero in the scheduler."""
+    items = vars(node).items() if hasattr(node, "__dataclass_fields__") else (
+        node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ())
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, float):
+            _check(math.isfinite(value), name, value, "must be a finite number")
+        elif not isinstance(value, (str, bytes)):
+            _check_finite(value, f"{name}.")
+
+
 def validate(cfg) -> None:
     """Refuse values that would divide by zero, train nothing or select nothing, naming the key."""
+    _check_finite(cfg)
     m, d, e = cfg.model, cfg.data, cfg.eval
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
@@ -87,6 +115,9 @@ def validate(cfg) -> None:
         _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
     _check(d.phrase_min_count >= 1, "data.phrase_min_count", d.phrase_min_count,
            "must be at least 1 caption (a phrase seen in none cannot be learned)")
+    _check(d.max_tokens + d.max_phrases <= m.max_position, "data.max_tokens", d.max_tokens,
+           f"with data.max_phrases {d.max_phrases} it must fit the model's {m.max_position} positions "
+           "(model.max_position)")
     _check(d.max_regions > 0, "data.max_regions", d.max_regions, "must be positive: the model reads regions")
     names = [c.name for c in d.corpora]
     _check(all(n and "/" not in n for n in names) and len(set(names)) == len(names), "data.corpora names", names,
@@ -113,3 +144,9 @@ def validate(cfg) -> None:
         _check_stage(f"finetune.{task}.train", t.train, False)
         for key in ("max_train", "max_eval"):
             _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")
+        _check(t.max_tokens + t.max_phrases <= m.max_position, f"finetune.{task}.max_tokens", t.max_tokens,
+               f"with its max_phrases {t.max_phrases} it must fit the model's {m.max_position} positions")
+    demo = cfg.demo
+    _check(demo.n_process >= 1, "demo.n_process", demo.n_process, "must be at least 1 process")
+    check_world_size(demo.n_train, demo.n_val, demo.n_test, demo.image_size,
+                     {k: f"demo.{k}" for k in ("n_train", "n_val", "n_test", "image_size")})

@@ -20,11 +20,11 @@ files (rendering is deterministic), and the replay is checked against ``captions
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ..core.fileio import load_json
 from ..formats.captions import read_captions
 from ..formats.entities import write_flickr30k_entities
 from ..formats.snli_ve import VEPair, write_snli_ve
@@ -174,7 +174,7 @@ def write_demo_tasks(out_dir: str | Path, ids: list[str], splits: list[str], obj
 def replay_world(data_dir: str | Path) -> tuple[list[str], list[str], list, list]:
     """(ids, splits, objects, captions) of a written world, re-rendered from its seed."""
     data_dir = Path(data_dir)
-    world = json.loads((data_dir / "world.json").read_text())
+    world = load_json(data_dir / "world.json")
     counts = world["splits"]
     n_total = counts["train"] + counts["val"] + counts["test"]
     width = max(6, len(str(n_total - 1)))
@@ -201,5 +201,5 @@ def prepare_demo_tasks(data_dir: str | Path) -> dict:
     """Write the task files of an already written world (see the module docstring)."""
     data_dir = Path(data_dir)
     ids, splits, objects, captions = replay_world(data_dir)
-    world = json.loads((data_dir / "world.json").read_text())
+    world = load_json(data_dir / "world.json")
     return write_demo_tasks(data_dir, ids, splits, objects, captions, world["image_size"], world["seed"])

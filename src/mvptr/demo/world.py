@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..core.config import DemoConfig
+from ..core.validation import check_world_size
 from ..formats.captions import write_karpathy_json
 from ..formats.entities import write_flickr30k_entities
 from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
@@ -93,6 +94,7 @@ def generate_demo_world(
     by it, and the detector is trained with it. Image ids are the zero-padded running
     numbers of the train, then val, then test images.
     """
+    check_world_size(n_train, n_val, n_test, image_size, {k: k for k in ("n_train", "n_val", "n_test", "image_size")})
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..core.errors import FormatError, SkippedSamples
-from ..core.fileio import PathLike
+from ..core.fileio import PathLike, read_text
 
 # --------------------------------------------------------------------------- SNLI-VE
 
@@ -45,10 +45,7 @@ def read_snli_ve(path: PathLike, skip: SkippedSamples | None = None) -> VEPairs:
 
     A row whose gold label is "-" (annotators did not agree) is left out and counted in
     ``unlabelled``, and recorded in ``skip`` when given; any other bad row is an error."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FormatError(f"{path}: file not found", "file not found") from None
+    lines = read_text(path).splitlines()
     out = VEPairs()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

@@ -295,6 +295,9 @@ def _check_object(where: str, k: int, obj: Any, w: Any, h: Any) -> None:
         raise FormatError(f"{where}: object {k}: expected \"rect\" of 4 numbers, got {rect!r}", "bad box")
     if not isinstance(obj.get("class"), str):
         raise FormatError(f"{where}: object {k}: expected a string \"class\", got {obj.get('class')!r}", "bad class")
+    conf = obj.get("conf", 1.0)  # optional (ground-truth boxes have none)
+    if not (_is_number(conf) and math.isfinite(conf)):
+        raise FormatError(f"{where}: object {k}: expected a number \"conf\", got {conf!r}", "bad confidence")
     x1, y1, x2, y2 = rect
     if not all(map(math.isfinite, rect)) or x2 < x1 or y2 < y1:
         raise FormatError(f"{where}: object {k}: box {rect} is not finite corners [x1, y1, x2, y2] with "

@@ -273,7 +273,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     model = bundle.model.to(device)
     per_epoch = len(dataset) // stage.batch_size
     if per_epoch < 1:
-        raise ValueError(f"{stage.name}: {len(dataset)} samples is fewer than one batch of {stage.batch_size}")
+        raise ConfigError(f"{stage.name}: a batch of {stage.batch_size} is more than the data's {len(dataset)} "
+                          "samples; lower its batch_size")
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
     if stage.engine not in ("torch", "deepspeed"):
         raise ValueError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")

@@ -23,3 +23,11 @@ def test_prepare_phrases_counts_with_the_presets_threshold(preset, wanted, tmp_p
 def test_a_threshold_below_one_caption_is_refused():
     with pytest.raises(ConfigError, match="data.phrase_min_count"):
         load_config("demo", ["data.phrase_min_count=0"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_number_of_parsing_processes_below_one_is_a_usage_error(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "phrases", "--captions", str(tmp_path / "c.json"), "--out", str(tmp_path / "p"),
+              "--n-process", value])
+    assert exc.value.code == 2 and "--n-process" in capsys.readouterr().err
