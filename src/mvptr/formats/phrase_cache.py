@@ -79,9 +79,6 @@ def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dic
         if isinstance(rec, dict) and "id" in rec and "caption" not in rec:
             raise FormatError(f"{path} line {n}: a record keyed by image and sentence id, the phrase cache of an "
                               f"earlier version; {REBUILD}", "old phrase cache")
-        if isinstance(rec, dict) and "caption" in rec and "phrases" in rec and "spans" not in rec:
-            raise FormatError(f"{path} line {n}: a record without \"spans\", the phrase cache of an earlier "
-                              f"version; {REBUILD}", "old phrase cache")
         phrases = rec.get("phrases") if isinstance(rec, dict) else None
         caption = rec.get("caption") if isinstance(rec, dict) else None
         if not isinstance(caption, str) or not _good_tuples(phrases):
@@ -89,6 +86,9 @@ def read_phrase_cache(path: PathLike, skip: SkippedSamples | None = None) -> dic
                                              f"[[object, attribute] or [subject, relation, object], ...], "
                                              f"\"spans\": [...]}}", "bad phrase record"))
             continue
+        if "spans" not in rec:  # every record of such a file lacks them: it is not skipped, it is made again
+            raise FormatError(f"{path} line {n}: a record without \"spans\", the phrase cache of an earlier "
+                              f"version; {REBUILD}", "old phrase cache")
         if not _good_spans(rec["spans"], len(phrases), caption):
             skip_or_raise(skip, FormatError(f"{path} line {n}: expected \"spans\" to hold, for each of the "
                                              f"{len(phrases)} phrases, a list of [start, end] character offsets "

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import parsed
+from helpers import parsed as parsed_caption
 
 from mvptr.formats.captions import write_karpathy_json
 from mvptr.formats.phrase_cache import read_phrase_cache, write_phrase_cache
@@ -148,7 +148,7 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     out.mkdir()
     # An earlier, interrupted run already parsed the first caption.
     write_phrase_cache(out / "phrase_cache.jsonl",
-                       [("a man riding a big wave", parsed("a man riding a big wave",
+                       [("a man riding a big wave", parsed_caption("a man riding a big wave",
                                                            [("wave", "big"), ("man", "riding", "wave")]))])
     parsed = []
     real_extract = extractor.extract
