@@ -338,7 +338,8 @@ def test_flickr30k_bad_input(tmp_path):
 
 def test_phrase_cache_round_trip_and_append(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    wave = ParsedCaption([("wave", "big"), ("man", "riding", "wave")], [((15, 18), (19, 23)), ((2, 5), (6, 12), (19, 23))])
+    wave = ParsedCaption([("wave", "big"), ("man", "riding", "wave")],
+                         [((15, 18), (19, 23)), ((2, 5), (6, 12), (19, 23))])
     cat = ParsedCaption([("cat", "on top of", "table")], [((2, 5), (6, 8), (9, 12), (13, 15), (18, 23))])
     write_phrase_cache(path, [("a man riding a big wave", wave)])
     write_phrase_cache(path, {"a wave": ParsedCaption([], []), "a cat on top of a table": cat}.items())
@@ -400,7 +401,8 @@ def test_phrase_cache_torn_tail(tmp_path):
 
 def test_phrase_cache_bad_line(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    path.write_text('{"caption": "a", "phrases": [], "spans": []}\n{broken\n{"caption": "b", "phrases": [], "spans": []}\n')
+    path.write_text('{"caption": "a", "phrases": [], "spans": []}\n{broken\n'
+                    '{"caption": "b", "phrases": [], "spans": []}\n')
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 2: expected a JSON object"):
         read_phrase_cache(path)
     path.write_text('{"caption": "a", "phrases": [["a", 3]], "spans": [[[0, 1]]]}\n')
