@@ -13,7 +13,7 @@ from mvptr.core.config import load_config
 from mvptr.data.builders import collator, training_tag_vocab
 from mvptr.data.pretrain import build_pair_dataset
 from mvptr.formats.captions import write_karpathy_json
-from mvptr.formats.phrase_cache import write_phrase_cache
+from mvptr.formats.phrase_cache import ParsedCaption, write_phrase_cache
 from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
@@ -34,9 +34,20 @@ def captions_of(image_id):
     return [f"a red circle number {image_id}", f"two circles number {image_id}"]
 
 
+def parsed(caption, tuples):
+    """A caption's tuples with spans found by text: each word of a tuple at the first place the
+    caption holds it (a prefix: "circle" in "circles"), else the whole caption."""
+    def where(word):
+        at = caption.lower().find(word)
+        return (at, at + len(word)) if at >= 0 else (0, len(caption))
+
+    return ParsedCaption([tuple(t) for t in tuples],
+                         [tuple(dict.fromkeys(where(w) for word in t for w in word.split())) for t in tuples])
+
+
 def phrase_records(ids):
     """Phrase cache records of the captions of ``ids`` (keyed by caption text)."""
-    return [(c, [("circle", "red")]) for i in ids for c in captions_of(i)]
+    return [(c, parsed(c, [("circle", "red")])) for i in ids for c in captions_of(i)]
 
 
 def write_corpus(root, ids=IDS, regions=3):

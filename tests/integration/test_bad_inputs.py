@@ -71,8 +71,10 @@ def karpathy(ids=IDS):
 
 
 def cache_lines(ids=IDS):
-    return [json.dumps({"caption": f"a red circle number {i}", "phrases": [["circle", "red"]]}) for i in ids] + \
-           [json.dumps({"caption": f"two circles {i}", "phrases": [["circle", "two"]]}) for i in ids]
+    return [json.dumps({"caption": f"a red circle number {i}", "phrases": [["circle", "red"]],
+                        "spans": [[[2, 5], [6, 12]]]}) for i in ids] + \
+           [json.dumps({"caption": f"two circles {i}", "phrases": [["circle", "two"]], "spans": [[[0, 3], [4, 11]]]})
+            for i in ids]
 
 
 def write_corpus(root: Path) -> Path:
@@ -298,6 +300,12 @@ spoil_cache("a phrase of four words",
             lambda g: [json.dumps({"caption": "y", "phrases": [["a", "b", "c", "d"]]}), *g], ["line 1"])
 spoil_cache("phrases not a list", lambda g: [*g[:1], json.dumps({"caption": "z", "phrases": "circle red"}), *g[1:]],
             ["line 2"])
+spoil_cache("a record of an earlier version, without spans",
+            lambda g: [*g[:2], json.dumps({"caption": "two circles 1", "phrases": []}), *g[2:]], ["line 3"])
+spoil_cache("spans outside the caption", lambda g: [*g, json.dumps({"caption": "a red circle", "phrases": [
+    ["circle", "red"]], "spans": [[[2, 5], [6, 40]]]})], ["line 9"])
+spoil_cache("spans not matching the phrases", lambda g: [json.dumps({"caption": "a red circle", "phrases": [
+    ["circle", "red"]], "spans": []}), *g], ["line 1"])
 spoil_cache("not UTF-8", lambda g: [*g[:2], b'{"caption": "caf\xe9", "phrases": []}', *g[2:]], ["line 3"])
 
 

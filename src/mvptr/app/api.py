@@ -111,7 +111,7 @@ class Model:
         """Scene-graph tuples of each text (none when phrase parsing is off)."""
         if not self.parse_phrases:
             return [[] for _ in texts]
-        return self.extractor.extract(list(texts), progress=False)
+        return [p.tuples for p in self.extractor.extract(list(texts), progress=False)]
 
     def images_from_store(self, features: str, predictions: str | None = None, image_ids: Sequence[str] | None = None):
         """Per-image dicts of a feature store (VinVL TSV pair or memmap directory); all images by default."""

@@ -9,7 +9,7 @@ from ..checkpoint.model_dir import Bundle
 from ..core.config import Config
 from ..core.errors import SkippedSamples
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
-from ..text.phrases import PhraseVocab, phrase_pieces
+from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from .collate import Collator, Masking
 from .pretrain import ImageSource, caption_records, data_captions, open_images, tag_vocab_from
@@ -30,14 +30,15 @@ def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: 
         pieces, bundle.tag_vocab, bundle.model.num_phrases,
         cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
         masking, gen, cfg.objectives.mlm_separate_pass,
-        phrase_pieces(bundle.phrase_vocab, pieces) if masking is not None and masking.words else None,
     )
 def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamples | None = None):
+    """(image id, text) -> the text's phrase ids. Without their word positions: the tasks that
+    use it mask no word (a collator masking words hides every phrase of such samples)."""
     # bad records were counted when the dataset was built; here they are only passed over
     quiet = SkippedSamples() if skip is not None else None
     cache = read_phrase_cache(cfg.data.phrase_cache, quiet)
     by_text = {}
     for r in data_captions(cfg.data, [split], quiet):
-        tuples = cache.get(phrase_key(r), [])
+        tuples = cache[phrase_key(r)].tuples if phrase_key(r) in cache else []
         by_text[(r.image_id, " ".join(r.caption.lower().split()))] = vocab.encode(tuples, cfg.data.max_phrases)
     return lambda image_id, text: by_text.get((image_id, " ".join(text.lower().split())), [])

@@ -72,10 +72,12 @@ class Collator:
 
     Words masked for MLM go to ``mlm_input_ids`` (``separate_mlm``, the default) or replace
     ``input_ids`` (one shared masked pass, the official code's choice). In the pass MLM reads,
-    every phrase that contains a masked word is [MASK] too (``mlm_phrase_ids``, or
-    ``phrase_ids`` when the pass is shared), so that no phrase row gives the word away;
-    ``phrase_pieces`` (the word pieces of each phrase of the vocabulary) says which phrase
-    contains which word, and without it every phrase is masked in that pass.
+    every phrase that was parsed from a masked word is [MASK] too (``mlm_phrase_ids``, or
+    ``phrase_ids`` when the pass is shared), so that no phrase row gives the word away, in
+    whatever form the phrase holds it ("women" masked hides "old woman"). A sample's
+    ``phrase_positions`` (for each of its phrases, the positions in ``input_ids`` of the word
+    pieces it was parsed from) says which; in a sample without them, every phrase is masked
+    in that pass when one of its words is.
     ``phrase_masked`` marks the phrases whose row in ``phrase_ids`` is not their own.
 
     Concept mode: each tag is one unit (a tag class, embedded as the mean of its pieces) and
@@ -95,7 +97,6 @@ class Collator:
         masking: Masking | None = None,
         generator: torch.Generator | None = None,
         separate_mlm: bool = True,
-        phrase_pieces: list[list[int]] | None = None,
     ):
         if tag_mode not in ("concepts", "word_pieces"):
             raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
@@ -106,7 +107,6 @@ class Collator:
         self.masking = masking or Masking()
         self.generator = generator
         self.separate_mlm = separate_mlm
-        self.phrase_pieces = None if phrase_pieces is None else pad_lists([list(p) for p in phrase_pieces], PAD_ID)
         # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
         self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
 
@@ -172,7 +172,7 @@ class Collator:
         # phrase rows sit after the word rows of the shared table; -2 marks [MASK]
         phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)
         phrase_ids[~phrase_mask] = PAD_ID
-        leaks = self._leaking_phrases(input_ids, mlm_labels != IGNORE, phrases) & phrase_mask
+        leaks = self._leaking_phrases(items, mlm_labels != IGNORE, phrases.shape[1]) & phrase_mask
         if self.masking.tie_phrases:  # official: they are MCR^s targets, masked where MCR^s reads
             phrase_labels = torch.where(leaks & (phrase_labels == IGNORE), phrases, phrase_labels)
             phrase_ids = phrase_ids.masked_fill(leaks, MASK_ID)
@@ -191,18 +191,23 @@ class Collator:
             "phrase_masked": (phrase_labels != IGNORE) | (phrase_ids == MASK_ID),
         }
 
-    def _leaking_phrases(self, input_ids: torch.Tensor, masked_words: torch.Tensor,
-                         phrases: torch.Tensor) -> torch.Tensor:
-        """(B, M): the phrases that contain a word piece masked for MLM (matched by piece id);
-        all of them when the phrases' pieces are unknown."""
-        if not masked_words.any():
-            return torch.zeros_like(phrases, dtype=torch.bool)
-        if self.phrase_pieces is None:
-            return torch.ones_like(phrases, dtype=torch.bool)
-        pieces = self.phrase_pieces[phrases.clamp(min=0)]  # (B, M, P)
-        words = input_ids.masked_fill(~masked_words, -1)  # (B, N), -1 matches no piece
-        hit = (pieces[:, :, :, None] == words[:, None, None, :]) & (pieces != PAD_ID)[..., None]
-        return hit.flatten(2).any(-1)
+    def _leaking_phrases(self, items: list[dict], masked_words: torch.Tensor, width: int) -> torch.Tensor:
+        """(B, width): the phrases parsed from a word piece masked for MLM (by the samples'
+        ``phrase_positions``); every phrase of a sample without positions that has a masked piece."""
+        b_size, n = masked_words.shape
+        if not masked_words.any() or not width:
+            return torch.zeros(b_size, width, dtype=torch.bool)
+        cover = np.zeros((b_size, width, n), dtype=bool)  # phrase j of sample b was parsed from piece k
+        for b, it in enumerate(items):
+            positions = it.get("phrase_positions")
+            if positions is None:
+                cover[b] = True
+                continue
+            if len(positions) != len(it["phrases"]):
+                raise ValueError(f"a sample has {len(it['phrases'])} phrases but positions for {len(positions)}")
+            for j, pos in enumerate(positions):
+                cover[b, j, [k for k in pos if k < n]] = True
+        return (torch.from_numpy(cover) & masked_words[:, None, :]).any(-1)
 
     def image(self, items: list[dict]) -> dict:
         tags = self._tags([it["tags"] if self.use_tags else [] for it in items])

@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 from ..core.config import CorpusConfig, DataConfig
 from ..core.errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
 from ..formats.captions import CaptionRecord, ImageIds, read_captions
-from ..formats.phrase_cache import phrase_key, read_phrase_cache
+from ..formats.phrase_cache import Span, phrase_key, read_phrase_cache
 from ..formats.tags import read_tag_file
 from ..text.phrases import PhraseVocab
-from ..text.tokenizer import WordPieces
+from ..text.tokenizer import WordPieces, piece_positions
 from ..vision.stores import CorpusStores, open_store
 
 
@@ -82,9 +82,9 @@ class ImageSource:
 def load_phrase_indices(
     records: list[CaptionRecord], cache_path: str, vocab: PhraseVocab, max_phrases: int,
     skip: SkippedSamples | None = None,
-) -> tuple[list[CaptionRecord], list[list[int]]]:
-    """The records that have phrases in the cache, and their phrase ids. A caption missing
-    from the cache is an error, or with ``skip`` a skipped sample."""
+) -> tuple[list[CaptionRecord], list[list[int]], list[list[list[Span]]]]:
+    """The records that have phrases in the cache, their phrase ids and the character spans of
+    each id's words. A caption missing from the cache is an error, or with ``skip`` a skipped sample."""
     cache = read_phrase_cache(cache_path, skip)
     missing = [r for r in records if phrase_key(r) not in cache]
     if missing and skip is None:
@@ -96,11 +96,14 @@ def load_phrase_indices(
     for r in missing:
         skip.add(FormatError(f"{cache_path}: no phrases for image {r.image_id}, sentence {r.sent_id}", "no phrases"))
     records = [r for r in records if phrase_key(r) in cache]
-    return records, [vocab.encode(cache[phrase_key(r)], max_phrases) for r in records]
+    encoded = [vocab.encode_parsed(cache[phrase_key(r)], max_phrases) for r in records]
+    return records, [ids for ids, _ in encoded], [spans for _, spans in encoded]
 
 
 class PairDataset(Dataset):
-    """(caption, image) pairs of one split; text is tokenised once up front."""
+    """(caption, image) pairs of one split; text is tokenised once up front. ``phrase_positions``:
+    for each phrase id of a caption, the positions of the word pieces it was parsed from (the
+    collator hides a phrase from MLM when one of them is masked)."""
 
     def __init__(
         self,
@@ -108,13 +111,14 @@ class PairDataset(Dataset):
         images: ImageSource,
         token_ids: list[list[int]],
         phrase_ids: list[list[int]],
+        phrase_positions: list[list[list[int]]] | None = None,
     ):
         missing = [r.image_id for r in records if r.image_id not in images]
         if missing:
             raise FormatError(f"{len(missing)} captioned images have no region features (first: {missing[0]})",
                               "image not found")
         self.records, self.images = records, images
-        self.token_ids, self.phrase_ids = token_ids, phrase_ids
+        self.token_ids, self.phrase_ids, self.phrase_positions = token_ids, phrase_ids, phrase_positions
         ids = sorted({r.image_id for r in records})
         self.image_index = {image_id: i for i, image_id in enumerate(ids)}
 
@@ -128,6 +132,7 @@ class PairDataset(Dataset):
             "image_index": self.image_index[r.image_id],
             "input_ids": self.token_ids[i],
             "phrases": self.phrase_ids[i],
+            **({} if self.phrase_positions is None else {"phrase_positions": self.phrase_positions[i]}),
             **self.images(r.image_id),
         }
 
@@ -234,21 +239,23 @@ def build_pair_dataset(
     if max_images:
         keep = set(sorted({r.image_id for _, recs in per_corpus for r in recs})[:max_images])
         per_corpus = [(c, [r for r in recs if r.image_id in keep]) for c, recs in per_corpus]
-    records, phrases, counts = [], [], {}
+    records, phrases, spans, counts = [], [], [], {}
     for c, recs in per_corpus:
         recs = _check_images(recs, images, c.features, skip)
         # the phrase cache is keyed by the corpus's own image ids
         prefix = len(c.name) + 1 if c.name else 0
         own = [replace(r, image_id=r.image_id[prefix:]) for r in recs]
-        own, ids = load_phrase_indices(own, c.phrase_cache, vocab, data.max_phrases, skip)
+        own, ids, where = load_phrase_indices(own, c.phrase_cache, vocab, data.max_phrases, skip)
         recs = _qualified(c.name, own)
         records += recs
         phrases += ids
+        spans += where
         counts[c.name or "data"] = {"captions": len(recs), "images": len({r.image_id for r in recs})}
     if not records:
         raise ValueError(f"no usable captions in split {split!r}: every sample was skipped")
-    tokens = pieces.captions([r.caption for r in records])
-    dataset = PairDataset(records, images, tokens, phrases)
+    tokens, offsets = pieces.captions_with_offsets([r.caption for r in records])
+    positions = [piece_positions(o, s) for o, s in zip(offsets, spans)]
+    dataset = PairDataset(records, images, tokens, phrases, positions)
     dataset.corpus_counts = counts
     return dataset
 
@@ -262,7 +269,7 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
         cache = read_phrase_cache(c.phrase_cache, skip)
         for r in read_captions(c.captions, [data.train_split], skip, caption_ids(data)):
             if phrase_key(r) in cache:
-                lists.append(cache[phrase_key(r)])
+                lists.append(cache[phrase_key(r)].tuples)
                 continue
             err = FormatError(f"{c.phrase_cache}: no phrases for image {r.image_id}, sentence {r.sent_id}; "
                               "run `mvptr prepare phrases` on these captions", "no phrases")

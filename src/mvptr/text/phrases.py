@@ -27,6 +27,13 @@ Normalisation rules:
 * tuples are deduplicated per caption and ordered by where their object ends in
   the caption, an object's attributes before the relations ending on it.
 
+Each tuple keeps the character spans of the caption's words it came from (see
+:mod:`.spans`): an attribute tuple's object head (compounds included) and modifier, a
+relation tuple's subject head, relation words and object head; a tuple found twice in a
+caption keeps the words of both. Masked language modelling hides a phrase whose words
+it masks by these spans, since the phrase's own words are lemmas ("older women" ->
+"old woman").
+
 Known gaps of the parser, kept as they are:
 
 * a verb with a prepositional object keeps only the preposition, unless the pair
@@ -53,7 +60,8 @@ from tqdm.auto import tqdm
 from ..core.errors import FormatError, SkippedSamples
 from ..core.shards import shard_part
 from ..formats.captions import read_captions, split_names
-from ..formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
+from ..formats.phrase_cache import ParsedCaption, Span, phrase_key, read_phrase_cache, write_phrase_cache
+from .spans import head_tokens, relation_tokens, token_span, word_tokens
 from .tokenizer import WordPieces
 
 __all__ = [
@@ -108,8 +116,9 @@ class PhraseExtractor:
         self._graph = _doc_parser_class()()
 
     def extract(self, captions: Sequence[str], batch_size: int = 256, n_process: int = 1,
-                progress: bool = True) -> list[list[Phrase]]:
-        """Tuples of each caption, deduplicated, in order of appearance.
+                progress: bool = True) -> list[ParsedCaption]:
+        """Tuples of each caption, deduplicated, in order of appearance, with the character
+        spans of the caption's words each came from.
 
         With ``n_process`` > 1 the captions are split among forked processes that each parse
         and extract tuples, and send back only the tuples. (spaCy's own ``n_process`` would
@@ -121,16 +130,17 @@ class PhraseExtractor:
                              n_process=n_process)
         if progress:
             docs = tqdm(docs, total=len(captions), desc="parsing captions", unit="caption")
-        return [self.tuples(doc) for doc in docs]
+        # spans refer to the caption as given: shift them past the stripped leading space
+        return [self.tuples(doc, len(c) - len(c.lstrip())) for c, doc in zip(captions, docs)]
 
     def _extract_forked(self, captions: Sequence[str], batch_size: int, n_process: int,
-                        progress: bool) -> list[list[Phrase]]:
+                        progress: bool) -> list[ParsedCaption]:
         global _FORKED
         parts = [list(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)]
         _FORKED = self  # inherited by the forked workers, never pickled
         try:
             with mp.get_context("fork").Pool(n_process) as pool:
-                out: list[list[Phrase]] = []
+                out: list[ParsedCaption] = []
                 with tqdm(total=len(captions), desc="parsing captions", unit="caption", disable=not progress) as bar:
                     for part in pool.imap(_extract_part, parts):
                         out += part
@@ -139,33 +149,41 @@ class PhraseExtractor:
         finally:
             _FORKED = None
 
-    def tuples(self, doc) -> list[Phrase]:
-        """Tuples of one spaCy Doc."""
+    def tuples(self, doc, offset: int = 0) -> ParsedCaption:
+        """Tuples of one spaCy Doc, with the character spans of the words each came from
+        (``offset``: where the Doc's text starts in the caption)."""
         graph = self._graph.parse(doc)
         entities = graph["entities"]
-        objects, ends = [], []
+        objects, ends, heads = [], [], []
         for ent in entities:
             start, end = ent["span_bounds"]
             root = doc[start:end].root
             objects.append(None if _is_pronoun(root) else _words(ent["lemma_head"]))
             ends.append(end)
+            heads.append(head_tokens(root))
 
-        keyed = []  # (end of the object, attribute before relation, tuple)
-        for obj, end, ent in zip(objects, ends, entities):
+        keyed = []  # (end of the object, attribute before relation, tuple, its tokens)
+        for obj, end, head, ent in zip(objects, ends, heads, entities):
             if obj is None:
                 continue
-            for attr in self._attributes(doc, ent):
-                keyed.append((end, 0, (obj, attr)))
+            for attr, tokens in self._attributes(doc, ent):
+                keyed.append((end, 0, (obj, attr), head + tokens))
         for rel in graph["relations"]:
-            subj, obj = objects[rel["subject"]], objects[rel["object"]]
+            s, o = rel["subject"], rel["object"]
             relation = _words(rel["relation"])
-            if subj is not None and obj is not None and relation:
-                keyed.append((ends[rel["object"]], 1, (subj, relation, obj)))
+            if objects[s] is not None and objects[o] is not None and relation:
+                words = relation_tokens(doc, relation, entities[s]["span_bounds"], entities[o]["span_bounds"])
+                keyed.append((ends[o], 1, (objects[s], relation, objects[o]), heads[s] + words + heads[o]))
         keyed.sort(key=lambda k: k[:2])  # stable: parser order within a position
-        return list(dict.fromkeys(t for _, _, t in keyed))
+        merged: dict[Phrase, set[int]] = {}  # a tuple found twice covers the words of both
+        for _, _, t, tokens in keyed:
+            merged.setdefault(t, set()).update(tok.i for tok in tokens)
+        return ParsedCaption(list(merged), [tuple(token_span(doc[i], offset) for i in sorted(idx))
+                                            for idx in merged.values()])
 
     @staticmethod
-    def _attributes(doc, ent) -> list[str]:
+    def _attributes(doc, ent) -> list[tuple[str, list]]:
+        """(attribute, its tokens) of an entity."""
         start, end = ent["span_bounds"]
         # Modifiers carry only their text; find their tokens to tell participles apart.
         tokens = {t.text: t for t in doc[start:end]}
@@ -177,14 +195,15 @@ class PhraseExtractor:
             participle = token is not None and token.tag_ in ("VBG", "VBN")
             word = _words(mod["span"] if participle else mod["lemma_span"])
             if word:
-                out.append(word)
+                found = [token] if token is not None else word_tokens(doc, word.split() + _words(mod["span"]).split())
+                out.append((word, found))
         return out
 
 
 _FORKED: PhraseExtractor | None = None
 
 
-def _extract_part(captions: list[str]) -> list[list[Phrase]]:
+def _extract_part(captions: list[str]) -> list[ParsedCaption]:
     return _FORKED.extract(captions, batch_size=len(captions), n_process=1, progress=False)
 
 
@@ -242,6 +261,18 @@ class PhraseVocab:
         """Ids of the known phrases among ``tuples``, in order, deduplicated, truncated."""
         ids = [i for i in dict.fromkeys(self.id(t) for t in tuples) if i is not None]
         return ids if max_phrases is None else ids[:max_phrases]
+
+    def encode_parsed(self, parsed: ParsedCaption,
+                      max_phrases: int | None = None) -> tuple[list[int], list[list[Span]]]:
+        """:meth:`encode` of a parsed caption, with the character spans of each kept id: the
+        spans of every tuple of the caption that has this id."""
+        spans: dict[int, list[Span]] = {}
+        for t, s in zip(parsed.tuples, parsed.spans):
+            i = self.id(t)
+            if i is not None:
+                spans.setdefault(i, []).extend(s)
+        ids = list(spans) if max_phrases is None else list(spans)[:max_phrases]
+        return ids, [spans[i] for i in ids]
 
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -324,7 +355,7 @@ def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike
     if part is not None:
         return {"captions": len(records), "shard": f"{part[0]}/{part[1]}"}
     keep = set(split_names(splits))
-    train = [cache[phrase_key(r)] for r in records if r.split in keep]
+    train = [cache[phrase_key(r)].tuples for r in records if r.split in keep]
     if not train:  # an empty vocabulary would make every phrase objective learn nothing
         found = ", ".join(sorted({r.split for r in records})) or "none"
         raise FormatError(f"{captions_path}: no caption of the split {'+'.join(sorted(keep))} to build the phrase "

@@ -39,9 +39,23 @@ class WordPieces:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=True)
         return enc["input_ids"]
 
+    def captions_with_offsets(self, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """:meth:`captions`, and the character span of each piece in its caption ((0, 0) for
+        [CLS] and [SEP])."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=True,
+                             return_offsets_mapping=True)
+        return enc["input_ids"], [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
+
     def _pieces(self, word: str) -> tuple[int, ...]:
         ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
         return tuple(ids) or (self.tokenizer.unk_token_id,)
+
+
+def piece_positions(offsets: list[tuple[int, int]], spans: list[list[tuple[int, int]]]) -> list[list[int]]:
+    """For each list of character spans, the positions of the pieces (with ``offsets``, their
+    character spans) that overlap one of them; [CLS] and [SEP] overlap nothing."""
+    return [[n for n, (a, b) in enumerate(offsets) if b > a and any(a < e and b > s for s, e in phrase)]
+            for phrase in spans]
 
 
 def pad_lists(lists: list[list[int]], pad: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from helpers import DIM, VOCAB, captions_of, write_corpus
+from helpers import DIM, VOCAB, captions_of, parsed, write_corpus
 from mvptr.cli import main
 from mvptr.core.config import CorpusConfig, DataConfig
 from mvptr.data.collate import Collator, Masking
@@ -109,7 +109,8 @@ def test_one_phrase_vocabulary_over_the_mix(corpora, tmp_path, capsys):
     # vg's captions also mention "blue square": found in 8 of 20 captions
     extra = tmp_path / "vg_cache.jsonl"
     extra.write_text(open(corpora[1].phrase_cache).read())
-    write_phrase_cache(extra, [(c, [("square", "blue"), ("circle", "red")]) for i in B_IDS for c in captions_of(i)])
+    write_phrase_cache(extra, [(c, parsed(c, [("square", "blue"), ("circle", "red")]))
+                               for i in B_IDS for c in captions_of(i)])
     mix = [corpora[0], CorpusConfig("vg", corpora[1].captions, corpora[1].features, "", str(extra))]
     vocab, captions = mix_phrase_vocab(_data(mix), min_count=8)
     assert captions == 20 and [vocab.phrase(i) for i in range(len(vocab))] == ["red circle", "blue square"]

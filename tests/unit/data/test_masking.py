@@ -7,16 +7,15 @@ import torch
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.data.collate import Collator, Masking
 from mvptr.model.modeling import MVPTR
-from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
+from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer, piece_positions
 from mvptr.train.recipes import pretraining_losses
 
 TOK = load_tokenizer()
 PIECES = WordPieces(TOK, 16)
 VOCAB = 30522
 ALL = ["mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg"]
-# the phrase vocabulary of these tests, and each phrase's word pieces
+# the phrase vocabulary of these tests: the words of each phrase
 PHRASES = [("big", "wave"), ("small", "boat"), ("wave",), ("red", "kite")]
-PHRASE_PIECES = [[p for w in words for p in PIECES.pieces(w)] for words in PHRASES]
 
 
 @pytest.mark.parametrize("off, field", [("mcr_v", "tags"), ("mcr_s", "phrases"), ("mlm", "words")])
@@ -31,7 +30,7 @@ def test_an_objective_switched_off_masks_nothing(off, field):
 def test_a_switched_off_objective_leaves_its_inputs_whole_in_a_collated_batch():
     obj = ObjectiveConfig(mcr_v=False, mcr_s=False, mlm=False, mlm_separate_pass=False)
     collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking.for_objectives(obj, ALL),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=False, phrase_pieces=PHRASE_PIECES)
+                       generator=torch.Generator().manual_seed(0), separate_mlm=False)
     b = collate(items() * 16)
     clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(items() * 16)
     for key in ("input_ids", "phrase_ids", "tag_pieces"):
@@ -42,21 +41,23 @@ def test_a_switched_off_objective_leaves_its_inputs_whole_in_a_collated_batch():
 
 def items():
     rng = np.random.default_rng(0)
-    caps = PIECES.captions(["a big wave near a small boat", "a red kite over a wave", "a small boat"])
+    texts = ["a big wave near a small boat", "a red kite over a wave", "a small boat"]
+    caps, offsets = PIECES.captions_with_offsets(texts)
     phrases = [[0, 1, 2], [3, 2], [1]]
-    return [{"input_ids": c, "phrases": p, "tags": ["circle"], "image_index": i,
-             "region_feats": rng.standard_normal((3, 134)).astype(np.float32),
+    # each phrase was parsed from the last place its words stand in the caption
+    spans = [[[(t.rfind(w), t.rfind(w) + len(w)) for w in PHRASES[j]] for j in p] for t, p in zip(texts, phrases)]
+    return [{"input_ids": c, "phrases": p, "phrase_positions": piece_positions(o, s), "tags": ["circle"],
+             "image_index": i, "region_feats": rng.standard_normal((3, 134)).astype(np.float32),
              "boxes": np.tile(np.array([0, 0, 10, 10], np.float32), (3, 1)), "width": 96.0, "height": 96.0}
-            for i, (c, p) in enumerate(zip(caps, phrases))]
+            for i, (c, o, s, p) in enumerate(zip(caps, offsets, spans, phrases))]
 
 
 def expected_leaks(batch, its):
-    """Naively: phrase j of caption b contains a piece that MLM masked in caption b."""
+    """Naively: phrase j of caption b was parsed from a piece that MLM masked in caption b."""
     out = torch.zeros(batch["phrase_mask"].shape, dtype=torch.bool)
     for b, it in enumerate(its):
-        masked = {it["input_ids"][n] for n in range(len(it["input_ids"])) if batch["mlm_labels"][b, n] != IGNORE}
-        for j, phrase in enumerate(it["phrases"]):
-            out[b, j] = bool(masked & set(PHRASE_PIECES[phrase]))
+        for j, positions in enumerate(it["phrase_positions"]):
+            out[b, j] = any(batch["mlm_labels"][b, n] != IGNORE for n in positions)
     return out
 
 
@@ -64,7 +65,7 @@ def expected_leaks(batch, its):
 def test_every_phrase_holding_a_masked_word_is_masked_in_the_mlm_pass(separate):
     its = items() * 20
     collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=separate, phrase_pieces=PHRASE_PIECES)
+                       generator=torch.Generator().manual_seed(0), separate_mlm=separate)
     b = collate(its)
     clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(its)
     leaks = expected_leaks(b, its)
@@ -79,17 +80,24 @@ def test_every_phrase_holding_a_masked_word_is_masked_in_the_mlm_pass(separate):
     assert torch.equal(b["phrase_masked"], (b["phrase_ids"] == MASK_ID) & b["phrase_mask"])
 
 
-def test_without_the_phrases_pieces_every_phrase_is_masked_in_the_mlm_pass():
-    its = items() * 4
+def test_without_positions_every_phrase_of_a_sample_with_a_masked_word_is_masked_in_the_mlm_pass():
+    its = [{k: v for k, v in it.items() if k != "phrase_positions"} for it in items() * 4]
     b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
                  generator=torch.Generator().manual_seed(0))(its)
-    assert (b["mlm_phrase_ids"][b["phrase_mask"]] == MASK_ID).all()
+    some = (b["mlm_labels"] != IGNORE).any(1)[:, None] & b["phrase_mask"]  # a sample with a masked word
+    assert some.any() and (b["mlm_phrase_ids"][some] == MASK_ID).all()
+    rest = b["phrase_mask"] & ~some
+    assert rest.any() and (b["mlm_phrase_ids"][rest] != MASK_ID).all()
+    # no word masked (a task's collator): nothing is hidden, with or without positions
+    clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(its)
+    assert (clean["phrase_ids"][clean["phrase_mask"]] != MASK_ID).all() and "mlm_phrase_ids" in clean
+    assert torch.equal(clean["mlm_phrase_ids"], clean["phrase_ids"])
 
 
 def test_tied_masking_makes_the_phrases_of_masked_words_mcr_targets():
     its = items() * 20
     collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3, tie_phrases=True),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=False, phrase_pieces=PHRASE_PIECES)
+                       generator=torch.Generator().manual_seed(0), separate_mlm=False)
     b = collate(its)
     leaks = expected_leaks(b, its)
     phrases = torch.tensor([p + [-1] * (3 - len(p)) for p in (it["phrases"] for it in its)])
@@ -104,7 +112,7 @@ def test_the_mlm_pass_reads_the_masked_phrases():
     model = MVPTR(cfg.model, len(PHRASES), torch.tensor([[4418, 0]]))
     its = items() * 4
     b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.5),
-                 generator=torch.Generator().manual_seed(0), phrase_pieces=PHRASE_PIECES)(its)
+                 generator=torch.Generator().manual_seed(0))(its)
     seen = []
     encode = model.encode_text
     model.encode_text = lambda ids, wm, phrase_ids, pm: seen.append(phrase_ids) or encode(ids, wm, phrase_ids, pm)

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import DIM, IDS, VOCAB, _prediction, captions_of, phrase_records, write_corpus
+from helpers import DIM, IDS, VOCAB, _prediction, captions_of, parsed, phrase_records, write_corpus
 from mvptr.cli import main
 from mvptr.core.config import DataConfig
 from mvptr.core.errors import FormatError, SkippedSamples
@@ -205,7 +205,7 @@ def test_features_convert_skip_bad(tmp_path, capsys):
 
 class _Extractor:
     def extract(self, captions, **kw):
-        return [[("circle", "red")] for _ in captions]
+        return [parsed(c, [("circle", "red")]) for c in captions]
 
 
 def test_prepare_phrases_skip_bad(tmp_path):

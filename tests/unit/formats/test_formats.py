@@ -8,7 +8,7 @@ import pytest
 from mvptr.core.errors import FormatError, SkippedSamples
 from mvptr.formats.captions import CaptionRecord, read_captions, write_karpathy_json
 from mvptr.formats.entities import read_flickr30k_annotation, read_flickr30k_sentences, write_flickr30k_entities
-from mvptr.formats.phrase_cache import phrase_key, read_phrase_cache, write_phrase_cache
+from mvptr.formats.phrase_cache import ParsedCaption, phrase_key, read_phrase_cache, write_phrase_cache
 from mvptr.formats.tsv import TSVFile, build_lineidx
 from mvptr.formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
 
@@ -338,15 +338,41 @@ def test_flickr30k_bad_input(tmp_path):
 
 def test_phrase_cache_round_trip_and_append(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    write_phrase_cache(path, [("a man riding a big wave", [("wave", "big"), ("man", "riding", "wave")])])
-    write_phrase_cache(path, {"a wave": [], "a cat on top of a table": [("cat", "on top of", "table")]}.items())
+    wave = ParsedCaption([("wave", "big"), ("man", "riding", "wave")],
+                         [((15, 18), (19, 23)), ((2, 5), (6, 12), (19, 23))])
+    cat = ParsedCaption([("cat", "on top of", "table")], [((2, 5), (6, 8), (9, 12), (13, 15), (18, 23))])
+    write_phrase_cache(path, [("a man riding a big wave", wave)])
+    write_phrase_cache(path, {"a wave": ParsedCaption([], []), "a cat on top of a table": cat}.items())
     assert path.read_text().splitlines()[0] == \
-        '{"caption": "a man riding a big wave", "phrases": [["wave", "big"], ["man", "riding", "wave"]]}'
-    assert read_phrase_cache(path) == {
-        "a man riding a big wave": [("wave", "big"), ("man", "riding", "wave")],
-        "a wave": [],
-        "a cat on top of a table": [("cat", "on top of", "table")],
-    }
+        '{"caption": "a man riding a big wave", "phrases": [["wave", "big"], ["man", "riding", "wave"]], ' \
+        '"spans": [[[15, 18], [19, 23]], [[2, 5], [6, 12], [19, 23]]]}'
+    assert read_phrase_cache(path) == {"a man riding a big wave": wave, "a wave": ParsedCaption([], []),
+                                       "a cat on top of a table": cat}
+    assert read_phrase_cache(path)["a man riding a big wave"].spans[0] == ((15, 18), (19, 23))
+
+
+def test_phrase_cache_without_spans_says_to_delete_and_rebuild(tmp_path):
+    path = tmp_path / "phrase_cache.jsonl"
+    path.write_text('{"caption": "a big wave", "phrases": [["wave", "big"]]}\n')
+    for skip in (None, SkippedSamples()):  # never skipped: every record of the file is of that version
+        with pytest.raises(FormatError) as err:
+            read_phrase_cache(path, skip)
+        assert "\n" not in str(err.value)
+        assert str(err.value).startswith(f"{path} line 1: a record without \"spans\"")
+        assert "delete the file and run `mvptr prepare phrases` again" in str(err.value)
+
+
+@pytest.mark.parametrize("spans", [[[[2, 5]], [[6, 9]]], [[[2, 40]]], [[[5, 2]]], [[[2.0, 5]]], [[[2, 5, 7]]],
+                                   [[]], [["2-5"]], "x"])
+def test_phrase_cache_bad_spans(tmp_path, spans):
+    path = tmp_path / "phrase_cache.jsonl"
+    good = '{"caption": "a big wave", "phrases": [["wave", "big"]], "spans": [[[2, 5], [6, 10]]]}\n'
+    path.write_text(good + json.dumps({"caption": "a big wave", "phrases": [["wave", "big"]], "spans": spans}) + "\n")
+    with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 2: expected \"spans\""):
+        read_phrase_cache(path)
+    skipped = SkippedSamples()
+    assert read_phrase_cache(path, skipped)["a big wave"].spans == [((2, 5), (6, 10))]
+    assert skipped.summary()["by_reason"]["bad phrase record"]["samples"] == 1
 
 
 def test_phrase_cache_is_keyed_by_the_caption_text():
@@ -364,19 +390,21 @@ def test_phrase_cache_of_an_earlier_layout_says_to_rebuild(tmp_path):
 
 def test_phrase_cache_torn_tail(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    write_phrase_cache(path, [("a big wave", [("wave", "big")])])
+    wave, dog = ParsedCaption([("wave", "big")], [((2, 5), (6, 10))]), ParsedCaption([("dog", "small")], [((2, 11),)])
+    write_phrase_cache(path, [("a big wave", wave)])
     with open(path, "a") as f:
         f.write('{"caption": "a small dog", "phr')  # interrupted write
     assert list(read_phrase_cache(path)) == ["a big wave"]
-    write_phrase_cache(path, [("a small dog", [("dog", "small")])])
-    assert read_phrase_cache(path) == {"a big wave": [("wave", "big")], "a small dog": [("dog", "small")]}
+    write_phrase_cache(path, [("a small dog", dog)])
+    assert read_phrase_cache(path) == {"a big wave": wave, "a small dog": dog}
 
 
 def test_phrase_cache_bad_line(tmp_path):
     path = tmp_path / "phrase_cache.jsonl"
-    path.write_text('{"caption": "a", "phrases": []}\n{broken\n{"caption": "b", "phrases": []}\n')
+    path.write_text('{"caption": "a", "phrases": [], "spans": []}\n{broken\n'
+                    '{"caption": "b", "phrases": [], "spans": []}\n')
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 2: expected a JSON object"):
         read_phrase_cache(path)
-    path.write_text('{"caption": "a", "phrases": [["a", 3]]}\n')
+    path.write_text('{"caption": "a", "phrases": [["a", 3]], "spans": [[[0, 1]]]}\n')
     with pytest.raises(FormatError, match=r"phrase_cache\.jsonl line 1: expected"):
         read_phrase_cache(path)

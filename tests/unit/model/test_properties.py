@@ -84,10 +84,13 @@ def extractor():
 def test_the_phrase_parser_gives_tuples_or_nothing(extractor, captions):
     parsed = extractor.extract(captions, progress=False)
     assert len(parsed) == len(captions)
-    for tuples in parsed:
-        for t in tuples:
+    for caption, p in zip(captions, parsed):
+        assert len(p.spans) == len(p.tuples)
+        for t, spans in zip(p.tuples, p.spans):
             assert len(t) in (2, 3) and all(isinstance(w, str) and w for w in t)
             phrase_string(t)  # every tuple has a phrase string
+            # and was parsed from words of the caption as given
+            assert spans and all(0 <= a < b <= len(caption) and caption[a:b].strip() for a, b in spans)
 
 
 def item(draw_ids, n_regions, tags, phrases):

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from helpers import parsed as parsed_caption
 
 from mvptr.formats.captions import write_karpathy_json
 from mvptr.formats.phrase_cache import read_phrase_cache, write_phrase_cache
@@ -18,6 +19,38 @@ def extractor():
     return PhraseExtractor()
 
 
+def tuples_of(extractor, captions):
+    return [p.tuples for p in extractor.extract(captions, progress=False)]
+
+
+def words_of(extractor, caption):
+    """Each tuple of a caption with the caption's text at each of its spans."""
+    (p,) = extractor.extract([caption], progress=False)
+    return {t: [caption[a:b] for a, b in spans] for t, spans in zip(p.tuples, p.spans)}
+
+
+def test_spans_point_at_the_words_a_tuple_came_from(extractor):
+    assert words_of(extractor, "older women watching big waves") == {
+        ("woman", "old"): ["older", "women"],
+        ("wave", "big"): ["big", "waves"],
+        ("woman", "watching", "wave"): ["women", "watching", "waves"],
+    }
+    assert words_of(extractor, "two men with dogs") == {
+        ("man", "two"): ["two", "men"],
+        ("man", "with", "dog"): ["men", "with", "dogs"],
+    }
+    # compounds and multi-word relations; the spans of a tuple found twice are united
+    assert words_of(extractor, "two tennis players on top of a table")[("tennis player", "on top of", "table")] == [
+        "tennis", "players", "on", "top", "of", "table"]
+    assert words_of(extractor, "a red ball and a red ball") == {("ball", "red"): ["red", "ball", "red", "ball"]}
+
+
+def test_spans_refer_to_the_caption_as_given(extractor):
+    caption = "  two men with dogs \n"  # extract strips it; the spans count its leading spaces
+    assert words_of(extractor, caption) == {("man", "two"): ["two", "men"],
+                                            ("man", "with", "dog"): ["men", "with", "dogs"]}
+
+
 @pytest.mark.parametrize("caption, expected", [
     ("a big red circle above a small blue triangle",
      [("circle", "big"), ("circle", "red"), ("triangle", "small"), ("triangle", "blue"),
@@ -31,25 +64,24 @@ def extractor():
     ("", []),
 ])
 def test_known_tuples(extractor, caption, expected):
-    assert extractor.extract([caption], progress=False) == [expected]
+    assert [p.tuples for p in extractor.extract([caption], progress=False)] == [expected]
 
 
 def test_relation_keeps_surface_verb(extractor):
-    (tuples,) = extractor.extract(["a man riding a big wave"], progress=False)
+    (tuples,) = tuples_of(extractor, ["a man riding a big wave"])
     assert ("man", "riding", "wave") in tuples and ("wave", "big") in tuples
     assert not any(t[0] == "rid" or "a" in t for t in tuples)
 
 
 def test_pronouns_dropped(extractor):
-    for tuples in extractor.extract(["it is next to the dog", "He holds a red umbrella",
-                                     "the woman who is wearing glasses"], progress=False):
+    for tuples in tuples_of(extractor, ["it is next to the dog", "He holds a red umbrella",
+                                        "the woman who is wearing glasses"]):
         assert not {"it", "he", "who"} & {w for t in tuples for w in t}
-    assert extractor.extract(["He holds a red umbrella"], progress=False) == [
-        [("umbrella", "red")]]
+    assert tuples_of(extractor, ["He holds a red umbrella"]) == [[("umbrella", "red")]]
 
 
 def test_deduplicated(extractor):
-    (tuples,) = extractor.extract(["a red ball and a red ball"], progress=False)
+    (tuples,) = tuples_of(extractor, ["a red ball and a red ball"])
     assert tuples == [("ball", "red")]
 
 
@@ -115,8 +147,9 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     out = tmp_path / "phrases"
     out.mkdir()
     # An earlier, interrupted run already parsed the first caption.
-    write_phrase_cache(out / "phrase_cache.jsonl", [("a man riding a big wave", [("wave", "big"),
-                                                                                ("man", "riding", "wave")])])
+    write_phrase_cache(out / "phrase_cache.jsonl",
+                       [("a man riding a big wave", parsed_caption("a man riding a big wave",
+                                                           [("wave", "big"), ("man", "riding", "wave")]))])
     parsed = []
     real_extract = extractor.extract
 
@@ -130,7 +163,8 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     assert parsed == ["a big wave", "two green squares", "a big red circle"]
     cache = read_phrase_cache(out / "phrase_cache.jsonl")
     assert set(cache) == {"a man riding a big wave", "a big wave", "two green squares", "a big red circle"}
-    assert cache["a big red circle"] == [("circle", "big"), ("circle", "red")]
+    assert cache["a big red circle"].tuples == [("circle", "big"), ("circle", "red")]
+    assert cache["a big red circle"].spans == [((2, 5), (10, 16)), ((6, 9), (10, 16))]
     # Only the train split builds the vocabulary: "big circle" (test) is not counted.
     vocab = PhraseVocab.load(out / "phrase_vocab.json")
     assert [vocab.phrase(i) for i in range(len(vocab))] == ["big wave"]
@@ -148,4 +182,5 @@ def test_prepare_phrases_resumes(tmp_path, extractor, monkeypatch):
     ])
     prepare_phrases(captions, out, min_count=2, extractor=extractor)
     assert parsed == ["two red squares"]
-    assert read_phrase_cache(out / "phrase_cache.jsonl")["two red squares"] == [("square", "two"), ("square", "red")]
+    assert read_phrase_cache(out / "phrase_cache.jsonl")["two red squares"].tuples == [("square", "two"),
+                                                                                       ("square", "red")]

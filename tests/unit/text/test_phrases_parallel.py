@@ -15,4 +15,4 @@ def test_forked_extraction_matches_one_process():
     extractor = PhraseExtractor()
     one = extractor.extract(CAPTIONS, batch_size=4, progress=False)
     assert extractor.extract(CAPTIONS, batch_size=4, n_process=2, progress=False) == one
-    assert ("man", "riding", "wave") in one[0] and ("wave", "big") in one[0]
+    assert ("man", "riding", "wave") in one[0].tuples and ("wave", "big") in one[0].tuples
