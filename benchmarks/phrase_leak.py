@@ -57,7 +57,7 @@ def measure(captions: list[str]) -> dict:
     ids_all, offsets_all = pieces.captions_with_offsets(captions)
     counts = {k: {"masked": 0, "old": 0, "new": 0, "old alone": 0, "new alone": 0}
               for k in ("words", "plural nouns")}
-    for caption, p, ids, offsets, doc in zip(captions, parsed, ids_all, offsets_all, extractor.nlp.pipe(captions)):
+    for p, ids, offsets, doc in zip(parsed, ids_all, offsets_all, extractor.nlp.pipe(captions)):
         phrases, spans = vocab.encode_parsed(p)
         item = {"input_ids": ids, "phrases": phrases, "phrase_positions": piece_positions(offsets, spans)}
         for token in doc:

@@ -9,7 +9,7 @@ phrase that holds a masked word, whatever form the word takes in the phrase."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..core.errors import FormatError, SkippedSamples, skip_or_raise
 from ..core.fileio import PathLike, append_json_lines, read_json_lines

@@ -4,9 +4,9 @@ the MLM pass are found by where they were parsed from, not by their (lemmatised)
 import numpy as np
 import pytest
 import torch
-from helpers import DIM, VOCAB, write_corpus
 
 import mvptr.data.collate as collate_module
+from helpers import DIM, VOCAB, write_corpus
 from mvptr.core.config import DataConfig
 from mvptr.data.collate import Collator, Masking
 from mvptr.data.pretrain import build_pair_dataset

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-from helpers import parsed as parsed_caption
 
+from helpers import parsed as parsed_caption
 from mvptr.formats.captions import write_karpathy_json
 from mvptr.formats.phrase_cache import read_phrase_cache, write_phrase_cache
 from mvptr.text.phrases import (
