@@ -113,10 +113,10 @@ def validate(cfg) -> None:
     for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa"):
         t = getattr(cfg.finetune, task)
         _check_stage(f"finetune.{task}.train", t.train, False, recipe=task == "retrieval")
-    for key, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2), ("finetune.retrieval.train",
-                                                                        cfg.finetune.retrieval.train)):
-        _check(stage.negative_warmup_steps == 0 or o.negative_sampling == "sampled", f"{key}.negative_warmup_steps",
-               stage.negative_warmup_steps,
-               "needs objectives.negative_sampling=sampled (the argmax has nothing to warm up)")
         for key in ("max_train", "max_eval"):
             _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")
+    warmed = (("stage1", cfg.stage1), ("stage2", cfg.stage2), ("finetune.retrieval.train", cfg.finetune.retrieval.train))
+    for key, stage in warmed:
+        _check(stage.negative_warmup_steps == 0 or o.negative_sampling == "sampled", f"{key}.negative_warmup_steps",
+               stage.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to "
+               "warm up)")
