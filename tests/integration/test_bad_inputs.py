@@ -572,7 +572,7 @@ config_case("an init.source directory that does not exist", ["init.source=/nonex
 config_case("a preset that does not exist", [], ["nope", "presets"], config="nope")
 config_case("an infinite learning rate", ["stage1.lr=inf"], ["stage1.lr", "finite"])
 config_case("a NaN temperature", ["model.temperature=nan"], ["model.temperature", "finite"])
-config_case("an infinite loss weight", ["objectives.loss_weights.mlm=inf"], ["objectives.loss_weights.mlm"])
+config_case("an infinite loss weight", ["stage2.loss_weights.mlm=inf"], ["stage2.loss_weights.mlm"])
 config_case("max_tokens beyond the position table", ["data.max_tokens=600"], ["data.max_tokens", "512"])
 config_case("a task's max_tokens beyond the position table", ["finetune.vqa.max_tokens=1000"],
             ["finetune.vqa.max_tokens"])

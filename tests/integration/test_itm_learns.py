@@ -27,7 +27,7 @@ def test_stage2_with_every_objective_moves_itm_below_chance(world_args, tmp_path
     assert main(["pretrain", "--config", "tiny", "--stage", "stage1", *common]) == 0
     assert main(["pretrain", "--config", "tiny", "--stage", "stage2", "--init-model", str(out / "stage1" / "model"),
                  *common, "stage2.max_steps=300", "objectives.negative_sampling=uniform",
-                 "objectives.loss_weights.mlm=0.01"]) == 0
+                 "stage2.loss_weights.mlm=0.01"]) == 0
     itm = itm_losses(out / "stage2" / "metrics.jsonl")
     assert len(itm) == 300
     first, last = sum(itm[:30]) / 30, sum(itm[-30:]) / 30

@@ -11,12 +11,14 @@ encoder (Table 4, "MergAttn") takes BERT's layers in order: its layer i <- BERT 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ..core.config import Config, ModelConfig
+from ..core.distributed import active
 from ..core.errors import ConfigError
 from ..model.modeling import MVPTR
 from ..text.phrases import PhraseVocab, phrase_pieces
@@ -69,19 +71,43 @@ def check_shapes(cfg: ModelConfig, bert_config: dict, source: str) -> None:
         raise ValueError(f"model config does not match the initialisation checkpoint {source}: " + "; ".join(wrong))
 
 
+# The pre-training heads a BERT checkpoint may carry (BertForPreTraining has all four), each as
+# (our parameters' prefix, the checkpoint keys that fill it); the official MVPTR code starts from them.
+BERT_HEADS = (
+    ("itm_head.pooler.", ("pooler.",)),
+    ("itm_head.classifier.", ("cls.seq_relationship.",)),  # next sentence: their 0 = is next, our 1 = match
+    ("mlm_head.transform.", ("cls.predictions.transform.",)),
+    ("mlm_head.bias", ("cls.predictions.bias", "cls.predictions.decoder.bias")),
+)
+
+
+def _head_keys(state: dict) -> list[tuple[str, str]]:
+    """(theirs, ours) for the heads ``state`` has; a bias saved twice (tied) is taken once."""
+    mapping = []
+    for ours, prefixes in BERT_HEADS:
+        for prefix in prefixes:
+            found = [(k, ours + k[len(prefix):]) for k in state if k.startswith(prefix)]
+            if found:
+                mapping += found
+                break
+    return mapping
+
+
+def fresh_heads(state: dict) -> list[str]:
+    """Our head parameters that ``state`` has nothing for, so they keep their random start."""
+    filled = {ours for _, ours in _head_keys(state)}
+    return [ours.rstrip(".") for ours, _ in BERT_HEADS if not any(f.startswith(ours) for f in filled)]
+
+
 def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tensor], source: str = "BERT") -> dict:
-    """Copy embeddings, encoder layers, pooler and (if present) the MLM transform into ``model``."""
+    """Copy embeddings, encoder layers and the heads BERT has (pooler, next-sentence classifier as
+    the ITM classifier, MLM transform and bias) into ``model``; ``fresh`` names the heads it lacks."""
     cfg = model.cfg
     check_shapes(cfg, bert_config, source)
     depth = bert_config["num_hidden_layers"]
-    mapping: list[tuple[str, str]] = []  # (theirs, ours); one BERT layer may feed two encoders
-    for key in state:
-        if key.startswith("embeddings.") and "position_ids" not in key:
-            mapping.append((key, key))
-        elif key.startswith("pooler."):
-            mapping.append((key, "itm_head." + key))
-        elif key.startswith("cls.predictions.transform."):
-            mapping.append((key, key.replace("cls.predictions.transform.", "mlm_head.transform.")))
+    # (theirs, ours); one BERT layer may feed two encoders
+    mapping = [(k, k) for k in state if k.startswith("embeddings.") and "position_ids" not in k]
+    mapping += _head_keys(state)
     for name, layers in _layer_placement(cfg, depth).items():
         if len(layers) > depth:
             raise ValueError(f"{name} has {len(layers)} layers but {source} has only {depth}")
@@ -93,12 +119,14 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
             src = state[theirs]
             if ours == "embeddings.word_embeddings.weight":
                 own[ours][: src.shape[0]].copy_(src)  # phrase rows after the words stay for init_phrase_rows
-            else:
-                if own[ours].shape != src.shape:
-                    raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
-                                     f"{ours} needs {tuple(own[ours].shape)}")
-                own[ours].copy_(src)
-    return {"source": source, "copied": len(mapping), "bert_layers": depth}
+                continue
+            if theirs.startswith("cls.seq_relationship."):
+                src = src.flip(0)  # BERT's class 0 (is next) is our class 1 (matched)
+            if own[ours].shape != src.shape:
+                raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
+                                 f"{ours} needs {tuple(own[ours].shape)}")
+            own[ours].copy_(src)
+    return {"source": source, "copied": len(mapping), "bert_layers": depth, "fresh": fresh_heads(state)}
 
 
 def _layer_placement(cfg: ModelConfig, depth: int) -> dict[str, list[int]]:
@@ -157,7 +185,10 @@ def new_bundle(cfg: Config, phrase_vocab: PhraseVocab, tag_vocab: list[str], sou
     model = MVPTR(cfg.model, len(phrase_vocab), tag_pieces)
     if bert_dir is not None:
         bert_config, state = read_bert_dir(bert_dir)
-        init_from_bert(model, bert_config, state, str(bert_dir))
+        report = init_from_bert(model, bert_config, state, str(bert_dir))
+        if report["fresh"] and active().main:
+            print(f"init: {bert_dir} has no weights for {', '.join(report['fresh'])}; they start from random",
+                  file=sys.stderr, flush=True)
     init_phrase_rows(model, phrase_pieces(phrase_vocab, pieces))
     inputs = {"use_tags": cfg.objectives.use_tags, "use_phrases": cfg.objectives.use_phrases}
     return Bundle(model.to(cfg.device), tokenizer, phrase_vocab, tag_vocab, inputs)

@@ -209,6 +209,10 @@ def adopt_model_settings(cfg: Config, bundle: Bundle, overrides=(), source: str 
             raise ConfigError(f"model.{key}={wanted}: {source} holds a model built with {key}={have}; a trained "
                               f"model takes only these model overrides: {', '.join(RUNTIME_MODEL_KEYS)}")
         changes[key] = wanted
+    layers = saved.multimodal_layers
+    if "wpg_layer" in changes and not 1 <= changes["wpg_layer"] <= layers:
+        raise ConfigError(f"model.wpg_layer={changes['wpg_layer']}: {source} holds a model with {layers} multimodal "
+                          f"layers; WPG reads one of them, 1..{layers}")
     for key in INPUT_KEYS:
         if f"objectives.{key}" in keys and key in bundle.inputs and getattr(cfg.objectives, key) != bundle.inputs[key]:
             raise ConfigError(f"objectives.{key}={getattr(cfg.objectives, key)}: {source} holds a model trained "

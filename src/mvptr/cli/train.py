@@ -33,7 +33,9 @@ def _pretrain(args, cfg, out: Path) -> None:
     merged = cfg.model.merged_attention
     stages = pretraining_stages(args.stage, merged)
     for name in stages:  # a stage's objectives that cannot run fail now, not after the first stage
-        pretraining_recipe(name, list(getattr(cfg, name).objectives), cfg.objectives, merged)
+        stage = getattr(cfg, name)
+        pretraining_recipe(name, list(stage.objectives), cfg.objectives, merged, stage.cross_modal_lr_scale,
+                           negative_warmup_steps=stage.negative_warmup_steps, loss_weights=stage.loss_weights)
     if merged and args.stage == "both" and is_main():
         print("stage1: skipped (merged attention has no uni-modal stage; its one stage uses the stage2 settings)",
               file=sys.stderr, flush=True)

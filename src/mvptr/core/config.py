@@ -143,13 +143,6 @@ class ObjectiveConfig:
     # True (official): a phrase that contains a word masked for MLM is masked and becomes an
     # MCR^s target as well; False: it is masked only in the pass MLM reads (no shortcut either way)
     phrase_mask_tied: bool = False
-    # each objective's weight in the stage's sum; unlisted objectives weigh 1 (the paper's
-    # unweighted L1 and L2). Under one AdamW a small weight mostly lowers an objective's share of
-    # the update of the parameters it shares with others (see docs/DECISIONS.md, "ITM learns")
-    loss_weights: dict[str, float] = field(default_factory=dict)
-    # over a stage's first N steps the ITM / WPG negatives go from uniform to p^{v2s} / p^{s2v}
-    # (the sampling logits scaled by step / N); 0 = the paper's hard negatives from the first step
-    negative_warmup_steps: int = 0
     # how MCR^v, MCR^s and MLM average over masked items: "token" (over every masked item of the
     # batch, as the official code's cross entropy does) or "sample" (each sample's mean over its own
     # masked items, as eqs. 2, 3 and 9 write it, then the mean over the samples that have any)
@@ -183,6 +176,15 @@ class StageConfig:
     # pre-training: the learning rate of the parameters only the cross-modal objectives reach
     # (multimodal encoder, ITM and MLM heads) is lr times this; 1 = one rate for all (paper)
     cross_modal_lr_scale: float = 1.0
+    # pre-training and retrieval fine-tuning: over this stage's first N steps the ITM / WPG negatives
+    # go from uniform to p^{v2s} / p^{s2v} (the sampling logits scaled by step / N); 0 = the
+    # paper's hard negatives from the first step
+    negative_warmup_steps: int = 0
+    # pre-training and retrieval fine-tuning: each objective's weight in this stage's sum; unlisted
+    # objectives weigh 1 (the paper's unweighted L1 and L2). Under one AdamW a small weight mostly
+    # lowers an objective's share of the update of the parameters it shares with others
+    # (docs/DECISIONS.md, "ITM learns")
+    loss_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -324,6 +326,27 @@ def _in_mapping(cfg, key: str) -> bool:
     return parent is not None and OmegaConf.is_dict(parent) and OmegaConf.get_type(parent) is dict
 
 
+# keys that moved, and where to: a stage's settings apply to that stage (docs/DECISIONS.md)
+MOVED_KEYS = {
+    "objectives.negative_warmup_steps": "stage2.negative_warmup_steps (pre-training) and "
+                                        "finetune.retrieval.train.negative_warmup_steps (retrieval fine-tuning)",
+    "objectives.loss_weights": "stage1.loss_weights / stage2.loss_weights (pre-training) and "
+                               "finetune.retrieval.train.loss_weights (retrieval fine-tuning)",
+}
+
+
+def _check_moved(key: str, where: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            raise ConfigError(f"{key}{where}: this setting is now per stage; set {new} instead")
+
+
+def _moved_in(loaded, path: Path) -> None:
+    for old in MOVED_KEYS:
+        if OmegaConf.is_dict(loaded) and OmegaConf.select(loaded, old, default="__missing__") != "__missing__":
+            _check_moved(old, f" in {path}")
+
+
 def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- preset YAML <- ``key=value`` overrides; unknown keys raise ConfigError."""
     cfg = OmegaConf.structured(Config)
@@ -332,12 +355,15 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
         if preset:
             path = _preset_path(preset)
             source = f" in {path}"
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            _moved_in(loaded, path)
+            cfg = OmegaConf.merge(cfg, loaded)
         for item in overrides:
             source = f" in override {item!r}"
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
+            _check_moved(key, "")
             if not key or (OmegaConf.select(cfg, key, default="__missing__") == "__missing__"
                            and not _in_mapping(cfg, key)):
                 raise ConfigError(f"unknown config key {key!r}")

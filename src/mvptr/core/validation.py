@@ -36,7 +36,10 @@ def _check(ok: bool, key: str, value: Any, want: str) -> None:
         raise ConfigError(f"{key} = {value!r}: {want}")
 
 
-def _check_stage(key: str, stage, objectives_known: bool) -> None:
+def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = None) -> None:
+    """``objectives_known``: a pre-training stage; ``recipe``: it trains with the pre-training
+    recipe, whose negative warm-up and loss weights it reads (pre-training and retrieval)."""
+    recipe = objectives_known if recipe is None else recipe
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "must be a positive number of samples")
     _check(stage.max_steps >= 0, f"{key}.max_steps", stage.max_steps,
            "must be 0 (train by epochs) or a positive step count")
@@ -51,6 +54,16 @@ def _check_stage(key: str, stage, objectives_known: bool) -> None:
            "must be positive")
     _check(objectives_known or stage.cross_modal_lr_scale == 1.0, f"{key}.cross_modal_lr_scale",
            stage.cross_modal_lr_scale, "is read by pre-training stages only; leave it at 1 for a task")
+    _check(stage.negative_warmup_steps >= 0, f"{key}.negative_warmup_steps", stage.negative_warmup_steps,
+           "must be >= 0")
+    for name, weight in stage.loss_weights.items():
+        _check(name in OBJECTIVE_NAMES, f"{key}.loss_weights.{name}", weight,
+               f"not an objective (expected one of {', '.join(OBJECTIVE_NAMES)})")
+        _check(weight >= 0 and weight != float("inf"), f"{key}.loss_weights.{name}", weight,
+               "must be a finite weight >= 0")
+    for name in ("negative_warmup_steps", "loss_weights"):
+        _check(recipe or not getattr(stage, name), f"{key}.{name}", getattr(stage, name),
+               "is read by pre-training stages and retrieval fine-tuning only; leave it unset for this task")
     _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
     _check(stage.grad_accum_steps >= 1, f"{key}.grad_accum_steps", stage.grad_accum_steps, "must be at least 1")
     _check(stage.batch_size % stage.grad_accum_steps == 0, f"{key}.grad_accum_steps", stage.grad_accum_steps,
@@ -126,14 +139,6 @@ def validate(cfg) -> None:
     for key in ("tag_mask_prob", "phrase_mask_prob", "mlm_mask_prob"):
         _check(0 <= getattr(o, key) < 1, f"objectives.{key}", getattr(o, key), "must be within [0, 1)")
     _check(o.wpg_margin >= 0, "objectives.wpg_margin", o.wpg_margin, "must be >= 0")
-    for name, weight in o.loss_weights.items():
-        _check(name in OBJECTIVE_NAMES, f"objectives.loss_weights.{name}", weight,
-               f"not an objective (expected one of {', '.join(OBJECTIVE_NAMES)})")
-        _check(weight >= 0 and weight != float("inf"), f"objectives.loss_weights.{name}", weight,
-               "must be a finite weight >= 0")
-    _check(o.negative_warmup_steps >= 0, "objectives.negative_warmup_steps", o.negative_warmup_steps, "must be >= 0")
-    _check(o.negative_warmup_steps == 0 or o.negative_sampling == "sampled", "objectives.negative_warmup_steps",
-           o.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to warm up)")
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
     for key in ("max_images", "k_c", "k_i"):
         _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
@@ -141,11 +146,17 @@ def validate(cfg) -> None:
     _check_stage("stage2", cfg.stage2, True)
     for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa"):
         t = getattr(cfg.finetune, task)
-        _check_stage(f"finetune.{task}.train", t.train, False)
+        _check_stage(f"finetune.{task}.train", t.train, False, recipe=task == "retrieval")
         for key in ("max_train", "max_eval"):
             _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")
         _check(t.max_tokens + t.max_phrases <= m.max_position, f"finetune.{task}.max_tokens", t.max_tokens,
                f"with its max_phrases {t.max_phrases} it must fit the model's {m.max_position} positions")
+    warmed = (("stage1", cfg.stage1), ("stage2", cfg.stage2),
+              ("finetune.retrieval.train", cfg.finetune.retrieval.train))
+    for key, stage in warmed:
+        _check(stage.negative_warmup_steps == 0 or o.negative_sampling == "sampled", f"{key}.negative_warmup_steps",
+               stage.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to "
+               "warm up)")
     demo = cfg.demo
     _check(demo.n_process >= 1, "demo.n_process", demo.n_process, "must be at least 1 process")
     check_world_size(demo.n_train, demo.n_val, demo.n_test, demo.image_size,

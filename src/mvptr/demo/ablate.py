@@ -65,7 +65,7 @@ ROWS = (
                 dict(rsum=500.4, uni_rsum=470.9, vqa=75.98, grounding_zero_shot=35.04, grounding_finetuned=72.48)),
     AblationRow("merged_attention", "w, c, r, t", "MCR^{v,s}+WPG+MLM+ITM (MergAttn)",
                 # uniform negatives and one encoder: nothing for the demo's warm-up or LR scale
-                ("model.merged_attention=true", "objectives.vsc=false", "objectives.negative_warmup_steps=0",
+                ("model.merged_attention=true", "objectives.vsc=false", "stage2.negative_warmup_steps=0",
                  "stage2.cross_modal_lr_scale=1.0"),
                 dict(rsum=496.5, uni_rsum=None, vqa=75.25, grounding_zero_shot=29.42, grounding_finetuned=72.24)),
 )
@@ -81,7 +81,8 @@ def budget_overrides(cfg: Config, share: float) -> list[str]:
               "finetune.grounding.train": cfg.finetune.grounding.train}
     out = [f"{key}.max_steps={max(1, round(stage.max_steps * share))}" if stage.max_steps
            else f"{key}.epochs={stage.epochs * share:.6g}" for key, stage in stages.items()]
-    return out + [f"objectives.negative_warmup_steps={round(cfg.objectives.negative_warmup_steps * share)}"]
+    return out + [f"{key}.negative_warmup_steps={round(stage.negative_warmup_steps * share)}"
+                  for key, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2)) if stage.negative_warmup_steps]
 
 
 def row_config(preset: str, overrides: list[str], row: AblationRow, seed_offset: int, out: Path) -> Config:

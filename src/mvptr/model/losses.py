@@ -6,6 +6,7 @@ Label tensors use -100 for "no target", as torch's cross entropy does.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -97,9 +98,18 @@ def per_sample_mean_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.T
     return (total / count.clamp(min=1)).sum() / (count > 0).sum().clamp(min=1)
 
 
+# the learnable logit scale 1 / tau is used clamped at 100 (tau >= 0.01), as CLIP and open_clip do
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def vsc_scale(logit_scale: torch.Tensor) -> torch.Tensor:
+    """1 / tau from the parameter log(1 / tau), at most 100; above the clamp the parameter gets no gradient."""
+    return logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
 def vsc_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """U / tau: rows are images, columns are texts."""
-    return logit_scale.exp() * image_emb @ text_emb.t()
+    return vsc_scale(logit_scale) * image_emb @ text_emb.t()
 
 
 def vsc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from ..core.errors import ConfigError
 from ..text.tokenizer import CLS_ID, PAD_ID, SEP_ID
 from .heads import PairClassifier, TiedClassifier
 from .layers import Embeddings, Encoder
+from .losses import vsc_scale
 
 
 @dataclass
@@ -340,8 +341,9 @@ class MVPTR(nn.Module):
 
     @property
     def temperature(self) -> float | None:
-        """The VSC temperature; None for the merged model, which has no VSC."""
-        return None if self.merged else 1.0 / self.logit_scale.detach().exp().item()
+        """The VSC temperature in use (at least 0.01, ``losses.vsc_scale``); None for the merged model,
+        which has no VSC."""
+        return None if self.merged else 1.0 / vsc_scale(self.logit_scale.detach()).item()
 
 
 def _check_merged(cfg: ModelConfig) -> None:

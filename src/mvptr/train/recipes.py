@@ -42,8 +42,11 @@ class Recipe:
 
 
 def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, merged: bool = False,
-                       cross_modal_lr_scale: float = 1.0) -> Recipe:
-    """``merged``: the recipe of the merged-attention model."""
+                       cross_modal_lr_scale: float = 1.0, *, negative_warmup_steps: int = 0,
+                       loss_weights: dict[str, float] | None = None) -> Recipe:
+    """``merged``: the recipe of the merged-attention model. ``cross_modal_lr_scale``,
+    ``negative_warmup_steps`` and ``loss_weights`` are the stage's (``StageConfig``): each stage,
+    and retrieval fine-tuning, has its own."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
@@ -54,8 +57,7 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
         raise ValueError(f"{name}: every objective is switched off")
     cross = any(o in CROSS_MODAL for o in active)
     if merged:
-        check_merged_objectives(name, active, obj, cross_modal_lr_scale)
-    losses = merged_losses if merged else pretraining_losses
+        check_merged_objectives(name, active, obj, cross_modal_lr_scale, negative_warmup_steps)
 
     def trainable(param_name: str) -> bool:
         return cross or not param_name.startswith(CROSS_MODAL_MODULES)
@@ -64,9 +66,12 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
         return cross_modal_lr_scale if param_name.startswith(CROSS_MODAL_MODULES) else 1.0
 
     def loss(model: MVPTR, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return losses(model, batch, active, obj, generator)
+        if merged:
+            return merged_losses(model, batch, active, obj, generator)
+        hardness = negative_hardness(batch.get("step"), negative_warmup_steps)
+        return pretraining_losses(model, batch, active, obj, generator, hardness)
 
-    return Recipe(name, loss, trainable, dict(obj.loss_weights), lr_scale)
+    return Recipe(name, loss, trainable, dict(loss_weights or {}), lr_scale)
 
 
 def negative_hardness(step: int | None, warmup_steps: int) -> float:
@@ -77,12 +82,14 @@ def negative_hardness(step: int | None, warmup_steps: int) -> float:
     return min(1.0, step / warmup_steps)
 
 
-def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, cross_modal_lr_scale: float) -> None:
+def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, cross_modal_lr_scale: float,
+                            negative_warmup_steps: int = 0) -> None:
     """What the merged-attention model cannot train is an error, not ignored."""
-    if obj.negative_warmup_steps or cross_modal_lr_scale != 1.0:
+    if negative_warmup_steps or cross_modal_lr_scale != 1.0:
+        key = name if name in ("stage1", "stage2") else f"finetune.{name}.train"
         raise ConfigError(
             f"{name}: the merged-attention model draws its negatives uniformly and has no separate multimodal "
-            "encoder; leave objectives.negative_warmup_steps at 0 and cross_modal_lr_scale at 1")
+            f"encoder; leave {key}.negative_warmup_steps at 0 and {key}.cross_modal_lr_scale at 1")
     if "vsc" in active:
         raise ConfigError(
             f"{name}: VSC needs the global embeddings of uni-modal encoders, which the merged-attention model "
@@ -96,8 +103,10 @@ def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, 
 
 
 def pretraining_losses(
-    model: MVPTR, batch: dict, active: list[str], obj: ObjectiveConfig, generator: torch.Generator | None = None
+    model: MVPTR, batch: dict, active: list[str], obj: ObjectiveConfig, generator: torch.Generator | None = None,
+    hardness: float = 1.0,
 ) -> dict[str, torch.Tensor]:
+    """``hardness``: the factor on the sampling logits of the ITM / WPG negatives (``negative_hardness``)."""
     text = model.encode_text(batch["input_ids"], batch["word_mask"], batch["phrase_ids"], batch["phrase_mask"])
     image = model.encode_image(batch["tag_pieces"], batch["tag_mask"], batch["region_feats"], batch["region_mask"])
     out: dict[str, torch.Tensor] = {}
@@ -122,7 +131,6 @@ def pretraining_losses(
     idx = torch.arange(b, device=sim.device)
     same_image = batch["image_index"][:, None] == batch["image_index"][None, :]
     # p^{s2v}: for each text, a distribution over the batch's images; p^{v2s}: the reverse
-    hardness = negative_hardness(batch.get("step"), obj.negative_warmup_steps)
     neg_image, ok_t = L.sample_negatives(hardness * sim.t(), same_image, obj.negative_sampling, generator)
     neg_text, ok_i = L.sample_negatives(hardness * sim, same_image, obj.negative_sampling, generator)
     # which texts get a negative image (text_side) and which images a negative text; a query
@@ -217,8 +225,10 @@ def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
     """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
     kind = task_kind(task)
     if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
-        objectives = [o for o in cfg.finetune.retrieval.train.objectives if not (merged and o == "vsc")]
-        return pretraining_recipe(task, objectives, cfg.objectives, merged)
+        train = cfg.finetune.retrieval.train
+        objectives = [o for o in train.objectives if not (merged and o == "vsc")]
+        return pretraining_recipe(task, objectives, cfg.objectives, merged,
+                                  negative_warmup_steps=train.negative_warmup_steps, loss_weights=train.loss_weights)
 
     def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         _, fused = model.fuse_batch(batch)

@@ -240,6 +240,7 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
         "batch_size": stage.batch_size, "steps": total, "lr": stage.lr, "weight_decay": stage.weight_decay,
         "warmup_ratio": stage.warmup_ratio, "grad_clip": stage.grad_clip, "grad_accum_steps": stage.grad_accum_steps,
         "cross_modal_lr_scale": stage.cross_modal_lr_scale,
+        "negative_warmup_steps": stage.negative_warmup_steps, "loss_weights": dict(stage.loss_weights),
         "precision": stage.precision, "seed": seed, "samples": samples, "processes": processes,
         "phrase_vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
         "tag_vocab_sha256": hashlib.sha256("\n".join(bundle.tag_vocab).encode()).hexdigest(),
@@ -248,13 +249,16 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
 
 # settings added after checkpoints began recording them, with the value every earlier run had
 SETTINGS_BEFORE_RECORDED = {"cross_modal_lr_scale": 1.0}
+# recorded since they moved from objectives to the stage; an older checkpoint does not say what it
+# had (the demo warmed up, other presets did not), so it resumes with the settings given now
+SETTINGS_NOT_RECORDED_BEFORE = ("negative_warmup_steps", "loss_weights")
 
 
 def check_same_settings(ckpt: Path, saved: dict | None, now: dict) -> None:
     """A resumed run continues the one it resumes, or stops: never old state under new settings."""
     if saved is None:  # a checkpoint written before settings were recorded
         return
-    saved = {**SETTINGS_BEFORE_RECORDED, **saved}
+    saved = {**SETTINGS_BEFORE_RECORDED, **{k: now[k] for k in SETTINGS_NOT_RECORDED_BEFORE if k in now}, **saved}
     changed = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in now if saved.get(k) != now[k]]
     if changed:
         raise ConfigError(f"{ckpt}: cannot resume with changed settings ({'; '.join(changed)}): resume with the "

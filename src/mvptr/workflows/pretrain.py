@@ -29,7 +29,8 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     if main:
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
     recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, bundle.model.merged,
-                                stage.cross_modal_lr_scale)
+                                stage.cross_modal_lr_scale, negative_warmup_steps=stage.negative_warmup_steps,
+                                loss_weights=stage.loss_weights)
     if cfg.data.skip_bad and skipped is None:
         skipped = SkippedSamples()
     dataset = build_pair_dataset(

@@ -70,3 +70,16 @@ def test_the_command_line_refuses_a_model_override_it_cannot_apply(saved, capsys
     assert "model.layout" in capsys.readouterr().err
     assert main(["pretrain", "--config", "tiny", "--init-model", str(saved)]) == 2  # --stage both
     assert "--stage stage2" in capsys.readouterr().err
+
+
+def test_a_wpg_layer_override_is_checked_against_the_loaded_models_layers(tmp_path, capsys):
+    cfg = load_config("tiny", ["model.multimodal_layers=1"])  # the tiny preset has 2
+    one_layer = save_model_dir(tmp_path / "model", new_bundle(cfg, VOCAB, TAGS))
+    args = ["pretrain", "--config", "tiny", "--stage", "stage2", "--init-model", str(one_layer),
+            f"out_dir={tmp_path / 'run'}", "model.wpg_layer=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.wpg_layer=2" in err and "1 multimodal layers" in err
+    run = adopt_model_settings(load_config("tiny", ["model.wpg_layer=1"]), load_model_dir(one_layer),
+                               ["model.wpg_layer=1"])
+    assert run.model.wpg_layer == 1

@@ -38,11 +38,11 @@ def test_the_report_takes_the_full_models_spread_over_seeds():
 
 def test_the_budget_scales_every_training_run_and_the_negative_warm_up():
     cfg = load_config("demo", ["stage1.max_steps=0", "stage2.max_steps=0", "finetune.vqa.train.max_steps=400",
-                               "finetune.grounding.train.max_steps=30", "objectives.negative_warmup_steps=120"])
+                               "finetune.grounding.train.max_steps=30", "stage2.negative_warmup_steps=120"])
     scaled = load_config("demo", budget_overrides(cfg, 0.5))
     assert scaled.stage1.epochs == cfg.stage1.epochs / 2 and scaled.stage2.epochs == cfg.stage2.epochs / 2
     assert scaled.finetune.vqa.train.max_steps == 200 and scaled.finetune.grounding.train.max_steps == 15
-    assert scaled.objectives.negative_warmup_steps == 60
+    assert scaled.stage2.negative_warmup_steps == 60
     # a capped stage is scaled by its cap; a budget of 1 changes nothing
     capped = load_config("demo", ["stage1.max_steps=9"])
     assert "stage1.max_steps=4" in budget_overrides(capped, 0.5)
