@@ -78,7 +78,7 @@ def check_stages(cfg: Config, stages: tuple[str, ...], merged: bool) -> None:
         pretraining_recipe(name, list(stage.objectives), cfg.objectives, merged, stage.cross_modal_lr_scale)
 
 
-def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tuple[str, ...] = STAGES,
+def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tuple[str, ...] = STAGES, *,
                     resume: bool = False, progress: bool = True, after: StageDone | None = None
                     ) -> dict[str, TrainResult]:
     """Pre-train ``bundle`` (in place) through ``stages`` in order, each with its settings
