@@ -16,7 +16,7 @@ segment, position and embedding LayerNorm. Self-attention without positions is
 order-free, so tokens keep their places here and only their position ids follow the
 official order; ``ImageOutput.tag_start`` skips the visual [SEP].
 
-``merged_attention`` (Table 4, "MergAttn") removes the uni-modal stage: one encoder of
+``merged_attention`` (Table 4, "MergAttn") removes the uni-modal encoders: one encoder of
 ``text_layers + multimodal_layers`` layers reads the whole sequence
 ``[CLS] w1..wN [SEP] c1..cM t1..tK r1..rR`` (the textual inputs, then the tags and
 regions embedded as in the visual sequence, without the visual [CLS]). It has no global
@@ -323,7 +323,7 @@ class MVPTR(nn.Module):
     @property
     def wpg_depth(self) -> int:
         """The joint encoder's layer (1-based) that WPG aligns: ``wpg_layer`` of the multimodal
-        encoder, or in the merged encoder the layer at the same depth of the two-stage stack."""
+        encoder, or in the merged encoder the layer at the same depth of the two-stream stack."""
         return self.cfg.wpg_layer + (self.cfg.text_layers if self.merged else 0)
 
     # ----- heads ------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pre-training losses of the merged-attention model (Table 4, "MergAttn"): MCR^v + MCR^s +
-WPG + MLM + ITM, all read from one encoder over the whole sequence {w, c, t, r}.
+WPG + MLM + ITM, all read from one encoder over the whole sequence {w, c, t, r}. Stage 1
+runs MCR^v + MCR^s alone, on the same joint pass of each caption with its image.
 
 Without uni-modal encoders there are no global embeddings: no VSC, and no similarity to draw
 hard negatives from, so the ITM and WPG negatives are drawn uniformly from the batch's other
@@ -69,7 +70,7 @@ def merged_losses(
         out["itm"] = L.itm_loss(model.itm_logits(fused), torch.cat([torch.ones_like(idx), negative]))
     if "mlm" in active:
         if "mlm_input_ids" in batch:  # a pass of its own over the word-masked captions
-            # its phrases holding a masked word are masked too: no shortcut (as in the two-stage recipe)
+            # its phrases holding a masked word are masked too: no shortcut (as in the two-stream recipe)
             masked = model.text_inputs(batch["mlm_input_ids"], batch["word_mask"], batch["mlm_phrase_ids"],
                                        batch["phrase_mask"])
             mlm_hidden = joint(model, masked, image, idx, idx).hidden

@@ -3,8 +3,8 @@
 Pre-training stage 1 trains the uni-modal encoders on L1 = MCR^v + MCR^s + VSC; stage 2
 trains everything on L2 = L1 + MLM + ITM + WPG (paper 3.4). Each objective can be left out
 of a stage's list, and the phrase / tag inputs can be switched off, for the ablations.
-The merged-attention model (Table 4, "MergAttn") has one stage and its own losses
-(``merged.py``): MCR^v + MCR^s + WPG + MLM + ITM, no VSC.
+The merged-attention model (Table 4, "MergAttn") has its own losses (``merged.py``) on the
+same two stages: MCR^v + MCR^s in stage 1, MCR^v + MCR^s + WPG + MLM + ITM in stage 2, no VSC.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .merged import merged_losses
 
 OBJECTIVES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
 CROSS_MODAL = ("mlm", "itm", "wpg")
-# parameters that only the cross-modal objectives reach
+# parameters that only the cross-modal objectives reach (the merged-attention model has no
+# multimodal encoder: its ITM and MLM heads are its only such parameters)
 CROSS_MODAL_MODULES = ("multimodal_encoder.", "mlm_head.", "itm_head.")
 
 
@@ -46,7 +47,9 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
                        loss_weights: dict[str, float] | None = None) -> Recipe:
     """``merged``: the recipe of the merged-attention model. ``cross_modal_lr_scale``,
     ``negative_warmup_steps`` and ``loss_weights`` are the stage's (``StageConfig``): each stage,
-    and retrieval fine-tuning, has its own."""
+    and retrieval fine-tuning, has its own. A stage without a cross-modal objective leaves the
+    parameters only those reach (``CROSS_MODAL_MODULES``) untrained; ``cross_modal_lr_scale``
+    multiplies their learning rate."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
@@ -57,7 +60,7 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
         raise ValueError(f"{name}: every objective is switched off")
     cross = any(o in CROSS_MODAL for o in active)
     if merged:
-        check_merged_objectives(name, active, obj, cross_modal_lr_scale, negative_warmup_steps)
+        check_merged_objectives(name, active, obj)
 
     def trainable(param_name: str) -> bool:
         return cross or not param_name.startswith(CROSS_MODAL_MODULES)
@@ -82,14 +85,9 @@ def negative_hardness(step: int | None, warmup_steps: int) -> float:
     return min(1.0, step / warmup_steps)
 
 
-def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig, cross_modal_lr_scale: float,
-                            negative_warmup_steps: int = 0) -> None:
-    """What the merged-attention model cannot train is an error, not ignored."""
-    if negative_warmup_steps or cross_modal_lr_scale != 1.0:
-        key = name if name in ("stage1", "stage2") else f"finetune.{name}.train"
-        raise ConfigError(
-            f"{name}: the merged-attention model draws its negatives uniformly and has no separate multimodal "
-            f"encoder; leave {key}.negative_warmup_steps at 0 and {key}.cross_modal_lr_scale at 1")
+def check_merged_objectives(name: str, active: list[str], obj: ObjectiveConfig) -> None:
+    """What the merged-attention model cannot train is an error, not ignored. Its negatives are
+    uniform, so the negative warm-up (from uniform to the similarity) has nothing to change."""
     if "vsc" in active:
         raise ConfigError(
             f"{name}: VSC needs the global embeddings of uni-modal encoders, which the merged-attention model "

@@ -1,22 +1,33 @@
-"""Pre-training one stage: the recipe of its objectives, the pair dataset with its
-masking, the trainer; the data each corpus gave goes to ``data.json`` beside the run."""
+"""Pre-training: one stage (the recipe of its objectives, the pair dataset with its masking,
+the trainer; the data each corpus gave goes to ``data.json`` beside the run), and the stages
+of a run in order on one model (``pretrain_stages``), for the two-stream model and the
+merged-attention one alike."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+from ..checkpoint.bert_init import init_dir, new_bundle
 from ..checkpoint.model_dir import Bundle, checkpoint_bytes
 from ..core import distributed
 from ..core.config import Config, StageConfig
-from ..core.errors import SkippedSamples
+from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import write_json
 from ..core.runtime import configure_torch
-from ..data.builders import collator
+from ..data.builders import collator, training_tag_vocab
 from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
+from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, train
+
+
+def stage_recipe(cfg: Config, stage: StageConfig, merged: bool):
+    """The recipe of a pre-training stage, with the stage's own settings."""
+    return pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, merged, stage.cross_modal_lr_scale,
+                              negative_warmup_steps=stage.negative_warmup_steps, loss_weights=stage.loss_weights)
 
 
 def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
@@ -28,9 +39,7 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
-    recipe = pretraining_recipe(stage.name, list(stage.objectives), cfg.objectives, bundle.model.merged,
-                                stage.cross_modal_lr_scale, negative_warmup_steps=stage.negative_warmup_steps,
-                                loss_weights=stage.loss_weights)
+    recipe = stage_recipe(cfg, stage, bundle.model.merged)
     if cfg.data.skip_bad and skipped is None:
         skipped = SkippedSamples()
     dataset = build_pair_dataset(
@@ -52,3 +61,41 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
                  cfg.device, cfg.data.num_workers, progress)
 
 
+STAGES = ("stage1", "stage2")
+# called after each stage with its name, its result and its skipped samples (None without data.skip_bad)
+StageDone = Callable[[str, TrainResult, "SkippedSamples | None"], None]
+
+
+def initial_bundle(cfg: Config) -> Bundle:
+    """The model to pre-train: ``init.source`` (checked first), the run's phrase and tag vocabularies."""
+    init_dir(cfg)  # a wrong init.source is said before any data is read
+    return new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+
+
+def check_stages(cfg: Config, stages: tuple[str, ...], merged: bool) -> None:
+    """Every stage's objectives can run (``merged``: on the merged-attention model), so that a
+    stage that cannot fails before the first one trains."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown pre-training stages {unknown} (known: {', '.join(STAGES)})")
+    for name in stages:
+        stage_recipe(cfg, getattr(cfg, name), merged)
+
+
+def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tuple[str, ...] = STAGES, *,
+                    resume: bool = False, progress: bool = True, after: StageDone | None = None
+                    ) -> dict[str, TrainResult]:
+    """Pre-train ``bundle`` (in place) through ``stages`` in order, each with its settings
+    (``cfg.stage1``, ``cfg.stage2``) in ``out_dir/<stage>``; stage 2 continues what stage 1
+    trained. The same two stages for the merged-attention model: stage 1 runs the stage-1
+    objectives it has (MCR^v, MCR^s), stage 2 the rest. With ``cfg.data.skip_bad`` each stage
+    gets its own record of skipped samples."""
+    check_stages(cfg, stages, bundle.model.merged)
+    results = {}
+    for name in stages:
+        skipped = SkippedSamples() if cfg.data.skip_bad else None
+        results[name] = pretrain_stage(cfg, getattr(cfg, name), bundle, Path(out_dir) / name, resume, progress,
+                                       skipped)
+        if after is not None:
+            after(name, results[name], skipped)
+    return results

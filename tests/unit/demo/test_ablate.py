@@ -2,13 +2,14 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.demo.ablate import ROWS, ablation_report, budget_overrides, direction, select_rows
+from mvptr.demo.ablate import ROWS, ablation_report, budget_overrides, direction, row_config, select_rows
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +53,20 @@ def test_the_budget_scales_every_training_run_and_the_negative_warm_up():
             budget_overrides(cfg, share)
 
 
+def test_the_merged_row_changes_the_model_and_vsc_only(tmp_path):
+    """Table 4's MergAttn row removes the uni-modal encoders and VSC, nothing else: the same two
+    stages, budget, warm-up and learning rates as every other row."""
+    merged = {r.key: r for r in ROWS}["merged_attention"]
+    assert merged.overrides == ("model.merged_attention=true", "objectives.vsc=false")
+    overrides = budget_overrides(load_config("demo", []), 0.5)
+    full = row_config("demo", overrides, ROWS[0], 0, tmp_path / "full")
+    row = row_config("demo", overrides, merged, 0, tmp_path / "merged")
+    assert row.model.merged_attention and row.model == replace(full.model, merged_attention=True)
+    assert row.objectives == replace(full.objectives, vsc=False)  # the negative warm-up included
+    assert row.stage1 == full.stage1 and row.stage2 == full.stage2
+    assert row.stage2.cross_modal_lr_scale == 5.0
+
+
 def test_unknown_rows_are_an_error():
     with pytest.raises(ConfigError, match="unknown ablation rows"):
         select_rows(["full", "no_such_row"])
@@ -76,6 +91,8 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path, capsys):
     assert report["eval_images"] == 8 and report["budget"] == 0.5  # the default; the caps given win
     assert report["command"].startswith("mvptr ablate --config tiny --budget 0.5 ")
     assert report["rows"]["merged_attention"]["ours"]["uni_rsum"] is None  # no uni-modal encoders to rank with
+    merged_run = tmp_path / "ab" / "merged_attention" / "seed0"  # both stages, as every row
+    assert (merged_run / "stage1" / "model").is_dir() and (merged_run / "stage2" / "model").is_dir()
     for s in [s for row in report["rows"].values() for s in row["seeds"]]:
         assert 0.0 <= s["rsum"] <= 600.0 and 0.0 <= s["vqa"] <= 100.0 and 0.0 <= s["grounding_finetuned"] <= 100.0
     assert "| w, r, t | MCR^v+VSC+MLM+ITM |" in (tmp_path / "ab" / "ablation.md").read_text()

@@ -11,6 +11,7 @@ import torch
 from transformers import BertModel
 
 import mvptr.eval.retrieval as retrieval
+import mvptr.workflows.pretrain as pretrain_workflow
 from mvptr.checkpoint.bert_init import init_from_bert, new_bundle, read_bert_dir
 from mvptr.checkpoint.model_dir import load_model_dir, save_model_dir
 from mvptr.cli import main
@@ -22,6 +23,7 @@ from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer, minilm_dir
 from mvptr.train.recipes import pretraining_recipe, task_recipe
+from mvptr.train.trainer import param_groups
 from mvptr.workflows.evaluate import evaluate
 
 MERGED = ["model.merged_attention=true", "objectives.vsc=false"]
@@ -163,11 +165,30 @@ def test_vsc_or_hardest_negatives_with_merged_attention_are_config_errors():
     assert set(losses) == {"itm"}
 
 
-def test_stage1_with_merged_attention_is_refused_by_the_cli(capsys):
-    assert main(["pretrain", "--config", "tiny", "--stage", "stage1", *MERGED]) == 2
-    assert "no uni-modal stage 1" in capsys.readouterr().err
+def test_the_demo_refuses_the_merged_model(capsys):
     assert main(["demo", "--config", "tiny", *MERGED]) == 2
     assert "merged-attention" in capsys.readouterr().err
+
+
+def test_the_heads_only_cross_modal_objectives_reach_rest_in_stage1_and_take_the_lr_scale_in_stage2():
+    """Its ITM and MLM heads are what only the cross-modal objectives reach: stage 1 (MCR) leaves
+    them out of the optimizer, ``cross_modal_lr_scale`` multiplies their learning rate and no other."""
+    model = tiny_model()
+    names = {id(p): n for n, p in model.named_parameters()}
+    heads = {n for n in names.values() if n.startswith(("itm_head.", "mlm_head."))}
+    assert heads and {n.split(".")[0] for n in heads} == {"itm_head", "mlm_head"}
+    obj = ObjectiveConfig(vsc=False)
+    stage1 = pretraining_recipe("stage1", ["mcr_v", "mcr_s", "vsc"], obj, merged=True, cross_modal_lr_scale=5.0,
+                                negative_warmup_steps=50)  # a warm-up of uniform negatives: accepted
+    trained = {names[id(p)] for g in param_groups(model, stage1.trainable, 0.01, 1e-3, stage1.lr_scale)
+               for p in g["params"]}
+    assert trained == set(names.values()) - heads
+    stage2 = pretraining_recipe("stage2", ALL, obj, merged=True, cross_modal_lr_scale=5.0, negative_warmup_steps=50)
+    lr = {names[id(p)]: g["lr"] for g in param_groups(model, stage2.trainable, 0.01, 1e-3, stage2.lr_scale)
+          for p in g["params"]}
+    assert set(lr) == set(names.values())
+    assert {n for n, r in lr.items() if r == pytest.approx(5e-3)} == heads
+    assert all(r == pytest.approx(1e-3) for n, r in lr.items() if n not in heads)
 
 
 @pytest.mark.slow
@@ -256,12 +277,18 @@ def test_the_api_scores_pairs_by_itm_and_refuses_global_scores(merged_bundle, wo
 
 
 @pytest.mark.slow
-def test_pretrain_and_evaluate_through_the_cli(world_args, tmp_path, capsys):
+def test_pretrain_both_stages_and_evaluate_through_the_cli(world_args, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [*world_args(out), *MERGED, "stage2.max_steps=6", "stage2.batch_size=8", "threads=1"]
+    steps = ["stage1.max_steps=3", "stage1.batch_size=8", "stage2.max_steps=6", "stage2.batch_size=8", "threads=1"]
+    args = [*world_args(out), *MERGED, *steps]
     assert main(["pretrain", "--config", "tiny", *args]) == 0
-    assert "stage1: skipped" in capsys.readouterr().err
-    assert not (out / "stage1").exists()
+    err = capsys.readouterr().err
+    assert "skipped" not in err
+    # stage 1: MCR^v and MCR^s on the merged encoder, with the stage1 settings; nothing cross-modal
+    rows = [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {"mcr_v", "mcr_s"} <= set(rows[0])
+    assert not {"itm", "mlm", "wpg", "vsc"} & set(rows[0])
+    assert load_model_dir(out / "stage1" / "model").model.merged
     rows = [json.loads(line) for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"mcr_v", "mcr_s", "mlm", "itm", "wpg"} <= set(rows[0]) and "vsc" not in rows[0]
     assert rows[0]["temperature"] is None
@@ -271,7 +298,33 @@ def test_pretrain_and_evaluate_through_the_cli(world_args, tmp_path, capsys):
     result = json.loads((out / "stage2" / "eval.json").read_text())
     assert result["retrieval"]["pairs_scored"] == result["images"] * result["captions"] == 4 * 20
     capsys.readouterr()
-    # the VSC objective of the default stage 2 is refused, in one line
+    # the VSC objective of the default stages is refused, in one line
     assert main(["pretrain", "--config", "tiny", *world_args(tmp_path / "r2"), "model.merged_attention=true"]) == 2
     err = capsys.readouterr().err
     assert "objectives.vsc=false" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_stage2_continues_the_merged_stage1_model(world_args, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = [*world_args(out), *MERGED, "stage1.max_steps=2", "stage1.batch_size=8", "stage2.max_steps=2",
+            "stage2.batch_size=8", "threads=1"]
+    # stage 2 alone reads <out>/stage1/model, as for the two-stream model: none there is an error
+    assert main(["pretrain", "--config", "tiny", "--stage", "stage2", *args]) == 2
+    assert "stage1/model" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "tiny", "--stage", "stage1", *args]) == 0
+    assert not (out / "stage2").exists()
+    stage1 = load_model_dir(out / "stage1" / "model").model.state_dict()
+    captured = {}
+    original = pretrain_workflow.pretrain_stage
+
+    def spy(cfg, stage, bundle, *rest, **kwargs):
+        captured[stage.name] = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+        return original(cfg, stage, bundle, *rest, **kwargs)
+
+    monkeypatch.setattr(pretrain_workflow, "pretrain_stage", spy)
+    assert main(["pretrain", "--config", "tiny", "--stage", "stage2", *args]) == 0
+    assert set(captured) == {"stage2"}
+    assert all(torch.equal(captured["stage2"][k], v) for k, v in stage1.items())
+    rows = [json.loads(line) for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and {"itm", "mlm", "wpg"} <= set(rows[0])
