@@ -3,17 +3,17 @@
 Every row of the paper's ablation table is a set of ``key=value`` overrides on one preset
 (rows as data, below). For each row and seed, the workflow pre-trains both stages, evaluates
 zero-shot retrieval (uni-modal and ITM re-ranked) and phrase grounding, then fine-tunes a copy
-on the demo world's VQA and on phrase grounding. The full model runs with several training
-seeds, so a reader can tell which differences between rows are larger than the spread of one
-row over seeds. A finished run of a row is kept (``result.json``) and reused when the command
-is run again, so an interrupted ablation resumes where it stopped.
+on the demo world's VQA and on phrase grounding. Every row runs with the same training seeds
+(three by default), so each difference from the full model has a confidence interval and
+counts only where it excludes zero (``ablation_report``). A finished run of a row is kept
+(``result.json``) and reused when the command is run again, so an interrupted ablation resumes
+where it stopped, and a table can be run in parts (``--rows``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +23,13 @@ from ..checkpoint.model_dir import Bundle
 from ..core.config import Config, load_config, save_config, to_dict
 from ..core.errors import ConfigError
 from ..core.fileio import write_json
+from ..core.runtime import provenance
 from ..workflows.evaluate import evaluate
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import initial_bundle, pretrain_stages
-from .run import demo_task_files, prepare_data
+from .ablation_report import ablation_markdown, ablation_report
+from .run import demo_task_files, final_itm_loss, prepare_data
 from .tasks import prepare_demo_tasks
-
-METRICS = ("rsum", "uni_rsum", "vqa", "grounding_zero_shot", "grounding_finetuned")
-LABELS = {
-    "rsum": "RSUM (re-ranked)",
-    "uni_rsum": "Uni-RSUM",
-    "vqa": "VQA",
-    "grounding_zero_shot": "grounding, pre-trained",
-    "grounding_finetuned": "grounding, fine-tuned",
-}
 
 
 @dataclass(frozen=True)
@@ -113,24 +106,25 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
         "vqa": vqa["acc"],
         "grounding_zero_shot": zero_shot["grounding"]["acc"],
         "grounding_finetuned": grounding["acc"],
+        "itm_final_loss": final_itm_loss(out / "stage2" / "metrics.jsonl"),
         "eval_images": zero_shot["images"],
     }
 
 
-def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None = None, seeds: int = 2,
+def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None = None, seeds: int = 3,
                  rows: tuple[AblationRow, ...] = ROWS, progress: bool = True, budget: float = 1.0) -> dict:
-    """Every row once, the full model (the first row) with ``seeds`` training seeds, each at
-    ``budget`` times the preset's training budget; writes ``ablation.json`` and ``ablation.md``
-    in ``out_dir`` (default ``<out_dir>/ablation``)."""
+    """Every row with the same ``seeds`` training seeds, each at ``budget`` times the preset's
+    training budget; writes ``ablation.json`` and ``ablation.md`` (with the command, the commit
+    and the machine) in ``out_dir`` (default ``<out_dir>/ablation``)."""
     cfg = load_config(preset, overrides)
     out = Path(out_dir or Path(cfg.out_dir) / "ablation")
     command = ["mvptr ablate --config", preset, f"--budget {budget:g}", *overrides]
     overrides = [*budget_overrides(cfg, budget), *overrides]
     prepare_data(cfg, {})
     results = {}
-    for i, row in enumerate(rows):
+    for row in rows:
         runs = []
-        for s in range(seeds if i == 0 else 1):
+        for s in range(seeds):
             run_dir = out / row.key / f"seed{s}"
             done = run_dir / "result.json"
             row_cfg = row_config(preset, overrides, row, s, run_dir)
@@ -141,8 +135,7 @@ def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None =
             runs.append(json.loads(done.read_text()))
         results[row.key] = runs
     report = ablation_report(results, rows)
-    report["command"] = " ".join(command)
-    report["budget"] = budget
+    report.update(command=" ".join(command), budget=budget, provenance=provenance(cfg.device))
     write_json(out / "ablation.json", report)
     (out / "ablation.md").write_text(ablation_markdown(report))
     return report
@@ -170,87 +163,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(statistics.fmean(values), 2) if values else None
-
-
-def ablation_report(results: dict[str, list[dict]], rows: tuple[AblationRow, ...]) -> dict:
-    """Per row: the mean over its seeds and each seed's figures; the full model's spread (max -
-    min over seeds) is the noise a difference has to exceed; per metric, whether each row moves
-    from the full model the way the paper's row does."""
-    full = results[rows[0].key]
-    spread = {m: (max(r[m] for r in full) - min(r[m] for r in full)) if full[0][m] is not None else None
-              for m in METRICS}
-    table = {}
-    for row in rows:
-        runs = results[row.key]
-        ours = {m: _mean([r[m] for r in runs]) for m in METRICS}
-        table[row.key] = {"inputs": row.inputs, "tasks": row.tasks, "overrides": list(row.overrides),
-                          "ours": ours, "seeds": runs, "paper": row.paper}
-    base = table[rows[0].key]["ours"]
-    for row in rows[1:]:
-        entry = table[row.key]
-        entry["direction"] = {m: direction(entry["ours"][m], base[m], spread[m], row.paper[m], rows[0].paper[m])
-                              for m in METRICS}
-    return {"rows": table, "full_model_spread": spread, "eval_images": full[0]["eval_images"]}
-
-
-def direction(ours: float | None, ours_full: float | None, noise: float | None, paper: float | None,
-              paper_full: float | None) -> str:
-    """How a row's change from the full model compares with the paper's change."""
-    if None in (ours, ours_full, paper, paper_full):
-        return "n/a"
-    diff = ours - ours_full
-    if abs(diff) <= (noise or 0.0):
-        return "within noise"
-    return "reproduces" if (diff > 0) == (paper - paper_full > 0) else "opposite"
-
-
-def ablation_markdown(report: dict) -> str:
-    spread = report["full_model_spread"]
-    lines = [
-        "# Table 4 on the demo world",
-        "",
-        f"`{report['command']}` ({report['budget']:g} of the preset's training budget). Zero-shot retrieval "
-        f"on {report['eval_images']} test images (RSUM in percent points, "
-        "re-ranked by ITM and uni-modal); VQA is the demo world's VQA after fine-tuning; grounding is "
-        "accuracy at IoU > 0.5 before and after fine-tuning. The paper's figures (COCO 5k after fine-tuning, "
-        "VQA test-dev, Flickr30k Entities) stand beside ours as `ours / paper`.",
-        "",
-        "| inputs | training tasks | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-        "|---|---|" + "---|" * len(METRICS),
-    ]
-
-    def cell(v):
-        return "NA" if v is None else f"{v:.2f}"
-
-    for row in report["rows"].values():
-        seeds = row["seeds"]
-        values = []
-        for m in METRICS:
-            text = f"{cell(row['ours'][m])} / {cell(row['paper'][m])}"
-            if len(seeds) > 1 and row["ours"][m] is not None:
-                text = f"{cell(row['ours'][m])} ({', '.join(cell(s[m]) for s in seeds)}) / {cell(row['paper'][m])}"
-            values.append(text)
-        lines.append(f"| {row['inputs']} | {row['tasks']} | " + " | ".join(values) + " |")
-    lines += [
-        "",
-        "The full model's spread over its seeds (max - min): "
-        + ", ".join(f"{LABELS[m]} {cell(spread[m])}" for m in METRICS) + ".",
-        "",
-        "Does each row move away from the full model the way the paper's row does? A change no larger "
-        "than the full model's spread is within noise.",
-        "",
-        "| row | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-        "|---|" + "---|" * len(METRICS),
-    ]
-    for row in list(report["rows"].values())[1:]:
-        lines.append(f"| {row['tasks']} ({row['inputs']}) | " + " | ".join(row["direction"][m] for m in METRICS)
-                     + " |")
-    return "\n".join(lines) + "\n"
 
 
 def select_rows(keys: list[str], rows: tuple[AblationRow, ...] = ROWS) -> tuple[AblationRow, ...]:

@@ -9,32 +9,48 @@ import pytest
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.demo.ablate import ROWS, ablation_report, budget_overrides, direction, row_config, select_rows
+from mvptr.demo.ablate import ROWS, budget_overrides, row_config, select_rows
+from mvptr.demo.ablation_report import ablation_markdown, ablation_report, verdict
+from mvptr.eval.stats import paired_difference
 
 pytestmark = pytest.mark.slow
 
 
-def test_direction_compares_against_the_noise_and_the_paper():
-    assert direction(50.0, 52.0, 1.0, 30.0, 40.0) == "reproduces"  # both fall
-    assert direction(54.0, 52.0, 1.0, 30.0, 40.0) == "opposite"
-    assert direction(52.5, 52.0, 1.0, 30.0, 40.0) == "within noise"
-    assert direction(None, 52.0, 1.0, 30.0, 40.0) == "n/a"
+def _run(rsum, vqa, itm=0.3, uni=90.0):
+    return dict(rsum=rsum, uni_rsum=uni, vqa=vqa, grounding_zero_shot=30.0, grounding_finetuned=60.0,
+                itm_final_loss=itm, eval_images=10)
 
 
-def test_the_report_takes_the_full_models_spread_over_seeds():
-    full = [dict(rsum=100.0, uni_rsum=90.0, vqa=50.0, grounding_zero_shot=30.0, grounding_finetuned=60.0,
-                 eval_images=10),
-            dict(rsum=104.0, uni_rsum=90.0, vqa=52.0, grounding_zero_shot=30.0, grounding_finetuned=62.0,
-                 eval_images=10)]
-    other = [dict(rsum=90.0, uni_rsum=95.0, vqa=51.0, grounding_zero_shot=20.0, grounding_finetuned=61.0,
-                  eval_images=10)]
+def test_a_verdict_needs_an_interval_that_excludes_zero():
+    diff = lambda a, b: paired_difference(a, b)  # noqa: E731
+    assert verdict(diff([1, 2, 3], [2, 3, 4.1]), 30.0, 40.0) == "reproduces"  # both fall
+    assert verdict(diff([3, 4, 5], [2, 3, 4.1]), 30.0, 40.0) == "reversed"
+    assert verdict(diff([1, 5, 2], [2, 1, 3]), 30.0, 40.0) == "undecided"
+    assert verdict(None, 30.0, 40.0) == verdict(diff([1, 2, 3], [2, 3, 4]), None, 40.0) == "n/a"
+
+
+def test_the_report_reads_every_row_against_the_full_model_seed_by_seed():
+    full = [_run(100.0, 50.0), _run(104.0, 52.0), _run(102.0, 51.0)]
+    # rsum 10 below on every seed: decided; vqa up and down: undecided; uni-RSUM the same: no change
+    other = [_run(90.0, 55.0), _run(94.0, 48.0), _run(92.0, 53.0, itm=0.6)]
     report = ablation_report({"full": full, "no_mcr_v": other}, (ROWS[0], ROWS[1]))
-    assert report["full_model_spread"]["rsum"] == 4.0
-    assert report["rows"]["full"]["ours"]["rsum"] == 102.0
-    d = report["rows"]["no_mcr_v"]["direction"]
+    row = report["rows"]["no_mcr_v"]
+    assert report["rows"]["full"]["ours"]["rsum"]["mean"] == 102.0 and report["seeds"] == 3
+    assert row["difference"]["rsum"]["mean"] == -10.0 and row["difference"]["rsum"]["half_width"] == 0.0
     # paper: without MCR^v every figure falls
-    assert d == {"rsum": "reproduces", "uni_rsum": "opposite", "vqa": "within noise",
-                 "grounding_zero_shot": "reproduces", "grounding_finetuned": "within noise"}
+    assert row["verdict"] == {"rsum": "reproduces", "uni_rsum": "undecided", "vqa": "undecided",
+                              "grounding_zero_shot": "undecided", "grounding_finetuned": "undecided"}
+    assert report["rows"]["full"]["itm_learned"] and not row["itm_learned"]  # 0.6 on one seed
+    md = ablation_markdown({**report, "command": "mvptr ablate", "budget": 1.0})
+    assert "| w, c, r, t | MCR^s+VSC+WPG+MLM+ITM | NO (0.30, 0.30, 0.60) | 92.0 ± 5.0 / 498.1 |" in md
+    assert "-10.0 ± 0.0 (reproduces)" in md
+
+
+def test_one_seed_gives_figures_but_decides_nothing():
+    report = ablation_report({"full": [_run(100.0, 50.0)], "no_mcr_v": [_run(90.0, 40.0)]}, (ROWS[0], ROWS[1]))
+    row = report["rows"]["no_mcr_v"]
+    assert row["ours"]["rsum"] == {"mean": 90.0, "half_width": None, "n": 1}
+    assert set(row["verdict"].values()) == {"n/a"}
 
 
 def test_the_budget_scales_every_training_run_and_the_negative_warm_up():
@@ -87,9 +103,11 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path, capsys):
     assert main(args) == 0
     report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
     assert list(report["rows"]) == ["full", "no_phrases", "merged_attention"]
-    assert len(report["rows"]["full"]["seeds"]) == 2 and len(report["rows"]["no_phrases"]["seeds"]) == 1
-    assert report["eval_images"] == 8 and report["budget"] == 0.5  # the default; the caps given win
-    assert report["command"].startswith("mvptr ablate --config tiny --budget 0.5 ")
+    assert len(report["rows"]["full"]["seeds"]) == 2 and len(report["rows"]["no_phrases"]["seeds"]) == 2
+    assert report["eval_images"] == 8 and report["budget"] == 1.0  # the default; the caps given win
+    assert report["command"].startswith("mvptr ablate --config tiny --budget 1 ")
+    assert report["provenance"]["commit"] and "cores" in report["provenance"]["machine"]
+    assert all(isinstance(v, float) for row in report["rows"].values() for v in row["itm_final_loss"])
     assert report["rows"]["merged_attention"]["ours"]["uni_rsum"] is None  # no uni-modal encoders to rank with
     merged_run = tmp_path / "ab" / "merged_attention" / "seed0"  # both stages, as every row
     assert (merged_run / "stage1" / "model").is_dir() and (merged_run / "stage2" / "model").is_dir()
