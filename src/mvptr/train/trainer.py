@@ -237,6 +237,7 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
     size with other phrases gives other rows the same ids)."""
     vocab = "\n".join(bundle.phrase_vocab.phrase(i) for i in range(len(bundle.phrase_vocab)))
     return {
+        "stage": stage.name, "objectives": sorted(stage.objectives),  # which parameters train, which losses
         "batch_size": stage.batch_size, "steps": total, "lr": stage.lr, "weight_decay": stage.weight_decay,
         "warmup_ratio": stage.warmup_ratio, "grad_clip": stage.grad_clip, "grad_accum_steps": stage.grad_accum_steps,
         "cross_modal_lr_scale": stage.cross_modal_lr_scale,
@@ -251,7 +252,7 @@ def run_settings(stage: StageConfig, total: int, seed: int, samples: int, proces
 SETTINGS_BEFORE_RECORDED = {"cross_modal_lr_scale": 1.0}
 # recorded since they moved from objectives to the stage; an older checkpoint does not say what it
 # had (the demo warmed up, other presets did not), so it resumes with the settings given now
-SETTINGS_NOT_RECORDED_BEFORE = ("negative_warmup_steps", "loss_weights")
+SETTINGS_NOT_RECORDED_BEFORE = ("negative_warmup_steps", "loss_weights", "stage", "objectives")
 
 
 def check_same_settings(ckpt: Path, saved: dict | None, now: dict) -> None:

@@ -1,6 +1,8 @@
 """A stage's settings apply to that stage: the negative warm-up and the loss weights of stage 2
 do not govern retrieval fine-tuning, and the keys they had before are errors naming the new ones."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,10 @@ from mvptr.core.errors import ConfigError
 from mvptr.data.collate import Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.modeling import MVPTR
+from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
 from mvptr.train.recipes import pretraining_recipe, task_recipe
-from mvptr.train.trainer import check_same_settings
+from mvptr.train.trainer import check_same_settings, run_settings
 
 
 def tiny_batch(step: int) -> dict:
@@ -91,3 +94,14 @@ def test_a_checkpoint_from_before_the_move_resumes_and_a_later_one_is_compared()
     check_same_settings("ckpt", {"lr": 1e-4}, now)  # recorded before: what it had is unknown
     with pytest.raises(ConfigError, match="negative_warmup_steps 0 -> 120"):
         check_same_settings("ckpt", {**now, "negative_warmup_steps": 0}, now)
+
+
+def test_a_stage_2_state_resumed_as_stage_1_is_refused_naming_the_stage():
+    """The state of one stage does not fit another's optimizer (other parameters train): the
+    checkpoint records its stage and objectives, and a resume under another is one line."""
+    cfg = load_config("tiny")
+    bundle = SimpleNamespace(phrase_vocab=PhraseVocab({"red circle": 2}, min_count=1), tag_vocab=["circle"])
+    saved = run_settings(cfg.stage2, 10, 0, 100, 1, bundle)
+    with pytest.raises(ConfigError, match="stage 'stage2' -> 'stage1'; objectives"):
+        check_same_settings("ckpt", saved, run_settings(cfg.stage1, 10, 0, 100, 1, bundle))
+    check_same_settings("ckpt", saved, run_settings(cfg.stage2, 10, 0, 100, 1, bundle))
