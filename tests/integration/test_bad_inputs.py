@@ -1099,6 +1099,46 @@ def _(tmp, base):
 
 # ----------------------------------------------------------------------------- the test
 
+# --- an output over, into or around the command's own input (nothing is written)
+def overlap_case(name, argv_of, where_of):
+    @case(f"output over its input: {name}")
+    def _(tmp, base):
+        model = model_copy(tmp, base)
+        return argv_of(tmp, base, model), where_of(tmp, model)
+
+
+def _finetune(tmp, base, model, out):
+    return ["finetune", "retrieval", "--model", model, "--out", out, "--config", "tiny",
+            *data_args(corpus(tmp, base))]
+
+
+overlap_case("finetune --out holding --model", lambda t, b, m: _finetune(t, b, m, m.parent),
+             lambda t, m: ["--model", str(m.parent), str(m), "holds"])
+overlap_case("finetune --out the model directory", lambda t, b, m: _finetune(t, b, m, m),
+             lambda t, m: ["--model", str(m), " is "])
+overlap_case("evaluate --out the model directory",
+             lambda t, b, m: ["evaluate", "--model", m, "--out", m, "--config", "tiny", *data_args(corpus(t, b))],
+             lambda t, m: ["--model", str(m / "eval.json"), "lies inside"])
+@case("output over its input: pretrain stage 2 onto its --init-model")
+def _(tmp, base):
+    model = shutil.copytree(model_copy(tmp, base), tmp / "run" / "stage2" / "model")  # a stage 2 to start from
+    return ["pretrain", "--config", "tiny", "--stage", "stage2", "--init-model", model, f"out_dir={tmp}/run",
+            *data_args(corpus(tmp, base))], ["--init-model", tmp / "run" / "stage2", "holds"]
+overlap_case("search build --out the model directory",
+             lambda t, b, m: ["search", "build", "--model", m, "--out", m, "--config", "tiny",
+                              "--features", corpus(t, b) / "features.tsv"],
+             lambda t, m: ["--model", str(m)])
+overlap_case("features extract --out inside --images",
+             lambda t, b, m: ["features", "extract", "--images", t / "images", "--out", t / "images" / "f"],
+             lambda t, m: ["--images", str(t / "images" / "f"), "lies inside"])
+overlap_case("convert official into its own checkpoint directory",
+             lambda t, b, m: ["convert", "official", m, m / "ours"],
+             lambda t, m: ["checkpoint directory", str(m / "ours")])
+overlap_case("visualize --out inside the model directory",
+             lambda t, b, m: ["visualize", "concepts", "--config", "tiny", "--model", m, "--out", m / "c.png"],
+             lambda t, m: ["--model", str(m / "c.png")])
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_bad_input_is_one_line_and_exit_2(name, base, tmp_path, capsys):
     argv, names = CASES[name](tmp_path, base)
@@ -1133,3 +1173,12 @@ def test_the_installed_command_exits_2_with_one_line(argv, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("mvptr"), proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("output over its input")))
+def test_a_refused_output_leaves_the_input_as_it_was(name, base, tmp_path, capsys):
+    argv, _ = CASES[name](tmp_path, base)
+    model = tmp_path / "model"
+    before = {p.relative_to(model): p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    error_line(*run(argv, capsys))
+    assert {p.relative_to(model): p.read_bytes() for p in model.rglob("*") if p.is_file()} == before

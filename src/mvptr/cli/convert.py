@@ -6,9 +6,11 @@ import json
 
 from ..checkpoint.official import convert_official
 from ..core.errors import FormatError, MvptrError
+from ..core.fileio import check_apart
 
 
 def cmd_convert(args) -> None:
+    check_apart({"the output directory": args.out}, {"the checkpoint directory": args.src})
     try:
         report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)
     except MvptrError:

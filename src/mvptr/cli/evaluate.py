@@ -9,7 +9,7 @@ from ..checkpoint.model_dir import load_model_dir
 from ..checkpoint.task_dir import load_task_model
 from ..core.config import TASKS
 from ..core.errors import ConfigError, FormatError, SkippedSamples
-from ..core.fileio import write_json
+from ..core.fileio import check_apart, write_json
 from ..train.trainer import check_writable
 from ..workflows import evaluate as zero_shot
 from ..workflows.finetune import evaluate_task
@@ -41,6 +41,7 @@ def cmd_evaluate(args) -> None:
 def _eval_out(args) -> Path:
     """Where an evaluation writes (--out, else beside the model), checked before any work."""
     out = Path(args.out) if args.out else Path(args.model).parent
+    check_apart({"the results": out / "eval.json"}, {"--model": args.model})
     if is_main():
         check_writable(out, 2**20)
     return out

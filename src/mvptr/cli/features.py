@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.errors import ConfigError, FormatError, MvptrError, OutputDirError
-from ..core.fileio import output_lock
+from ..core.fileio import check_apart, output_lock
 from ..vision.detect import extract_features
 from ..vision.store_convert import convert_memmap_to_vinvl, convert_vinvl_to_memmap
 from ..workflows.merge_shards import merge_shards
@@ -46,6 +46,8 @@ def cmd_features(args) -> None:
 
 
 def _features(args) -> None:
+    check_apart({"--out": args.out}, {"--features": args.features, "--predictions": args.predictions,
+                                      "--images": args.images, "--store": args.store})
     skipped = skipped_samples(args)
     if args.what == "convert":
         if not args.features or not args.predictions:

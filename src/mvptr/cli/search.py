@@ -7,6 +7,7 @@ import json
 from ..app.coarse import EXACT_LIMIT
 from ..app.search import SearchIndex, build_index
 from ..core.errors import ConfigError, FormatError, MvptrError
+from ..core.fileio import check_apart
 
 
 def cmd_search(args) -> None:
@@ -26,6 +27,9 @@ def cmd_search(args) -> None:
 
 def _search(args) -> None:
     if args.action == "build":
+        check_apart({"--out": args.out}, {"--model": args.model, "--features": args.features,
+                                          "--predictions": args.predictions, "--images": args.images,
+                                          "--image-dir": args.image_dir})
         meta = build_index(args.model, args.out, args.features, args.predictions, args.config, args.images,
                            args.detector, args.batch_size, args.image_dir, args.add, args.exact_limit)
         print(f"indexed {meta['added']} images in {args.out} ({meta['images']} in all, {meta['image_files']} with an "

@@ -9,7 +9,7 @@ from ..checkpoint.model_dir import load_model_dir
 from ..checkpoint.task_dir import load_task_model
 from ..core.config import save_config
 from ..core.errors import ConfigError
-from ..core.fileio import write_json
+from ..core.fileio import check_apart, write_json
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import STAGES, check_stages, initial_bundle, pretrain_stages
 from .common import SKIP_HELP, add_config_args, is_main, locked, report_skipped, run_config, trained
@@ -27,6 +27,7 @@ def _pretrain(args, cfg, out: Path) -> None:
         raise ConfigError("--init-model starts stage 2 from a model directory: give --stage stage2 with it")
     merged = cfg.model.merged_attention
     stages = STAGES if args.stage == "both" else (args.stage,)
+    check_apart({f"{name}'s output": out / name for name in stages}, {"--init-model": args.init_model})
     check_stages(cfg, stages, merged)  # a stage's objectives that cannot run fail now, not after the first stage
     if args.stage == "stage2":
         bundle, cfg = trained(args, cfg, args.init_model or out / "stage1" / "model", load_model_dir)
@@ -53,6 +54,7 @@ def _pretrain(args, cfg, out: Path) -> None:
 def cmd_finetune(args) -> None:
     cfg = run_config(args)
     out = Path(args.out or Path(cfg.out_dir) / "finetune" / args.task)
+    check_apart({"the output directory": out}, {"--model": args.model})
     with locked(out):
         _finetune(args, cfg, out)
 

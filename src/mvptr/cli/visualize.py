@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..checkpoint.model_dir import load_model_dir
 from ..core.config import load_config
 from ..core.errors import ConfigError
+from ..core.fileio import check_apart
 from ..core.runtime import configure_torch
 from ..viz.attention import plot_attention
 from ..viz.common import FIGURES, stage_metrics
@@ -26,6 +27,7 @@ def cmd_visualize(args) -> None:
         print(plot_training_curves(files, out))
         return
 
+    check_apart({"--out": out}, {"--model": args.model})
     bundle, cfg = trained(args, cfg, args.model, load_model_dir)
     if what == "concepts":
         print(plot_concepts(bundle, out, max_points=args.max_points))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, FormatError, SkippedSamples, skip_or_raise
+from .errors import ConfigError, FormatError, OutputDirError, SkippedSamples, skip_or_raise
 
 try:
     import fcntl
@@ -200,3 +200,19 @@ def read_json_lines(path: PathLike, skip: SkippedSamples | None = None):
             skip_or_raise(skip, FormatError(f"{path} line {n}: expected a JSON object: {e}", "bad JSON line"))
             continue
         yield n, value
+
+
+def check_apart(writes: dict[str, PathLike], reads: dict[str, PathLike | None]) -> None:
+    """No output of a command may be one of its inputs, lie inside an input directory or hold an
+    input: ``writes`` and ``reads`` map what each path is (for the message) to the path. Checked
+    before any work, so a mistyped ``--out`` never replaces the model it was to read."""
+    for what_out, out in writes.items():
+        o = Path(out).resolve()
+        for what_in, src in reads.items():
+            if src is None:
+                continue
+            i = Path(src).resolve()
+            if o == i or i in o.parents or o in i.parents:
+                how = "is" if o == i else "lies inside" if i in o.parents else "holds"
+                raise OutputDirError(f"{what_out} {out} {how} {what_in} {src}: a command never writes over its "
+                                     "own input; choose an output elsewhere")
