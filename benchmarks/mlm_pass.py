@@ -48,7 +48,7 @@ def measure(cfg, bundle: Bundle, out: Path) -> dict:
     if not Path(tasks.finetune.vqa.questions.format(split=tasks.finetune.vqa.train_split)).exists():
         prepare_demo_tasks(cfg.demo.data_dir)
     model = Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
-    finetune(tasks, "vqa", model, out / "vqa", progress=False)
+    finetune(tasks, "vqa", model, out / "vqa", progress=False, overwrite=True)
     vqa = evaluate_task(tasks, "vqa", model, out / "vqa", progress=False)
     return {"itm_final_loss": final_itm_loss(out / "stage2" / "metrics.jsonl"),
             "auc_random": itm["auc_random"], "auc_hard": itm["auc_hard"],

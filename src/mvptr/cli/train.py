@@ -46,7 +46,7 @@ def _pretrain(args, cfg, out: Path) -> None:
             print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
             report_skipped(skipped, out / name / "skipped.json")
 
-    pretrain_stages(cfg, bundle, out, stages, resume=args.resume, after=done)
+    pretrain_stages(cfg, bundle, out, stages, resume=args.resume, after=done, overwrite=args.overwrite)
     if is_main() and record_after:
         save_config(cfg, out / "config.yaml")
 
@@ -63,7 +63,7 @@ def _finetune(args, cfg, out: Path) -> None:
     bundle, cfg = trained(args, cfg, args.model, load_task_model)
     if is_main():
         save_config(cfg, out / "config.yaml")
-    result = finetune(cfg, args.task, bundle, out)
+    result = finetune(cfg, args.task, bundle, out, overwrite=args.overwrite)
     metrics = evaluate_task(cfg, args.task, bundle, out)
     if not is_main():
         return
@@ -77,7 +77,10 @@ def _finetune(args, cfg, out: Path) -> None:
 def add_parsers(sub) -> None:
     pre = sub.add_parser("pretrain", help="pre-train stage 1, stage 2 or both")
     pre.add_argument("--stage", choices=["stage1", "stage2", "both"], default="both")
-    pre.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    again = pre.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir (its log and "
+                                                                "checkpoint are removed first)")
     pre.add_argument("--init-model", help="model directory to start stage 2 from")
     pre.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     add_config_args(pre)
@@ -87,5 +90,7 @@ def add_parsers(sub) -> None:
     ft.add_argument("task", choices=["retrieval", "vqa", "ve", "grounding", "easyvqa"])
     ft.add_argument("--model", required=True, help="pre-trained (or fine-tuned) model directory")
     ft.add_argument("--out", help="output directory (default: <out_dir>/finetune/<task>)")
+    ft.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run already in the output "
+                                                             "directory")
     add_config_args(ft)
     ft.set_defaults(func=cmd_finetune)

@@ -216,3 +216,15 @@ def check_apart(writes: dict[str, PathLike], reads: dict[str, PathLike | None]) 
                 how = "is" if o == i else "lies inside" if i in o.parents else "holds"
                 raise OutputDirError(f"{what_out} {out} {how} {what_in} {src}: a command never writes over its "
                                      "own input; choose an output elsewhere")
+
+
+def keep_json_lines(path: PathLike, keep) -> int:
+    """Rewrite a JSON-lines log (atomically) with the records ``keep(record)`` accepts, and
+    return how many went; a missing file is left missing."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = [rec for _, rec in read_json_lines(path)]
+    kept = [rec for rec in records if keep(rec)]
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))
+    return len(records) - len(kept)

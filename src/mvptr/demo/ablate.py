@@ -81,7 +81,7 @@ def row_config(preset: str, overrides: list[str], row: AblationRow, seed_offset:
 
 def finetune_on(cfg: Config, bundle: Bundle, task: str, out: Path, progress: bool) -> dict:
     model = Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
-    finetune(cfg, task, model, out, progress)
+    finetune(cfg, task, model, out, progress, overwrite=True)  # a row that did not finish fine-tunes anew
     return evaluate_task(cfg, task, model, out, progress)
 
 

@@ -124,7 +124,7 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
     def lap(name: str, *_) -> None:  # each stage's wall time, its data included
         seconds[name], start[0] = round(time.time() - start[0], 1), time.time()
 
-    training = pretrain_stages(cfg, bundle, out, resume=resume, after=lap)
+    training = pretrain_stages(cfg, bundle, out, resume=resume, after=lap, overwrite=not resume)
     with timed(seconds, "evaluate_pretrained"):
         results["pretrained"] = evaluate(cfg, bundle)
     with timed(seconds, "itm"):
@@ -185,7 +185,8 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     for name, task, task_cfg in runs:
         with timed(seconds, f"finetune_{name}"):
             model = _copy(bundle)
-            trained = finetune(task_cfg, task, model, out / name, progress)
+            # each demo fine-tunes the model it pre-trained anew: an earlier demo's task runs are replaced
+            trained = finetune(task_cfg, task, model, out / name, progress, overwrite=True)
             by_kind = hypothesis_kind if task == "ve" else None  # a label can pass on one kind alone
             results[name] = {**evaluate_task(task_cfg, task, model, out / name, progress, group_of=by_kind),
                              "steps": trained.train.steps, "train_examples": trained.examples}

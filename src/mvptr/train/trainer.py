@@ -42,7 +42,7 @@ from ..checkpoint.model_dir import (
 from ..core import distributed
 from ..core.config import StageConfig
 from ..core.errors import ConfigError, FormatError, OutputDirError
-from ..core.fileio import append_json_lines
+from ..core.fileio import append_json_lines, keep_json_lines
 from ..core.precision import autocast
 from ..core.precision import resolve as resolve_precision
 from .deepspeed_engine import DeepSpeedEngine
@@ -231,6 +231,30 @@ def train(
                       progress)
 
 
+# what a training run leaves in its directory: its log and its checkpoint (and a checkpoint's
+# transient neighbours while one is written)
+RUN_FILES = ("metrics.jsonl", "model", "model.old", "model.tmp")
+
+
+def claim_run_dir(out_dir: str | Path, resume: bool, overwrite: bool = False) -> None:
+    """A new run never mixes with one already in ``out_dir``: that is an error unless the run
+    is resumed (``resume``) or replaced (``overwrite``: its log and checkpoint are removed
+    first). Called before any data is read."""
+    out = Path(out_dir)
+    held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if resume or not held:
+        return
+    if not overwrite:
+        raise OutputDirError(f"{out} holds a run already ({', '.join(held)}); pass --resume to continue it, "
+                             "--overwrite to replace it, or choose another output directory")
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
 def run_settings(stage: StageConfig, total: int, seed: int, samples: int, processes: int, bundle: Bundle) -> dict:
     """What a resumed run must share with the run that wrote its checkpoint: the schedule, the
     optimizer's settings, the data and the vocabularies (by content: a vocabulary of the same
@@ -308,9 +332,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                               f"copy, or remove {ckpt} to train the stage from its start", "model directory") from None
         check_same_settings(ckpt, state.get("settings"), settings)
         if state.get("recipe") != recipe.name:
-            raise ValueError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}")
+            raise ConfigError(f"{ckpt}: checkpoint is from {state.get('recipe')!r}, not {recipe.name!r}; resume it "
+                              f"as {state.get('recipe')!r}, or train into a new out_dir")
         if state.get("engine", "torch") != stage.engine:
-            raise ValueError(f"{ckpt}: checkpoint is from the {state.get('engine', 'torch')} engine; "
+            raise ConfigError(f"{ckpt}: checkpoint is from the {state.get('engine', 'torch')} engine; "
                              f"resume it with {stage.name}.engine={state.get('engine', 'torch')}")
         load_state_strict(model, load_model_dir(ckpt, device).model.state_dict(), str(ckpt))
         if use_ds:
@@ -321,6 +346,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start, skipped = int(state["step"]), int(state.get("skipped", 0))
+    if resume and d.main:  # rows logged after the checkpoint are logged again as they are trained again
+        keep_json_lines(out_dir / "metrics.jsonl", lambda rec: rec.get("step", 0) <= start)
 
     objective = _Objective(model, recipe)
     if use_ds:

@@ -46,7 +46,7 @@ from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..formats.vqa import read_vqa, write_vqa_results
 from ..text.tokenizer import WordPieces
 from ..train.recipes import task_recipe
-from ..train.trainer import TrainResult, train
+from ..train.trainer import TrainResult, claim_run_dir, train
 
 LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
 COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
@@ -130,12 +130,16 @@ class FinetuneResult:
     examples: int
 
 
-def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True) -> FinetuneResult:
-    """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``."""
+def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True, *,
+             overwrite: bool = False) -> FinetuneResult:
+    """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``. A run
+    already in ``out_dir`` is an error unless ``overwrite`` replaces it."""
     configure_torch(cfg)
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)
     out_dir = Path(out_dir)
+    if distributed.active().main:
+        claim_run_dir(out_dir, resume=False, overwrite=overwrite)
     info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
     if kind == "retrieval":
         dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,

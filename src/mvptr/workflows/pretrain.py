@@ -21,7 +21,7 @@ from ..data.pretrain import build_pair_dataset
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..train.recipes import pretraining_recipe
-from ..train.trainer import TrainResult, check_writable, train
+from ..train.trainer import TrainResult, check_writable, claim_run_dir, train
 
 
 def stage_recipe(cfg: Config, stage: StageConfig, merged: bool):
@@ -31,13 +31,16 @@ def stage_recipe(cfg: Config, stage: StageConfig, merged: bool):
 
 
 def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
-                   progress: bool = True, skipped: SkippedSamples | None = None) -> TrainResult:
+                   progress: bool = True, skipped: SkippedSamples | None = None, *,
+                   overwrite: bool = False) -> TrainResult:
     """Train one stage. With ``cfg.data.skip_bad``, bad samples go to ``skipped`` (a new
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
-    samples of each corpus."""
+    samples of each corpus. A run already in ``out_dir`` is an error unless ``resume`` or
+    ``overwrite`` (``train.trainer.claim_run_dir``)."""
     configure_torch(cfg)
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
+        claim_run_dir(out_dir, resume, overwrite)
         check_writable(Path(out_dir), checkpoint_bytes(bundle.model))  # before reading any data
     recipe = stage_recipe(cfg, stage, bundle.model.merged)
     if cfg.data.skip_bad and skipped is None:
@@ -83,8 +86,8 @@ def check_stages(cfg: Config, stages: tuple[str, ...], merged: bool) -> None:
 
 
 def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tuple[str, ...] = STAGES, *,
-                    resume: bool = False, progress: bool = True, after: StageDone | None = None
-                    ) -> dict[str, TrainResult]:
+                    resume: bool = False, progress: bool = True, after: StageDone | None = None,
+                    overwrite: bool = False) -> dict[str, TrainResult]:
     """Pre-train ``bundle`` (in place) through ``stages`` in order, each with its settings
     (``cfg.stage1``, ``cfg.stage2``) in ``out_dir/<stage>``; stage 2 continues what stage 1
     trained. The same two stages for the merged-attention model: stage 1 runs the stage-1
@@ -95,7 +98,7 @@ def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tu
     for name in stages:
         skipped = SkippedSamples() if cfg.data.skip_bad else None
         results[name] = pretrain_stage(cfg, getattr(cfg, name), bundle, Path(out_dir) / name, resume, progress,
-                                       skipped)
+                                       skipped, overwrite=overwrite)
         if after is not None:
             after(name, results[name], skipped)
     return results

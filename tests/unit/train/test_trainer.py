@@ -10,7 +10,7 @@ import torch
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.core.config import load_config
-from mvptr.core.errors import ConfigError
+from mvptr.core.errors import ConfigError, OutputDirError
 from mvptr.data.builders import training_tag_vocab
 from mvptr.text.phrases import PhraseVocab
 from mvptr.train import recipes
@@ -62,12 +62,28 @@ def test_switching_off_phrases_and_tags_removes_their_objectives(world_args, tmp
     assert {"vsc", "itm", "mlm"} <= set(last) and not {"mcr_v", "mcr_s", "wpg"} & set(last)
 
 
-def test_a_torn_metrics_line_from_a_crash_is_cut_before_the_next_one(world_args, tmp_path):
+def test_a_run_killed_before_its_checkpoint_resumes_with_each_step_logged_once(world_args, tmp_path):
+    """A crash left a logged step and a torn line but no checkpoint: a new run into the directory
+    is refused, and a resume starts at step 0 with the log cut back to it."""
     cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2", "stage1.log_every=1")
     (tmp_path / "metrics.jsonl").write_text('{"stage": "stage1", "step": 1, "loss": 1.0}\n{"stage": "stage1", "st')
-    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    with pytest.raises(OutputDirError, match="holds a run already .*--resume"):
+        pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, resume=True, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 1, 2]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] != 1.0
+
+
+def test_a_finished_run_is_replaced_only_when_asked(world_args, tmp_path):
+    cfg, bundle = setup(world_args, tmp_path, "stage1.max_steps=2", "stage1.log_every=1")
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(OutputDirError, match="holds a run already"):
+        pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == first
+    pretrain_stage(cfg, cfg.stage1, bundle, tmp_path, progress=False, overwrite=True)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # the new run's alone
 
 
 def test_stage1_optimises_only_the_uni_modal_side(world_args, tmp_path):
