@@ -100,7 +100,9 @@ def add_groups(probes: ProbeSet, captions, cfg: Config, world: dict, progress: b
     """Append ``demo.probe_groups`` groups of each kind to ``probes``: their images (regions from
     the world's detector) and captions (``captions``: words -> index in ``probes.captions``)."""
     n = cfg.demo.probe_groups
-    if n <= 0:
+    if n < 0:
+        raise ConfigError(f"demo.probe_groups={n}: Winoground groups of each kind; set 0 (none) or more")
+    if n == 0:
         return
     path = Path(cfg.demo.data_dir) / "detector.safetensors"
     if not path.exists():

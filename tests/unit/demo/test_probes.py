@@ -15,7 +15,7 @@ from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
 from mvptr.demo.probe_images import GROUP_KINDS, group_scenes
 from mvptr.demo.probes import PAIR_KINDS, CaptionIndex, image_probes
-from mvptr.demo.scenes import COLORS, RELATIONS, SIZE_WORDS, relation, render_scene
+from mvptr.demo.scenes import RELATIONS, SIZE_WORDS, relation, render_scene
 from mvptr.eval.probes import GROUP_CHANCE, PAIR_CHANCE, ProbeSet, score_probes
 from mvptr.text.phrases import PhraseVocab
 
@@ -159,3 +159,5 @@ def test_evaluate_probes_through_the_cli(world, world_args, tmp_path, capsys):
     assert main([*args, f"demo.data_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "world.json" in err and len(err.splitlines()) == 1
+    assert main([*args, "demo.probe_groups=-1"]) == 2
+    assert "demo.probe_groups=-1" in capsys.readouterr().err

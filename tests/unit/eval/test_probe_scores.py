@@ -23,7 +23,8 @@ def _scorer(table):
 def test_a_tie_fails_and_the_interval_is_wilsons():
     r = pair_accuracy(torch.tensor([1.0, 2.0, 0.5, 3.0]), torch.tensor([0.0, 2.0, 0.7, 1.0]))
     assert r["acc"] == 50.0 and r["n"] == 4 and r["ties"] == 1 and r["chance"] == 50.0
-    # Wilson's interval of 2 of 4 at 95%: p +- z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n), around (p + z^2/2n)/(1 + z^2/n)
+    # Wilson's interval of 2 of 4 at 95%: centre (p + z^2/2n) / (1 + z^2/n),
+    # half width z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
     z, n, p = 1.959964, 4, 0.5
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
