@@ -49,6 +49,14 @@ def test_two_stage_pretraining_losses_fall_and_the_demo_report_is_written(world_
     assert all(f"finetune_{t}" in report["seconds"] for t in ("retrieval", "vqa", "ve", "grounding", "easyvqa"))
     assert "| easy-VQA (test) | VQA accuracy |" in (out / "report.md").read_text()
     assert "| pretrained | rerank |" in (out / "report.md").read_text()
+    # the compositional probes of the pre-trained model, by ITM and by cosine
+    probes = report["probes"]
+    assert probes["counts"]["winoground_relation"] == probes["counts"]["winoground_attribute"] == 8
+    for scorer in ("itm", "cosine"):
+        assert {"relation_swap", "attribute_swap", "word_shuffle", "winoground_relation"} <= set(probes[scorer])
+        assert probes[scorer]["relation_swap"]["n"] == probes["counts"]["relation_swap"] > 0
+    assert "| relation_swap |  |" in (out / "report.md").read_text()
+    assert "| winoground_attribute | group |" in (out / "report.md").read_text()
     index = SearchIndex(out / "index", parse_phrases=False)  # the index `mvptr serve` serves after the demo
     assert len(index.ids) == len(index.files) == 128
     assert index.meta["model"] == str((out / "stage2" / "model").resolve())

@@ -15,6 +15,7 @@
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
     mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
     mvptr evaluate retrieval|vqa|ve|grounding|easyvqa --model DIR [--config PRESET] [key=value ...]
+    mvptr evaluate probes --model DIR [--out DIR] [--config PRESET] [key=value ...]   (the demo world's)
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr ablate [--config PRESET] [--rows full,no_mcr_v,...] [--seeds N] [--out DIR] [key=value ...]
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]

@@ -1,4 +1,5 @@
-"""``mvptr evaluate``: zero-shot retrieval and grounding of a model directory, or one task."""
+"""``mvptr evaluate``: zero-shot retrieval and grounding of a model directory, one task, or the
+demo world's compositional probes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from ..checkpoint.task_dir import load_task_model
 from ..core.config import TASKS
 from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.fileio import check_apart, write_json
+from ..demo.probe_set import build_probe_set
+from ..eval.probes import probes_table
 from ..train.trainer import check_writable
 from ..workflows import evaluate as zero_shot
 from ..workflows.finetune import evaluate_task
+from ..workflows.probes import evaluate_probes
 from .common import SKIP_HELP, add_config_args, is_main, report_skipped, run_config, trained
 
 
@@ -47,9 +51,25 @@ def _eval_out(args) -> Path:
     return out
 
 
+def cmd_evaluate_probes(args) -> None:
+    """The demo world's compositional probes (``mvptr.demo.probes``) of a model: probes.json."""
+    cfg = run_config(args)
+    out = _eval_out(args)
+    bundle, cfg = trained(args, cfg, args.model, load_task_model)
+    result = evaluate_probes(cfg, bundle, build_probe_set(cfg, progress=is_main()))
+    if not is_main():
+        return
+    write_json(out / "probes.json", result)
+    print(probes_table({k: v for k, v in result.items() if k in ("itm", "cosine")}))
+    print(f"probes: {result['counts']}; {result['tie_rule']}; written to {out / 'probes.json'}")
+
+
 def cmd_evaluate_task(args) -> None:
+    if args.task == "probes":
+        return cmd_evaluate_probes(args)
     if args.task not in TASKS:
-        raise ConfigError(f"unknown task {args.task!r} (evaluate one of {', '.join(TASKS)}, or none: zero-shot)")
+        raise ConfigError(f"unknown task {args.task!r} (evaluate one of {', '.join(TASKS)} or probes, "
+                          "or none: zero-shot)")
     cfg = run_config(args)
     out = _eval_out(args)
     bundle, cfg = trained(args, cfg, args.model, load_task_model)
@@ -64,8 +84,10 @@ def cmd_evaluate_task(args) -> None:
 
 
 def add_parser(sub) -> None:
-    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, or one task")
-    ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding or easyvqa (default: zero-shot)")
+    ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, one task, "
+                        "or the demo world's compositional probes")
+    ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding, easyvqa, or probes (the demo world's "
+                    "compositional probes: probes.json); default: zero-shot")
     ev.add_argument("--model", required=True)
     ev.add_argument("--out", help="directory for the results (default: the model directory's parent)")
     ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)

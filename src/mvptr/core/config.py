@@ -210,6 +210,7 @@ class DemoConfig:
     n_process: int = 1
     easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
     world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)
+    probe_groups: int = 100  # Winoground-style groups of each kind `mvptr evaluate probes` renders (0: none)
 
 
 @dataclass

@@ -53,6 +53,8 @@ def report_markdown(report: dict) -> str:
                   "each test image's first caption with its own image against a random other image "
                   f"{itm['auc_random']:.3f}, and against its {itm['hard_k']} most similar other images "
                   f"{itm['auc_hard']:.3f} ({itm['captions']} captions; 0.5 is chance)."]
+    if "probes" in report:
+        lines += probes_markdown(report["probes"])
     if "vqa" in report:
         lines += downstream_markdown(report)
     for name, path in report.get("figures", {}).items():
@@ -89,4 +91,22 @@ def downstream_markdown(report: dict) -> list[str]:
     lines = ["", "Fine-tuned on each task (percent; the test sets of the demo world are subsampled as configured).",
              "", "| task | metric | fine-tuned | baselines |", "|---|---|---|---|"]
     lines += [f"| {t} | {m} | {v if isinstance(v, str) else f'{v:.2f}'} | {b} |" for t, m, v, b in rows]
+    return lines
+def _share(r: dict | None) -> str:
+    if r is None or r["acc"] is None:
+        return "—"
+    return f"{r['acc']:.1f} [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]"
+def probes_markdown(probes: dict) -> list[str]:
+    """The compositional probes of the pre-trained model, by ITM and by the cosine of the global embeddings."""
+    itm, cosine = probes["itm"], probes.get("cosine", {})
+    lines = ["", "Compositional probes of the pre-trained model (percent, 95% Wilson interval; a tie counts as a "
+             "failure): a true caption of a test image against its relation swapped, its two shapes' colours (or "
+             "sizes) swapped and its words shuffled (ARO), and Winoground-style groups of two rendered images and "
+             "two captions of the same words.", "", "| probe | score | ITM | cosine | n | chance |",
+             "|---|---|---|---|---|---|"]
+    for kind, r in itm.items():
+        parts = [("", r, cosine.get(kind))] if "acc" in r else \
+            [(part, p, cosine.get(kind, {}).get(part)) for part, p in r.items()]
+        lines += [f"| {kind} | {part} | {_share(p)} | {_share(c)} | {p['n']} | {p['chance']:.2f} |"
+                  for part, p, c in parts]
     return lines

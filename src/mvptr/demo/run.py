@@ -1,5 +1,5 @@
 """The end-to-end demo: prepare the demo world, parse phrases, pre-train both stages,
-evaluate against un-pre-trained baselines, fine-tune on the downstream tasks (and on
+evaluate against un-pre-trained baselines and on the compositional probes, fine-tune on the downstream tasks (and on
 easy-VQA, with a majority-answer and a question-only baseline), and write ``report.json`` /
 ``report.md``."""
 
@@ -27,7 +27,9 @@ from ..viz.figures import make_demo_figures
 from ..workflows.evaluate import evaluate, itm_separation_on
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import pretrain_stages
+from ..workflows.probes import evaluate_probes
 from .easyvqa import easyvqa_paths, prepare_easyvqa
+from .probe_set import build_probe_set
 from .report import build_report, report_markdown
 from .tasks import hypothesis_kind, prepare_demo_tasks, ve_path, vqa_paths
 from .world import generate_demo_world
@@ -129,6 +131,8 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
         results["pretrained"] = evaluate(cfg, bundle)
     with timed(seconds, "itm"):
         itm = {"final_loss": final_itm_loss(out / "stage2" / "metrics.jsonl"), **itm_separation_on(cfg, bundle)}
+    with timed(seconds, "probes"):  # relations and attribute bindings: mvptr.demo.probes
+        probes = evaluate_probes(cfg, bundle, build_probe_set(cfg))
     with timed(seconds, "figures"):
         figures = make_demo_figures(cfg, bundle, out / "figures")
     with timed(seconds, "index"):  # what `mvptr serve --index runs/demo/index` serves
@@ -139,6 +143,7 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
     report["grounding"]["zero_shot"] = {"acc": results["pretrained"]["grounding"]["acc"]}
     report["grounding"]["finetuned"] = {"acc": downstream.pop("grounding")["acc"]}
     report["itm"] = itm
+    report["probes"] = probes
     report.update(downstream)
     report["figures"] = {name: str(Path(path).relative_to(out)) for name, path in figures.items()}
     write_json(out / "report.json", report)

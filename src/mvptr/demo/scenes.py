@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 # circle, rectangle, triangle and the colours but purple are easy-VQA's. Words the
 # parser often reads as nouns after an adjective ("cross", "orange", "cyan") are avoided.
 __all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption", "render_scene",
-           "relation", "make_captions"]
+           "render_placed", "footprint", "relation", "make_captions"]
 
 SHAPES = ("circle", "rectangle", "triangle", "square", "star", "diamond", "heart")
 COLORS = {
@@ -143,13 +143,18 @@ def render_scene(rng: np.random.Generator, image_size: int = 96,
             break
         kinds = kinds[:-1] if len(kinds) > 2 else kinds  # crowded: drop a shape and retry
 
+    return _paint(rng, image_size, footprints, corners, kinds)
+def _paint(rng: np.random.Generator, image_size: int, footprints: list[tuple[int, int]],
+           corners: list[tuple[int, int]], kinds: list[tuple[str, str, str]]) -> tuple[np.ndarray, list[WorldObject]]:
+    """Draw shapes ``kinds`` (shape, colour, size) with the given footprints and top-left corners
+    on a light background; a footprint past ``kinds`` is the distractor blob."""
+    colors = list(COLORS)
     # Light background: a tinted base colour, smooth low-frequency shading, pixel noise.
     base = rng.uniform(225, 248) + rng.uniform(-6, 6, 3)
     coarse = np.clip(np.rint(128 + rng.normal(0, 4, (6, 6, 3))), 0, 255).astype(np.uint8)
     shading = np.asarray(Image.fromarray(coarse).resize((image_size, image_size), Image.BILINEAR),
                          dtype=float)
     img = base + shading - 128
-
     objects = []
     for k, ((w, h), (x, y)) in enumerate(zip(footprints, corners)):
         if k < len(kinds):
@@ -166,6 +171,25 @@ def render_scene(rng: np.random.Generator, image_size: int = 96,
             objects.append(WorldObject(shape, color, size, box))
     img += rng.normal(0, 2.5, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), objects
+def footprint(shape: str, size: str, image_size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) in pixels of a shape of that size class, as the world draws them."""
+    return _footprint(shape, size, image_size, rng)
+def render_placed(rng: np.random.Generator, kinds: list[tuple[str, str, str]], footprints: list[tuple[int, int]],
+                  centres: list[tuple[float, float]],
+                  image_size: int = 96) -> tuple[np.ndarray, list[WorldObject]] | None:
+    """Shapes ``kinds`` (shape, colour, size) of the given footprints centred at ``centres`` (x, y
+    pixels), drawn as ``render_scene`` draws them (no distractor); None when two come closer than
+    the world lets them or one leaves the image's margin."""
+    corners = [(int(round(cx - w / 2)), int(round(cy - h / 2))) for (w, h), (cx, cy) in zip(footprints, centres)]
+    boxes = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, footprints)]
+    if any(x1 < _MARGIN or y1 < _MARGIN or x2 > image_size - _MARGIN or y2 > image_size - _MARGIN
+           for x1, y1, x2, y2 in boxes):
+        return None
+    for k, a in enumerate(boxes):
+        for b in boxes[k + 1:]:
+            if not (a[0] >= b[2] + _GAP or b[0] >= a[2] + _GAP or a[1] >= b[3] + _GAP or b[1] >= a[3] + _GAP):
+                return None
+    return _paint(rng, image_size, footprints, corners, kinds)
 def relation(a: WorldObject, b: WorldObject) -> tuple[str, float]:
     """Where ``a`` is relative to ``b`` along the dominant axis, and how clear that is (>= 1)."""
     dx = a.centre[0] - b.centre[0]
