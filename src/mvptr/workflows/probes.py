@@ -23,7 +23,7 @@ def caption_phrases(cfg: Config, captions: Sequence[str], progress: bool = False
     training captions (none when ``objectives.use_phrases`` is off: the model reads none)."""
     if not cfg.objectives.use_phrases or not captions:
         return [[] for _ in captions]
-    return PhraseExtractor().extract(list(captions), progress=progress)
+    return [p.tuples for p in PhraseExtractor().extract(list(captions), progress=progress)]
 
 
 @torch.no_grad()
