@@ -27,7 +27,9 @@ from ..core.runtime import provenance
 from ..workflows.evaluate import evaluate
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import initial_bundle, pretrain_stages
-from .ablation_report import ablation_markdown, ablation_report
+from ..workflows.probes import evaluate_probes
+from .ablation_report import ablation_markdown, ablation_report, probe_figures
+from .probe_set import build_probe_set
 from .run import demo_task_files, final_itm_loss, prepare_data
 from .tasks import prepare_demo_tasks
 
@@ -93,6 +95,7 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
     bundle = initial_bundle(cfg)
     pretrain_stages(cfg, bundle, out, resume=True, progress=progress)  # both stages, the merged model's too
     zero_shot = evaluate(cfg, bundle, progress)
+    probes = evaluate_probes(cfg, bundle, build_probe_set(cfg, progress=progress))
     tasks = demo_task_files(cfg)
     if not Path(tasks.finetune.vqa.questions.format(split=tasks.finetune.vqa.train_split)).exists():
         prepare_demo_tasks(cfg.demo.data_dir)
@@ -106,6 +109,7 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
         "vqa": vqa["acc"],
         "grounding_zero_shot": zero_shot["grounding"]["acc"],
         "grounding_finetuned": grounding["acc"],
+        **probe_figures(probes),
         "itm_final_loss": final_itm_loss(out / "stage2" / "metrics.jsonl"),
         "eval_images": zero_shot["images"],
     }

@@ -16,8 +16,9 @@ from mvptr.eval.stats import paired_difference
 pytestmark = pytest.mark.slow
 
 
-def _run(rsum, vqa, itm=0.3, uni=90.0):
+def _run(rsum, vqa, itm=0.3, uni=90.0, relation=50.0):
     return dict(rsum=rsum, uni_rsum=uni, vqa=vqa, grounding_zero_shot=30.0, grounding_finetuned=60.0,
+                probe_relation=relation, probe_attribute=90.0, winoground_relation=10.0, winoground_attribute=80.0,
                 itm_final_loss=itm, eval_images=10)
 
 
@@ -32,14 +33,16 @@ def test_a_verdict_needs_an_interval_that_excludes_zero():
 def test_the_report_reads_every_row_against_the_full_model_seed_by_seed():
     full = [_run(100.0, 50.0), _run(104.0, 52.0), _run(102.0, 51.0)]
     # rsum 10 below on every seed: decided; vqa up and down: undecided; uni-RSUM the same: no change
-    other = [_run(90.0, 55.0), _run(94.0, 48.0), _run(92.0, 53.0, itm=0.6)]
+    other = [_run(90.0, 55.0, relation=60.0), _run(94.0, 48.0, relation=61.0), _run(92.0, 53.0, itm=0.6, relation=62.0)]
     report = ablation_report({"full": full, "no_mcr_v": other}, (ROWS[0], ROWS[1]))
     row = report["rows"]["no_mcr_v"]
     assert report["rows"]["full"]["ours"]["rsum"]["mean"] == 102.0 and report["seeds"] == 3
     assert row["difference"]["rsum"]["mean"] == -10.0 and row["difference"]["rsum"]["half_width"] == 0.0
     # paper: without MCR^v every figure falls
     assert row["verdict"] == {"rsum": "reproduces", "uni_rsum": "undecided", "vqa": "undecided",
-                              "grounding_zero_shot": "undecided", "grounding_finetuned": "undecided"}
+                              "grounding_zero_shot": "undecided", "grounding_finetuned": "undecided",
+                              "probe_relation": "higher", "probe_attribute": "undecided",
+                              "winoground_relation": "undecided", "winoground_attribute": "undecided"}
     assert report["rows"]["full"]["itm_learned"] and not row["itm_learned"]  # 0.6 on one seed
     md = ablation_markdown({**report, "command": "mvptr ablate", "budget": 1.0})
     assert "| w, c, r, t | MCR^s+VSC+WPG+MLM+ITM | NO (0.30, 0.30, 0.60) | 92.0 ± 5.0 / 498.1 |" in md
@@ -108,6 +111,8 @@ def test_ablate_runs_rows_end_to_end_and_resumes(world, tmp_path, capsys):
     assert report["command"].startswith("mvptr ablate --config tiny --budget 1 ")
     assert report["provenance"]["commit"] and "cores" in report["provenance"]["machine"]
     assert all(isinstance(v, float) for row in report["rows"].values() for v in row["itm_final_loss"])
+    assert all(0.0 <= s["probe_relation"] <= 100.0 and 0.0 <= s["winoground_attribute"] <= 100.0
+               for row in report["rows"].values() for s in row["seeds"])
     assert report["rows"]["merged_attention"]["ours"]["uni_rsum"] is None  # no uni-modal encoders to rank with
     merged_run = tmp_path / "ab" / "merged_attention" / "seed0"  # both stages, as every row
     assert (merged_run / "stage1" / "model").is_dir() and (merged_run / "stage2" / "model").is_dir()
