@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -39,9 +40,11 @@ from ..eval.retrieval import itm_scores
 from ..vision.detect import IMAGE_SUFFIXES, extract_features
 from .api import Model, open_feature_store
 from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
+from .images import checked_image
 
 FORMAT = "mvptr-search/2"
 REBUILD = "rebuild it with `mvptr search build`"
+log = logging.getLogger("mvptr.search")
 
 
 @dataclass
@@ -94,16 +97,28 @@ def index_config(meta: dict) -> Config:
 
 
 def image_files(image_dir: str | Path, ids) -> dict[str, str]:
-    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...)."""
+    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...): only regular
+    files that resolve inside ``image_dir`` and whose bytes are an image (:mod:`.images`); the
+    others are left out, with a warning."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: image directory not found")
+    root = image_dir.resolve()
     files: dict[str, str] = {}
+    refused = []
     for p in sorted(image_dir.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            if p.stem in files:
-                raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
-            files[p.stem] = str(p.resolve())
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.stem in files:
+            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
+        real = checked_image(p, root)
+        if real is None:
+            refused.append(p.name)
+        else:
+            files[p.stem] = real
+    if refused:
+        log.warning("%s: left out %d files that are no image inside the directory (links out of it, no regular "
+                    "file, or bytes of no image): %s", image_dir, len(refused), ", ".join(refused[:5]))
     return {i: files[i] for i in ids if i in files}
 
 
@@ -192,6 +207,7 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
                            old=out / IVF_FILE if old else None)
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
+    stores[-1]["image_dir"] = str(Path(image_dir).resolve()) if image_dir else None
     meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint,
             "data": old["data"] if old else to_dict(model.cfg.data), "images": total, "added": len(ids),
             "image_files": len(files), "embed_dim": dim, "stores": stores, "coarse": {**coarse, "exact_limit": limit}}
@@ -230,6 +246,10 @@ class SearchIndex:
         self.ids = json.loads((self.path / "ids.json").read_text())
         self.row = {image_id: r for r, image_id in enumerate(self.ids)}
         self.files = json.loads((self.path / "files.json").read_text())
+        # where the image files may be (indexes built before the directories were recorded: anywhere)
+        stores = self.meta["stores"]
+        known = all("image_dir" in s for s in stores)
+        self.image_dirs = [s["image_dir"] for s in stores if s["image_dir"]] if known else None
         emb = np.load(self.path / "embeddings.npy", mmap_mode="c")  # copy-on-write: a tensor can view it
         if len(emb) != len(self.ids):
             raise ValueError(f"{self.path}: {len(emb)} embeddings for {len(self.ids)} image ids; {REBUILD}")

@@ -6,9 +6,11 @@
     GET  /api/images/{id}           the image file the index knows for the id
     GET  /api/ground?image=&q=      each phrase of q with the region it grounds to (paper Figure 5)
     POST /api/answer                {"image", "question", "top"}: a VQA head's likeliest answers
-    GET  /docs                      the OpenAPI description
+    GET  /openapi.json              the OpenAPI description (no /docs page: its assets come from a CDN)
 
-Safe by default: image ids are looked up in the index, never joined to a path; queries,
+Safe by default: image ids are looked up in the index, never joined to a path, and only
+regular files inside the image directory whose bytes are an image are served (:mod:`.images`);
+every response carries a Content-Security-Policy and ``nosniff``; queries,
 ``top`` and ``rerank`` are bounded (422 with a message); request bodies are limited (413).
 The model serves one request at a time (a fast tokenizer is not thread-safe), and an
 error inside a request is answered with a 500 while the server goes on.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import mimetypes
 import threading
 import time
 from pathlib import Path
@@ -26,11 +27,13 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .api import Model
+from .images import read_image
+from .middleware import MAX_BODY, SECURITY_HEADERS, BodyLimit, SecurityHeaders
 from .search import SearchIndex
 
 STATIC = Path(__file__).parent / "static"
@@ -38,9 +41,6 @@ MAX_QUERY = 300  # characters of a query or a question
 MAX_TOP = 100
 MAX_RERANK = 200
 MAX_ANSWERS = 20
-MAX_BODY = 16 * 1024  # bytes of a request body
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
-                "X-Content-Type-Options": "nosniff"}
 log = logging.getLogger("mvptr.serve")
 
 
@@ -48,36 +48,6 @@ class AnswerRequest(BaseModel):
     image: str = Field(min_length=1, max_length=MAX_QUERY, description="an image id of the index")
     question: str = Field(min_length=1, max_length=MAX_QUERY)
     top: int = Field(3, ge=1, le=MAX_ANSWERS, description="how many answers")
-
-
-class BodyLimit:
-    """ASGI middleware: a request whose body is over ``max_bytes`` gets a 413, whether it says
-    its length up front or not."""
-
-    def __init__(self, app, max_bytes: int = MAX_BODY):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
-        await response(scope, receive, send)
 
 
 class TicketLock:
@@ -108,11 +78,13 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
     model when it has a VQA head."""
     if vqa is None and getattr(getattr(index.model.model, "task_head", None), "answers", None) is not None:
         vqa = index.model
-    app = FastAPI(title="mvptr search", version=index.meta["format"],
+    app = FastAPI(title="mvptr search", version=index.meta["format"], docs_url=None, redoc_url=None,
                   description="Search an image collection with a sentence; ground its phrases; ask questions.")
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)  # outside BodyLimit: its 413 gets the headers too
     app.state.index, app.state.vqa = index, vqa
     lock = TicketLock()  # one request at a time uses the models, first come first served
+    refused: set[str] = set()  # image ids whose file was refused (logged once each)
 
     def image_url(image_id: str) -> str | None:
         return f"/api/images/{quote(image_id, safe='')}" if image_id in index.files else None
@@ -125,11 +97,13 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500)
+        # answered outside the middleware (Starlette's ServerErrorMiddleware): the headers are given here
+        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500,
+                            headers=SECURITY_HEADERS)
 
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -165,10 +139,15 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
         path = index.files.get(image_id)  # looked up, never joined to a path
         if path is None:
             raise HTTPException(404, f"no image file for {image_id!r} in the index")
-        if not Path(path).is_file():
+        found = read_image(path, index.image_dirs)
+        if found is None:
+            if image_id not in refused:
+                refused.add(image_id)
+                log.warning("image %r: %s is gone, or no longer a regular image file inside the image directory; "
+                            "answered 404", image_id, path)
             raise HTTPException(404, f"the image file of {image_id!r} is gone")
-        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
-                            headers={"Cache-Control": "max-age=3600"})
+        data, kind = found
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/ground")
     def ground(image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],

@@ -88,7 +88,7 @@ def test_page_health_and_docs(client, world):
     n = len(list((world / "images").glob("*.png")))
     assert health["status"] == "ok" and health["images"] == n and health["image_files"] == n
     assert health["vqa"] is True and health["coarse"] == "exact"
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # its assets come from a CDN: blank offline, and against the CSP
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/ground", "/api/answer", "/api/health", "/api/images/{image_id}"} <= set(paths)
 
