@@ -22,14 +22,17 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .api import Model
 from .images import read_image
@@ -41,6 +44,7 @@ MAX_QUERY = 300  # characters of a query or a question
 MAX_TOP = 100
 MAX_RERANK = 200
 MAX_ANSWERS = 20
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")  # the names this machine reaches itself by
 log = logging.getLogger("mvptr.serve")
 
 
@@ -73,15 +77,23 @@ def _number(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
-def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
+def _short(error: dict) -> dict:
+    """A validation error without the input it refused (which may be long, or private)."""
+    return {"loc": list(error.get("loc", ()))[:4], "msg": str(error.get("msg", ""))[:200], "type": error.get("type")}
+
+
+def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str] = LOOPBACK) -> FastAPI:
     """The service over ``index``; questions are answered by ``vqa``, or by the index's own
-    model when it has a VQA head."""
+    model when it has a VQA head. Requests whose ``Host`` is none of ``hosts`` are refused
+    (400): a page of another site cannot reach the service through a name it controls (DNS
+    rebinding)."""
     if vqa is None and getattr(getattr(index.model.model, "task_head", None), "answers", None) is not None:
         vqa = index.model
     app = FastAPI(title="mvptr search", version=index.meta["format"], docs_url=None, redoc_url=None,
                   description="Search an image collection with a sentence; ground its phrases; ask questions.")
     app.add_middleware(BodyLimit)
-    app.add_middleware(SecurityHeaders)  # outside BodyLimit: its 413 gets the headers too
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+    app.add_middleware(SecurityHeaders)  # outside the others: their 400 and 413 get the headers too
     app.state.index, app.state.vqa = index, vqa
     lock = TicketLock()  # one request at a time uses the models, first come first served
     refused: set[str] = set()  # image ids whose file was refused (logged once each)
@@ -101,6 +113,10 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500,
                             headers=SECURITY_HEADERS)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": [_short(e) for e in err.errors()[:10]]}, status_code=422)
+
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html")
@@ -110,7 +126,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
     @app.get("/api/health")
     def health():
         return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
-                "coarse": index.coarse.kind, "model": index.meta["model"], "vqa": vqa is not None,
+                "coarse": index.coarse.kind, "model": Path(index.meta["model"]).name,  # no absolute path
+                "vqa": vqa is not None,
                 "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
                            "body": MAX_BODY}}
 
@@ -138,14 +155,14 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
     def image(image_id: str):
         path = index.files.get(image_id)  # looked up, never joined to a path
         if path is None:
-            raise HTTPException(404, f"no image file for {image_id!r} in the index")
+            raise HTTPException(404, f"no image file for {image_id[:100]!r} in the index")
         found = read_image(path, index.image_dirs)
         if found is None:
             if image_id not in refused:
                 refused.add(image_id)
                 log.warning("image %r: %s is gone, or no longer a regular image file inside the image directory; "
                             "answered 404", image_id, path)
-            raise HTTPException(404, f"the image file of {image_id!r} is gone")
+            raise HTTPException(404, f"the image file of {image_id[:100]!r} is gone")
         data, kind = found
         return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 

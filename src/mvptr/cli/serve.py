@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..app.serve import load_service
+from ..app.serve import allowed_hosts, load_service, make_server
 
 
 def _fail(message: str):
@@ -18,17 +18,22 @@ def _fail(message: str):
 
 def cmd_serve(args) -> None:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra is installed)
     except ImportError as err:
         _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
     try:
-        app = load_service(args.index, args.model, args.vqa_model, args.nprobe)
+        hosts = allowed_hosts(args.host, args.allowed_host or [])
+    except ValueError as err:
+        _fail(str(err))
+    try:
+        app = load_service(args.index, args.model, args.vqa_model, args.nprobe, hosts=hosts)
     except ImportError as err:
         _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
     except (FileNotFoundError, ValueError) as err:  # FormatError is a ValueError
         _fail(str(err))
-    print(f"mvptr serve: {args.index} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    print(f"mvptr serve: {args.index} on http://{args.host}:{args.port}/ (answering Host {', '.join(hosts)}; "
+          f"OpenAPI description at /openapi.json)", flush=True)
+    make_server(app, args.host, args.port, args.log_level, args.log_queries).run()
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +42,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--index", required=True, help="index directory (mvptr search build --out)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name the server is reached by, besides its own (repeatable; requests for other "
+                        "names are refused: DNS rebinding)")
+    p.add_argument("--log-queries", action="store_true",
+                   help="keep query strings in the access log (left out by default: they are what users typed)")
     p.add_argument("--model", help="the model the index was built with, when it is no longer where the index says")
     p.add_argument("--vqa-model", help="a model fine-tuned with `mvptr finetune vqa`, to answer questions on the page")
     p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: 1/8)")

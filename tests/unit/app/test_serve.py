@@ -69,7 +69,7 @@ def app(index_dir, vqa_dir):
 
 @pytest.fixture(scope="module")
 def client(app):
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_an_image_without_a_file_is_404(index_dir, tmp_path, client):
     dropped = next(iter(files))
     (partial / "files.json").write_text(json.dumps({k: v for k, v in files.items() if k != dropped}))
     app = load_service(str(partial))
-    c = TestClient(app)
+    c = TestClient(app, base_url="http://localhost")
     r = c.get(f"/api/images/{dropped}")
     assert r.status_code == 404 and "no image file" in r.json()["detail"]
     hit = next(x for x in c.get("/api/search", params={"q": QUERY, "top": 200 // 2}).json()["results"]
