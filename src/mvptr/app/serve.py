@@ -78,8 +78,10 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
 
 
 def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None,
-                 hosts: Sequence[str] = LOOPBACK):
-    """The FastAPI app over the index at ``index_dir``, answering the ``Host`` names ``hosts``."""
+                 hosts: Sequence[str] = LOOPBACK, **settings):
+    """The FastAPI app over the index at ``index_dir``, answering the ``Host`` names ``hosts``;
+    ``settings``: the model queue's (``workers``, ``queue``, ``window_ms``, ``max_batch``: see
+    :func:`mvptr.app.server.create_app`)."""
     if create_app is None:
         raise ModuleNotFoundError(f"No module named {MISSING!r}", name=MISSING)
     index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
@@ -88,4 +90,4 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
         vqa = Model.load(vqa_model, index_config(index.meta))
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
             raise ValueError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
-    return create_app(index, vqa, hosts=hosts)
+    return create_app(index, vqa, hosts=hosts, **settings)

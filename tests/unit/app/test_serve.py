@@ -229,26 +229,31 @@ def test_a_failing_request_does_not_stop_the_server(client, index, monkeypatch):
 
 
 def test_requests_take_the_model_in_the_order_they_came():
-    from mvptr.app.server import TicketLock
+    import asyncio
 
-    lock, order = TicketLock(), []
+    from mvptr.app.worker import ModelQueue
 
-    def request(i):
-        with lock:
-            order.append(i)
+    order, gate = [], threading.Event()
 
-    lock.__enter__()  # a request in progress
-    threads = []
-    for i in range(6):
-        threads.append(threading.Thread(target=request, args=(i,)))
-        threads[-1].start()
-        deadline = time.time() + 10
-        while lock.issued < i + 2 and time.time() < deadline:  # request i is waiting before i + 1 comes
-            time.sleep(0.001)
-    lock.__exit__(None, None, None)
-    for t in threads:
-        t.join(10)
-    assert order == list(range(6))
+    def run(jobs):
+        gate.wait(10)  # the first request holds the model while the others queue
+        order.extend(i for (i,) in jobs)
+        return [None] * len(jobs)
+
+    queue = ModelQueue({"ground": run}, workers=1, capacity=10)
+
+    async def requests():
+        first = asyncio.ensure_future(queue.run("ground", (0,)))
+        await asyncio.sleep(0.05)
+        rest = []
+        for i in range(1, 7):
+            rest.append(asyncio.ensure_future(queue.run("ground", (i,))))
+            await asyncio.sleep(0.001)
+        gate.set()
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(requests())
+    assert order == list(range(7))
 
 
 def test_the_server_binds_loopback_unless_told(index_dir):
