@@ -97,7 +97,7 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
         try:
             return await model.run(kind, args, request.receive)
         except QueueFull as err:
-            raise HTTPException(503, f"the server is busy ({err}); retry", headers={"Retry-After": RETRY_AFTER})
+            raise HTTPException(503, f"the server is busy ({err}); retry", headers={"Retry-After": RETRY_AFTER}) from None
         except ClientGone:
             return JSONResponse({"detail": "client closed the request"}, status_code=499)
 
@@ -138,7 +138,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
                 "queued": len(model)}
 
     @app.get("/api/search")
-    async def search(request: Request, q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")],
+    async def search(request: Request,
+                     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")],
                top: Annotated[int, Query(ge=1, le=MAX_TOP, description="images to return")] = 10,
                rerank: Annotated[int, Query(ge=0, le=MAX_RERANK,
                                             description="candidates the multimodal encoder re-ranks "
@@ -174,7 +175,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
         return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/ground")
-    async def ground(request: Request, image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
+    async def ground(request: Request,
+                     image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
                q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")]):
         start = time.perf_counter()
         done = await on_model(request, "ground", known(image), q)
