@@ -97,7 +97,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
         try:
             return await model.run(kind, args, request.receive)
         except QueueFull as err:
-            raise HTTPException(503, f"the server is busy ({err}); retry", headers={"Retry-After": RETRY_AFTER}) from None
+            raise HTTPException(503, f"the server is busy ({err}); retry",
+                                headers={"Retry-After": RETRY_AFTER}) from None
         except ClientGone:
             return JSONResponse({"detail": "client closed the request"}, status_code=499)
 
