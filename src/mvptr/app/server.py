@@ -85,11 +85,11 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     app.add_middleware(SecurityHeaders)  # outside the others: their 400 and 413 get the headers too
     app.state.index, app.state.vqa = index, vqa
-    runners = {"search": lambda jobs: [index.query(*job) for job in jobs],
+    runners = {"search": lambda jobs: index.query_batch(jobs),  # one pass for the texts, one to re-rank
                # the regions are read from the store by the worker, off the event loop
                "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
                "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}
-    model = app.state.queue = ModelQueue(runners, workers, queue, window_ms / 1000, max_batch, batched=())
+    model = app.state.queue = ModelQueue(runners, workers, queue, window_ms / 1000, max_batch)
 
     async def on_model(request: Request, kind: str, *args):
         """Run on the model through its queue: 503 when the queue is full, and nothing run for a

@@ -139,6 +139,12 @@ class ModelQueue:
     def _work(self) -> None:
         while True:
             batch = self._take()
+            with self._cond:  # a client may have gone while the batch gathered
+                alive = [j for j in batch if not j.abandoned]
+                self.dropped += len(batch) - len(alive)
+            if not alive:
+                continue
+            batch = alive
             answers, errors = self._run(batch[0].kind, [j.args for j in batch])
             self.batches += 1
             self.served += len(batch)

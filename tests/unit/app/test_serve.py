@@ -221,6 +221,7 @@ def test_a_failing_request_does_not_stop_the_server(client, index, monkeypatch):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(index, "query", broken)
+    monkeypatch.setattr(index, "query_batch", broken)  # what the server calls, for a batch of searches
     r = client.get("/api/search", params={"q": QUERY})
     assert r.status_code == 500 and r.json()["detail"] == "internal error (RuntimeError)"
     monkeypatch.undo()
