@@ -150,14 +150,14 @@ class Model:
         texts = [str(t) for t in texts]
         with self._text_lock:
             tuples = self.phrases(texts) if phrases is None else phrases
-            ids = self.pieces.captions(texts)
+            pieces = self.pieces.captions(texts) if texts else []
         if len(tuples) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(tuples)} phrase lists")
         vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
         if not texts:
             return self._empty()
         items = [{"input_ids": ids, "phrases": vocab.encode(t, m)}
-                 for ids, t in zip(ids, tuples)]
+                 for ids, t in zip(pieces, tuples)]
         return encode_texts(self.model, self._batches(items), self.device)
 
     def _image_items(self, images) -> list[dict]:
