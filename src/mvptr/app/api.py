@@ -19,6 +19,7 @@ fine-tuned for VQA (``mvptr finetune vqa``) also answers questions (:meth:`Model
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ class Model:
         self.parse_phrases, self.batch_size = parse_phrases, batch_size
         self.pieces = WordPieces(bundle.tokenizer, self.cfg.data.max_tokens)
         self._extractor = None
+        # a fast tokenizer (and the phrase parser) is not thread-safe: model threads take turns at them
+        self._text_lock = threading.RLock()
 
         self.collate = collator(self.cfg, bundle)
 
@@ -145,14 +148,16 @@ class Model:
         """Global embeddings and token/phrase outputs of each text (the merged-attention
         model: the embedded texts, no global embeddings)."""
         texts = [str(t) for t in texts]
-        tuples = self.phrases(texts) if phrases is None else phrases
+        with self._text_lock:
+            tuples = self.phrases(texts) if phrases is None else phrases
+            pieces = self.pieces.captions(texts) if texts else []
         if len(tuples) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(tuples)} phrase lists")
         vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
         if not texts:
             return self._empty()
         items = [{"input_ids": ids, "phrases": vocab.encode(t, m)}
-                 for ids, t in zip(self.pieces.captions(texts), tuples)]
+                 for ids, t in zip(pieces, tuples)]
         return encode_texts(self.model, self._batches(items), self.device)
 
     def _image_items(self, images) -> list[dict]:
@@ -200,7 +205,8 @@ class Model:
         if answers is None:
             raise ValueError("this model has no VQA head; load a model fine-tuned with `mvptr finetune vqa`")
         # questions carry no phrase concepts, as in VQA fine-tuning
-        text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
+        with self._text_lock:
+            text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
         batch = {k: v.to(self.device) for k, v in self.collate([{**text, **self._image_items([image])[0]}]).items()}
         _, fused = self.model.fuse_batch(batch)
         probs = head(self.model.pool(fused.hidden, fused.mask))[0].float().sigmoid().cpu()
@@ -228,16 +234,18 @@ class Model:
         """The region each phrase of ``caption`` refers to: its noun phrases (parsed), or the
         given substrings. A phrase is the mean multimodal output of its word pieces, matched
         to the region output of highest cosine (paper 4.2.3)."""
-        enc = self.bundle.tokenizer(caption, truncation=True, max_length=self.cfg.data.max_tokens,
-                                    return_offsets_mapping=True)
+        with self._text_lock:
+            enc = self.bundle.tokenizer(caption, truncation=True, max_length=self.cfg.data.max_tokens,
+                                        return_offsets_mapping=True)
+            spans = self._spans(caption, phrases)
+            tuples = self.phrases([caption])[0]
         offsets = enc["offset_mapping"]
         mentions, names = [], []
-        for start, end in self._spans(caption, phrases):
+        for start, end in spans:
             pos = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
             if pos:  # a phrase cut off by max_tokens is left out
                 mentions.append(pos)
                 names.append(caption[start:end])
-        tuples = self.phrases([caption])[0]
         phrase_ids = self.bundle.phrase_vocab.encode(tuples, self.cfg.data.max_phrases)
         text = {"input_ids": enc["input_ids"], "phrases": phrase_ids}
         item = self._image_items([image])[0]

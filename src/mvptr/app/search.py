@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -39,9 +40,11 @@ from ..eval.retrieval import itm_scores
 from ..vision.detect import IMAGE_SUFFIXES, extract_features
 from .api import Model, open_feature_store
 from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
+from .images import checked_image
 
 FORMAT = "mvptr-search/2"
 REBUILD = "rebuild it with `mvptr search build`"
+log = logging.getLogger("mvptr.search")
 
 
 @dataclass
@@ -94,16 +97,28 @@ def index_config(meta: dict) -> Config:
 
 
 def image_files(image_dir: str | Path, ids) -> dict[str, str]:
-    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...)."""
+    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...): only regular
+    files that resolve inside ``image_dir`` and whose bytes are an image (:mod:`.images`); the
+    others are left out, with a warning."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: image directory not found")
+    root = image_dir.resolve()
     files: dict[str, str] = {}
+    refused = []
     for p in sorted(image_dir.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            if p.stem in files:
-                raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
-            files[p.stem] = str(p.resolve())
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.stem in files:
+            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
+        real = checked_image(p, root)
+        if real is None:
+            refused.append(p.name)
+        else:
+            files[p.stem] = real
+    if refused:
+        log.warning("%s: left out %d files that are no image inside the directory (links out of it, no regular "
+                    "file, or bytes of no image): %s", image_dir, len(refused), ", ".join(refused[:5]))
     return {i: files[i] for i in ids if i in files}
 
 
@@ -192,6 +207,7 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
                            old=out / IVF_FILE if old else None)
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
+    stores[-1]["image_dir"] = str(Path(image_dir).resolve()) if image_dir else None
     meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint,
             "data": old["data"] if old else to_dict(model.cfg.data), "images": total, "added": len(ids),
             "image_files": len(files), "embed_dim": dim, "stores": stores, "coarse": {**coarse, "exact_limit": limit}}
@@ -230,6 +246,10 @@ class SearchIndex:
         self.ids = json.loads((self.path / "ids.json").read_text())
         self.row = {image_id: r for r, image_id in enumerate(self.ids)}
         self.files = json.loads((self.path / "files.json").read_text())
+        # where the image files may be (indexes built before the directories were recorded: anywhere)
+        stores = self.meta["stores"]
+        known = all("image_dir" in s for s in stores)
+        self.image_dirs = [s["image_dir"] for s in stores if s["image_dir"]] if known else None
         emb = np.load(self.path / "embeddings.npy", mmap_mode="c")  # copy-on-write: a tensor can view it
         if len(emb) != len(self.ids):
             raise ValueError(f"{self.path}: {len(emb)} embeddings for {len(self.ids)} image ids; {REBUILD}")
@@ -247,33 +267,61 @@ class SearchIndex:
         """The ``top`` images for ``text``: cosine ranking, then the best ``rerank`` (at least
         ``top``) by ``score`` ("itm" = ITM log-odds, "itm+sim" = log-odds plus cosine, "uni" =
         no re-ranking). ``timing`` receives the milliseconds of each step."""
-        if score not in ("itm", "itm+sim", "uni"):
-            raise ValueError(f"unknown score {score!r} (expected itm, itm+sim or uni)")
-        if not text.strip():
-            raise ValueError("empty query")
-        timing = {} if timing is None else timing
-        if not self.ids or top < 1:
-            return []
+        return self.query_batch([(text, top, rerank, score, timing)])[0]
+
+    def query_batch(self, queries: list[tuple]) -> list[list[Hit]]:
+        """:meth:`query` for several ``(text, top, rerank, score, timing)`` at once: their texts
+        are encoded in one pass, the coarse stage searches them together, and every pair of a
+        query and one of its candidates is re-ranked in one ITM pass (candidates shared by
+        several queries are encoded once). Each gets the answer it would get alone; each
+        ``timing`` gets the batch's times and its size."""
+        for text, _, _, score, _ in queries:
+            if score not in ("itm", "itm+sim", "uni"):
+                raise ValueError(f"unknown score {score!r} (expected itm, itm+sim or uni)")
+            if not text.strip():
+                raise ValueError("empty query")
+        timings = [{} if q[4] is None else q[4] for q in queries]
+        live = [j for j, q in enumerate(queries) if self.ids and q[1] >= 1]
+        hits: list[list[Hit]] = [[] for _ in queries]
+        if not live:
+            return hits
         t = time.perf_counter()
-        texts = self.model.encode_texts([text])
-        t = _lap(timing, "encode_ms", t)
-        sims, rows = self.coarse.search(texts.emb.float().cpu().numpy(), max(top, rerank if score != "uni" else 0))
-        found = rows[0] >= 0
-        cand, sim = torch.from_numpy(rows[0][found]), torch.from_numpy(sims[0][found])
-        t = _lap(timing, "coarse_ms", t)
-        ranked, k = sim, len(cand)
-        if score != "uni" and rerank > 0 and k:
-            images = self.model.encode_images([self.store[self.ids[i]] for i in cand.tolist()])
-            pairs = torch.stack([torch.arange(k), torch.zeros(k, dtype=torch.long)], 1)
-            ranked = itm_scores(self.model.model, texts, images, pairs, self.model.batch_size, progress=False)
-            if score == "itm+sim":
-                ranked = ranked + sim
-            _lap(timing, "rerank_ms", t)
-        order = ranked.argsort(descending=True, stable=True)[:top]
-        return [Hit(self.ids[int(cand[o])], float(ranked[o]), float(sim[o])) for o in order]
+        texts = self.model.encode_texts([queries[j][0] for j in live])
+        t = _lap(timings, "encode_ms", t)
+        need = [max(queries[j][1], queries[j][2] if queries[j][3] != "uni" else 0) for j in live]
+        sims, rows = self.coarse.search(texts.emb.float().cpu().numpy(), max(need))
+        cands, coarse = [], []
+        for n, k in enumerate(need):
+            found = rows[n][:k] >= 0
+            cands.append(torch.from_numpy(rows[n][:k][found]))
+            coarse.append(torch.from_numpy(sims[n][:k][found]))
+        t = _lap(timings, "coarse_ms", t)
+        ranked = list(coarse)
+        pairs = [(n, c) for n, j in enumerate(live) if queries[j][3] != "uni" and queries[j][2] > 0
+                 for c in cands[n].tolist()]
+        if pairs:
+            unique = sorted({c for _, c in pairs})
+            at = {c: p for p, c in enumerate(unique)}
+            images = self.model.encode_images([self.store[self.ids[c]] for c in unique])
+            index = torch.tensor([[at[c], n] for n, c in pairs], dtype=torch.long)
+            itm = itm_scores(self.model.model, texts, images, index, self.model.batch_size, progress=False)
+            start = 0
+            for n, j in enumerate(live):
+                if queries[j][3] == "uni" or queries[j][2] <= 0:
+                    continue
+                k = len(cands[n])
+                ranked[n] = itm[start : start + k] + (coarse[n] if queries[j][3] == "itm+sim" else 0)
+                start += k
+            _lap([timings[j] for j in live if queries[j][3] != "uni" and queries[j][2] > 0], "rerank_ms", t)
+        for n, j in enumerate(live):
+            timings[j]["batch"] = len(queries)
+            order = ranked[n].argsort(descending=True, stable=True)[: queries[j][1]]
+            hits[j] = [Hit(self.ids[int(cands[n][o])], float(ranked[n][o]), float(coarse[n][o])) for o in order]
+        return hits
 
 
-def _lap(timing: dict, name: str, since: float) -> float:
+def _lap(timings: list[dict], name: str, since: float) -> float:
     now = time.perf_counter()
-    timing[name] = round(1000 * (now - since), 2)
+    for timing in timings:
+        timing[name] = round(1000 * (now - since), 2)
     return now

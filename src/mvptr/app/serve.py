@@ -2,30 +2,86 @@
 
     mvptr serve --index runs/demo/index --vqa-model runs/demo/finetune/vqa/model   # http://127.0.0.1:8000/
 
-It listens on this machine only (127.0.0.1) unless ``--host`` says otherwise. The service
-needs the ``serve`` extra (fastapi, uvicorn); without it the rest of mvptr still imports,
-and :func:`load_service` says what to install.
+It listens on this machine only (127.0.0.1) unless ``--host`` says otherwise, and answers
+only requests addressed to the names it is reached by (:func:`allowed_hosts`). The access
+log leaves out query strings (a query is what a user typed) unless ``--log-queries``. The
+service needs the ``serve`` extra (fastapi, uvicorn); without it the rest of mvptr still
+imports, and :func:`load_service` says what to install.
 """
 
 from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
 
 from .api import Model
 from .search import SearchIndex, index_config
 
 try:  # the serve extra: fastapi (with pydantic and starlette)
-    from .server import create_app
+    from .server import LOOPBACK, create_app
 except ModuleNotFoundError as err:
     if (err.name or "").split(".")[0] not in ("fastapi", "pydantic", "starlette"):
         raise
-    create_app, MISSING = None, err.name
+    create_app, MISSING, LOOPBACK = None, err.name, ("127.0.0.1", "localhost", "[::1]")
 else:
     MISSING = None
 
-__all__ = ["load_service"]
+__all__ = ["HideQueries", "allowed_hosts", "load_service", "make_server"]
+HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]|\*")
 
 
-def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None):
-    """The FastAPI app over the index at ``index_dir``."""
+def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` names the server answers: this machine's loopback names when it listens on
+    a loopback or wildcard address (0.0.0.0, ::), the bind address otherwise, and ``extra``
+    (``--allowed-host``: the names other machines reach it by; ``*.example.org`` for a domain's
+    names). ValueError for a name that is not one."""
+    for name in extra:
+        if not HOST_NAME.fullmatch(name):
+            raise ValueError(f"--allowed-host {name!r}: expected a host name or address without scheme or port "
+                             "(example.org, *.example.org, 192.168.1.5, [fe80::1])")
+    try:
+        address = ipaddress.ip_address(bind.strip("[]"))
+    except ValueError:
+        address = None
+    if bind == "localhost" or (address is not None and (address.is_loopback or address.is_unspecified)):
+        names = list(LOOPBACK)
+    else:
+        names = [f"[{address}]" if address is not None and address.version == 6 else bind.lower()]
+    return names + [n.lower() for n in extra if n.lower() not in names]
+
+
+class HideQueries(logging.Filter):
+    """Drops the query string from uvicorn's access log lines (their third argument is the
+    path with its query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", log_queries: bool = False):
+    """A uvicorn server of ``app`` (call its ``run()``); its access log hides query strings
+    unless ``log_queries``."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))  # configures logging
+    access = logging.getLogger("uvicorn.access")
+    for f in [f for f in access.filters if isinstance(f, HideQueries)]:
+        access.removeFilter(f)
+    if not log_queries:
+        access.addFilter(HideQueries())
+    return server
+
+
+def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None,
+                 hosts: Sequence[str] = LOOPBACK, **settings):
+    """The FastAPI app over the index at ``index_dir``, answering the ``Host`` names ``hosts``;
+    ``settings``: the model queue's (``workers``, ``queue``, ``window_ms``, ``max_batch``: see
+    :func:`mvptr.app.server.create_app`)."""
     if create_app is None:
         raise ModuleNotFoundError(f"No module named {MISSING!r}", name=MISSING)
     index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
@@ -34,4 +90,4 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
         vqa = Model.load(vqa_model, index_config(index.meta))
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
             raise ValueError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
-    return create_app(index, vqa)
+    return create_app(index, vqa, hosts=hosts, **settings)

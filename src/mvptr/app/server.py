@@ -6,41 +6,51 @@
     GET  /api/images/{id}           the image file the index knows for the id
     GET  /api/ground?image=&q=      each phrase of q with the region it grounds to (paper Figure 5)
     POST /api/answer                {"image", "question", "top"}: a VQA head's likeliest answers
-    GET  /docs                      the OpenAPI description
+    GET  /openapi.json              the OpenAPI description (no /docs page: its assets come from a CDN)
 
-Safe by default: image ids are looked up in the index, never joined to a path; queries,
+Safe by default: image ids are looked up in the index, never joined to a path, and only
+regular files inside the image directory whose bytes are an image are served (:mod:`.images`);
+every response carries a Content-Security-Policy and ``nosniff``; queries,
 ``top`` and ``rerank`` are bounded (422 with a message); request bodies are limited (413).
-The model serves one request at a time (a fast tokenizer is not thread-safe), and an
-error inside a request is answered with a 500 while the server goes on.
+The model runs behind a bounded queue (:mod:`.worker`: a full queue is a 503 with
+``Retry-After``, a request whose client has gone is dropped unrun, concurrent searches are
+batched), ``/api/health`` never waits for it, and an error inside a request is answered
+with a 500 while the server goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import mimetypes
-import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .api import Model
+from .images import read_image
+from .middleware import MAX_BODY, SECURITY_HEADERS, BodyLimit, SecurityHeaders
 from .search import SearchIndex
+from .worker import ClientGone, ModelQueue, QueueFull
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY = 300  # characters of a query or a question
 MAX_TOP = 100
 MAX_RERANK = 200
 MAX_ANSWERS = 20
-MAX_BODY = 16 * 1024  # bytes of a request body
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
-                "X-Content-Type-Options": "nosniff"}
+QUEUE = 32  # requests waiting for the model, at most; more are answered 503
+WINDOW_MS = 5.0  # a batch of searches gathers for this long
+MAX_BATCH = 16  # searches in one batch, at most
+RETRY_AFTER = "1"  # seconds, in a 503's Retry-After
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")  # the names this machine reaches itself by
 log = logging.getLogger("mvptr.serve")
 
 
@@ -50,98 +60,87 @@ class AnswerRequest(BaseModel):
     top: int = Field(3, ge=1, le=MAX_ANSWERS, description="how many answers")
 
 
-class BodyLimit:
-    """ASGI middleware: a request whose body is over ``max_bytes`` gets a 413, whether it says
-    its length up front or not."""
-
-    def __init__(self, app, max_bytes: int = MAX_BODY):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
-        await response(scope, receive, send)
-
-
-class TicketLock:
-    """A lock granted in the order it was asked for (``threading.Lock`` promises no order), so
-    that a request waits for those ahead of it only."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self.issued = self._serving = 0
-
-    def __enter__(self):
-        with self._cond:
-            ticket, self.issued = self.issued, self.issued + 1
-            self._cond.wait_for(lambda: self._serving == ticket)
-
-    def __exit__(self, *exc):
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
-
-
 def _number(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
-def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
+def _short(error: dict) -> dict:
+    """A validation error without the input it refused (which may be long, or private)."""
+    return {"loc": list(error.get("loc", ()))[:4], "msg": str(error.get("msg", ""))[:200], "type": error.get("type")}
+
+
+def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str] = LOOPBACK, *, workers: int = 1,
+               queue: int = QUEUE, window_ms: float = WINDOW_MS, max_batch: int = MAX_BATCH) -> FastAPI:
     """The service over ``index``; questions are answered by ``vqa``, or by the index's own
-    model when it has a VQA head."""
+    model when it has a VQA head. Requests whose ``Host`` is none of ``hosts`` are refused
+    (400): a page of another site cannot reach the service through a name it controls (DNS
+    rebinding). The model runs in ``workers`` threads behind a queue of at most ``queue``
+    requests (:mod:`.worker`); searches that wait together are run as one batch of up to
+    ``max_batch``, gathered for ``window_ms``."""
     if vqa is None and getattr(getattr(index.model.model, "task_head", None), "answers", None) is not None:
         vqa = index.model
-    app = FastAPI(title="mvptr search", version=index.meta["format"],
+    app = FastAPI(title="mvptr search", version=index.meta["format"], docs_url=None, redoc_url=None,
                   description="Search an image collection with a sentence; ground its phrases; ask questions.")
     app.add_middleware(BodyLimit)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+    app.add_middleware(SecurityHeaders)  # outside the others: their 400 and 413 get the headers too
     app.state.index, app.state.vqa = index, vqa
-    lock = TicketLock()  # one request at a time uses the models, first come first served
+    runners = {"search": lambda jobs: index.query_batch(jobs),  # one pass for the texts, one to re-rank
+               # the regions are read from the store by the worker, off the event loop
+               "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
+               "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}
+    model = app.state.queue = ModelQueue(runners, workers, queue, window_ms / 1000, max_batch)
+
+    async def on_model(request: Request, kind: str, *args):
+        """Run on the model through its queue: 503 when the queue is full, and nothing run for a
+        client that has gone."""
+        try:
+            return await model.run(kind, args, request.receive)
+        except QueueFull as err:
+            raise HTTPException(503, f"the server is busy ({err}); retry",
+                                headers={"Retry-After": RETRY_AFTER}) from None
+        except ClientGone:
+            return JSONResponse({"detail": "client closed the request"}, status_code=499)
+
+    refused: set[str] = set()  # image ids whose file was refused (logged once each)
 
     def image_url(image_id: str) -> str | None:
         return f"/api/images/{quote(image_id, safe='')}" if image_id in index.files else None
 
-    def regions(image_id: str) -> dict:
+    def known(image_id: str) -> str:
         if image_id not in index.store:
             raise HTTPException(404, f"no image {image_id!r} in the index")
-        return index.store[image_id]
+        return image_id
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500)
+        # answered outside the middleware (Starlette's ServerErrorMiddleware): the headers are given here
+        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500,
+                            headers=SECURITY_HEADERS)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": [_short(e) for e in err.errors()[:10]]}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/health")
-    def health():
+    async def health():  # on the event loop, never behind the model
         return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
-                "coarse": index.coarse.kind, "model": index.meta["model"], "vqa": vqa is not None,
+                "coarse": index.coarse.kind, "model": Path(index.meta["model"]).name,  # no absolute path
+                "vqa": vqa is not None,
                 "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
-                           "body": MAX_BODY}}
+                           "body": MAX_BODY, "queue": model.capacity},
+                "queued": len(model)}
 
     @app.get("/api/search")
-    def search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")],
+    async def search(request: Request,
+                     q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")],
                top: Annotated[int, Query(ge=1, le=MAX_TOP, description="images to return")] = 10,
                rerank: Annotated[int, Query(ge=0, le=MAX_RERANK,
                                             description="candidates the multimodal encoder re-ranks "
@@ -150,8 +149,9 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
             raise HTTPException(422, "the query is empty")
         timing: dict = {}
         start = time.perf_counter()
-        with lock:
-            hits = index.query(q, top, rerank, "itm+sim" if rerank else "uni", timing)
+        hits = await on_model(request, "search", q, top, rerank, "itm+sim" if rerank else "uni", timing)
+        if isinstance(hits, JSONResponse):
+            return hits
         timing["total_ms"] = round(1000 * (time.perf_counter() - start), 2)
         reranked = min(max(top, rerank), len(index.ids)) if rerank else 0
         return {"query": q, "top": top, "rerank": rerank, "reranked": reranked, "images": len(index.ids),
@@ -164,33 +164,40 @@ def create_app(index: SearchIndex, vqa: Model | None = None) -> FastAPI:
     def image(image_id: str):
         path = index.files.get(image_id)  # looked up, never joined to a path
         if path is None:
-            raise HTTPException(404, f"no image file for {image_id!r} in the index")
-        if not Path(path).is_file():
-            raise HTTPException(404, f"the image file of {image_id!r} is gone")
-        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
-                            headers={"Cache-Control": "max-age=3600"})
+            raise HTTPException(404, f"no image file for {image_id[:100]!r} in the index")
+        found = read_image(path, index.image_dirs)
+        if found is None:
+            if image_id not in refused:
+                refused.add(image_id)
+                log.warning("image %r: %s is gone, or no longer a regular image file inside the image directory; "
+                            "answered 404", image_id, path)
+            raise HTTPException(404, f"the image file of {image_id[:100]!r} is gone")
+        data, kind = found
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/ground")
-    def ground(image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
+    async def ground(request: Request,
+                     image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
                q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")]):
-        item = regions(image)
         start = time.perf_counter()
-        with lock:
-            grounded = index.model.ground(item, q)
+        done = await on_model(request, "ground", known(image), q)
+        if isinstance(done, JSONResponse):
+            return done
+        item, grounded = done
         return {"image": image, "width": float(item["width"]), "height": float(item["height"]),
                 "regions": len(item["boxes"]), "ms": round(1000 * (time.perf_counter() - start), 2),
                 "phrases": [{"phrase": g.phrase, "region": g.region, "box": [round(v, 2) for v in g.box],
                              "score": _number(g.similarity)} for g in grounded]}
 
     @app.post("/api/answer")
-    def answer(request: AnswerRequest):
+    async def answer(request: AnswerRequest, http: Request):
         if vqa is None:
             raise HTTPException(501, "this server answers no questions: start it with --vqa-model DIR, "
                                      "a model fine-tuned with `mvptr finetune vqa`")
-        item = regions(request.image)
         start = time.perf_counter()
-        with lock:
-            answers = vqa.answer(item, request.question, request.top)
+        answers = await on_model(http, "answer", known(request.image), request.question, request.top)
+        if isinstance(answers, JSONResponse):
+            return answers
         return {"image": request.image, "question": request.question,
                 "ms": round(1000 * (time.perf_counter() - start), 2),
                 "answers": [{"answer": a, "probability": round(p, 6)} for a, p in answers]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -70,9 +71,10 @@ def build_lineidx(tsv_path: PathLike) -> Path:
 class TSVFile:
     """Random access to the rows of a TSV file through its ``.lineidx`` offsets.
 
-    The file handle is opened on first use and reopened in a new process (e.g. a
-    DataLoader worker), since a handle shared across a fork would share its
-    position; the object pickles without it.
+    Rows are read with positional reads (``os.pread``) of one descriptor, so threads can read
+    rows at once (a shared file position would let one thread's seek move another's read).
+    The descriptor is opened on first use and again in a new process (e.g. a DataLoader
+    worker); the object pickles without it.
     """
 
     def __init__(self, path: PathLike):
@@ -94,8 +96,10 @@ class TSVFile:
                                       f"got {line.strip()!r}") from None
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._check_index(idx_path)
-        self._fh = None
+        self._size = os.path.getsize(self.path)
+        self._fd = None
         self._pid = None
+        self._open_lock = threading.Lock()
 
     def _check_index(self, idx_path: Path) -> None:
         """Rows start at 0, rise, each just after a newline, and the last ends the file: an index
@@ -124,26 +128,34 @@ class TSVFile:
     def __len__(self) -> int:
         return len(self._offsets)
 
-    def _handle(self):
-        if self._fh is None or self._pid != os.getpid():
-            self._fh = open(self.path, "rb")
-            self._pid = os.getpid()
-        return self._fh
+    def _descriptor(self) -> int:
+        """The file's descriptor, read only with positional reads (``os.pread``): it has no
+        position that threads could move under each other."""
+        if self._fd is None or self._pid != os.getpid():
+            with self._open_lock:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                    self._pid = os.getpid()
+        return self._fd
 
-    def seek(self, i: int):
-        """Position the file handle at the start of row ``i`` and return it."""
+    def _span(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):
             raise IndexError(f"{self.path}: row {i} out of range (file has {len(self)} rows)")
-        fh = self._handle()
-        fh.seek(int(self._offsets[i]))
-        return fh
+        end = int(self._offsets[i + 1]) if i + 1 < len(self) else self._size
+        return int(self._offsets[i]), end
+
+    def raw(self, i: int) -> bytes:
+        """The bytes of row ``i``, its newline included (safe to call from several threads)."""
+        start, end = self._span(i)
+        line = os.pread(self._descriptor(), end - start, start)
+        if len(line) < end - start:
+            raise FormatError(f"{self.path} line {i + 1}: offset past the end of the file; "
+                              f"the .lineidx is stale, rebuild it with build_lineidx", "stale index")
+        return line
 
     def row(self, i: int) -> list[str]:
         """Fields of row ``i`` (line ``i + 1``)."""
-        line = self.seek(i).readline()
-        if not line:
-            raise FormatError(f"{self.path} line {i + 1}: offset past the end of the file; "
-                              f"the .lineidx is stale, rebuild it with build_lineidx", "stale index")
+        line = self.raw(i)
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -152,22 +164,28 @@ class TSVFile:
 
     def key(self, i: int) -> str:
         """First field of row ``i``, read without loading the rest of a long row."""
-        fh = self.seek(i)
-        buf = b""
-        while True:
-            chunk = fh.read(256)
-            buf += chunk
-            end = min((p for p in (buf.find(b"\t"), buf.find(b"\n")) if p >= 0), default=-1)
-            if end >= 0 or not chunk:
-                return buf[:end if end >= 0 else len(buf)].decode("utf-8", errors="replace")
+        start, end = self._span(i)
+        fd, buf, pos = self._descriptor(), b"", start
+        while pos < end:
+            chunk = os.pread(fd, min(256, end - pos), pos)
+            if not chunk:
+                break
+            buf, pos = buf + chunk, pos + len(chunk)
+            stop = min((p for p in (buf.find(b"\t"), buf.find(b"\n")) if p >= 0), default=-1)
+            if stop >= 0:
+                return buf[:stop].decode("utf-8", errors="replace")
+        return buf.decode("utf-8", errors="replace")
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_fh"] = None
-        state["_pid"] = None
+        state.update(_fd=None, _pid=None, _open_lock=None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open_lock = threading.Lock()

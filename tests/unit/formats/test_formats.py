@@ -151,9 +151,9 @@ def test_tsvfile_reopens_in_new_process(tmp_path, monkeypatch):
     build_lineidx(path)
     tsv = TSVFile(path)
     tsv.row(0)
-    first = tsv._fh
+    first = tsv._fd
     monkeypatch.setattr("os.getpid", lambda: -1)
-    assert tsv.row(0) == ["a", "x"] and tsv._fh is not first
+    assert tsv.row(0) == ["a", "x"] and tsv._fd != first
 
 
 def _bad_features(tmp_path, third_field, n="2"):

@@ -223,3 +223,41 @@ def test_worker_batches_are_in_shared_memory_and_equal_in_process_ones():
             assert torch.equal(a[key], b[key]), key
     feats = got[0]["region_feats"]
     assert (feats[0, 3:] == 0).all() and (feats[2, 1:] == 0).all()  # padding is zero, not leftover memory
+
+
+def test_a_tsv_store_is_read_by_many_threads_at_once(root):
+    """Threads share the store's files: 8 threads, thousands of lookups, every one equal to a
+    read by one thread (a shared file position would mix their rows)."""
+    import random
+    import threading
+
+    store = TSVStore(root / "world" / "features.tsv", root / "world" / "predictions.tsv", DIM)
+    ids = store.ids()
+    want = {i: store[i] for i in ids}
+    rows = [store.features.tsv.raw(r) for r in range(len(store.features.tsv))]
+    errors, done = [], []
+
+    def reader(seed):
+        rng = random.Random(seed)
+        try:
+            for _ in range(400):
+                i = rng.choice(ids)
+                got = store[i]
+                assert got["region_feats"].tobytes() == want[i]["region_feats"].tobytes()
+                assert np.array_equal(got["boxes"], want[i]["boxes"]) and got["classes"] == want[i]["classes"]
+                r = rng.randrange(len(rows))
+                tsv = store.features.tsv
+                assert tsv.raw(r) == rows[r] and tsv.key(r) == rows[r].split(b"\t")[0].decode()
+                done.append(1)
+        except Exception as err:  # reported below, with the thread's count
+            errors.append(repr(err))
+
+    fresh = TSVStore(root / "world" / "features.tsv", root / "world" / "predictions.tsv", DIM)
+    store = fresh  # the threads open the files themselves, at once
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(done) == 8 * 400
