@@ -81,7 +81,8 @@ def ablation_report(results: dict[str, list[dict]], rows) -> dict:
             entry["difference"] = {
                 m: paired_difference([r[m] for r in runs[:n]], [r[m] for r in full[:n]])
                 if n >= 2 and all(r[m] is not None for r in runs[:n] + full[:n]) else None for m in METRICS}
-            entry["verdict"] = {m: verdict(entry["difference"][m], row.paper.get(m), rows[0].paper.get(m)) for m in METRICS}
+            entry["verdict"] = {m: verdict(entry["difference"][m], row.paper.get(m), rows[0].paper.get(m))
+                                for m in METRICS}
         table[row.key] = entry
     return {"rows": table, "eval_images": full[0]["eval_images"], "seeds": len(full)}
 
