@@ -31,3 +31,8 @@ def test_a_number_of_parsing_processes_below_one_is_a_usage_error(value, tmp_pat
         main(["prepare", "phrases", "--captions", str(tmp_path / "c.json"), "--out", str(tmp_path / "p"),
               "--n-process", value])
     assert exc.value.code == 2 and "--n-process" in capsys.readouterr().err
+
+
+def test_the_old_threshold_key_says_where_it_moved():
+    with pytest.raises(ConfigError, match="demo.min_count: this setting has moved; set data.phrase_min_count"):
+        load_config("demo", ["demo.min_count=5"])
