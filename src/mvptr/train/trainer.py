@@ -47,6 +47,7 @@ from ..core.precision import autocast
 from ..core.precision import resolve as resolve_precision
 from .deepspeed_engine import DeepSpeedEngine
 from .recipes import Recipe
+from .skips import check_skipped_steps
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")
 
@@ -103,7 +104,7 @@ class _StepItems(Dataset):
 
     def __getitem__(self, key):
         step, micro, i = key
-        return step, micro, self.dataset[i]
+        return step, micro, self.dataset[i], i
 
 
 class _SeededCollate:
@@ -117,8 +118,9 @@ class _SeededCollate:
         if getattr(self.collate, "generator", None) is not None:
             stream = micro_stream(2, micro, self.rank, self.world)
             self.collate.generator.manual_seed(step_seed(self.seed, step, stream))
-        batch = self.collate([item for _, _, item in keyed])
+        batch = self.collate([item for _, _, item, _ in keyed])
         batch["step"], batch["micro"] = step, micro
+        batch["sample_index"] = [i for _, _, _, i in keyed]  # names the samples of a skipped step
         return batch
 
 
@@ -367,10 +369,11 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
     metrics_file = out_dir / "metrics.jsonl"
     model.train()
-    t0, samples, last, sums = time.time(), 0, {}, {}
+    t0, samples, last, sums, indices = time.time(), 0, {}, {}, []
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
     for batch in loader:
         step, micro = batch["step"], batch.pop("micro")  # a recipe may read the step (its schedules)
+        indices += batch.pop("sample_index")
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         torch.manual_seed(step_seed(seed, step, micro_stream(4, micro, d.rank, d.world)))  # dropout
         neg_gen.manual_seed(step_seed(seed, step, micro_stream(3, micro, d.rank, d.world)))
@@ -390,6 +393,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         samples += len(batch["input_ids"]) * d.world
         if not last_pass:
             continue
+        before = skipped
         if use_ds:
             skipped += not engine.applied()  # DeepSpeed skips a step whose gradients are not finite
         else:
@@ -404,7 +408,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        done = step + 1
+        if skipped > before:
+            bar.set_postfix(loss=f"{float(sums['loss']):.3g}", skipped=skipped)
+            check_skipped_steps(stage, skipped, step, dataset, indices)
+        done, indices = step + 1, []
         bar.update(1)
         if done % stage.log_every == 0 or done == total:
             logged = {k: distributed.mean(v).item() for k, v in sums.items()}
@@ -417,7 +424,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             }
             if d.main:
                 append_json_lines(metrics_file, [record])  # a crash leaves whole lines
-            bar.set_postfix(loss=f"{logged['loss']:.3f}")
+            bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"skipped": skipped} if skipped else {}))
         sums = {}
         if not ((stage.save_every and done % stage.save_every == 0) or done == total):
             continue
