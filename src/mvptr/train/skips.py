@@ -24,8 +24,9 @@ def sample_names(dataset, indices, limit: int = 8) -> str:
 
 
 def check_skipped_steps(stage, skipped: int, step: int, dataset, indices) -> None:
-    """Raise once ``skipped`` (the stage's count so far) passes ``stage.max_skipped_steps``;
-    ``step`` counts from 0, ``indices`` are the dataset indices of the skipped step's batch."""
+    """Raise once ``skipped`` (the steps this run of the stage skipped for a loss or, outside fp16's
+    loss scaling, gradients that were not finite) passes ``stage.max_skipped_steps``; ``step``
+    counts from 0, ``indices`` are the dataset indices of the skipped step's batch."""
     if skipped <= stage.max_skipped_steps:
         return
     raise FormatError(f"{stage.name} step {step + 1}: the loss is not finite, {skipped} step"

@@ -369,7 +369,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
     metrics_file = out_dir / "metrics.jsonl"
     model.train()
-    t0, samples, last, sums, indices = time.time(), 0, {}, {}, []
+    t0, samples, last, sums, indices, failed = time.time(), 0, {}, {}, [], 0
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
     for batch in loader:
         step, micro = batch["step"], batch.pop("micro")  # a recipe may read the step (its schedules)
@@ -394,13 +394,14 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         if not last_pass:
             continue
         before = skipped
+        # every process takes the same decision: gradients are already averaged, the loss is not
+        loss_finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1
         if use_ds:
             skipped += not engine.applied()  # DeepSpeed skips a step whose gradients are not finite
         else:
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
-            # every process takes the same decision: gradients are already averaged, the loss is not
-            finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1 and torch.isfinite(grad_norm)
+            finite = loss_finite and torch.isfinite(grad_norm)
             if finite:
                 scaler.step(optimizer)
             else:
@@ -408,9 +409,10 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        if skipped > before:
+        if skipped > before:  # fp16's loss scaler skips overflowing steps by design: not counted against the limit
             bar.set_postfix(loss=f"{float(sums['loss']):.3g}", skipped=skipped)
-            check_skipped_steps(stage, skipped, step, dataset, indices)
+            failed += not loss_finite or stage.precision != "fp16"
+            check_skipped_steps(stage, failed, step, dataset, indices)
         done, indices = step + 1, []
         bar.update(1)
         if done % stage.log_every == 0 or done == total:
