@@ -56,7 +56,7 @@ def _with_features(items: list, images: TaskImages, image_id, where, skip: Skipp
     if not keep and items:
         raise FormatError(f"{features}: none of the {len(items)} {what_of(items)} has region features (first "
                           f"image: {image_id(items[0])}, {where(items[0])}); give the task the features of its images",
-                          "image not found")
+                          "no task images")
     return keep
 
 
