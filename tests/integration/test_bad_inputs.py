@@ -1139,6 +1139,48 @@ overlap_case("visualize --out inside the model directory",
              lambda t, m: ["--model", str(m / "c.png")])
 
 
+# --- data used in part without a word (docs/RELIABILITY.md): each record is now an error naming it
+spoil_captions("an image whose split is null", _set(["images", 1, "split"], None), ["images[1]", "None"])
+spoil_captions("an image of an unknown split", _set(["images", 2, "split"], "tran"), ["images[2]", "'tran'"])
+
+
+@case("Flickr30k Entities: a sentences file missing (its annotation there)")
+def _(tmp, base):
+    d = tmp / "entities"
+    (d / "Sentences").mkdir(parents=True)
+    (d / "Annotations").mkdir(parents=True)
+    (d / "Annotations" / "4.xml").write_text(XML)
+    return task_cmd(tmp, base, "grounding", "evaluate", f"eval.entities_dir={d}"), [d / "Sentences" / "4.txt",
+                                                                                    "image 4"]
+
+
+vqa_case("one question of an image without features",
+         {"questions": [*QUESTIONS["questions"], {"image_id": 99, "question": "what shape?", "question_id": 41}]},
+         {"annotations": [*ANNOTATIONS["annotations"], {**ANNOTATIONS["annotations"][0], "question_id": 41,
+                                                          "image_id": 99}]},
+         ["q", "question 41", "image: 99", "features.tsv"])
+vqa_case("an annotations path that matches no file", QUESTIONS, None, ["a", "q"])
+
+
+@case("SNLI-VE: one hypothesis of an image without features")
+def _(tmp, base):
+    f = tmp / "ve_train.jsonl"
+    f.write_text(GOOD_VE + "\n" + json.dumps({"Flickr30K_ID": "99", "sentence2": "x", "gold_label": "neutral"}) + "\n")
+    return task_cmd(tmp, base, "ve", "finetune", f"finetune.ve.hypotheses={tmp}/ve_{{split}}.jsonl"), \
+        [f"{f}:2", "image: 99", tmp / "c" / "features.tsv"]
+
+
+HUGE = np.full((3, DIM), 1e30, dtype=np.float32)
+spoil_tsv("values of 1e30", "features", row3(f"3\t3\t{_b64(HUGE)}"), ["line 3", "image 3", "1e+30"])
+
+
+@case("pretrain: features of 1e30")
+def _(tmp, base):
+    root = corpus(tmp, base)
+    tsv(root / "features.tsv", row3(f"3\t3\t{_b64(HUGE)}")(feature_rows()))
+    return pretrain_cmd(tmp, root, "stage1.max_steps=3"), [root / "features.tsv", "line 3", "image 3"]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_bad_input_is_one_line_and_exit_2(name, base, tmp_path, capsys):
     argv, names = CASES[name](tmp_path, base)

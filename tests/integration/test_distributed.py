@@ -150,7 +150,8 @@ def test_auto_precision_trains_in_the_one_this_machine_has(world_args, tmp_path)
 
 def test_a_non_finite_step_is_skipped_and_counted(world_args, tmp_path):
     cfg, bundle, data = _setup(world_args, tmp_path)
-    result = _train(cfg, bundle, data, tmp_path, recipe=_per_sample_recipe(nan_at_step=2), max_steps=3)
+    result = _train(cfg, bundle, data, tmp_path, recipe=_per_sample_recipe(nan_at_step=2), max_steps=3,
+                    max_skipped_steps=1)
     assert result.skipped_steps == 1
     assert all(torch.isfinite(v).all() for v in bundle.model.state_dict().values())
     log = _metrics(tmp_path / "metrics.jsonl")

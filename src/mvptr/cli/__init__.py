@@ -103,4 +103,5 @@ PATH_HINTS = {FileExistsError: "a file stands where a directory is needed: move 
 # reasons of a FormatError that are not about one sample: --skip-bad would not help
 NOT_SAMPLES = ("model directory", "file not found", "input or output", "output exists", "stale index", "no captions",
                "malformed input", "bad image id map", "bad image id pattern", "bad tag file", "bad VQA file",
-               "bad COCO instances file", "no split", "old phrase cache")
+               "bad COCO instances file", "no split", "old phrase cache", "loss not finite",
+               "no task images")

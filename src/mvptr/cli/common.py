@@ -52,6 +52,25 @@ def report_skipped(skipped: SkippedSamples | None, path: Path) -> None:
         print(f"{skipped.report()}\n(details: {path})", file=sys.stderr)
 
 
+def merge_skipped(*parts: SkippedSamples | None) -> SkippedSamples | None:
+    """The skipped samples of several readings (training, then evaluation), each problem once."""
+    if all(p is None for p in parts):
+        return None
+    merged, seen = SkippedSamples(), set()
+    for part in parts:
+        for e in part.entries if part is not None else ():
+            if (e["reason"], e["message"]) not in seen:
+                seen.add((e["reason"], e["message"]))
+                merged.entries.append(e)
+    return merged
+
+
+def skipped_steps_note(result) -> str:
+    """", N steps skipped (loss not finite)" for a summary line, when training skipped any."""
+    n = getattr(result, "skipped_steps", 0)
+    return f", {n} step{'s' if n != 1 else ''} skipped (loss not finite)" if n else ""
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``--shard I/N`` -> (I, N) with 0 <= I < N; a bad value is a usage error (exit 2)."""
     m = re.fullmatch(r"(\d+)/(\d+)", text.strip())

@@ -76,11 +76,13 @@ def cmd_evaluate_task(args) -> None:
     if args.task in ("vqa", "ve", "easyvqa") and not hasattr(bundle.model, "task_head"):
         raise FormatError(f"{args.model}: no {args.task} task head; fine-tune the model first "
                           f"(mvptr finetune {args.task} --model {args.model})", "model directory")
-    metrics = evaluate_task(cfg, args.task, bundle, out)
+    skipped = SkippedSamples() if cfg.data.skip_bad else None
+    metrics = evaluate_task(cfg, args.task, bundle, out, skipped=skipped)
     if not is_main():
         return
     write_json(out / f"eval_{args.task}.json", metrics)
     print(json.dumps(metrics, indent=2))
+    report_skipped(skipped, out / "skipped.json")
 
 
 def add_parser(sub) -> None:

@@ -8,11 +8,21 @@ from pathlib import Path
 from ..checkpoint.model_dir import load_model_dir
 from ..checkpoint.task_dir import load_task_model
 from ..core.config import save_config
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import check_apart, write_json
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import STAGES, check_stages, initial_bundle, pretrain_stages
-from .common import SKIP_HELP, add_config_args, is_main, locked, report_skipped, run_config, trained
+from .common import (
+    SKIP_HELP,
+    add_config_args,
+    is_main,
+    locked,
+    merge_skipped,
+    report_skipped,
+    run_config,
+    skipped_steps_note,
+    trained,
+)
 
 
 def cmd_pretrain(args) -> None:
@@ -43,7 +53,8 @@ def _pretrain(args, cfg, out: Path) -> None:
 
     def done(name: str, result, skipped) -> None:
         if is_main():
-            print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}")
+            print(f"{name}: {result.steps} steps, {result.samples_per_second:.1f} samples/s, last losses {result.last}"
+                  f"{skipped_steps_note(result)}")
             report_skipped(skipped, out / name / "skipped.json")
 
     pretrain_stages(cfg, bundle, out, stages, resume=args.resume, after=done, overwrite=args.overwrite)
@@ -64,14 +75,17 @@ def _finetune(args, cfg, out: Path) -> None:
     if is_main():
         save_config(cfg, out / "config.yaml")
     result = finetune(cfg, args.task, bundle, out, overwrite=args.overwrite)
-    metrics = evaluate_task(cfg, args.task, bundle, out)
+    evaluated = SkippedSamples() if cfg.data.skip_bad else None
+    metrics = evaluate_task(cfg, args.task, bundle, out, skipped=evaluated)
     if not is_main():
         return
     print(f"{args.task}: {result.train.steps} steps on {result.examples} examples, "
-          f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}")
+          f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}"
+          f"{skipped_steps_note(result.train)}")
     write_json(out / f"eval_{args.task}.json", metrics)
     print(json.dumps(metrics, indent=2))
     print(f"model: {result.model_dir}")
+    report_skipped(merge_skipped(result.skipped, evaluated), out / "skipped.json")
 
 
 def add_parsers(sub) -> None:
@@ -92,5 +106,6 @@ def add_parsers(sub) -> None:
     ft.add_argument("--out", help="output directory (default: <out_dir>/finetune/<task>)")
     ft.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run already in the output "
                                                              "directory")
+    ft.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)
     add_config_args(ft)
     ft.set_defaults(func=cmd_finetune)

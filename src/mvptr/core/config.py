@@ -185,6 +185,9 @@ class StageConfig:
     # lowers an objective's share of the update of the parameters it shares with others
     # (docs/DECISIONS.md, "ITM learns")
     loss_weights: dict[str, float] = field(default_factory=dict)
+    # steps whose loss or gradients are not finite are skipped (the weights stay); past this many
+    # the run stops naming the step and its samples (docs/DECISIONS.md, "Skipped steps")
+    max_skipped_steps: int = 0
 
 
 @dataclass

@@ -65,6 +65,8 @@ def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = 
         _check(recipe or not getattr(stage, name), f"{key}.{name}", getattr(stage, name),
                "is read by pre-training stages and retrieval fine-tuning only; leave it unset for this task")
     _check(stage.save_every >= 0, f"{key}.save_every", stage.save_every, "must be 0 (only at the end) or positive")
+    _check(stage.max_skipped_steps >= 0, f"{key}.max_skipped_steps", stage.max_skipped_steps,
+           "must be 0 (stop at the first skipped step) or more")
     _check(stage.grad_accum_steps >= 1, f"{key}.grad_accum_steps", stage.grad_accum_steps, "must be at least 1")
     _check(stage.batch_size % stage.grad_accum_steps == 0, f"{key}.grad_accum_steps", stage.grad_accum_steps,
            f"must divide the batch size {stage.batch_size}")

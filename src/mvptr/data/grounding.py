@@ -22,9 +22,13 @@ def grounding_examples(entities_dir: str | Path, image_ids, tokenizer, max_token
         ann_file = root / "Annotations" / f"{image_id}.xml"
         sent_file = root / "Sentences" / f"{image_id}.txt"
         if not ann_file.exists() or not sent_file.exists():
-            if sent_file.exists():  # sentences whose boxes are missing would be left out unseen
+            # one file without the other would leave the image out unseen; an image with neither has no entities
+            if sent_file.exists():
                 skip_or_raise(skip, FormatError(f"{ann_file}: file not found (the boxes of {sent_file})",
                                                 "file not found"))
+            elif ann_file.exists():
+                skip_or_raise(skip, FormatError(f"{sent_file}: file not found (the sentences of {ann_file}, "
+                                                f"image {image_id})", "no sentences file"))
             continue
         try:
             boxes = read_flickr30k_annotation(ann_file)["boxes"]

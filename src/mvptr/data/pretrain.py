@@ -125,6 +125,10 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def describe(self, i: int) -> str:
+        """Sample ``i`` by its ids, for messages."""
+        return f"image {self.records[i].image_id}, caption {self.records[i].sent_id}"
+
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         return {

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..core.errors import FormatError
+from ..core.errors import FormatError, SkippedSamples, skip_or_raise
 from ..formats.snli_ve import VE_LABELS, VEPair
 from ..formats.vqa import VQAQuestion
 from ..text.tokenizer import WordPieces
@@ -41,14 +41,35 @@ class TaskImages:
         return self.source(self.key(image_id))
 
 
-def _with_features(items: list, images: TaskImages, image_id, what: str) -> list:
-    keep = [it for it in items if images.key(image_id(it)) is not None]
+def _with_features(items: list, images: TaskImages, image_id, where, skip: SkippedSamples | None) -> list:
+    """The items whose image has region features; any other is an error naming its file and entry
+    (``where(item)``), or with ``skip`` left out and counted ("no features")."""
+    store = images.source.store
+    features = getattr(store, "path", None) or getattr(getattr(store, "features", None), "path", "the features")
+    keep = []
+    for it in items:
+        if images.key(image_id(it)) is not None:
+            keep.append(it)
+        elif keep or skip is not None:
+            skip_or_raise(skip, FormatError(f"{where(it)}: its image has no region features in {features} "
+                                            f"(image: {image_id(it)})", "no features"))
     if not keep and items:
-        store = images.source.store
-        where = getattr(store, "path", None) or getattr(getattr(store, "features", None), "path", "the features")
-        raise FormatError(f"{where}: none of the {len(items)} {what} has region features (first image: "
-                          f"{image_id(items[0])}); give the task the features of its images", "image not found")
+        raise FormatError(f"{features}: none of the {len(items)} {what_of(items)} has region features (first "
+                          f"image: {image_id(items[0])}, {where(items[0])}); give the task the features of its images",
+                          "no task images")
     return keep
+
+
+def what_of(items: list) -> str:
+    return "questions" if isinstance(items[0], VQAQuestion) else "hypotheses"
+
+
+def _question_where(q: VQAQuestion) -> str:
+    return f"{q.source or 'questions'} (question {q.question_id})"
+
+
+def _pair_where(p: VEPair) -> str:
+    return p.where or f"hypothesis {p.hypothesis!r}"
 
 
 def _subsample(items: list, limit: int) -> list:
@@ -63,14 +84,18 @@ class VQADataset(Dataset):
     """VQA v2 questions with soft answer targets over ``answers`` (when annotated)."""
 
     def __init__(self, questions: list[VQAQuestion], images: TaskImages, pieces: WordPieces,
-                 answers: list[str], limit: int = 0):
-        self.questions = _subsample(_with_features(questions, images, lambda q: q.image_id, "questions"), limit)
+                 answers: list[str], limit: int = 0, skip: SkippedSamples | None = None):
+        self.questions = _subsample(_with_features(questions, images, lambda q: q.image_id, _question_where, skip),
+                                    limit)
         self.images = images
         self.index = {a: i for i, a in enumerate(answers)}
         self.token_ids = pieces.captions([q.question for q in self.questions])
 
     def __len__(self) -> int:
         return len(self.questions)
+
+    def describe(self, i: int) -> str:
+        return f"image {self.questions[i].image_id}, question {self.questions[i].question_id}"
 
     def __getitem__(self, i: int) -> dict:
         q = self.questions[i]
@@ -81,13 +106,17 @@ class VQADataset(Dataset):
 class VEDataset(Dataset):
     """SNLI-VE (image, hypothesis) pairs with their label index in ``VE_LABELS``."""
 
-    def __init__(self, pairs: list[VEPair], images: TaskImages, pieces: WordPieces, limit: int = 0):
-        self.pairs = _subsample(_with_features(pairs, images, lambda p: p.image_id, "hypotheses"), limit)
+    def __init__(self, pairs: list[VEPair], images: TaskImages, pieces: WordPieces, limit: int = 0,
+                 skip: SkippedSamples | None = None):
+        self.pairs = _subsample(_with_features(pairs, images, lambda p: p.image_id, _pair_where, skip), limit)
         self.images = images
         self.token_ids = pieces.captions([p.hypothesis for p in self.pairs])
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def describe(self, i: int) -> str:
+        return f"image {self.pairs[i].image_id}, hypothesis {_pair_where(self.pairs[i])}"
 
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
@@ -105,6 +134,9 @@ class GroundingDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def describe(self, i: int) -> str:
+        return f"image {self.examples[i]['image_id']}, sentence {self.examples[i]['sentence_index']}"
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]

@@ -127,6 +127,19 @@ def _karpathy_sentence(path: PathLike, where: str, sent: Any, k: int) -> tuple[s
     return caption, sentid
 
 
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
+
+def _karpathy_split(path: PathLike, n: int, split: Any) -> None:
+    """An image's split must be one of the Karpathy splits: any other would put it in none."""
+    if not isinstance(split, str) or not split.strip():
+        raise FormatError(f"{path} (images[{n}]): \"split\" is {split!r}; expected one of "
+                          f"{', '.join(KARPATHY_SPLITS)}", "null split")
+    if split not in KARPATHY_SPLITS:
+        raise FormatError(f"{path} (images[{n}]): unknown split {split!r}; expected one of "
+                          f"{', '.join(KARPATHY_SPLITS)}", "unknown split")
+
+
 def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None, ids) -> list[CaptionRecord]:
     images = data["images"]
     if not isinstance(images, list):
@@ -139,6 +152,7 @@ def _read_karpathy(path: PathLike, data: dict, skip: SkippedSamples | None, ids)
                     or ("cocoid" not in img and "filename" not in img):
                 raise FormatError(f"{path} (images[{n}]): expected an object with \"split\", "
                                   f"\"sentences\" and \"filename\" or \"cocoid\"", "bad caption entry")
+            _karpathy_split(path, n, img["split"])
             image_id = ids(str(img["cocoid"]) if "cocoid" in img else Path(img["filename"]).stem,
                            f"{path} (images[{n}])")
             if image_id in seen:  # merging the two would give one image the other's captions
@@ -234,7 +248,8 @@ def read_captions(path: PathLike, splits: Iterable[str] | None = None, skip: Ski
 
     Karpathy: image_id is str(cocoid) when present, else the filename stem; split names are
     kept as they are (e.g. "restval"); a sentence without "raw" is its "tokens" joined;
-    sent_id is the file's sentid. An image listed twice is an error. ALBEF/LAVIS list
+    sent_id is the file's sentid. An image listed twice, or whose split is missing, null or none of
+    train, val, test and restval, is an error. ALBEF/LAVIS list
     (``[{"image", "caption": str | [str], "image_id"?, "split"?}]``): image_id is the stem
     of "image" when present, else str(image_id); sent_id counts the captions of each image
     from 0. Such lists carry no split: a ``{split}`` in ``path`` names it ("ann/coco_{split}.json"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +22,7 @@ class VEPair:
     label: str  # gold_label
     premise: str = ""  # sentence1, the caption the hypothesis was written for
     pair_id: str = ""
+    where: str = field(default="", compare=False, repr=False)  # "file:line" of the row
 
 
 class VEPairs(list):
@@ -53,7 +54,7 @@ def read_snli_ve(path: PathLike, skip: SkippedSamples | None = None) -> VEPairs:
         try:
             row = json.loads(line)
             pair = VEPair(_ve_image_id(row), str(row["sentence2"]), str(row["gold_label"]),
-                          str(row.get("sentence1", "")), str(row.get("pairID", "")))
+                          str(row.get("sentence1", "")), str(row.get("pairID", "")), f"{path}:{lineno}")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise FormatError(f"{path}:{lineno}: expected a JSON object with Flickr30K_ID (or Flikr30kID), "
                               "sentence2 and gold_label", "bad SNLI-VE line") from None

@@ -104,13 +104,25 @@ def _base64(where: str, text: str) -> bytes:
         raise FormatError(f"{where}: expected base64 feature data: {e}", "bad base64") from None
 
 
+# the largest feature magnitude a detector gives: VinVL's ResNeXt features are pooled post-ReLU
+# values well below 100, box position numbers lie in [0, 1], and the demo detector's ReLU
+# embeddings stay within tens. Values beyond it (1e30, say) are finite yet make a training
+# step's loss NaN, and the step would be skipped (docs/DECISIONS.md, "Feature magnitude").
+FEATURE_BOUND = 1e4
+
+
 def _check_finite(where: str, x: np.ndarray) -> None:
-    """NaN or inf features would make a whole training step's loss NaN (the step is skipped)."""
+    """NaN, inf or huge features would make a whole training step's loss NaN (the step is skipped)."""
     bad = ~np.isfinite(x)
     if bad.any():
         box, col = (int(v[0]) for v in np.nonzero(bad))
         raise FormatError(f"{where}: {int(bad.sum())} feature values are NaN or inf (first: box {box}, value {col})",
                           "non-finite features")
+    huge = np.abs(x) > FEATURE_BOUND
+    if huge.any():
+        box, col = (int(v[0]) for v in np.nonzero(huge))
+        raise FormatError(f"{where}: {int(huge.sum())} feature values beyond +-{FEATURE_BOUND:g}, which no detector "
+                          f"gives (first: box {box}, value {col}: {float(x[box, col]):g})", "huge features")
 
 
 def write_vinvl_features(tsv_path: PathLike, rows: Iterable[tuple[str, np.ndarray]]) -> None:

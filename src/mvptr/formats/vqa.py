@@ -20,6 +20,7 @@ class VQAQuestion:
     multiple_choice_answer: str = ""
     answer_type: str = ""
     question_type: str = ""
+    source: str = field(default="", compare=False, repr=False)  # the questions file
 
 
 def write_vqa_questions(path: PathLike, questions: Sequence[Mapping[str, Any]], data_subtype: str,
@@ -58,7 +59,8 @@ def read_vqa(questions_path: PathLike, annotations_path: PathLike | None = None)
             raise FormatError(f"{questions_path} (question {k}): expected image_id, question and question_id",
                               "bad VQA file")
         try:
-            out.append(VQAQuestion(int(q["question_id"]), str(q["image_id"]), str(q["question"])))
+            out.append(VQAQuestion(int(q["question_id"]), str(q["image_id"]), str(q["question"]),
+                                   source=str(questions_path)))
         except (TypeError, ValueError):
             raise FormatError(f"{questions_path} (question {k}): expected an integer question_id, "
                               f"got {q['question_id']!r}", "bad VQA file") from None

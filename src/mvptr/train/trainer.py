@@ -47,6 +47,7 @@ from ..core.precision import autocast
 from ..core.precision import resolve as resolve_precision
 from .deepspeed_engine import DeepSpeedEngine
 from .recipes import Recipe
+from .skips import check_skipped_steps
 
 NO_DECAY = ("bias", "LayerNorm.weight", "logit_scale")
 
@@ -103,7 +104,7 @@ class _StepItems(Dataset):
 
     def __getitem__(self, key):
         step, micro, i = key
-        return step, micro, self.dataset[i]
+        return step, micro, self.dataset[i], i
 
 
 class _SeededCollate:
@@ -117,8 +118,9 @@ class _SeededCollate:
         if getattr(self.collate, "generator", None) is not None:
             stream = micro_stream(2, micro, self.rank, self.world)
             self.collate.generator.manual_seed(step_seed(self.seed, step, stream))
-        batch = self.collate([item for _, _, item in keyed])
+        batch = self.collate([item for _, _, item, _ in keyed])
         batch["step"], batch["micro"] = step, micro
+        batch["sample_index"] = [i for _, _, _, i in keyed]  # names the samples of a skipped step
         return batch
 
 
@@ -367,73 +369,82 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
     neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
     metrics_file = out_dir / "metrics.jsonl"
     model.train()
-    t0, samples, last, sums = time.time(), 0, {}, {}
+    t0, samples, last, sums, indices, failed = time.time(), 0, {}, {}, [], 0
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
-    for batch in loader:
-        step, micro = batch["step"], batch.pop("micro")  # a recipe may read the step (its schedules)
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        torch.manual_seed(step_seed(seed, step, micro_stream(4, micro, d.rank, d.world)))  # dropout
-        neg_gen.manual_seed(step_seed(seed, step, micro_stream(3, micro, d.rank, d.world)))
-        last_pass = micro == accum - 1
-        # gradients are averaged across processes on the last pass of a step only
-        sync = engine.no_sync() if d.on and not last_pass else contextlib.nullcontext()
-        with sync:
-            with autocast(device, stage.precision):
-                losses = engine(batch, neg_gen)
-            loss = sum(recipe.weights.get(name, 1.0) * value for name, value in losses.items())
-            if use_ds:
-                engine.backward(loss)
-            else:
-                scaler.scale(loss / accum).backward()
-        for k, v in {"loss": loss, **losses}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-        samples += len(batch["input_ids"]) * d.world
-        if not last_pass:
-            continue
-        if use_ds:
-            skipped += not engine.applied()  # DeepSpeed skips a step whose gradients are not finite
-        else:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+    try:  # an error closes the progress bar first: the message starts its own line
+        for batch in loader:
+            step, micro = batch["step"], batch.pop("micro")  # a recipe may read the step (its schedules)
+            indices += batch.pop("sample_index")
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            torch.manual_seed(step_seed(seed, step, micro_stream(4, micro, d.rank, d.world)))  # dropout
+            neg_gen.manual_seed(step_seed(seed, step, micro_stream(3, micro, d.rank, d.world)))
+            last_pass = micro == accum - 1
+            # gradients are averaged across processes on the last pass of a step only
+            sync = engine.no_sync() if d.on and not last_pass else contextlib.nullcontext()
+            with sync:
+                with autocast(device, stage.precision):
+                    losses = engine(batch, neg_gen)
+                loss = sum(recipe.weights.get(name, 1.0) * value for name, value in losses.items())
+                if use_ds:
+                    engine.backward(loss)
+                else:
+                    scaler.scale(loss / accum).backward()
+            for k, v in {"loss": loss, **losses}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
+            samples += len(batch["input_ids"]) * d.world
+            if not last_pass:
+                continue
+            before = skipped
             # every process takes the same decision: gradients are already averaged, the loss is not
-            finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1 and torch.isfinite(grad_norm)
-            if finite:
-                scaler.step(optimizer)
+            loss_finite = distributed.mean(torch.isfinite(sums["loss"]).float()) == 1
+            if use_ds:
+                skipped += not engine.applied()  # DeepSpeed skips a step whose gradients are not finite
             else:
-                skipped += 1
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        done = step + 1
-        bar.update(1)
-        if done % stage.log_every == 0 or done == total:
-            logged = {k: distributed.mean(v).item() for k, v in sums.items()}
-            last = {k: round(v, 5) for k, v in logged.items() if k != "loss"}
-            record = {
-                "stage": stage.name, "step": done, "loss": round(logged["loss"], 5), **last,
-                "lr": scheduler.get_last_lr()[0],
-                "temperature": None if model.temperature is None else round(model.temperature, 5),
-                "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
-            }
-            if d.main:
-                append_json_lines(metrics_file, [record])  # a crash leaves whole lines
-            bar.set_postfix(loss=f"{logged['loss']:.3f}")
-        sums = {}
-        if not ((stage.save_every and done % stage.save_every == 0) or done == total):
-            continue
-        if use_ds:
-            engine.save(ckpt, bundle, {"step": done, "scheduler": scheduler.state_dict(), "skipped": skipped,
-                                       "recipe": recipe.name, "settings": settings})  # DeepSpeed's state beside it
-        else:
-            if sharded:
-                optimizer.consolidate_state_dict(to=0)  # every process sends its share
-            if d.main:
-                save_model_dir(ckpt, bundle, {
-                    "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "skipped": skipped, "recipe": recipe.name, "settings": settings,
-                })
-            distributed.barrier()
-    bar.close()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+                finite = loss_finite and torch.isfinite(grad_norm)
+                if finite:
+                    scaler.step(optimizer)
+                else:
+                    skipped += 1
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if skipped > before:  # fp16's loss scaler skips overflowing steps by design: not counted against the limit
+                bar.set_postfix(loss=f"{float(sums['loss']):.3g}", skipped=skipped)
+                failed += not loss_finite or stage.precision != "fp16"
+                check_skipped_steps(stage, failed, step, dataset, indices)
+            done, indices = step + 1, []
+            bar.update(1)
+            if done % stage.log_every == 0 or done == total:
+                logged = {k: distributed.mean(v).item() for k, v in sums.items()}
+                last = {k: round(v, 5) for k, v in logged.items() if k != "loss"}
+                record = {
+                    "stage": stage.name, "step": done, "loss": round(logged["loss"], 5), **last,
+                    "lr": scheduler.get_last_lr()[0],
+                    "temperature": None if model.temperature is None else round(model.temperature, 5),
+                    "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
+                }
+                if d.main:
+                    append_json_lines(metrics_file, [record])  # a crash leaves whole lines
+                bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"skipped": skipped} if skipped else {}))
+            sums = {}
+            if not ((stage.save_every and done % stage.save_every == 0) or done == total):
+                continue
+            if use_ds:
+                engine.save(ckpt, bundle, {"step": done, "scheduler": scheduler.state_dict(), "skipped": skipped,
+                                           "recipe": recipe.name, "settings": settings})  # DeepSpeed's state beside it
+            else:
+                if sharded:
+                    optimizer.consolidate_state_dict(to=0)  # every process sends its share
+                if d.main:
+                    save_model_dir(ckpt, bundle, {
+                        "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "skipped": skipped, "recipe": recipe.name, "settings": settings,
+                    })
+                distributed.barrier()
+    finally:
+        bar.close()
     if use_ds:
         engine.finish()
     model.eval()

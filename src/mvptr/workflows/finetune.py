@@ -20,6 +20,7 @@ tasks with a head, ``task_head.safetensors`` and ``task.json`` (the task and its
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..checkpoint.model_dir import Bundle, rebuild_model
 from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, task_kind
-from ..core.errors import ConfigError, FormatError
+from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.runtime import configure_torch
 from ..data.answers import answer_vocabulary
 from ..data.builders import collator, image_source, phrase_lookup
@@ -93,13 +94,25 @@ def _task_images(cfg: Config, t: TaskConfig) -> TaskImages:
                                   d.max_regions, d.max_tags, dedupe_tags=d.dedupe_tags))
 
 
-def vqa_questions(t: TaskConfig, split: str) -> list:
-    """The questions of ``split`` ("train2014+val2014" joins several), annotated where the
-    annotation file exists (test splits have none)."""
+def vqa_questions(t: TaskConfig, split: str, training: bool = False) -> list:
+    """The questions of ``split`` ("train2014+val2014" joins several) with their annotations.
+
+    Training needs the answers: an annotations file that is not set or not there is an error.
+    An evaluation split without one (test-dev) gives questions without answers (a results file
+    for the evaluation server, no accuracy), and says so on stderr."""
     out = []
     for part in split.split("+"):
+        questions = t.questions.format(split=part)
         ann = t.annotations.format(split=part) if t.annotations else None
-        out += read_vqa(t.questions.format(split=part), ann if ann and Path(ann).exists() else None)
+        if ann is None or not Path(ann).exists():
+            what = f"annotations file {ann}: file not found" if ann else "no annotations file (annotations unset)"
+            if training:
+                raise FormatError(f"{what}; training needs the answers of {questions} (finetune.<task>.annotations)",
+                                  "file not found")
+            if distributed.active().main:
+                print(f"mvptr: {questions}: {what}; writing its results file without accuracy", file=sys.stderr)
+            ann = None
+        out += read_vqa(questions, ann)
     return out
 
 
@@ -111,10 +124,11 @@ def _collate(cfg: Config, bundle: Bundle, num_answers: int = 0, mask_regions: bo
     return TaskCollator(collator(cfg, bundle), num_answers, mask_regions)
 
 
-def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int) -> GroundingDataset:
-    image_ids = sorted({r.image_id for r in data_captions(cfg.data, [split])})
+def grounding_dataset(cfg: Config, bundle: Bundle, split: str, limit: int,
+                      skip: SkippedSamples | None = None) -> GroundingDataset:
+    image_ids = sorted({r.image_id for r in data_captions(cfg.data, [split], skip)})
     examples = grounding_examples(cfg.eval.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
-                                  phrase_lookup(cfg, bundle.phrase_vocab, split))
+                                  phrase_lookup(cfg, bundle.phrase_vocab, split), skip)
     if not examples:
         raise FormatError(f"{cfg.eval.entities_dir}: no Flickr30k Entities sentences for the {split!r} images "
                           "(expected Sentences/<image>.txt and Annotations/<image>.xml; eval.entities_dir)",
@@ -128,13 +142,16 @@ class FinetuneResult:
     train: TrainResult
     model_dir: Path
     examples: int
+    skipped: SkippedSamples | None = None  # bad samples left out (data.skip_bad)
 
 
 def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progress: bool = True, *,
-             overwrite: bool = False) -> FinetuneResult:
+             overwrite: bool = False, skipped: SkippedSamples | None = None) -> FinetuneResult:
     """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``. A run
-    already in ``out_dir`` is an error unless ``overwrite`` replaces it."""
+    already in ``out_dir`` is an error unless ``overwrite`` replaces it. With ``cfg.data.skip_bad``
+    bad samples go to ``skipped`` (a new one when not given) instead of raising."""
     configure_torch(cfg)
+    skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)
     out_dir = Path(out_dir)
@@ -143,23 +160,23 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     info: dict = {"task": task, "train_split": t.train_split, "mask_regions": t.mask_regions}
     if kind == "retrieval":
         dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
-                                     t.train_split, t.max_train)
+                                     t.train_split, t.max_train, skip)
         collate = collator(cfg, bundle)
     elif kind == "vqa":
-        questions = vqa_questions(t, t.train_split)
+        questions = vqa_questions(t, t.train_split, training=True)
         answers = answer_vocabulary((q.answers for q in questions), t.num_answers)
         info["answers"] = answers
         attach_head(bundle, task, answers)
-        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_train)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_train, skip)
         collate = _collate(cfg, bundle, len(answers), t.mask_regions)
     elif kind == "ve":
         attach_head(bundle, task)
-        pairs = read_snli_ve(t.hypotheses.format(split=t.train_split))
+        pairs = read_snli_ve(t.hypotheses.format(split=t.train_split), skip)
         info["unlabelled_pairs_left_out"] = pairs.unlabelled  # gold label "-"
-        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train)
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_train, skip)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     else:
-        dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train)
+        dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train, skip)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     recipe = task_recipe(task, cfg, bundle.model.merged)
     result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
@@ -168,7 +185,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     if distributed.active().main:
         save_task_model(model_dir, bundle, info)
     distributed.barrier()
-    return FinetuneResult(result, model_dir, len(dataset))
+    return FinetuneResult(result, model_dir, len(dataset), skip)
 
 
 
@@ -187,11 +204,12 @@ def _predict(model, dataset, collate, batch_size: int, device: str, num_outputs:
 @torch.no_grad()
 def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | None = None,
                   progress: bool = True, mask_regions: bool | None = None,
-                  group_of: Callable[[str], str] | None = None) -> dict:
+                  group_of: Callable[[str], str] | None = None, skipped: SkippedSamples | None = None) -> dict:
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
     scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's.
     ``group_of`` (SNLI-VE): a hypothesis's group; the accuracies of each group are added under
-    ``per_group``."""
+    ``per_group``. With ``cfg.data.skip_bad`` bad samples go to ``skipped`` instead of raising."""
+    skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task)
     model = bundle.model.eval()
@@ -203,7 +221,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     if kind == "vqa":
         answers = model.task_head.answers
         questions = vqa_questions(t, split)
-        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_eval)
+        dataset = VQADataset(questions, _task_images(cfg, t), _pieces(cfg, bundle), answers, t.max_eval, skip)
         collate = _collate(cfg, bundle, len(answers), hide)
         best = _predict(model, dataset, collate, bs, cfg.device, len(answers)).argmax(1).tolist()
         predictions = {q.question_id: answers[a] for q, a in zip(dataset.questions, best)}
@@ -215,8 +233,8 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
         majority = evaluate_vqa({q.question_id: answers[0] for q in dataset.questions}, dataset.questions)
         return {"acc": metrics.pop("overall"), "majority": majority["overall"], **metrics}
     if kind == "ve":
-        pairs = read_snli_ve(t.hypotheses.format(split=split))
-        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_eval)
+        pairs = read_snli_ve(t.hypotheses.format(split=split), skip)
+        dataset = VEDataset(pairs, _task_images(cfg, t), _pieces(cfg, bundle), t.max_eval, skip)
         collate = _collate(cfg, bundle, mask_regions=hide)
         pred = _predict(model, dataset, collate, bs, cfg.device, len(VE_LABELS)).argmax(1)
         gold = torch.tensor([VE_LABELS.index(p.label) for p in dataset.pairs])
@@ -231,9 +249,9 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
                                        "pairs": int(mine.sum())}
         return out
     if kind == "grounding":
-        data = grounding_dataset(cfg, bundle, split, t.max_eval)
+        data = grounding_dataset(cfg, bundle, split, t.max_eval, skip)
         return evaluate_grounding(model, data.examples, data.images, _collate(cfg, bundle).base, bs, cfg.device)
-    return _evaluate_retrieval(cfg, t, bundle, out_dir, progress)
+    return _evaluate_retrieval(cfg, t, bundle, out_dir, progress, skip)
 
 
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
@@ -245,11 +263,12 @@ def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> d
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
 
 
-def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool) -> dict:
+def _evaluate_retrieval(cfg: Config, t: TaskConfig, bundle: Bundle, out_dir: Path | None, progress: bool,
+                        skip: SkippedSamples | None = None) -> dict:
     """Ranking on ``t.eval_split`` (its first ``t.max_eval`` images, or all) with ``cfg.eval``'s
     k_c, k_i and final score."""
     dataset = build_pair_dataset(cfg.data, _pieces(cfg, bundle), bundle.phrase_vocab, cfg.model.region_feat_dim,
-                                 t.eval_split, t.max_eval)
+                                 t.eval_split, t.max_eval, skip)
     result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), progress, keep_pairs=True,
                                      subset=("finetune.retrieval.max_eval", t.max_eval))
     pairs = result.pop("pair_scores", None)

@@ -51,6 +51,12 @@ def _spoil(root, case):
         x[1, 7] = np.nan
         line = _edit_line(feats, BAD, f"{BAD}\t3\t{base64.b64encode(x.tobytes()).decode()}")
         return f"{feats} line {line} (image {BAD}): 1 feature values are NaN or inf (first: box 1, value 7)", 2
+    if case == "huge features":
+        import base64
+        x = np.ones((3, DIM), dtype="<f4")
+        x[1, 7] = 1e30  # finite, yet no detector gives it
+        line = _edit_line(feats, BAD, f"{BAD}\t3\t{base64.b64encode(x.tobytes()).decode()}")
+        return f"{feats} line {line} (image {BAD}): 1 feature values beyond +-10000", 2
     if case == "box outside image":
         pred = _prediction(3)
         pred["objects"][1]["rect"] = [50, 10, 140, 30]  # the image is 100 wide
@@ -77,7 +83,8 @@ def _spoil(root, case):
     raise AssertionError(case)
 
 
-CASES = ["truncated row", "bad base64", "wrong feature width", "non-finite features", "box outside image",
+CASES = ["truncated row", "bad base64", "wrong feature width", "non-finite features", "huge features",
+         "box outside image",
          "image not found", "empty caption", "bad caption entry", "no phrases"]
 
 
