@@ -104,4 +104,4 @@ PATH_HINTS = {FileExistsError: "a file stands where a directory is needed: move 
 NOT_SAMPLES = ("model directory", "file not found", "input or output", "output exists", "stale index", "no captions",
                "malformed input", "bad image id map", "bad image id pattern", "bad tag file", "bad VQA file",
                "bad COCO instances file", "no split", "old phrase cache", "loss not finite",
-               "no task images")
+               "no task images", "file not UTF-8")

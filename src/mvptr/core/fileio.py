@@ -173,7 +173,7 @@ def read_text(path: PathLike) -> str:
         raise FormatError(f"{path}: file not found", "file not found") from None
     except UnicodeDecodeError as e:
         line = text_line(path, e.start)
-        raise FormatError(f"{path} line {line}: expected UTF-8 text: {e.reason}", "not UTF-8") from None
+        raise FormatError(f"{path} line {line}: expected UTF-8 text: {e.reason}", "file not UTF-8") from None
 
 
 def text_line(path: PathLike, offset: int) -> int:
