@@ -1,5 +1,6 @@
 """The presets ship inside the package: an installed wheel finds them from any directory."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_the_wheel_holds_the_presets(tmp_path):
     """Build the wheel from a copy of the sources (the build writes into its source tree)."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "docs/PYPI.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
@@ -45,3 +47,9 @@ def test_the_wheel_holds_the_presets(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("mvptr-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"mvptr/configs/{name}.yaml" for name in PRESETS} <= names
+    assert "mvptr/py.typed" in names  # PEP 561: the package's annotations are for type checkers
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    metadata = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "from mvptr.app.api import Model" in metadata and "make demo    # set up" not in metadata
+    assert {"train", "viz", "demo", "serve", "all"} <= set(re.findall(r"^Provides-Extra: (\S+)$", metadata, re.M))
+    assert not re.search(r"^Requires-Dist: matplotlib.*$(?<!extra == \"viz\")", metadata, re.M)

@@ -5,6 +5,11 @@ imports from a higher layer than its own (the layers are listed below, lowest fi
 (d) no mvptr module is imported inside a function, and a third-party module only when it
 is an optional or heavy one of ``LAZY_ALLOWED``.
 
+The command line imports a command's module only when that command runs
+(``importlib.import_module`` over the table ``COMMANDS`` of ``mvptr/cli/__init__.py``): the
+table is read here as imports of ``mvptr.cli``, every module it names must be a cli module,
+and no other module imports dynamically.
+
 Every import of an mvptr module counts for (a)-(c), wherever it stands (inside ``try``,
 ``if`` or a function: an import moved into a function to dodge a cycle is still reported
 as the cycle, and again by (d)). ``MVPTR_SRC`` points the checks at another
@@ -91,9 +96,23 @@ def _resolve(module: str, is_pkg: bool, node: ast.Import | ast.ImportFrom) -> li
     return found
 
 
+CLI = f"{PACKAGE}.cli"   # the module whose command table counts as its imports
+DYNAMIC: list[str] = []  # dynamic imports (import_module, __import__) outside CLI
+
+
+def _is_dynamic_import(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("import_module", "__import__")
+
+
 def _visit(module: str, is_pkg: bool, path: Path, node: ast.AST, in_function: bool,
            edges: dict[str, dict[str, int]], lazy: list[str]) -> None:
     for child in ast.iter_child_nodes(node):
+        if _is_dynamic_import(child) and module != CLI:
+            DYNAMIC.append(f"{path.relative_to(SRC.parent)}:{child.lineno}: a dynamic import")
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             ours = _resolve(module, is_pkg, child)
             where = f"{path.relative_to(SRC.parent)}:{child.lineno}"
@@ -122,7 +141,27 @@ def _imports() -> tuple[dict[str, dict[str, int]], list[str]]:
     return edges, lazy
 
 
+def command_table(path: Path) -> tuple[dict[str, tuple[str, str]], int]:
+    """The literal ``COMMANDS = {command: (module, help)}`` of a source file, and its line."""
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(target, ast.Name) and target.id == "COMMANDS":
+            return ast.literal_eval(node.value), node.lineno
+    return {}, 0
+
+
+def table_problems(table: dict[str, tuple[str, str]]) -> list[str]:
+    """Entries of a command table whose module is not a module of the cli folder."""
+    return [f"{command}: {module} is not a module of {CLI}" for command, (module, _) in sorted(table.items())
+            if module not in MODULES or module == CLI or folder(module) != "cli"]
+
+
 EDGES, LAZY = _imports()
+COMMANDS, COMMANDS_LINE = command_table(MODULES[CLI][0])
+for _module, _ in COMMANDS.values():
+    if _module in MODULES:
+        EDGES[CLI].setdefault(_module, COMMANDS_LINE)
 
 
 def folder(module: str) -> str:
@@ -232,7 +271,18 @@ def test_no_import_hidden_in_a_function():
     assert not LAZY, f"{len(LAZY)} imports inside functions:\n  " + "\n  ".join(LAZY)
 
 
-@pytest.mark.parametrize("rule", ["files", "folders", "layers", "lazy"])
+def test_the_command_table_names_cli_modules():
+    assert COMMANDS, f"no COMMANDS table in {MODULES[CLI][0]}"
+    problems = table_problems(COMMANDS)
+    assert not problems, "\n".join(problems)
+
+
+def test_only_the_command_line_imports_dynamically():
+    assert not DYNAMIC, f"{len(DYNAMIC)} dynamic imports outside {CLI} (import at module level, or name the " \
+        "module in its COMMANDS table):\n  " + "\n  ".join(DYNAMIC)
+
+
+@pytest.mark.parametrize("rule", ["files", "folders", "layers", "lazy", "table", "dynamic"])
 def test_the_rules_catch_what_they_forbid(rule):
     """Each check fails on a small graph that breaks its rule."""
     if rule == "files":
@@ -241,6 +291,13 @@ def test_the_rules_catch_what_they_forbid(rule):
         assert _cycles({"x": {"y"}, "y": {"x"}}) == [["x", "y"]] and not _cycles({"x": {"y"}, "y": set()})
     elif rule == "layers":
         assert LAYERS.index("core") < LAYERS.index("model") < LAYERS.index("cli")
+    elif rule == "table":
+        bad = {"a": (f"{PACKAGE}.core.errors", ""), "b": (f"{PACKAGE}.cli.nowhere", ""), "c": (CLI, "")}
+        assert len(table_problems(bad)) == 3
+    elif rule == "dynamic":
+        calls = [n for n in ast.walk(ast.parse("importlib.import_module('x'); __import__('y'); f('z')"))
+                 if isinstance(n, ast.Call)]
+        assert [_is_dynamic_import(n) for n in calls] == [True, True, False]
     else:
         tree = ast.parse("def f():\n    from ..core import errors\n")
         node = tree.body[0].body[0]

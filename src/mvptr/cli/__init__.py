@@ -43,33 +43,69 @@ as ``skipped.json`` beside the command's outputs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ..core.errors import FormatError, MvptrError
-from . import convert, demo, evaluate, features, prepare, search, serve, train, visualize
+from ..core.version import __version__
 
-__all__ = ["main", "parse", "build_parser"]
+__all__ = ["COMMANDS", "main", "parse", "build_parser"]
+
+# command -> (the cli module that implements it, its one-line help). Only the chosen command's
+# module is imported (it imports torch): `mvptr --help` reads this table alone. A module that
+# implements several commands registers all of them (its add_parsers), in this order.
+COMMANDS = {
+    "prepare": ("mvptr.cli.prepare", "generate the demo world, parse phrases, or build one phrase vocabulary over "
+                                     "data.corpora"),
+    "features": ("mvptr.cli.features", "extract region features from images, convert VinVL TSV features to a memmap "
+                                       "float16 store, or back"),
+    "merge-shards": ("mvptr.cli.features", "merge the shard-I-of-N directories of --shard runs into their --out "
+                                           "directory: the output of one unsharded run"),
+    "pretrain": ("mvptr.cli.train", "pre-train stage 1, stage 2 or both"),
+    "finetune": ("mvptr.cli.train", "fine-tune a model directory on a task, then evaluate it"),
+    "evaluate": ("mvptr.cli.evaluate", "zero-shot retrieval and grounding of a model directory, one task, or the "
+                                       "demo world's compositional probes"),
+    "demo": ("mvptr.cli.demo", "prepare, pre-train and evaluate on the demo world"),
+    "ablate": ("mvptr.cli.demo", "the paper's Table 4 on the demo world: every row pre-trained, evaluated and "
+                                 "fine-tuned"),
+    "visualize": ("mvptr.cli.visualize", "figures: training curves, phrase grounding, attention, concepts"),
+    "convert": ("mvptr.cli.convert", "an official MVPTR checkpoint as an mvptr model directory"),
+    "search": ("mvptr.cli.search", "index an image collection; find images with a sentence"),
+    "serve": ("mvptr.cli.serve", "the search page and HTTP API over an index (needs mvptr[serve])"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*commands: str) -> argparse.ArgumentParser:
+    """The ``mvptr`` parser: every command listed with its help, and the full options of the
+    named ``commands`` (their modules imported here); ``build_parser()`` imports none."""
     p = argparse.ArgumentParser(prog="mvptr", description="MVPTR vision-language pre-training")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    prepare.add_parser(sub)
-    features.add_parser(sub)
-    train.add_parsers(sub)
-    evaluate.add_parser(sub)
-    demo.add_parsers(sub)
-    visualize.add_parser(sub)
-    convert.add_parser(sub)
-    search.add_parser(sub)
-    serve.add_parser(sub)
+    full = {COMMANDS[c][0] for c in commands}
+    registered: set[str] = set()
+    for name, (module, help_text) in COMMANDS.items():
+        if module not in full:
+            sub.add_parser(name, help=help_text)
+        elif module not in registered:
+            registered.add(module)
+            cli = importlib.import_module(module)
+            (getattr(cli, "add_parsers", None) or cli.add_parser)(sub)
     return p
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The command an argument list runs (its first word), or None (``--help``, ``--version``, a typo)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Like ``parse_args``, but key=value overrides may also follow options that come after a
-    positional argument (``mvptr finetune vqa --model DIR key=value``)."""
-    parser = build_parser()
+    positional argument (``mvptr finetune vqa --model DIR key=value``). Only the chosen
+    command's module is imported."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    parser = build_parser(*([command] if command else []))
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]

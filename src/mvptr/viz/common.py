@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..core.extras import needs
+
 FIGURES = ("curves", "grounding", "attention", "concepts")
 def new_figure(width: float, height: float):
-    from matplotlib.figure import Figure
+    with needs("viz"):
+        from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110)
 def save_png(fig, out_png) -> Path:
@@ -32,13 +35,15 @@ def show_image(ax, cfg, image_id: str, width: float, height: float) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
 def draw_box(ax, box, color, dashed: bool = False, lw: float = 2.2):
-    from matplotlib.patches import Rectangle
+    with needs("viz"):
+        from matplotlib.patches import Rectangle
 
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, lw=lw,
                            ls=(0, (4, 3)) if dashed else "-"))
 def region_colors(n: int) -> list:
-    from matplotlib import colormaps
+    with needs("viz"):
+        from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]

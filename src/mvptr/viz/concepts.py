@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.extras import needs
 from .common import new_figure, region_colors, save_png
 
 
@@ -21,8 +22,9 @@ def _tag_of(words: list[str], tag_words: dict[str, str]) -> str | None:
 def plot_concepts(bundle, out_png, max_points: int = 400, seed: int = 0) -> Path:
     """t-SNE of the tag-class rows (triangles, labelled) and the ``max_points`` most frequent
     phrase rows (dots, coloured by the tag word they contain) of the shared table."""
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
+    with needs("viz"):
+        from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits
 
     model = bundle.model
     with torch.no_grad():

