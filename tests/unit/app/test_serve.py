@@ -3,10 +3,7 @@ large collections, adding images to an index, and the page in a real browser."""
 
 import json
 import shutil
-import socket
 import threading
-import time
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -15,12 +12,7 @@ import pytest
 from mvptr.app.api import Model
 from mvptr.app.coarse import CoarseIndex, write_ivf
 from mvptr.app.search import SearchIndex, build_index
-from mvptr.checkpoint.bert_init import new_bundle
-from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main, parse
-from mvptr.core.config import load_config
-from mvptr.data.builders import training_tag_vocab
-from mvptr.text.phrases import PhraseVocab
 
 pytestmark = pytest.mark.slow  # each module builds a model and an index
 
@@ -29,19 +21,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from mvptr.app.serve import load_service  # noqa: E402
 from mvptr.app.server import MAX_BODY, MAX_QUERY, MAX_RERANK, MAX_TOP  # noqa: E402
+from serve_helpers import live, tiny_model  # noqa: E402
 
 QUERY = "a red circle left of a blue square"
-
-
-def tiny_model(world_args, out: Path, seed: int = 0, answers=None) -> Path:
-    cfg = load_config("tiny", [*world_args(out), f"seed={seed}"])
-    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
-    if answers is None:
-        return save_model_dir(out / "model", bundle)
-    from mvptr.checkpoint.task_dir import attach_head, save_task_model
-
-    attach_head(bundle, "vqa", answers)
-    return save_task_model(out / "vqa", bundle, {"task": "vqa", "answers": answers})
 
 
 @pytest.fixture(scope="module")
@@ -394,20 +376,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.fixture
 def live_server(app):
-    uvicorn = pytest.importorskip("uvicorn")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    pytest.importorskip("uvicorn")
+    with live(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_the_page_in_a_browser(live_server, index, tmp_path):
