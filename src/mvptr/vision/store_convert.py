@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.errors import FormatError, SkippedSamples, skip_or_raise
+from ..core.fileio import tmp_dir
 from ..core.shards import shard_part
 from ..formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
 from .stores import FORMAT, VERSION, MemmapStore, parse_detections
@@ -50,7 +51,7 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     """Write a memmap store from a VinVL TSV pair, one image at a time.
 
     Region data goes straight to files as it is read, so memory holds only a few numbers
-    per image. The store is built in ``<out_dir>.tmp`` and renamed into place when
+    per image. The store is built in ``<out_dir>.tmp.<pid>.<random>`` and renamed into place when
     complete, so ``out_dir`` is either absent or a whole store. ``feat_dim`` defaults
     to the width of the first image with regions. With ``skip``, a bad image is left
     out of the store and recorded there instead of raising. With ``part`` = (I, N), the
@@ -61,10 +62,7 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another output directory")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():  # left by an interrupted conversion
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = tmp_dir(out)  # those left by an interrupted conversion are removed
     feats = VinVLFeatures(features_tsv, feat_dim=feat_dim, skip=skip)
     preds = VinVLPredictions(predictions_tsv, skip=skip)
     ids = []
