@@ -15,7 +15,9 @@ they are refused unless the caller says the file is trusted (``trust_pickle=True
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
 from ..core.errors import ConfigError, FormatError, UntrustedPickleError
-from ..core.fileio import recover_dir, replace_dir, tmp_dir
+from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir
 from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
 from ..text.phrases import PhraseVocab
@@ -89,8 +91,9 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
     final = Path(path)
     tmp = tmp_dir(final)
     try:
-        _write_model_files(tmp, bundle, training_state, extra, weights)
-        replace_dir(tmp, final)
+        with naming(final):
+            _write_model_files(tmp, bundle, training_state, extra, weights)
+            replace_dir(tmp, final)
     finally:
         if tmp.exists():  # a failed write (a full disk, say): the old directory stays as it was
             shutil.rmtree(tmp, ignore_errors=True)
@@ -107,7 +110,13 @@ def _write_model_files(tmp: Path, bundle: Bundle, training_state: dict | None, e
         config["trained_objectives"] = list(bundle.trained)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
-    save_file(state, str(tmp / MODEL_FILE))
+    try:
+        save_file(state, str(tmp / MODEL_FILE))
+    except SafetensorError as err:  # its I/O errors come as text: "IoError(Os { code: 28, ... })"
+        code = re.search(r"code: (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from err
     bundle.tokenizer.save_pretrained(str(tmp))
     bundle.phrase_vocab.save(tmp / "phrase_vocab.json")
     (tmp / "tag_vocab.json").write_text(json.dumps(bundle.tag_vocab, indent=1))

@@ -43,6 +43,7 @@ as ``skipped.json`` beside the command's outputs.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from ..core.errors import FormatError, MvptrError
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvptr: {err}{hint}", file=sys.stderr)
         return 2
     except OSError as err:  # a path of the user's: missing, a file where a directory goes, ...
+        if err.errno in FULL:  # a full disk: what was written before stays whole (atomic writes)
+            where = err.filename or getattr(args, "out", None) or "the output"
+            print(f"mvptr: {where}: {FULL[err.errno]}; free some space (or write elsewhere) and run the command "
+                  "again", file=sys.stderr)
+            return 2
         if err.filename is None and not isinstance(err, (FileNotFoundError, FileExistsError)):
             raise
         where = f"{err.filename}: {err.strerror}" if err.filename is not None else str(err)
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 PATH_HINTS = {FileExistsError: "a file stands where a directory is needed: move it or choose another path",
               NotADirectoryError: "a file stands where a directory is needed: move it or choose another path",
               IsADirectoryError: "a directory stands where a file is needed: give the file's path"}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, FormatError, OutputDirError, SkippedSamples, skip_or_raise
+from .errors import ConfigError, FormatError, MvptrError, OutputDirError, SkippedSamples, skip_or_raise
 
 try:
     import fcntl
@@ -31,7 +31,7 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None
 
 __all__ = ["PathLike", "output_lock", "load_json", "write_json", "write_text_atomic", "replace_dir", "recover_dir",
-           "append_json_lines", "read_json_lines", "text_line", "tmp_file", "tmp_dir"]
+           "append_json_lines", "read_json_lines", "text_line", "tmp_file", "tmp_dir", "naming"]
 
 PathLike = str | os.PathLike
 UMASK = os.umask(0o022)
@@ -70,13 +70,26 @@ def output_lock(directory: str | os.PathLike, sibling: bool = False):
         f.close()
 
 
+@contextlib.contextmanager
+def naming(path: PathLike):
+    """An OSError of the body without a file name (a write to an open file on a full disk)
+    gets ``path``'s, so that its message says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None or isinstance(err, MvptrError):
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a reader sees the old file or the new one."""
+    """Write ``text`` beside ``path`` and rename it into place: a reader sees the old file or the
+    new one (a full disk leaves the old one as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_file(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with naming(path), open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     finally:
@@ -207,7 +220,7 @@ def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
     path = Path(path)
     _cut_torn_tail(path)
     text = "".join(json.dumps(r) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
+    with naming(path), open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
 
