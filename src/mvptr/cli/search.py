@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..app.coarse import EXACT_LIMIT
@@ -16,6 +15,13 @@ def cmd_search(args) -> None:
         raise ConfigError("search build: --model and --out are required")
     if args.action == "query" and (not args.index or not args.text):
         raise ConfigError("search query: give the index directory and a sentence")
+    for flag, value, least, most in (("--top", args.top, 1, MAX_TOP), ("--rerank", args.rerank, 0, MAX_RERANK),
+                                     ("--batch-size", args.batch_size, 1, None), ("--nprobe", args.nprobe, 1, None),
+                                     ("--exact-limit", args.exact_limit, 0, None)):
+        if value is not None and (value < least or (most is not None and value > most)):
+            raise ConfigError(f"{flag} {value}: expected a whole number "
+                              + (f"from {least} to {most}" if most is not None else f"of at least {least}")
+                              + (" (0: no re-ranking)" if flag == "--rerank" else ""))
     try:
         _search(args)
     except MvptrError:
@@ -45,21 +51,6 @@ def _search(args) -> None:
         print(f"{rank:3d}  {h.image_id}  score {h.score:.4f}  cosine {h.similarity:.4f}")
 
 
-def bounded(least: int, most: int | None = None):
-    """An argparse type: a whole number from ``least`` to ``most`` (a usage error otherwise)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < least or (most is not None and value > most):
-            raise argparse.ArgumentTypeError(f"expected a whole number from {least} to {most}, got {text!r}"
-                                             if most is not None else
-                                             f"expected a whole number of at least {least}, got {text!r}")
-        return value
-    return parse
-
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("search", help="index an image collection; find images with a sentence")
     p.add_argument("action", choices=["build", "query"])
@@ -74,15 +65,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--detector", help="detector weights for --images, e.g. data/demo/detector.safetensors")
     p.add_argument("--out", help="index directory to write (build)")
     p.add_argument("--add", action="store_true", help="add the images to the index at --out (build)")
-    p.add_argument("--exact-limit", type=bounded(0),
+    p.add_argument("--exact-limit", type=int,
                    help=f"images searched exactly; an approximate (faiss IVF) index above "
                         f"(build; default {EXACT_LIMIT})")
-    p.add_argument("--batch-size", type=bounded(1), default=64)
-    p.add_argument("--top", type=bounded(1, MAX_TOP), default=10, help=f"images to show, 1 to {MAX_TOP} (query)")
-    p.add_argument("--rerank", type=bounded(0, MAX_RERANK), default=64,
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--top", type=int, default=10, help=f"images to show, 1 to {MAX_TOP} (query)")
+    p.add_argument("--rerank", type=int, default=64,
                    help=f"candidates the multimodal encoder re-ranks, 0 (none) to {MAX_RERANK} (query)")
     p.add_argument("--score", choices=["itm", "itm+sim", "uni"], default="itm+sim")
-    p.add_argument("--nprobe", type=bounded(1),
+    p.add_argument("--nprobe", type=int,
                    help="lists an approximate coarse stage visits (query; default: 1/8 of them)")
     p.add_argument("--no-phrases", action="store_true", help="do not parse phrase concepts from the query")
     p.add_argument("--json", action="store_true")
