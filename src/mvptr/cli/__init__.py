@@ -27,7 +27,8 @@ Every command that takes ``key=value`` overrides saves the resolved configuratio
 One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
 file, setting or output directory) is one line on stderr and exit status 2, and so is an
 operating-system error on a path the user gave (missing, a file where a directory goes, a
-directory where a file goes); any other exception is a bug and keeps its traceback (exit
+directory where a file goes), and so is a full disk (the path being written; what was there
+before stays whole); any other exception is a bug and keeps its traceback (exit
 status 1). One module per command group.
 
 With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
