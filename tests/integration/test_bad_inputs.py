@@ -1179,6 +1179,116 @@ def _(tmp, base):
     root = corpus(tmp, base)
     tsv(root / "features.tsv", row3(f"3\t3\t{_b64(HUGE)}")(feature_rows()))
     return pretrain_cmd(tmp, root, "stage1.max_steps=3"), [root / "features.tsv", "line 3", "image 3"]
+# --- settings that were accepted without effect, files named, the port of `serve`
+def built_index(tmp, base) -> Path:
+    """An index of the good corpus, built through the command line, to spoil."""
+    import contextlib
+    import io
+
+    root = corpus(tmp, base)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["search", "build", "--model", str(base / "run" / "stage1" / "model"), "--config", "tiny",
+                     "--features", str(root / "features.tsv"), "--predictions", str(root / "predictions.tsv"),
+                     "--out", str(tmp / "index")]) == 0
+    return tmp / "index"
+
+
+for _flag, _value in (("--top", "0"), ("--top", "-1"), ("--top", "101"), ("--rerank", "-5"), ("--rerank", "201")):
+    @case(f"search query: {_flag} {_value}")
+    def _(tmp, base, flag=_flag, value=_value):
+        return ["search", "query", tmp / "noindex", "a red circle", flag, value], [f"{flag} {value}", "expected"]
+
+
+@case("search query: embeddings.npy truncated")
+def _(tmp, base):
+    index = built_index(tmp, base)
+    data = (index / "embeddings.npy").read_bytes()
+    (index / "embeddings.npy").write_bytes(data[: len(data) // 2])
+    return ["search", "query", index, "a red circle"], [index / "embeddings.npy", "mvptr search build"]
+
+
+@case("search query: ids.json not JSON")
+def _(tmp, base):
+    index = built_index(tmp, base)
+    (index / "ids.json").write_text('["1", "2"')
+    return ["search", "query", index, "a red circle"], [index / "ids.json", "mvptr search build"]
+
+
+@case("search query: files.json not JSON")
+def _(tmp, base):
+    index = built_index(tmp, base)
+    (index / "files.json").write_text("{")
+    return ["search", "query", index, "a red circle"], [index / "files.json", "mvptr search build"]
+
+
+@case("search build --add: ids.json of the index not JSON")
+def _(tmp, base):
+    index = built_index(tmp, base)
+    (index / "ids.json").write_text("[")
+    root = tmp / "c"
+    return ["search", "build", "--add", "--model", base / "run" / "stage1" / "model", "--features",
+            root / "features.tsv", "--predictions", root / "predictions.tsv", "--out", index], \
+        [index / "ids.json", "mvptr search build"]
+
+
+@case("model directory: tokenizer.json corrupt")
+def _(tmp, base):
+    model = model_copy(tmp, base)
+    (model / "tokenizer.json").write_text('{"version": ')
+    return ["visualize", "concepts", "--config", "tiny", "--model", model, "--out", tmp / "c.png"], \
+        [model / "tokenizer.json", "copy the tokenizer files"]
+
+
+@case("model directory: model.safetensors truncated")
+def _(tmp, base):
+    model = model_copy(tmp, base)
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return ["visualize", "concepts", "--config", "tiny", "--model", model, "--out", tmp / "c.png"], \
+        [model / "model.safetensors", "truncated or damaged"]
+
+
+@case("model directory: config.json of a newer format")
+def _(tmp, base):
+    model = model_copy(tmp, base)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "format": "mvptr/2"}))
+    return ["visualize", "concepts", "--config", "tiny", "--model", model, "--out", tmp / "c.png"], \
+        [model / "config.json", "'mvptr/2'", "reads mvptr/1"]
+
+
+@case("serve: --port 99999")
+def _(tmp, base):
+    pytest.importorskip("uvicorn")
+    return ["serve", "--index", tmp / "noindex", "--port", "99999"], ["--port 99999", "0 to 65535"]
+
+
+BUSY = []  # sockets that hold a port while a case runs
+
+
+@case("serve: a port in use")
+def _(tmp, base):
+    import socket
+
+    pytest.importorskip("uvicorn")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    BUSY.append(sock)
+    port = sock.getsockname()[1]
+    return ["serve", "--index", tmp / "noindex", "--port", port], [f"127.0.0.1:{port}", "in use"]
+
+
+def test_evaluating_a_stage_1_model_reports_uni_modal_figures_only(base, tmp_path, capsys):
+    root = corpus(tmp_path, base)
+    model = base / "run" / "stage1" / "model"
+    capsys.readouterr()
+    argv = ["evaluate", "--model", model, "--out", tmp_path / "ev", "--config", "tiny", *data_args(root)]
+    assert main([str(a) for a in argv]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mvptr")]
+    assert len(err) == 1 and "ITM head was never trained" in err[0] and str(model) in err[0], err
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())["retrieval"]
+    assert "uni" in result and result["rerank"].startswith("not measured")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint.model_dir import Bundle, adopt_model_settings, load_model_dir
+from ..checkpoint.model_dir import LIMIT_KEYS, Bundle, adopt_model_settings, load_model_dir
 from ..checkpoint.task_dir import load_task_model
 from ..core.config import Config, load_config
 from ..data.builders import collator
@@ -39,6 +40,64 @@ from ..vision.regions import Regions
 from ..vision.stores import open_store
 
 SCORES = ("uni", "itm", "both")
+IMAGE_KEYS = ("region_feats", "boxes", "width", "height")
+IMAGE_KINDS = "Regions (Model.detect) or a feature store's dict (Model.images_from_store)"
+
+
+def check_text(text, what: str = "text") -> str:
+    """``text`` if it is a string; a TypeError saying what was expected otherwise."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what}: expected a string, got {type(text).__name__} {text!r:.60}")
+    return text
+
+
+def check_texts(texts, what: str = "texts") -> list[str]:
+    """A list of strings from a sequence of them; one string alone is refused (it is no list of texts)."""
+    if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, (Sequence, np.ndarray)):
+        hint = " (wrap one text in a list: [text])" if isinstance(texts, str) else ""
+        raise TypeError(f"{what}: expected a list of strings, got {type(texts).__name__}{hint}")
+    return [check_text(t, f"{what}[{i}]") for i, t in enumerate(texts)]
+
+
+def check_image(image, what: str = "image"):
+    """``image`` if it is a Regions or a feature store's dict with the keys an image needs."""
+    if isinstance(image, Regions):
+        return image
+    if not isinstance(image, Mapping):
+        raise TypeError(f"{what}: expected {IMAGE_KINDS}, got {type(image).__name__}")
+    missing = [k for k in IMAGE_KEYS if k not in image]
+    if missing:
+        raise ValueError(f"{what}: a dict without {', '.join(missing)}; expected {IMAGE_KINDS}")
+    return image
+
+
+def check_images(images, what: str = "images") -> list:
+    """A list of images from a sequence of them; one image alone is refused."""
+    if isinstance(images, (Regions, Mapping, str, bytes)) or not isinstance(images, Sequence):
+        hint = " (wrap one image in a list: [image])" if isinstance(images, (Regions, Mapping)) else ""
+        raise TypeError(f"{what}: expected a list of {IMAGE_KINDS}, got {type(images).__name__}{hint}")
+    return [check_image(im, f"{what}[{i}]") for i, im in enumerate(images)]
+
+
+def check_count(value, what: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: expected a whole number, got {type(value).__name__} {value!r:.40}")
+    if value < least:
+        raise ValueError(f"{what}: expected at least {least}, got {value}")
+    return int(value)
+
+
+def trained_limits(bundle: Bundle, source) -> Config:
+    """A config whose ``data`` section holds the input limits ``bundle`` was trained with
+    (config.json's "limits"); a directory that predates them gets the defaults, with a warning."""
+    limits = getattr(bundle, "limits", {}) or {}
+    if all(k in limits for k in LIMIT_KEYS):
+        return load_config(None, [f"data.{k}={limits[k]}" for k in LIMIT_KEYS])
+    d = Config().data
+    warnings.warn(f"{source}: config.json records no input limits (written by an older mvptr); using the defaults "
+                  f"{', '.join(f'data.{k}={getattr(d, k)}' for k in LIMIT_KEYS)}; pass config= the preset the model "
+                  "was trained with", stacklevel=3)
+    return Config()
 
 
 @dataclass
@@ -82,8 +141,15 @@ class Model:
 
     def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
                  batch_size: int = 64):
+        if not isinstance(bundle, Bundle):
+            raise TypeError(f"bundle: expected a Bundle (load a model with Model.load(path)), got "
+                            f"{type(bundle).__name__}")
+        if cfg is not None and not isinstance(cfg, Config):
+            raise TypeError(f"cfg: expected a Config or None, got {type(cfg).__name__}")
+        check_count(batch_size, "batch_size")
         self.bundle, self.model = bundle, bundle.model.eval()
-        self.cfg = adopt_model_settings(cfg or Config(), bundle)  # its model section and inputs
+        cfg = cfg if cfg is not None else trained_limits(bundle, "the model")
+        self.cfg = adopt_model_settings(cfg, bundle)  # its model section and inputs
         self.device = next(self.model.parameters()).device.type
         self.parse_phrases, self.batch_size = parse_phrases, batch_size
         self.pieces = WordPieces(bundle.tokenizer, self.cfg.data.max_tokens)
@@ -97,11 +163,20 @@ class Model:
     def load(cls, path: str | Path, config: str | Config | None = None, device: str = "cpu",
              trust_pickle: bool = False, **kwargs) -> Model:
         """``config``: the preset or YAML the model was trained with (its input limits), or None
-        for the defaults (the paper's)."""
+        for those its config.json records (the defaults, the paper's, with a warning, where a
+        directory predates the record)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a model directory (str or Path), got {type(path).__name__}")
+        if config is not None and not isinstance(config, (str, Config)):
+            raise TypeError(f"config: expected a preset name, a YAML path, a Config or None, got "
+                            f"{type(config).__name__}")
+        check_text(device, "device")
         cfg = load_config(config) if isinstance(config, str) else config
         if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
-            return cls(load_task_model(path, device), cfg, **kwargs)
-        return cls(load_model_dir(path, device, trust_pickle), cfg, **kwargs)
+            bundle = load_task_model(path, device)
+        else:
+            bundle = load_model_dir(path, device, trust_pickle)
+        return cls(bundle, cfg if cfg is not None else trained_limits(bundle, path), **kwargs)
 
     # ----- inputs ---------------------------------------------------------------------------
     @property
@@ -112,14 +187,19 @@ class Model:
 
     def phrases(self, texts: Sequence[str]) -> list[list[tuple[str, ...]]]:
         """Scene-graph tuples of each text (none when phrase parsing is off)."""
+        texts = check_texts(texts)
         if not self.parse_phrases:
             return [[] for _ in texts]
-        return [p.tuples for p in self.extractor.extract(list(texts), progress=False)]
+        return [p.tuples for p in self.extractor.extract(texts, progress=False)]
 
     def images_from_store(self, features: str, predictions: str | None = None, image_ids: Sequence[str] | None = None):
         """Per-image dicts of a feature store (VinVL TSV pair or memmap directory); all images by default."""
-        store = open_feature_store(features, predictions, self.model.cfg.region_feat_dim)
-        return [store[i] for i in (store.ids() if image_ids is None else image_ids)]
+        for what, value in (("features", features), ("predictions", predictions)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
+        ids = None if image_ids is None else check_texts(image_ids, "image_ids")
+        store = open_feature_store(str(features), predictions and str(predictions), self.model.cfg.region_feat_dim)
+        return [store[i] for i in (store.ids() if ids is None else ids)]
 
     @staticmethod
     def detect(pixels: Sequence[np.ndarray], detector) -> list[Regions]:
@@ -147,7 +227,9 @@ class Model:
     ) -> EncodedSet:
         """Global embeddings and token/phrase outputs of each text (the merged-attention
         model: the embedded texts, no global embeddings)."""
-        texts = [str(t) for t in texts]
+        texts = check_texts(texts)
+        if phrases is not None and (isinstance(phrases, (str, Mapping)) or not isinstance(phrases, Sequence)):
+            raise TypeError(f"phrases: expected a list (one per text) of phrase lists, got {type(phrases).__name__}")
         with self._text_lock:
             tuples = self.phrases(texts) if phrases is None else phrases
             pieces = self.pieces.captions(texts) if texts else []
@@ -162,7 +244,7 @@ class Model:
 
     def _image_items(self, images) -> list[dict]:
         d = self.cfg.data
-        items = [image_item(im, d.max_regions, d.max_tags) for im in images]
+        items = [image_item(im, d.max_regions, d.max_tags) for im in check_images(images)]
         want = self.model.cfg.region_feat_dim
         for i, it in enumerate(items):
             if it["region_feats"].shape[1] != want:
@@ -183,7 +265,7 @@ class Model:
         """(images, texts) scores: "uni" = cosine of the global embeddings, "itm" = log-odds of
         matching from the multimodal encoder, "both" = their sum (the merged-attention model:
         "itm" only). Images and texts may be given raw or already encoded."""
-        if mode not in SCORES:
+        if not isinstance(mode, str) or mode not in SCORES:
             raise ValueError(f"unknown score {mode!r} (expected one of {', '.join(SCORES)})")
         if mode != "itm":
             self.require_global_embeddings(f"score(mode={mode!r})")
@@ -200,6 +282,9 @@ class Model:
     def answer(self, image, question: str, top: int = 1) -> list[tuple[str, float]]:
         """The ``top`` answers of a VQA-fine-tuned model (``mvptr finetune vqa``) to a question
         about ``image``, with their probabilities (the head is trained with BCE on soft scores)."""
+        check_image(image)
+        check_text(question, "question")
+        check_count(top, "top")
         head = getattr(self.model, "task_head", None)
         answers = getattr(head, "answers", None)
         if answers is None:
@@ -234,6 +319,10 @@ class Model:
         """The region each phrase of ``caption`` refers to: its noun phrases (parsed), or the
         given substrings. A phrase is the mean multimodal output of its word pieces, matched
         to the region output of highest cosine (paper 4.2.3)."""
+        check_image(image)
+        check_text(caption, "caption")
+        if phrases is not None:
+            phrases = check_texts(phrases, "phrases")
         with self._text_lock:
             enc = self.bundle.tokenizer(caption, truncation=True, max_length=self.cfg.data.max_tokens,
                                         return_offsets_mapping=True)

@@ -35,15 +35,18 @@ import torch
 
 from ..checkpoint.model_dir import STATE_FILE
 from ..core.config import Config, load_config, to_dict
-from ..core.fileio import replace_dir
+from ..core.errors import FormatError
+from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
 from ..eval.retrieval import itm_scores
 from ..vision.detect import IMAGE_SUFFIXES, extract_features
-from .api import Model, open_feature_store
+from .api import Model, check_count, check_text, open_feature_store
 from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
 from .images import checked_image
 
 FORMAT = "mvptr-search/2"
 REBUILD = "rebuild it with `mvptr search build`"
+MAX_TOP = 100  # images one query returns, at most (the HTTP API's limits too)
+MAX_RERANK = 200  # candidates one query re-ranks, at most
 log = logging.getLogger("mvptr.search")
 
 
@@ -73,15 +76,43 @@ def read_meta(path: Path) -> dict:
     meta_file = path / "index.json"
     if not meta_file.exists():
         raise FileNotFoundError(f"{meta_file}: not found (build an index with `mvptr search build`)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{meta_file}: not valid JSON ({err}); {REBUILD}") from None
+    meta = _load_json(meta_file)
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("mvptr-search/"):
         raise ValueError(f"{meta_file}: not an mvptr search index")
     if meta["format"] != FORMAT:
         raise ValueError(f"{meta_file}: index format {meta['format']}, this mvptr reads {FORMAT}; {REBUILD}")
     return meta
+
+
+def _load_json(path: Path):
+    """A JSON file of an index; one that is not JSON is a FormatError naming it and saying how to rebuild."""
+    try:
+        return load_json(path)
+    except FormatError as err:
+        raise FormatError(f"{err}; {REBUILD}", err.reason) from None
+
+
+def _load_list(path: Path, kind: type):
+    value = _load_json(path)
+    if not isinstance(value, kind):
+        raise FormatError(f"{path}: expected a JSON {'list' if kind is list else 'object'}, not "
+                          f"{type(value).__name__}; {REBUILD}")
+    return value
+
+
+def _load_embeddings(path: Path, rows: int) -> np.ndarray:
+    """The index's embeddings, memory-mapped copy-on-write; a truncated or damaged file names itself."""
+    try:
+        emb = np.load(path, mmap_mode="c")  # copy-on-write: a tensor can view it
+    except FileNotFoundError:
+        raise FormatError(f"{path}: not found; {REBUILD}", "file not found") from None
+    except (ValueError, OSError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FormatError(f"{path}: not a readable array, truncated or damaged ({first}); {REBUILD}") from None
+    if emb.ndim != 2 or len(emb) != rows:
+        raise FormatError(f"{path}: {len(emb) if emb.ndim else 0} embeddings (shape {emb.shape}) for {rows} image "
+                          f"ids; {REBUILD}")
+    return emb
 
 
 def check_model(meta: dict, model_dir: Path, index_dir: Path, fingerprint: str | None = None) -> None:
@@ -123,15 +154,13 @@ def image_files(image_dir: str | Path, ids) -> dict[str, str]:
 
 
 def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
-    """A fresh ``out.tmp`` holding, with ``add``, the region stores of the index at ``out``
-    (hard links: nothing in them is rewritten) and that index's metadata."""
+    """A fresh temporary directory beside ``out`` (``out.tmp.<pid>.<random>``) holding, with
+    ``add``, the region stores of the index at ``out`` (hard links: nothing in them is
+    rewritten) and that index's metadata."""
     old = read_meta(out) if add else None
     if old:
         check_model(old, model_dir, out, fingerprint)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = tmp_dir(out)
     for sub in (p for p in out.iterdir() if p.is_dir()) if add else ():
         shutil.copytree(sub, tmp / sub.name, copy_function=os.link)
     return tmp, old
@@ -159,8 +188,24 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
     files are, for showing them) or a directory of image files (``images`` + ``detector``).
     With ``add``, the images join the index at ``out``. Above ``exact_limit`` images the coarse
-    stage is approximate. The index replaces ``out`` only once it is complete."""
+    stage is approximate. The index replaces ``out`` only once it is complete; while it is
+    built, ``out``'s lock (``out.lock`` beside it) keeps a second build of it out."""
     out = Path(out)
+    for what, value in (("model_dir", model_dir), ("out", out), ("features", features), ("predictions", predictions),
+                        ("images", images), ("detector", detector), ("image_dir", image_dir)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
+    check_count(batch_size, "batch_size")
+    if exact_limit is not None:
+        check_count(exact_limit, "exact_limit", 0)
+    with output_lock(out, sibling=True):
+        return _build_index(model_dir, out, add, features=features, predictions=predictions, config=config,
+                            images=images, detector=detector, batch_size=batch_size, image_dir=image_dir,
+                            exact_limit=exact_limit)
+
+
+def _build_index(model_dir, out: Path, add: bool, *, features, predictions, config, images, detector, batch_size,
+                 image_dir, exact_limit) -> dict:
     if add and config:
         raise ValueError("--add encodes with the input limits of the index; leave out --config")
     if not images and not features:
@@ -183,12 +228,12 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     model.require_global_embeddings("an image search index")
     store = open_feature_store(*read_from, model.model.cfg.region_feat_dim)
     ids = list(store.ids())
-    known = json.loads((out / "ids.json").read_text()) if old else []
+    known = _load_list(out / "ids.json", list) if old else []
     seen = set(known)
     dup = next((i for i in ids if i in seen), None)
     if dup is not None:
         raise ValueError(f"{features}: image id {dup!r} is already in the index {out}")
-    files = json.loads((out / "files.json").read_text()) if old else {}
+    files = _load_list(out / "files.json", dict) if old else {}
     if image_dir:
         new_files = image_files(image_dir, ids)
         if ids and not new_files:
@@ -239,20 +284,23 @@ class SearchIndex:
 
     def __init__(self, path: str | Path, parse_phrases: bool = True, model_dir: str | Path | None = None,
                  nprobe: int | None = None):
+        for what, value in (("path", path), ("model_dir", model_dir)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{what}: expected a directory (str or Path), got {type(value).__name__}")
+        if nprobe is not None:
+            check_count(nprobe, "nprobe")
         self.path = Path(path)
         self.meta = read_meta(self.path)
         model_dir = Path(model_dir or self.meta["model"])
         check_model(self.meta, model_dir, self.path)
-        self.ids = json.loads((self.path / "ids.json").read_text())
+        self.ids = _load_list(self.path / "ids.json", list)
         self.row = {image_id: r for r, image_id in enumerate(self.ids)}
-        self.files = json.loads((self.path / "files.json").read_text())
+        self.files = _load_list(self.path / "files.json", dict)
         # where the image files may be (indexes built before the directories were recorded: anywhere)
         stores = self.meta["stores"]
         known = all("image_dir" in s for s in stores)
         self.image_dirs = [s["image_dir"] for s in stores if s["image_dir"]] if known else None
-        emb = np.load(self.path / "embeddings.npy", mmap_mode="c")  # copy-on-write: a tensor can view it
-        if len(emb) != len(self.ids):
-            raise ValueError(f"{self.path}: {len(emb)} embeddings for {len(self.ids)} image ids; {REBUILD}")
+        emb = _load_embeddings(self.path / "embeddings.npy", len(self.ids))
         self.emb = torch.from_numpy(emb)
         ivf = self.path / IVF_FILE if self.meta["coarse"]["kind"] == "ivf" else None
         self.coarse = CoarseIndex(emb, ivf, nprobe)
@@ -275,11 +323,21 @@ class SearchIndex:
         query and one of its candidates is re-ranked in one ITM pass (candidates shared by
         several queries are encoded once). Each gets the answer it would get alone; each
         ``timing`` gets the batch's times and its size."""
-        for text, _, _, score, _ in queries:
-            if score not in ("itm", "itm+sim", "uni"):
-                raise ValueError(f"unknown score {score!r} (expected itm, itm+sim or uni)")
-            if not text.strip():
-                raise ValueError("empty query")
+        if isinstance(queries, (str, tuple)) or not isinstance(queries, list):
+            raise TypeError(f"queries: expected a list of (text, top, rerank, score, timing) tuples, got "
+                            f"{type(queries).__name__}")
+        for n, query in enumerate(queries):
+            if not isinstance(query, (tuple, list)) or len(query) != 5:
+                raise TypeError(f"queries[{n}]: expected a tuple (text, top, rerank, score, timing)")
+            text, top, rerank, score, timing = query
+            if not check_text(text, "text").strip():
+                raise ValueError("text: an empty query; give a sentence to search for")
+            check_count(top, "top")
+            check_count(rerank, "rerank", 0)
+            if not isinstance(score, str) or score not in ("itm", "itm+sim", "uni"):
+                raise ValueError(f"score: unknown score {score!r} (expected itm, itm+sim or uni)")
+            if timing is not None and not isinstance(timing, dict):
+                raise TypeError(f"timing: expected a dict to fill, or None, got {type(timing).__name__}")
         timings = [{} if q[4] is None else q[4] for q in queries]
         live = [j for j, q in enumerate(queries) if self.ids and q[1] >= 1]
         hits: list[list[Hit]] = [[] for _ in queries]

@@ -11,9 +11,11 @@ imports, and :func:`load_service` says what to install.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Sequence
 
 from .api import Model
@@ -28,7 +30,7 @@ except ModuleNotFoundError as err:
 else:
     MISSING = None
 
-__all__ = ["HideQueries", "allowed_hosts", "load_service", "make_server"]
+__all__ = ["HideQueries", "allowed_hosts", "check_listen", "load_service", "make_server"]
 HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]|\*")
 
 
@@ -50,6 +52,27 @@ def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
     else:
         names = [f"[{address}]" if address is not None and address.version == 6 else bind.lower()]
     return names + [n.lower() for n in extra if n.lower() not in names]
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind ``host``:``port`` once, as the server will, and let it go: ValueError saying why it
+    cannot be listened on (a port out of range, one in use, an address of no interface here)."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: expected a port number from 0 to 65535")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host}: not an address or host name of this machine ({err})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as err:
+            why = {errno.EADDRINUSE: "the port is in use by another program; stop it or choose another --port",
+                   errno.EACCES: "not permitted (ports below 1024 need privileges); choose a --port above 1023",
+                   errno.EADDRNOTAVAIL: "no interface of this machine has that address; check --host"}
+            raise ValueError(f"cannot listen on {host}:{port}: {why.get(err.errno, err.strerror)}") from None
 
 
 class HideQueries(logging.Filter):

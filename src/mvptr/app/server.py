@@ -38,13 +38,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .api import Model
 from .images import read_image
 from .middleware import MAX_BODY, SECURITY_HEADERS, BodyLimit, SecurityHeaders
-from .search import SearchIndex
+from .search import MAX_RERANK, MAX_TOP, SearchIndex  # noqa: F401  (the limits of the API, here too)
 from .worker import ClientGone, ModelQueue, QueueFull
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY = 300  # characters of a query or a question
-MAX_TOP = 100
-MAX_RERANK = 200
 MAX_ANSWERS = 20
 QUEUE = 32  # requests waiting for the model, at most; more are answered 503
 WINDOW_MS = 5.0  # a batch of searches gathers for this long

@@ -4,7 +4,7 @@ A model directory holds ``config.json``, ``model.safetensors``, the tokenizer fi
 ``phrase_vocab.json`` and ``tag_vocab.json``. Optimiser/scheduler/RNG state goes to a
 separate ``training_state.pt`` that loads with ``weights_only=True``.
 
-A directory is written beside its final place (``NAME.tmp``), flushed to disk, then
+A directory is written beside its final place (``NAME.tmp.<pid>.<random>``, one per writer), flushed to disk, then
 swapped in by renames, so a process killed at any moment leaves either the old or the
 new directory complete; :func:`recover_dir` finishes an interrupted swap.
 
@@ -15,7 +15,9 @@ they are refused unless the caller says the file is trusted (``trust_pickle=True
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
 from ..core.errors import ConfigError, FormatError, UntrustedPickleError
-from ..core.fileio import recover_dir, replace_dir
+from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir
 from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
 from ..text.phrases import PhraseVocab
@@ -38,6 +40,12 @@ from ..text.tokenizer import load_tokenizer
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
+# config.json's "format": the versions this mvptr reads, and the one it writes
+FORMAT = "mvptr/1"
+FORMATS_READ = ("mvptr/1",)
+# the input limits (data.<key>) a model was trained with, recorded in config.json's "limits"
+LIMIT_KEYS = ("max_tokens", "max_phrases", "max_tags", "max_regions")
+REWRITE = "rewrite it from the run that trained the model (its checkpoint), or train the model again"
 
 
 # settings outside ModelConfig that change what the model sees (objectives.<key>)
@@ -54,9 +62,20 @@ class Bundle:
     tag_vocab: list[str]
     # the INPUT_KEYS the model was trained with ({} when a directory predates them)
     inputs: dict = field(default_factory=dict)
+    # the LIMIT_KEYS it was trained with ({} when unknown: a directory that predates them)
+    limits: dict = field(default_factory=dict)
+    # the objectives that trained its heads, over all its stages (None when unknown)
+    trained: list[str] | None = None
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
+
+
+def record_training(bundle: Bundle, data, objectives) -> None:
+    """Note in ``bundle`` (saved to config.json) what a run trains it with: the input limits of
+    ``data`` (a DataConfig) and ``objectives``, added to those of its earlier stages."""
+    bundle.limits = {k: int(getattr(data, k)) for k in LIMIT_KEYS}
+    bundle.trained = sorted(set(bundle.trained or ()) | set(objectives))
 
 
 def has_checkpoint(path: str | Path) -> bool:
@@ -70,16 +89,34 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
     (a task head, say) so that they arrive with the rest or not at all. ``weights`` replaces the
     model's own state dict (the fp32 master weights of a 16-bit DeepSpeed module)."""
     final = Path(path)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = tmp_dir(final)
+    try:
+        with naming(final):
+            _write_model_files(tmp, bundle, training_state, extra, weights)
+            replace_dir(tmp, final)
+    finally:
+        if tmp.exists():  # a failed write (a full disk, say): the old directory stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_model_files(tmp: Path, bundle: Bundle, training_state: dict | None, extra, weights: dict | None) -> None:
     model = bundle.model
     config = {"model": to_dict(model.cfg), "inputs": dict(bundle.inputs), "num_phrases": model.num_phrases,
-              "format": "mvptr/1"}
+              "format": FORMAT}
+    if bundle.limits:
+        config["limits"] = dict(bundle.limits)
+    if bundle.trained is not None:
+        config["trained_objectives"] = list(bundle.trained)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
-    save_file(state, str(tmp / MODEL_FILE))
+    try:
+        save_file(state, str(tmp / MODEL_FILE))
+    except SafetensorError as err:  # its I/O errors come as text: "IoError(Os { code: 28, ... })"
+        code = re.search(r"code: (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from err
     bundle.tokenizer.save_pretrained(str(tmp))
     bundle.phrase_vocab.save(tmp / "phrase_vocab.json")
     (tmp / "tag_vocab.json").write_text(json.dumps(bundle.tag_vocab, indent=1))
@@ -87,8 +124,6 @@ def save_model_dir(path: str | Path, bundle: Bundle, training_state: dict | None
         torch.save(training_state, tmp / STATE_FILE)
     if extra is not None:
         extra(tmp)
-    replace_dir(tmp, final)
-    return final
 
 
 def save_pretrained(model: MVPTR, path: str | Path, tokenizer, phrase_vocab: PhraseVocab, tag_vocab: list[str],
@@ -110,7 +145,8 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:  # reported without the file's name
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+            raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({err}); copy it "
+                             f"again from where the model was trained, or {REWRITE}") from None
     if not trust_pickle:
         raise UntrustedPickleError(
             f"{path} is a pickle file, and loading a pickle can run arbitrary code; if you trust its source, "
@@ -154,6 +190,10 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     if not isinstance(config, dict) or str(config.get("format", "")).split("/")[0] != "mvptr":
         raise ValueError(f"{cfg_file}: not an mvptr model directory "
                          "(for official checkpoints use `mvptr convert official`)")
+    if config["format"] not in FORMATS_READ:
+        raise FormatError(f"{cfg_file}: model directory format {config['format']!r}; this mvptr reads "
+                          f"{', '.join(FORMATS_READ)}: use the mvptr version that wrote it, or a newer one",
+                          "model directory")
     source = weights_file(path)
     state = {k: v.to(device) for k, v in load_weights(source, trust_pickle).items()}
     if "tag_pieces" not in state:
@@ -174,9 +214,36 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     inputs = config.get("inputs", {})
     if not isinstance(inputs, dict) or not all(k in INPUT_KEYS and isinstance(v, bool) for k, v in inputs.items()):
         raise ValueError(f"{cfg_file}: 'inputs' must map some of {', '.join(INPUT_KEYS)} to true or false")
-    bundle = Bundle(model.to(device), load_tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"), inputs)
+    limits, trained = _training_record(config, cfg_file)
+    bundle = Bundle(model.to(device), _tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"), inputs,
+                    limits, trained)
     check_complete(path, bundle, state)
     return bundle
+
+
+def _training_record(config: dict, cfg_file: Path) -> tuple[dict, list[str] | None]:
+    """config.json's input limits and trained objectives (absent in older directories)."""
+    limits, trained = config.get("limits", {}), config.get("trained_objectives")
+    if not isinstance(limits, dict) or not all(k in LIMIT_KEYS and isinstance(v, int) and not isinstance(v, bool)
+                                               and v > 0 for k, v in limits.items()):
+        raise FormatError(f"{cfg_file}: 'limits' must map some of {', '.join(LIMIT_KEYS)} to positive whole "
+                          f"numbers; {REWRITE}", "model directory")
+    if trained is not None and not (isinstance(trained, list) and all(isinstance(t, str) for t in trained)):
+        raise FormatError(f"{cfg_file}: 'trained_objectives' must be a list of objective names; {REWRITE}",
+                          "model directory")
+    return limits, trained
+
+
+def _tokenizer(path: Path):
+    """The model directory's tokenizer; files transformers cannot read are a FormatError naming them."""
+    try:
+        return load_tokenizer(path)
+    except Exception as err:  # noqa: BLE001  (transformers and tokenizers raise many kinds, none naming the file)
+        where = path / "tokenizer.json" if (path / "tokenizer.json").exists() else path
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FormatError(f"{where}: not a readable tokenizer ({type(err).__name__}: {first}); copy the tokenizer "
+                          "files (tokenizer.json, vocab.txt, tokenizer_config.json) again from the directory the "
+                          "model was trained from", "model directory") from None
 
 
 def rebuild_model(bundle: Bundle, cfg: ModelConfig) -> None:

@@ -27,7 +27,8 @@ Every command that takes ``key=value`` overrides saves the resolved configuratio
 One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
 file, setting or output directory) is one line on stderr and exit status 2, and so is an
 operating-system error on a path the user gave (missing, a file where a directory goes, a
-directory where a file goes); any other exception is a bug and keeps its traceback (exit
+directory where a file goes), and so is a full disk (the path being written; what was there
+before stays whole); any other exception is a bug and keeps its traceback (exit
 status 1). One module per command group.
 
 With ``--model`` / ``--init-model`` the model directory's own settings (its ``model`` section,
@@ -43,6 +44,7 @@ as ``skipped.json`` beside the command's outputs.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -124,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvptr: {err}{hint}", file=sys.stderr)
         return 2
     except OSError as err:  # a path of the user's: missing, a file where a directory goes, ...
+        if err.errno in FULL:  # a full disk: what was written before stays whole (atomic writes)
+            where = err.filename or getattr(args, "out", None) or "the output"
+            print(f"mvptr: {where}: {FULL[err.errno]}; free some space (or write elsewhere) and run the command "
+                  "again", file=sys.stderr)
+            return 2
         if err.filename is None and not isinstance(err, (FileNotFoundError, FileExistsError)):
             raise
         where = f"{err.filename}: {err.strerror}" if err.filename is not None else str(err)
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 PATH_HINTS = {FileExistsError: "a file stands where a directory is needed: move it or choose another path",
               NotADirectoryError: "a file stands where a directory is needed: move it or choose another path",
               IsADirectoryError: "a directory stands where a file is needed: give the file's path"}

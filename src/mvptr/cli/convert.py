@@ -6,13 +6,14 @@ import json
 
 from ..checkpoint.official import convert_official
 from ..core.errors import FormatError, MvptrError
-from ..core.fileio import check_apart
+from ..core.fileio import check_apart, output_lock
 
 
 def cmd_convert(args) -> None:
     check_apart({"the output directory": args.out}, {"the checkpoint directory": args.src})
     try:
-        report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)
+        with output_lock(args.out, sibling=True):  # the model directory is swapped in whole: its lock lies beside it
+            report = convert_official(args.src, args.out, trust_pickle=args.trust_pickle)
     except MvptrError:
         raise
     except (FileNotFoundError, ValueError) as err:  # the checkpoint's files, named in the message

@@ -30,7 +30,8 @@ def cmd_ablate(args) -> None:
     cfg = run_config(args)
     rows = select_rows(args.rows.split(",")) if args.rows else ROWS
     out = Path(args.out or Path(cfg.out_dir) / "ablation")
-    run_ablation(args.config, overrides, out, args.seeds, rows, budget=args.budget)
+    with locked(out):
+        run_ablation(args.config, overrides, out, args.seeds, rows, budget=args.budget)
     print((out / "ablation.md").read_text())
 
 

@@ -4,6 +4,7 @@ demo world's compositional probes."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..checkpoint.model_dir import load_model_dir
@@ -17,7 +18,7 @@ from ..train.trainer import check_writable
 from ..workflows import evaluate as zero_shot
 from ..workflows.finetune import evaluate_task
 from ..workflows.probes import evaluate_probes
-from .common import SKIP_HELP, add_config_args, is_main, report_skipped, run_config, trained
+from .common import SKIP_HELP, add_config_args, is_main, locked, report_skipped, run_config, trained
 
 
 def _task_args(args):
@@ -37,7 +38,10 @@ def cmd_evaluate(args) -> None:
     result = zero_shot.evaluate(cfg, bundle, skipped=skipped)
     if not is_main():
         return
-    write_json(out / "eval.json", result)
+    if zero_shot.untrained_itm(bundle):
+        print(f"mvptr evaluate: {args.model}: {zero_shot.untrained_itm(bundle)}", file=sys.stderr)
+    with locked(out):
+        write_json(out / "eval.json", result)
     print(json.dumps(result, indent=2))
     report_skipped(skipped, out / "skipped.json")
 
@@ -59,7 +63,8 @@ def cmd_evaluate_probes(args) -> None:
     result = evaluate_probes(cfg, bundle, build_probe_set(cfg, progress=is_main()))
     if not is_main():
         return
-    write_json(out / "probes.json", result)
+    with locked(out):
+        write_json(out / "probes.json", result)
     print(probes_table({k: v for k, v in result.items() if k in ("itm", "cosine")}))
     print(f"probes: {result['counts']}; {result['tie_rule']}; written to {out / 'probes.json'}")
 
@@ -80,7 +85,8 @@ def cmd_evaluate_task(args) -> None:
     metrics = evaluate_task(cfg, args.task, bundle, out, skipped=skipped)
     if not is_main():
         return
-    write_json(out / f"eval_{args.task}.json", metrics)
+    with locked(out):
+        write_json(out / f"eval_{args.task}.json", metrics)
     print(json.dumps(metrics, indent=2))
     report_skipped(skipped, out / "skipped.json")
 

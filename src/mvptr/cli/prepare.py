@@ -44,29 +44,32 @@ def cmd_prepare(args) -> None:
         check_world_size(pick(args.n_train, d.n_train), pick(args.n_val, d.n_val), pick(args.n_test, d.n_test),
                          pick(args.image_size, d.image_size),
                          {k: f"--{k.replace('_', '-')}" for k in ("n_train", "n_val", "n_test", "image_size")})
-        summary = generate_demo_world(args.out or d.data_dir, n_train=pick(args.n_train, d.n_train),
-                                      n_val=pick(args.n_val, d.n_val), n_test=pick(args.n_test, d.n_test),
-                                      seed=pick(args.seed, cfg.seed), image_size=pick(args.image_size, d.image_size))
+        sizes = {k: pick(getattr(args, k), getattr(d, k)) for k in ("n_train", "n_val", "n_test", "image_size")}
+        with output_lock(args.out or d.data_dir):
+            summary = generate_demo_world(args.out or d.data_dir, seed=pick(args.seed, cfg.seed), **sizes)
         print(json.dumps(summary, indent=2, default=str))
     elif args.what == "tasks":
-        print(json.dumps(prepare_demo_tasks(args.out or d.data_dir), indent=2))
+        with output_lock(args.out or d.data_dir):
+            print(json.dumps(prepare_demo_tasks(args.out or d.data_dir), indent=2))
     elif args.what == "tags":
         if not args.instances or not args.out:
             raise ConfigError("prepare tags: --instances and --out are required")
         tags = tags_from_coco_instances(args.instances, args.key)
-        write_tag_file(args.out, tags)
+        with output_lock(args.out, sibling=True):
+            write_tag_file(args.out, tags)
         print(json.dumps({"out": args.out, "images": len(tags), "tags": sum(map(len, tags.values())),
                           "classes": len({t for v in tags.values() for t in v})}, indent=2))
     elif args.what == "easyvqa":
         detector = args.detector or str(Path(d.data_dir) / "detector.safetensors")
-        print(json.dumps(prepare_easyvqa(args.out or str(Path(d.data_dir) / "easyvqa"), detector), indent=2))
+        with output_lock(args.out or str(Path(d.data_dir) / "easyvqa")):
+            print(json.dumps(prepare_easyvqa(args.out or str(Path(d.data_dir) / "easyvqa"), detector), indent=2))
     elif args.what == "vocab":
         # one phrase vocabulary over all corpora of data.corpora (or the single corpus)
         out = Path(args.out or cfg.data.phrase_vocab)
         skipped = skipped_samples(args)
         vocab, captions = mix_phrase_vocab(cfg.data, min_count, skipped)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        vocab.save(out)
+        with output_lock(out, sibling=True):
+            vocab.save(out)
         print(json.dumps({"out": str(out), "captions": captions, "vocab_size": len(vocab),
                           "min_count": min_count}, indent=2))
         report_skipped(skipped, out.with_name("skipped.json"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..app.coarse import EXACT_LIMIT
-from ..app.search import SearchIndex, build_index
+from ..app.search import MAX_RERANK, MAX_TOP, SearchIndex, build_index
 from ..core.errors import ConfigError, FormatError, MvptrError
 from ..core.fileio import check_apart
 
@@ -15,6 +15,13 @@ def cmd_search(args) -> None:
         raise ConfigError("search build: --model and --out are required")
     if args.action == "query" and (not args.index or not args.text):
         raise ConfigError("search query: give the index directory and a sentence")
+    for flag, value, least, most in (("--top", args.top, 1, MAX_TOP), ("--rerank", args.rerank, 0, MAX_RERANK),
+                                     ("--batch-size", args.batch_size, 1, None), ("--nprobe", args.nprobe, 1, None),
+                                     ("--exact-limit", args.exact_limit, 0, None)):
+        if value is not None and (value < least or (most is not None and value > most)):
+            raise ConfigError(f"{flag} {value}: expected a whole number "
+                              + (f"from {least} to {most}" if most is not None else f"of at least {least}")
+                              + (" (0: no re-ranking)" if flag == "--rerank" else ""))
     try:
         _search(args)
     except MvptrError:
@@ -62,10 +69,12 @@ def add_parser(subparsers) -> None:
                    help=f"images searched exactly; an approximate (faiss IVF) index above "
                         f"(build; default {EXACT_LIMIT})")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--rerank", type=int, default=64, help="candidates the multimodal encoder re-ranks (query)")
+    p.add_argument("--top", type=int, default=10, help=f"images to show, 1 to {MAX_TOP} (query)")
+    p.add_argument("--rerank", type=int, default=64,
+                   help=f"candidates the multimodal encoder re-ranks, 0 (none) to {MAX_RERANK} (query)")
     p.add_argument("--score", choices=["itm", "itm+sim", "uni"], default="itm+sim")
-    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits (query; default: 1/8 of them)")
+    p.add_argument("--nprobe", type=int,
+                   help="lists an approximate coarse stage visits (query; default: 1/8 of them)")
     p.add_argument("--no-phrases", action="store_true", help="do not parse phrase concepts from the query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

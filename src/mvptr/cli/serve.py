@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ..app.serve import allowed_hosts, load_service, make_server
+from ..app.serve import allowed_hosts, check_listen, load_service, make_server
 
 
 def _fail(message: str):
@@ -23,6 +23,7 @@ def cmd_serve(args) -> None:
         _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
     try:
         hosts = allowed_hosts(args.host, args.allowed_host or [])
+        check_listen(args.host, args.port)  # before the index is loaded, not after
     except ValueError as err:
         _fail(str(err))
     for flag, value, least in (("--workers", args.workers, 1), ("--queue", args.queue, 1),
@@ -36,6 +37,10 @@ def cmd_serve(args) -> None:
     except ImportError as err:
         _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
     except (FileNotFoundError, ValueError) as err:  # FormatError is a ValueError
+        _fail(str(err))
+    try:
+        check_listen(args.host, args.port)  # taken while the index loaded?
+    except ValueError as err:
         _fail(str(err))
     print(f"mvptr serve: {args.index} on http://{args.host}:{args.port}/ (answering Host {', '.join(hosts)}; "
           f"OpenAPI description at /openapi.json)", flush=True)

@@ -18,11 +18,12 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError, FormatError, OutputDirError, SkippedSamples, skip_or_raise
+from .errors import ConfigError, FormatError, MvptrError, OutputDirError, SkippedSamples, skip_or_raise
 
 try:
     import fcntl
@@ -30,9 +31,11 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None
 
 __all__ = ["PathLike", "output_lock", "load_json", "write_json", "write_text_atomic", "replace_dir", "recover_dir",
-           "append_json_lines", "read_json_lines", "text_line"]
+           "append_json_lines", "read_json_lines", "text_line", "tmp_file", "tmp_dir", "naming"]
 
 PathLike = str | os.PathLike
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 @contextlib.contextmanager
@@ -67,13 +70,72 @@ def output_lock(directory: str | os.PathLike, sibling: bool = False):
         f.close()
 
 
+@contextlib.contextmanager
+def naming(path: PathLike):
+    """An OSError of the body without a file name (a write to an open file on a full disk)
+    gets ``path``'s, so that its message says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None or isinstance(err, MvptrError):
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place: a reader sees the old file or the new one."""
+    """Write ``text`` beside ``path`` and rename it into place: a reader sees the old file or the
+    new one (a full disk leaves the old one as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = tmp_file(path)
+    try:
+        with naming(path), open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tmp_file(path: PathLike) -> Path:
+    """A new empty file beside ``path`` (``NAME.<random>.tmp``) that no other process or thread
+    writes: two writers of one file never share a temporary name."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o666 & ~UMASK)  # the permissions an ordinary new file gets, not mkstemp's 0600
+    return Path(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tmp_dir(final: PathLike) -> Path:
+    """A new directory beside ``final`` to build it in before :func:`replace_dir` swaps it in:
+    ``NAME.tmp.<pid>.<random>``, unique per process and call. Those left by a process that is
+    gone (a crash, SIGKILL), and the ``NAME.tmp`` of earlier versions, are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    legacy = final.with_name(final.name + ".tmp")
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
+    for stale in final.parent.glob(glob_escape(final.name) + ".tmp.*"):
+        pid = stale.name[len(final.name) + 5:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f"{final.name}.tmp.{os.getpid()}.", dir=final.parent)
+    os.chmod(tmp, 0o777 & ~UMASK)
+    return Path(tmp)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
@@ -158,7 +220,7 @@ def append_json_lines(path: PathLike, records: Iterable[Any]) -> None:
     path = Path(path)
     _cut_torn_tail(path)
     text = "".join(json.dumps(r) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
+    with naming(path), open(path, "a", encoding="utf-8") as f:
         f.write(text)
         f.flush()
 

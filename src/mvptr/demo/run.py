@@ -153,7 +153,7 @@ def run_demo(cfg: Config, resume: bool = True) -> dict:
 
 def _copy(bundle: Bundle) -> Bundle:
     return Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab,
-                  dict(bundle.inputs))
+                  dict(bundle.inputs), dict(bundle.limits), bundle.trained)
 
 
 def demo_task_files(cfg: Config) -> Config:

@@ -97,7 +97,9 @@ def summarise(i2t: dict[int, float], t2i: dict[int, float]) -> dict[str, float]:
 def chance_recall(num_images: int, captions_per_image: int, ks=KS) -> dict[str, float]:
     """Expected recall of a random ranking (captions_per_image positives per image)."""
     n_text = num_images * captions_per_image
-    i2t = {k: 100.0 * (1 - math.comb(n_text - captions_per_image, k) / math.comb(n_text, k)) for k in ks}
+    # k at least the number of captions: every caption is among the k, the positives too
+    i2t = {k: 100.0 * (1 - math.comb(n_text - captions_per_image, min(k, n_text)) / math.comb(n_text, min(k, n_text)))
+           for k in ks}
     t2i = {k: 100.0 * min(k, num_images) / num_images for k in ks}
     return summarise(i2t, t2i)
 

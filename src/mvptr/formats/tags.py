@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.errors import FormatError
-from ..core.fileio import PathLike, load_json
+from ..core.fileio import PathLike, load_json, write_text_atomic
 
 KEYS = ("id", "stem")  # a COCO image by its id ("391895"), or its file name's stem
 
@@ -72,8 +72,4 @@ def tags_from_coco_instances(paths: Iterable[PathLike], key: str = "id") -> dict
 
 
 def write_tag_file(path: PathLike, tags: dict[str, list[str]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(tags, indent=0))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(tags, indent=0))

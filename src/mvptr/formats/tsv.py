@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..core.errors import FormatError
-from ..core.fileio import PathLike
+from ..core.fileio import PathLike, tmp_file
 
 
 def _lineidx_path(tsv_path: PathLike) -> Path:
@@ -34,7 +34,7 @@ def concat_tsv(parts: Sequence[PathLike], out_path: PathLike) -> int:
     (each part's offsets shifted by the bytes before it); returns the number of rows. Both
     files appear complete or not at all (written under temporary names, then renamed)."""
     out_path = Path(out_path)
-    tmp_tsv, tmp_idx = out_path.with_name(out_path.name + ".tmp"), out_path.with_name(out_path.name + ".lineidx.tmp")
+    tmp_tsv, tmp_idx = tmp_file(out_path), tmp_file(_lineidx_path(out_path))
     rows, base = 0, 0
     with open(tmp_tsv, "wb") as f, open(tmp_idx, "w", encoding="ascii") as idx:
         for part in parts:

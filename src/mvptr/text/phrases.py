@@ -58,6 +58,7 @@ from typing import Iterable, Sequence
 from tqdm.auto import tqdm
 
 from ..core.errors import FormatError, SkippedSamples
+from ..core.fileio import write_json
 from ..core.shards import shard_part
 from ..formats.captions import read_captions, split_names
 from ..formats.phrase_cache import ParsedCaption, Span, phrase_key, read_phrase_cache, write_phrase_cache
@@ -275,9 +276,7 @@ class PhraseVocab:
         return ids, [spans[i] for i in ids]
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"phrases": self._ids, "freq": self.freq, "min_count": self.min_count},
-                      f, indent=1)
+        write_json(path, {"phrases": self._ids, "freq": self.freq, "min_count": self.min_count}, indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PhraseVocab:

@@ -249,7 +249,7 @@ def claim_run_dir(out_dir: str | Path, resume: bool, overwrite: bool = False) ->
     if not overwrite:
         raise OutputDirError(f"{out} holds a run already ({', '.join(held)}); pass --resume to continue it, "
                              "--overwrite to replace it, or choose another output directory")
-    for name in RUN_FILES:
+    for name in [*RUN_FILES, *(p.name for p in out.glob("model.tmp.*"))]:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)

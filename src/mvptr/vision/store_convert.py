@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.errors import FormatError, SkippedSamples, skip_or_raise
+from ..core.fileio import naming, tmp_dir
 from ..core.shards import shard_part
 from ..formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
 from .stores import FORMAT, VERSION, MemmapStore, parse_detections
@@ -50,7 +51,7 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     """Write a memmap store from a VinVL TSV pair, one image at a time.
 
     Region data goes straight to files as it is read, so memory holds only a few numbers
-    per image. The store is built in ``<out_dir>.tmp`` and renamed into place when
+    per image. The store is built in ``<out_dir>.tmp.<pid>.<random>`` and renamed into place when
     complete, so ``out_dir`` is either absent or a whole store. ``feat_dim`` defaults
     to the width of the first image with regions. With ``skip``, a bad image is left
     out of the store and recorded there instead of raising. With ``part`` = (I, N), the
@@ -61,41 +62,44 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another output directory")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():  # left by an interrupted conversion
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    feats = VinVLFeatures(features_tsv, feat_dim=feat_dim, skip=skip)
-    preds = VinVLPredictions(predictions_tsv, skip=skip)
-    ids = []
-    dim = feat_dim
-    class_ids: dict[str, int] = {}
-    offsets, sizes = array("q", [0]), array("f")
-    with open(tmp / "features.f16", "wb") as f_feat, open(tmp / "boxes.raw", "wb") as f_boxes, \
-            open(tmp / "confs.raw", "wb") as f_confs, open(tmp / "tag_ids.raw", "wb") as f_tags:
-        for image_id in tqdm(shard_part(feats.ids(), part), desc="convert", unit="img", disable=not progress):
-            try:
-                x, image = _checked_image(feats, preds, image_id, dim)
-            except FormatError as err:
-                skip_or_raise(skip, err)
-                continue
-            ids.append(image_id)
-            if len(x):
-                dim = x.shape[1]
-                f_feat.write(x.astype("<f2").tobytes())
-            f_boxes.write(image["boxes"].astype("<f4").tobytes())
-            f_confs.write(image["confs"].astype("<f4").tobytes())
-            tags = [class_ids.setdefault(name, len(class_ids)) for name in image["classes"]]
-            f_tags.write(np.asarray(tags, dtype="<i4").tobytes())
-            offsets.append(offsets[-1] + len(x))
-            sizes.extend((image["width"], image["height"]))
-    if dim is None:
-        shutil.rmtree(tmp)
-        raise FormatError(f"{feats.path}: no image has regions, so the feature width is unknown; pass feat_dim")
-    meta = _write_index(tmp, ids, list(class_ids), offsets, sizes, dim)
-    tmp.rename(out)
+    tmp = tmp_dir(out)  # those left by an interrupted conversion are removed
+    try:
+        with naming(out):  # a write on a full disk names the store
+            feats = VinVLFeatures(features_tsv, feat_dim=feat_dim, skip=skip)
+            preds = VinVLPredictions(predictions_tsv, skip=skip)
+            ids = []
+            dim = feat_dim
+            class_ids: dict[str, int] = {}
+            offsets, sizes = array("q", [0]), array("f")
+            with open(tmp / "features.f16", "wb") as f_feat, open(tmp / "boxes.raw", "wb") as f_boxes, \
+                    open(tmp / "confs.raw", "wb") as f_confs, open(tmp / "tag_ids.raw", "wb") as f_tags:
+                for image_id in tqdm(shard_part(feats.ids(), part), desc="convert", unit="img", disable=not progress):
+                    try:
+                        x, image = _checked_image(feats, preds, image_id, dim)
+                    except FormatError as err:
+                        skip_or_raise(skip, err)
+                        continue
+                    ids.append(image_id)
+                    if len(x):
+                        dim = x.shape[1]
+                        f_feat.write(x.astype("<f2").tobytes())
+                    f_boxes.write(image["boxes"].astype("<f4").tobytes())
+                    f_confs.write(image["confs"].astype("<f4").tobytes())
+                    tags = [class_ids.setdefault(name, len(class_ids)) for name in image["classes"]]
+                    f_tags.write(np.asarray(tags, dtype="<i4").tobytes())
+                    offsets.append(offsets[-1] + len(x))
+                    sizes.extend((image["width"], image["height"]))
+            if dim is None:
+                raise FormatError(f"{feats.path}: no image has regions, so the feature width is unknown; pass feat_dim")
+            meta = _write_index(tmp, ids, list(class_ids), offsets, sizes, dim)
+            tmp.rename(out)
+    finally:
+        if tmp.exists():  # not renamed into place: a failed conversion leaves no half store
+            shutil.rmtree(tmp, ignore_errors=True)
     return {**meta, "num_classes": len(class_ids), "out_dir": str(out),
             "bytes": sum(p.stat().st_size for p in out.iterdir()), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _write_index(tmp: Path, ids: list[str], classes: list[str], offsets: array, sizes: array, dim: int) -> dict:
     """Everything of a store beside the region files (features.f16, boxes.raw, confs.raw,
     tag_ids.raw, already in ``tmp``); meta.json last. Returns the meta."""

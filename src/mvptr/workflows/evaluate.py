@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint.model_dir import Bundle
 from ..core.config import Config
-from ..core.errors import SkippedSamples
+from ..core.errors import ConfigError, SkippedSamples
 from ..data.builders import collator, phrase_lookup
 from ..data.grounding import grounding_examples
 from ..data.pretrain import build_pair_dataset
@@ -27,6 +27,15 @@ def eval_dataset(cfg: Config, bundle: Bundle, skip: SkippedSamples | None = None
                               cfg.eval.split, cfg.eval.max_images, skip=skip)
 
 
+def untrained_itm(bundle: Bundle) -> str | None:
+    """Why the ITM head of ``bundle`` cannot re-rank (no objective that trained it was itm, as
+    its config.json records), or None (it was trained, or the directory predates the record)."""
+    if bundle.trained is None or "itm" in bundle.trained:
+        return None
+    return (f"the model's ITM head was never trained (it was trained with {', '.join(bundle.trained) or 'nothing'}, "
+            "not itm), so re-ranked figures are left out and only uni-modal ones reported")
+
+
 @torch.no_grad()
 def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: SkippedSamples | None = None) -> dict:
     """Zero-shot retrieval (uni-modal and re-ranked) and phrase grounding on ``cfg.eval.split``.
@@ -35,11 +44,19 @@ def evaluate(cfg: Config, bundle: Bundle, progress: bool = True, skipped: Skippe
     With ``cfg.data.skip_bad``, bad samples go to ``skipped`` instead of raising.
     """
     model = bundle.model.eval()
+    note = untrained_itm(bundle)
+    if note is not None:  # re-ranking by a head no objective trained would report noise
+        if model.merged:
+            raise ConfigError(f"{note}; the merged-attention model ranks by ITM alone, so there is nothing to "
+                              "evaluate: evaluate a model pre-trained with the itm objective (stage 2)")
+        cfg = replace(cfg, eval=replace(cfg.eval, k_c=0, k_i=0))
     e = cfg.eval
     skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     dataset = eval_dataset(cfg, bundle, skip)
     collate = collator(cfg, bundle)
     retrieval, image_ids = rank_dataset(cfg, model, dataset, collate, progress)
+    if note is not None:
+        retrieval["rerank"] = f"not measured: {note}"
     examples = grounding_examples(e.entities_dir, image_ids, bundle.tokenizer, cfg.data.max_tokens,
                                   phrase_lookup(cfg, bundle.phrase_vocab, e.split, skip), skip=skip)
     chance = {"retrieval": chance_recall(len(image_ids), round(len(dataset) / len(image_ids)))}

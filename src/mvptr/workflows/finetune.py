@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint.model_dir import Bundle, rebuild_model
+from ..checkpoint.model_dir import Bundle, rebuild_model, record_training
 from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, task_kind
@@ -179,6 +179,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
         dataset = grounding_dataset(cfg, bundle, t.train_split, t.max_train, skip)
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     recipe = task_recipe(task, cfg, bundle.model.merged)
+    record_training(bundle, cfg.data, t.train.objectives)
     result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
     model_dir = out_dir / "model"

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import FormatError, SkippedSamples
-from ..core.fileio import load_json
+from ..core.fileio import load_json, tmp_file
 from ..core.shards import MARKER, SHARD_DIR_RE, shard_dir
 from ..formats.phrase_cache import read_phrase_cache, write_phrase_cache
 from ..formats.tsv import concat_tsv
@@ -75,8 +75,7 @@ def _merge_phrases(out: Path, dirs: list[Path], marker: dict) -> dict:
     cache: dict = {}
     for d in dirs:
         cache.update(read_phrase_cache(d / "phrase_cache.jsonl"))
-    tmp = out / "phrase_cache.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
+    tmp = tmp_file(out / "phrase_cache.jsonl")
     write_phrase_cache(tmp, cache.items())
     os.replace(tmp, out / "phrase_cache.jsonl")
     inputs = marker["inputs"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint.bert_init import init_dir, new_bundle
-from ..checkpoint.model_dir import Bundle, checkpoint_bytes
+from ..checkpoint.model_dir import Bundle, checkpoint_bytes, record_training
 from ..core import distributed
 from ..core.config import Config, StageConfig
 from ..core.errors import ConfigError, SkippedSamples
@@ -60,6 +60,8 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
         if skipped is not None:
             skipped.save(out_dir / "skipped.json")
     masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
+    # config.json records its input limits and the objectives that trained its heads (those switched on)
+    record_training(bundle, cfg.data, [o for o in stage.objectives if getattr(cfg.objectives, o, True) is not False])
     return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
                  cfg.device, cfg.data.num_workers, progress)
 
