@@ -127,7 +127,8 @@ def test_search_over_raw_images_through_the_detector(model_dir, world, tmp_path,
     assert meta["images"] == 6
     hits = SearchIndex(tmp_path / "index", parse_phrases=False).query("a red circle", top=2, rerank=4)
     assert len(hits) == 2 and all((pictures / f"{h.image_id}.png").exists() for h in hits)
-    assert main(["search", "build", "--model", str(model_dir), "--images", str(tmp_path), "--detector",
+    (tmp_path / "empty").mkdir()
+    assert main(["search", "build", "--model", str(model_dir), "--images", str(tmp_path / "empty"), "--detector",
                  str(world / "detector.safetensors"), "--out", str(tmp_path / "i2")]) == 2
     assert re.search("no image files", capsys.readouterr().err)
 
