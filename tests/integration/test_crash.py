@@ -1,6 +1,7 @@
 """Crash safety: a training process killed with SIGKILL resumes from its last checkpoint and
 ends with exactly the weights of a run that was never interrupted."""
 
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,12 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(world_args, tmp_p
     assert resumed.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(value, resumed[key]), key
+    # every step logged once, as in the run that was never interrupted, whatever the kill cut
+    def steps(run, stage):
+        return [json.loads(line)["step"] for line in (run / stage / "metrics.jsonl").read_text().splitlines()]
+
+    for stage in ("stage1", "stage2"):
+        assert steps(out, stage) == steps(tmp_path / "ref", stage), stage
 
 
 def test_a_full_disk_fails_before_the_first_step(world_args, tmp_path, monkeypatch, capsys):

@@ -121,7 +121,9 @@ def _write_model_files(tmp: Path, bundle: Bundle, training_state: dict | None, e
     bundle.phrase_vocab.save(tmp / "phrase_vocab.json")
     (tmp / "tag_vocab.json").write_text(json.dumps(bundle.tag_vocab, indent=1))
     if training_state is not None:
-        torch.save(training_state, tmp / STATE_FILE)
+        # through a Python file: a full disk is then an OSError (torch's own writer raises a RuntimeError)
+        with naming(tmp / STATE_FILE), open(tmp / STATE_FILE, "wb") as f:
+            torch.save(training_state, f)
     if extra is not None:
         extra(tmp)
 

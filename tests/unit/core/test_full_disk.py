@@ -115,3 +115,21 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_half_model(world_
     run = tmp_path / "stage1"
     assert not (run / "model").exists() and not list(run.glob("model.tmp*"))
     assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line)
+
+
+def test_a_full_disk_inside_torch_save_is_one_line(world_args, tmp_path, monkeypatch, capsys):
+    """torch's own file writer turns a failed write into a RuntimeError; the training state is
+    written through a Python file, whose failed write is the OSError the one line is made from."""
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return _FullFile(f) if str(file).endswith("training_state.pt") and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", open_)  # torch.save itself is the real one
+    rc = main(["pretrain", "--config", "tiny", "--stage", "stage1", *world_args(tmp_path), "stage1.max_steps=1",
+               "stage1.batch_size=2"])
+    monkeypatch.undo()
+    line = one_line(capsys, rc, tmp_path / "stage1")
+    assert "training_state.pt" in line
+    assert not (tmp_path / "stage1" / "model").exists() and not list((tmp_path / "stage1").glob("model.tmp*"))
