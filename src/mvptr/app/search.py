@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint.model_dir import STATE_FILE
+from ..checkpoint.model_dir import defines_model
+from ..checkpoint.task_dir import HEAD_FILE, TASK_FILE
 from ..core.config import Config, load_config, to_dict
 from ..core.errors import FormatError
 from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
@@ -58,13 +59,14 @@ class Hit:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of the model directory's files, names and contents (not a resumable training
-    state): an index is only valid for the weights that computed its embeddings."""
+    """sha256 of the files that define the model, names and contents (settings, weights,
+    tokenizer, vocabularies, a task head; not a training state, results or other files beside
+    them): an index is only valid for the model that computed its embeddings."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
     h = hashlib.sha256()
-    for f in sorted(p for p in model_dir.iterdir() if p.is_file() and p.name != STATE_FILE):
+    for f in sorted(p for p in model_dir.iterdir() if p.is_file() and defines_model(p.name, (TASK_FILE, HEAD_FILE))):
         h.update(f.name.encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

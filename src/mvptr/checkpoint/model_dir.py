@@ -39,6 +39,13 @@ from ..text.tokenizer import load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
+# what defines a model (besides a task head's files): its settings, weights, tokenizer and
+# vocabularies; anything else in the directory (a training state, results, a card) does not
+
+
+def defines_model(name: str, task_files: tuple[str, ...] = ()) -> bool:
+    return (name in ("config.json", MODEL_FILE, "phrase_vocab.json", "tag_vocab.json", "vocab.txt",
+                     "special_tokens_map.json", *task_files) or name.startswith("tokenizer"))
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth")
 # config.json's "format": the versions this mvptr reads, and the one it writes
 FORMAT = "mvptr/1"

@@ -261,6 +261,11 @@ def test_an_index_of_another_model_is_refused(world_args, index_dir, model_dir, 
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)
     SearchIndex(moved, parse_phrases=False, model_dir=copy)  # same files elsewhere: accepted
+    for name in ("eval.json", "README.md", "probes.json"):  # results beside the model do not change it
+        (copy / name).write_text("{}")
+    SearchIndex(moved, parse_phrases=False, model_dir=copy)
+    for name in ("eval.json", "README.md", "probes.json"):
+        (copy / name).unlink()
     meta = json.loads((moved / "index.json").read_text())
     (moved / "index.json").write_text(json.dumps({**meta, "model": str(copy)}))
     shutil.rmtree(copy)
