@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint.model_card import CARD_FILE
 from ..checkpoint.model_dir import STATE_FILE
 from ..core.config import Config, load_config, to_dict
 from ..core.errors import FormatError
@@ -59,12 +60,13 @@ class Hit:
 
 def model_fingerprint(model_dir: str | Path) -> str:
     """sha256 of the model directory's files, names and contents (not a resumable training
-    state): an index is only valid for the weights that computed its embeddings."""
+    state, not the model card: neither changes what the model computes): an index is only
+    valid for the weights that computed its embeddings."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
     h = hashlib.sha256()
-    for f in sorted(p for p in model_dir.iterdir() if p.is_file() and p.name != STATE_FILE):
+    for f in sorted(p for p in model_dir.iterdir() if p.is_file() and p.name not in (STATE_FILE, CARD_FILE)):
         h.update(f.name.encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -31,11 +31,12 @@ from safetensors.torch import load_file, save_file
 
 from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
 from ..core.errors import ConfigError, FormatError, UntrustedPickleError
-from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir
+from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir, write_text_atomic
 from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import load_tokenizer
+from .model_card import CARD_FILE, model_card
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
@@ -66,6 +67,8 @@ class Bundle:
     limits: dict = field(default_factory=dict)
     # the objectives that trained its heads, over all its stages (None when unknown)
     trained: list[str] | None = None
+    # what its runs noted for its model card (model_card.note_run, note_evaluation)
+    card: dict = field(default_factory=dict)
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
@@ -122,8 +125,14 @@ def _write_model_files(tmp: Path, bundle: Bundle, training_state: dict | None, e
     (tmp / "tag_vocab.json").write_text(json.dumps(bundle.tag_vocab, indent=1))
     if training_state is not None:
         torch.save(training_state, tmp / STATE_FILE)
+    (tmp / CARD_FILE).write_text(model_card(bundle.card))
     if extra is not None:
         extra(tmp)
+
+
+def write_model_card(path: str | Path, bundle: Bundle) -> None:
+    """Replace the card of the model directory ``path`` (atomically) with ``bundle``'s."""
+    write_text_atomic(Path(path) / CARD_FILE, model_card(bundle.card))
 
 
 def save_pretrained(model: MVPTR, path: str | Path, tokenizer, phrase_vocab: PhraseVocab, tag_vocab: list[str],

@@ -83,7 +83,7 @@ def _finetune(args, cfg, out: Path) -> None:
           f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}"
           f"{skipped_steps_note(result.train)}")
     write_json(out / f"eval_{args.task}.json", metrics)
-    log_evaluation(cfg, args.task, out, metrics, result.train.steps)
+    log_evaluation(cfg, args.task, out, metrics, result, bundle)
     print(json.dumps(metrics, indent=2))
     print(f"model: {result.model_dir}")
     report_skipped(merge_skipped(result.skipped, evaluated), out / "skipped.json")

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint.model_dir import Bundle, rebuild_model, record_training
+from ..checkpoint.model_card import note_evaluation, note_run
+from ..checkpoint.model_dir import Bundle, rebuild_model, record_training, write_model_card
 from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
-from ..core.config import Config, TaskConfig, task_kind
+from ..core.config import Config, TaskConfig, task_kind, to_dict
 from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.runtime import configure_torch
 from ..data.answers import answer_vocabulary
@@ -49,6 +50,7 @@ from ..text.tokenizer import WordPieces
 from ..train.loggers import check_loggers, log_figures
 from ..train.recipes import task_recipe
 from ..train.trainer import TrainResult, claim_run_dir, train
+from .pretrain import on_demo_world
 
 LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
 COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
@@ -182,6 +184,8 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     recipe = task_recipe(task, cfg, bundle.model.merged)
     record_training(bundle, cfg.data, t.train.objectives)
+    data = {"split": t.train_split, "samples": len(dataset), "corpora": getattr(dataset, "corpus_counts", {})}
+    note_run(bundle.card, f"fine-tuning {task}", data, t.train.objectives, to_dict(cfg), on_demo_world(cfg))
     result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
     model_dir = out_dir / "model"
@@ -191,12 +195,16 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     return FinetuneResult(result, model_dir, len(dataset), skip)
 
 
-def log_evaluation(cfg: Config, task: str, out_dir: str | Path, figures: dict, step: int) -> None:
-    """``evaluate_task``'s figures to the trackers of the task's ``train.loggers`` (under ``eval/``,
-    at the fine-tuning's last ``step``); metrics.jsonl keeps the training records only."""
+def log_evaluation(cfg: Config, task: str, out_dir: str | Path, figures: dict, result: FinetuneResult,
+                   bundle: Bundle) -> None:
+    """``evaluate_task``'s figures of the model ``result`` fine-tuned: to the trackers of the task's
+    ``train.loggers`` (under ``eval/``, at its last step; metrics.jsonl keeps the training records
+    only) and to the model directory's card."""
     _, t = task_setup(cfg, task)
+    note_evaluation(bundle.card, task, figures)
     if distributed.active().main:
-        log_figures(t.train.loggers, out_dir, f"{Path(out_dir).name}/{task} evaluation", figures, step)
+        log_figures(t.train.loggers, out_dir, f"{Path(out_dir).name}/{task} evaluation", figures, result.train.steps)
+        write_model_card(result.model_dir, bundle)
 
 
 @torch.no_grad()
