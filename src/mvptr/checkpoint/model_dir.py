@@ -73,6 +73,12 @@ class Bundle:
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
 
+    def __repr__(self) -> str:  # the dataclass's would print every layer of the model
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"Bundle({type(self.model).__name__}, {params / 1e6:.1f}M parameters, merged={self.model.merged}, "
+                f"{len(self.phrase_vocab)} phrases, {len(self.tag_vocab)} tags, "
+                f"trained={self.trained if self.trained is not None else 'unknown'})")
+
 
 def record_training(bundle: Bundle, data, objectives) -> None:
     """Note in ``bundle`` (saved to config.json) what a run trains it with: the input limits of

@@ -35,7 +35,7 @@ from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, task_kind, to_dict
 from ..core.errors import ConfigError, FormatError, SkippedSamples
-from ..core.runtime import configure_torch
+from ..core.runtime import torch_settings
 from ..data.answers import answer_vocabulary
 from ..data.builders import collator, image_source, phrase_lookup
 from ..data.grounding import grounding_examples
@@ -152,8 +152,13 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
              overwrite: bool = False, skipped: SkippedSamples | None = None) -> FinetuneResult:
     """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``. A run
     already in ``out_dir`` is an error unless ``overwrite`` replaces it. With ``cfg.data.skip_bad``
-    bad samples go to ``skipped`` (a new one when not given) instead of raising."""
-    configure_torch(cfg)
+    bad samples go to ``skipped`` (a new one when not given) instead of raising. Torch's thread
+    count and deterministic flag are the run's while it trains, the caller's again afterwards."""
+    with torch_settings(cfg):
+        return _finetune(cfg, task, bundle, Path(out_dir), progress, overwrite, skipped)
+
+
+def _finetune(cfg, task, bundle, out_dir, progress, overwrite, skipped) -> FinetuneResult:
     skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)

@@ -16,7 +16,7 @@ from ..core import distributed
 from ..core.config import Config, StageConfig, to_dict
 from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import write_json
-from ..core.runtime import configure_torch
+from ..core.runtime import torch_settings
 from ..data.builders import collator, training_tag_vocab
 from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
@@ -39,8 +39,13 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     """Train one stage. With ``cfg.data.skip_bad``, bad samples go to ``skipped`` (a new
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
     samples of each corpus. A run already in ``out_dir`` is an error unless ``resume`` or
-    ``overwrite`` (``train.trainer.claim_run_dir``)."""
-    configure_torch(cfg)
+    ``overwrite`` (``train.trainer.claim_run_dir``). Torch's thread count and deterministic flag
+    are the run's while it trains, the caller's again when it returns."""
+    with torch_settings(cfg):
+        return _pretrain_stage(cfg, stage, bundle, Path(out_dir), resume, progress, skipped, overwrite)
+
+
+def _pretrain_stage(cfg, stage, bundle, out_dir, resume, progress, skipped, overwrite) -> TrainResult:
     check_loggers(stage.loggers, f"{stage.name}.loggers")  # a tracker that is not installed fails now
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
