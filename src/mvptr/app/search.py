@@ -312,6 +312,9 @@ class SearchIndex:
         self.store = IndexStores([open_feature_store(s["features"], s["predictions"], dim) for s in stores],
                                  [s["images"] for s in stores], self.row)
 
+    def __repr__(self) -> str:
+        return f"SearchIndex({str(self.path)!r}, {len(self.ids)} images, model={self.meta['model']!r})"
+
     def query(self, text: str, top: int = 10, rerank: int = 64, score: str = "itm+sim",
               timing: dict | None = None) -> list[Hit]:
         """The ``top`` images for ``text``: cosine ranking, then the best ``rerank`` (at least

@@ -31,11 +31,12 @@ from safetensors.torch import load_file, save_file
 
 from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
 from ..core.errors import ConfigError, FormatError, UntrustedPickleError
-from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir
+from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir, write_text_atomic
 from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import load_tokenizer
+from .model_card import CARD_FILE, model_card
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
@@ -73,9 +74,17 @@ class Bundle:
     limits: dict = field(default_factory=dict)
     # the objectives that trained its heads, over all its stages (None when unknown)
     trained: list[str] | None = None
+    # what its runs noted for its model card (model_card.note_run, note_evaluation)
+    card: dict = field(default_factory=dict)
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
+
+    def __repr__(self) -> str:  # the dataclass's would print every layer of the model
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"Bundle({type(self.model).__name__}, {params / 1e6:.1f}M parameters, merged={self.model.merged}, "
+                f"{len(self.phrase_vocab)} phrases, {len(self.tag_vocab)} tags, "
+                f"trained={self.trained if self.trained is not None else 'unknown'})")
 
 
 def record_training(bundle: Bundle, data, objectives) -> None:
@@ -131,8 +140,14 @@ def _write_model_files(tmp: Path, bundle: Bundle, training_state: dict | None, e
         # through a Python file: a full disk is then an OSError (torch's own writer raises a RuntimeError)
         with naming(tmp / STATE_FILE), open(tmp / STATE_FILE, "wb") as f:
             torch.save(training_state, f)
+    (tmp / CARD_FILE).write_text(model_card(bundle.card))
     if extra is not None:
         extra(tmp)
+
+
+def write_model_card(path: str | Path, bundle: Bundle) -> None:
+    """Replace the card of the model directory ``path`` (atomically) with ``bundle``'s."""
+    write_text_atomic(Path(path) / CARD_FILE, model_card(bundle.card))
 
 
 def save_pretrained(model: MVPTR, path: str | Path, tokenizer, phrase_vocab: PhraseVocab, tag_vocab: list[str],

@@ -16,7 +16,7 @@ from ..core.errors import ConfigError
 from ..core.fileio import output_lock
 from ..core.validation import check_world_size
 from ..data.pretrain import mix_phrase_vocab
-from ..demo.easyvqa import prepare_easyvqa
+from ..demo.easyvqa import easy_vqa_package, prepare_easyvqa
 from ..demo.tasks import prepare_demo_tasks
 from ..demo.world import generate_demo_world
 from ..formats.tags import tags_from_coco_instances, write_tag_file
@@ -61,6 +61,7 @@ def cmd_prepare(args) -> None:
                           "classes": len({t for v in tags.values() for t in v})}, indent=2))
     elif args.what == "easyvqa":
         detector = args.detector or str(Path(d.data_dir) / "detector.safetensors")
+        easy_vqa_package()  # a missing extra is said before anything is written, the lock included
         with output_lock(args.out or str(Path(d.data_dir) / "easyvqa")):
             print(json.dumps(prepare_easyvqa(args.out or str(Path(d.data_dir) / "easyvqa"), detector), indent=2))
     elif args.what == "vocab":

@@ -10,7 +10,7 @@ from ..checkpoint.task_dir import load_task_model
 from ..core.config import save_config
 from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import check_apart, write_json
-from ..workflows.finetune import evaluate_task, finetune
+from ..workflows.finetune import evaluate_task, finetune, log_evaluation
 from ..workflows.pretrain import STAGES, check_stages, initial_bundle, pretrain_stages
 from .common import (
     SKIP_HELP,
@@ -83,6 +83,7 @@ def _finetune(args, cfg, out: Path) -> None:
           f"{result.train.samples_per_second:.1f} samples/s, last losses {result.train.last}"
           f"{skipped_steps_note(result.train)}")
     write_json(out / f"eval_{args.task}.json", metrics)
+    log_evaluation(cfg, args.task, out, metrics, result, bundle)
     print(json.dumps(metrics, indent=2))
     print(f"model: {result.model_dir}")
     report_skipped(merge_skipped(result.skipped, evaluated), out / "skipped.json")

@@ -188,6 +188,9 @@ class StageConfig:
     # steps whose loss or gradients are not finite are skipped (the weights stay); past this many
     # the run stops naming the step and its samples (docs/DECISIONS.md, "Skipped steps")
     max_skipped_steps: int = 0
+    # where logged records go: metrics.jsonl always ("jsonl"); "tensorboard" (event files in
+    # <out_dir>/tensorboard/, mvptr[track]), "wandb" (mvptr[wandb]), "mlflow" (mvptr[mlflow])
+    loggers: list = field(default_factory=lambda: ["jsonl"])
 
 
 @dataclass

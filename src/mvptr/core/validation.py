@@ -22,6 +22,7 @@ CHOICES = {
     "eval.precision": PRECISION_CHOICES,
 }
 STAGE_CHOICES = {"precision": PRECISION_CHOICES, "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
+LOGGER_NAMES = ("jsonl", "tensorboard", "wandb", "mlflow")  # mvptr.train.loggers.LOGGERS
 OBJECTIVE_NAMES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
 
 
@@ -73,6 +74,9 @@ def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = 
     for name, allowed in STAGE_CHOICES.items():
         value = getattr(stage, name)
         _check(value in allowed, f"{key}.{name}", value, f"expected one of {', '.join(map(str, allowed))}")
+    unknown_loggers = [n for n in stage.loggers if n not in LOGGER_NAMES]
+    _check(not unknown_loggers, f"{key}.loggers", list(stage.loggers),
+           f"unknown loggers {unknown_loggers} (known: {', '.join(LOGGER_NAMES)})")
     if objectives_known:
         unknown = [o for o in stage.objectives if o not in OBJECTIVE_NAMES]
         _check(not unknown, f"{key}.objectives", list(stage.objectives),

@@ -31,7 +31,7 @@ def easyvqa_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     return out / f"v2_OpenEnded_easyvqa_{split}_questions.json", out / f"v2_easyvqa_{split}_annotations.json"
 
 
-def _easy_vqa():
+def easy_vqa_package():
     """The easy_vqa package (mvptr[demo])."""
     with needs("demo"):
         import easy_vqa
@@ -39,7 +39,7 @@ def _easy_vqa():
 
 
 def _split_data(split: str):
-    easy_vqa = _easy_vqa()
+    easy_vqa = easy_vqa_package()
     questions, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
                                      else easy_vqa.get_test_questions())
     paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
@@ -50,7 +50,7 @@ def prepare_easyvqa(out_dir: str | Path, detector_path: str | Path, max_images: 
                     progress: bool = False) -> dict:
     """Convert easy-VQA (optionally only its first ``max_images`` images per split); returns counts."""
     t0 = time.perf_counter()
-    _easy_vqa()  # a missing extra says so before any work
+    easy_vqa_package()  # a missing extra says so before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     detector = DemoDetector.load(detector_path)

@@ -236,6 +236,9 @@ class PhraseVocab:
         self._phrases = ordered
         self._ids = {p: i for i, p in enumerate(ordered)}
 
+    def __repr__(self) -> str:
+        return f"PhraseVocab({len(self)} phrases, min_count={self.min_count}, first={self._phrases[:3]})"
+
     @classmethod
     def build(cls, phrase_lists: Iterable[Sequence[Sequence[str]]],
               min_count: int = 50) -> PhraseVocab:

@@ -15,8 +15,6 @@ batch / (W * grad_accum_steps) samples per forward pass.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import math
 import shutil
@@ -42,10 +40,12 @@ from ..checkpoint.model_dir import (
 from ..core import distributed
 from ..core.config import StageConfig
 from ..core.errors import ConfigError, FormatError, OutputDirError
-from ..core.fileio import append_json_lines, keep_json_lines
+from ..core.fileio import keep_json_lines
 from ..core.precision import autocast
 from ..core.precision import resolve as resolve_precision
+from ..core.runtime import freed_cpu_memory_reused, reuse_freed_cpu_memory  # noqa: F401 - the latter re-exported
 from .deepspeed_engine import DeepSpeedEngine
+from .loggers import RunLoggers
 from .recipes import Recipe
 from .skips import check_skipped_steps
 
@@ -185,23 +185,6 @@ def adamw(groups: list[dict], lr: float, sharded: bool = False) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
-def reuse_freed_cpu_memory() -> bool:
-    """Keep freed large blocks in the process's heap for the next allocation (glibc only).
-
-    glibc returns every block above its mmap threshold (at most 32 MiB) to the kernel when
-    it is freed, so the next one faults in each page anew. Every lookup of the shared
-    word/phrase table makes a table-sized gradient in the backward pass (50 MB at the demo
-    config): zeroing a fresh one takes 16 ms on this project's CPU, a reused one 3.4 ms.
-    Returns whether the allocator took the setting.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):  # not glibc: its allocator decides
-        return False
-
-
 @contextlib.contextmanager
 def only_trainable(model: torch.nn.Module, trainable: Callable[[str], bool]):
     """Freeze what a recipe does not train for its duration: no gradients are computed for it."""
@@ -228,7 +211,8 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    with only_trainable(bundle.model, recipe.trainable):
+    # the allocator setting is the run's: the caller's process gets its own back
+    with only_trainable(bundle.model, recipe.trainable), freed_cpu_memory_reused(str(device).startswith("cpu")):
         return _train(bundle, recipe, dataset, collate, stage, Path(out_dir), seed, resume, device, num_workers,
                       progress)
 
@@ -295,8 +279,6 @@ def check_same_settings(ckpt: Path, saved: dict | None, now: dict) -> None:
 def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, device, num_workers, progress):
     d = distributed.from_env(device)
     device = distributed.local_device(device, d)
-    if device == "cpu":
-        reuse_freed_cpu_memory()
     if d.main:
         check_writable(out_dir, checkpoint_bytes(bundle.model))
     stage = replace(stage, precision=resolve_precision(stage.precision, device))  # "auto" -> what it is here
@@ -367,7 +349,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         prefetch_factor=4 if num_workers > 0 else None,
     )
     neg_gen = torch.Generator(device)  # on the device: drawing negatives needs no host sync
-    metrics_file = out_dir / "metrics.jsonl"
+    loggers = RunLoggers(stage.loggers, out_dir, f"{out_dir.name}/{stage.name}", d.main)
     model.train()
     t0, samples, last, sums, indices, failed = time.time(), 0, {}, {}, [], 0
     bar = tqdm(total=total, initial=start, desc=stage.name, disable=not (progress and d.main), dynamic_ncols=True)
@@ -425,8 +407,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                     "temperature": None if model.temperature is None else round(model.temperature, 5),
                     "samples_per_s": round(samples / (time.time() - t0), 2), "skipped": skipped,
                 }
-                if d.main:
-                    append_json_lines(metrics_file, [record])  # a crash leaves whole lines
+                loggers.log(record)
                 bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"skipped": skipped} if skipped else {}))
             sums = {}
             if not ((stage.save_every and done % stage.save_every == 0) or done == total):
@@ -445,6 +426,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                 distributed.barrier()
     finally:
         bar.close()
+        loggers.close()
     if use_ds:
         engine.finish()
     model.eval()

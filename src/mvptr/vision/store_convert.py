@@ -11,7 +11,7 @@ from array import array
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ..core.errors import FormatError, SkippedSamples, skip_or_raise
 from ..core.fileio import naming, tmp_dir

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint.model_dir import Bundle, rebuild_model, record_training
+from ..checkpoint.model_card import note_evaluation, note_run
+from ..checkpoint.model_dir import Bundle, rebuild_model, record_training, write_model_card
 from ..checkpoint.task_dir import attach_head, save_task_model
 from ..core import distributed
-from ..core.config import Config, TaskConfig, task_kind
+from ..core.config import Config, TaskConfig, task_kind, to_dict
 from ..core.errors import ConfigError, FormatError, SkippedSamples
-from ..core.runtime import configure_torch
+from ..core.runtime import torch_settings
 from ..data.answers import answer_vocabulary
 from ..data.builders import collator, image_source, phrase_lookup
 from ..data.grounding import grounding_examples
@@ -46,8 +47,10 @@ from ..eval.vqa import evaluate_vqa
 from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..formats.vqa import read_vqa, write_vqa_results
 from ..text.tokenizer import WordPieces
+from ..train.loggers import check_loggers, log_figures
 from ..train.recipes import task_recipe
 from ..train.trainer import TrainResult, claim_run_dir, train
+from .pretrain import on_demo_world
 
 LIMITS = ("max_tokens", "max_tags", "max_regions", "max_phrases")  # a task's own data.max_* (0: data's)
 COMMON_FIELDS = ("train", "train_split", "eval_split", "max_train", "max_eval", "dropout",
@@ -149,11 +152,17 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
              overwrite: bool = False, skipped: SkippedSamples | None = None) -> FinetuneResult:
     """Fine-tune ``bundle`` (in place) on ``task``; the model goes to ``out_dir/model``. A run
     already in ``out_dir`` is an error unless ``overwrite`` replaces it. With ``cfg.data.skip_bad``
-    bad samples go to ``skipped`` (a new one when not given) instead of raising."""
-    configure_torch(cfg)
+    bad samples go to ``skipped`` (a new one when not given) instead of raising. Torch's thread
+    count and deterministic flag are the run's while it trains, the caller's again afterwards."""
+    with torch_settings(cfg):
+        return _finetune(cfg, task, bundle, Path(out_dir), progress, overwrite, skipped)
+
+
+def _finetune(cfg, task, bundle, out_dir, progress, overwrite, skipped) -> FinetuneResult:
     skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     kind = task_kind(task)
     cfg, t = task_setup(cfg, task, bundle)
+    check_loggers(t.train.loggers, f"finetune.{task}.train.loggers")
     out_dir = Path(out_dir)
     if distributed.active().main:
         claim_run_dir(out_dir, resume=False, overwrite=overwrite)
@@ -180,6 +189,8 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
         collate = _collate(cfg, bundle, mask_regions=t.mask_regions)
     recipe = task_recipe(task, cfg, bundle.model.merged)
     record_training(bundle, cfg.data, t.train.objectives)
+    data = {"split": t.train_split, "samples": len(dataset), "corpora": getattr(dataset, "corpus_counts", {})}
+    note_run(bundle.card, f"fine-tuning {task}", data, t.train.objectives, to_dict(cfg), on_demo_world(cfg))
     result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
                    cfg.data.num_workers, progress)
     model_dir = out_dir / "model"
@@ -188,6 +199,17 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     distributed.barrier()
     return FinetuneResult(result, model_dir, len(dataset), skip)
 
+
+def log_evaluation(cfg: Config, task: str, out_dir: str | Path, figures: dict, result: FinetuneResult,
+                   bundle: Bundle) -> None:
+    """``evaluate_task``'s figures of the model ``result`` fine-tuned: to the trackers of the task's
+    ``train.loggers`` (under ``eval/``, at its last step; metrics.jsonl keeps the training records
+    only) and to the model directory's card."""
+    _, t = task_setup(cfg, task)
+    note_evaluation(bundle.card, task, figures)
+    if distributed.active().main:
+        log_figures(t.train.loggers, out_dir, f"{Path(out_dir).name}/{task} evaluation", figures, result.train.steps)
+        write_model_card(result.model_dir, bundle)
 
 
 @torch.no_grad()

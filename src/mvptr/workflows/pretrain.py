@@ -5,21 +5,24 @@ merged-attention one alike."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 from ..checkpoint.bert_init import init_dir, new_bundle
+from ..checkpoint.model_card import note_run
 from ..checkpoint.model_dir import Bundle, checkpoint_bytes, record_training
 from ..core import distributed
-from ..core.config import Config, StageConfig
+from ..core.config import Config, StageConfig, to_dict
 from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import write_json
-from ..core.runtime import configure_torch
+from ..core.runtime import torch_settings
 from ..data.builders import collator, training_tag_vocab
 from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
+from ..train.loggers import check_loggers
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, claim_run_dir, train
 
@@ -36,8 +39,14 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     """Train one stage. With ``cfg.data.skip_bad``, bad samples go to ``skipped`` (a new
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
     samples of each corpus. A run already in ``out_dir`` is an error unless ``resume`` or
-    ``overwrite`` (``train.trainer.claim_run_dir``)."""
-    configure_torch(cfg)
+    ``overwrite`` (``train.trainer.claim_run_dir``). Torch's thread count and deterministic flag
+    are the run's while it trains, the caller's again when it returns."""
+    with torch_settings(cfg):
+        return _pretrain_stage(cfg, stage, bundle, Path(out_dir), resume, progress, skipped, overwrite)
+
+
+def _pretrain_stage(cfg, stage, bundle, out_dir, resume, progress, skipped, overwrite) -> TrainResult:
+    check_loggers(stage.loggers, f"{stage.name}.loggers")  # a tracker that is not installed fails now
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
         claim_run_dir(out_dir, resume, overwrite)
@@ -54,16 +63,24 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
                        for name, c in dataset.corpus_counts.items())
     if main:
         print(f"{stage.name}: {len(dataset)} samples ({counts})", flush=True)
-        write_json(out_dir / "data.json", {"split": cfg.data.train_split, "samples": len(dataset),
-                                           "corpora": dataset.corpus_counts,
-                                           "skipped": skipped.summary()["skipped_samples"] if skipped else 0})
+    data = {"split": cfg.data.train_split, "samples": len(dataset), "corpora": dataset.corpus_counts,
+            "skipped": skipped.summary()["skipped_samples"] if skipped else 0}
+    if main:
+        write_json(out_dir / "data.json", data)
         if skipped is not None:
             skipped.save(out_dir / "skipped.json")
     masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
     # config.json records its input limits and the objectives that trained its heads (those switched on)
-    record_training(bundle, cfg.data, [o for o in stage.objectives if getattr(cfg.objectives, o, True) is not False])
+    trained = [o for o in stage.objectives if getattr(cfg.objectives, o, True) is not False]
+    record_training(bundle, cfg.data, trained)
+    note_run(bundle.card, f"pre-training {stage.name}", data, trained, to_dict(cfg), on_demo_world(cfg))
     return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
                  cfg.device, cfg.data.num_workers, progress)
+
+
+def on_demo_world(cfg: Config) -> bool:
+    """Whether the run's data are the demo world's (read from under ``demo.data_dir``)."""
+    return str(Path(cfg.demo.data_dir)) in json.dumps(to_dict(cfg.data))
 
 
 STAGES = ("stage1", "stage2")
