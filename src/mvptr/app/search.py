@@ -40,7 +40,7 @@ from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
 from ..eval.retrieval import itm_scores
 from ..vision.detect import IMAGE_SUFFIXES, extract_features
 from .api import Model, check_count, check_text, open_feature_store
-from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
+from .coarse import EXACT_LIMIT, IVF_FILE, TARGET_RECALL, CoarseIndex, check_target, write_ivf
 from .images import checked_image
 
 FORMAT = "mvptr-search/2"
@@ -184,11 +184,13 @@ def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path |
 def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
                 config: str | None = None, images: str | None = None, detector: str | None = None,
                 batch_size: int = 64, image_dir: str | None = None, add: bool = False,
-                exact_limit: int | None = None) -> dict:
+                exact_limit: int | None = None, target_recall: float | None = None) -> dict:
     """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
     files are, for showing them) or a directory of image files (``images`` + ``detector``).
     With ``add``, the images join the index at ``out``. Above ``exact_limit`` images the coarse
-    stage is approximate. The index replaces ``out`` only once it is complete; while it is
+    stage is approximate, visiting as few lists as reach ``target_recall`` (recall@10 against
+    exact search, measured on a sample of the index; default 0.95, or that of the index
+    added to). The index replaces ``out`` only once it is complete; while it is
     built, ``out``'s lock (``out.lock`` beside it) keeps a second build of it out."""
     out = Path(out)
     for what, value in (("model_dir", model_dir), ("out", out), ("features", features), ("predictions", predictions),
@@ -198,14 +200,16 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     check_count(batch_size, "batch_size")
     if exact_limit is not None:
         check_count(exact_limit, "exact_limit", 0)
+    if target_recall is not None:
+        check_target(target_recall)
     with output_lock(out, sibling=True):
         return _build_index(model_dir, out, add, features=features, predictions=predictions, config=config,
                             images=images, detector=detector, batch_size=batch_size, image_dir=image_dir,
-                            exact_limit=exact_limit)
+                            exact_limit=exact_limit, target_recall=target_recall)
 
 
 def _build_index(model_dir, out: Path, add: bool, *, features, predictions, config, images, detector, batch_size,
-                 image_dir, exact_limit) -> dict:
+                 image_dir, exact_limit, target_recall) -> dict:
     if add and config:
         raise ValueError("--add encodes with the input limits of the index; leave out --config")
     if not images and not features:
@@ -245,11 +249,13 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
                    batch_size)
     (tmp / "ids.json").write_text(json.dumps(known + ids))
     (tmp / "files.json").write_text(json.dumps(files))
-    limit = exact_limit if exact_limit is not None else (old or {}).get("coarse", {}).get("exact_limit", EXACT_LIMIT)
-    coarse = {"kind": "exact"}
+    before = (old or {}).get("coarse", {})
+    limit = exact_limit if exact_limit is not None else before.get("exact_limit", EXACT_LIMIT)
+    target = target_recall or before.get("target_recall", TARGET_RECALL)
+    coarse = {"kind": "exact", "target_recall": target}
     if total > limit:
         coarse = write_ivf(np.load(tmp / "embeddings.npy", mmap_mode="r"), tmp / IVF_FILE,
-                           old=out / IVF_FILE if old else None)
+                           old=out / IVF_FILE if old else None, target_recall=target)
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
     stores[-1]["image_dir"] = str(Path(image_dir).resolve()) if image_dir else None
@@ -279,8 +285,9 @@ class IndexStores:
 class SearchIndex:
     """An index ready to query. ``model_dir``: the model to encode queries with, instead of the
     one recorded in the index (e.g. the index moved); either way its files must be those the
-    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: an
-    eighth of them)."""
+    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: the
+    number chosen for the index's target recall). ``recall``: the recall@10 measured for the
+    coarse stage (1 when exact; None for an nprobe other than the measured one)."""
 
     def __init__(self, path: str | Path, parse_phrases: bool = True, model_dir: str | Path | None = None,
                  nprobe: int | None = None):
@@ -302,8 +309,11 @@ class SearchIndex:
         self.image_dirs = [s["image_dir"] for s in stores if s["image_dir"]] if known else None
         emb = _load_embeddings(self.path / "embeddings.npy", len(self.ids))
         self.emb = torch.from_numpy(emb)
-        ivf = self.path / IVF_FILE if self.meta["coarse"]["kind"] == "ivf" else None
-        self.coarse = CoarseIndex(emb, ivf, nprobe)
+        coarse = self.meta["coarse"]
+        ivf = self.path / IVF_FILE if coarse["kind"] == "ivf" else None
+        self.coarse = CoarseIndex(emb, ivf, nprobe or coarse.get("nprobe"))
+        self.recall = 1.0 if ivf is None else coarse.get("recall") if self.coarse.ivf.nprobe == coarse.get("nprobe") \
+            else None
         self.model = Model.load(model_dir, index_config(self.meta), parse_phrases=parse_phrases)
         dim = self.model.model.cfg.region_feat_dim
         stores = self.meta["stores"]

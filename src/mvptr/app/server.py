@@ -1,7 +1,8 @@
 """The HTTP API and the page over a search index (``mvptr serve``; needs ``mvptr[serve]``).
 
     GET  /                          the page (static/: index.html, app.js, style.css)
-    GET  /api/health                size of the index, its coarse stage, whether questions are answered
+    GET  /api/health                size of the index, its coarse stage and that stage's measured
+                                    recall@10, whether questions are answered
     GET  /api/search?q=&top=&rerank=  image ids with their coarse and re-ranked scores, and timings
     GET  /api/images/{id}           the image file the index knows for the id
     GET  /api/ground?image=&q=      each phrase of q with the region it grounds to (paper Figure 5)
@@ -130,7 +131,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
     @app.get("/api/health")
     async def health():  # on the event loop, never behind the model
         return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
-                "coarse": index.coarse.kind, "model": Path(index.meta["model"]).name,  # no absolute path
+                "coarse": index.coarse.kind, "recall": index.recall,
+                "model": Path(index.meta["model"]).name,  # no absolute path
                 "vqa": vqa is not None,
                 "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
                            "body": MAX_BODY, "queue": model.capacity},

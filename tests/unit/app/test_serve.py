@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mvptr.app.api import Model
-from mvptr.app.coarse import CoarseIndex, write_ivf
+from mvptr.app.coarse import TARGET_RECALL, CoarseIndex, sample_rows, write_ivf
 from mvptr.app.search import SearchIndex, build_index
 from mvptr.cli import main, parse
 
@@ -302,16 +302,69 @@ def test_coarse_stage_exact_and_ivf(tmp_path):
     assert exact.search(queries, 0)[1].shape == (20, 0) and exact.search(queries, 10 ** 6)[1].shape == (20, 3000)
 
 
+def exact_recall(emb: np.ndarray, path, nprobe: int, rows: np.ndarray) -> float:
+    """Recall@10 of the IVF index at ``path`` visiting ``nprobe`` lists, recomputed with numpy."""
+    want = np.argsort(-(emb[rows] @ emb.T), axis=1, kind="stable")[:, :10]
+    got = CoarseIndex(emb, path, nprobe=nprobe).search(emb[rows], 10)[1]
+    return sum(len(set(g.tolist()) & set(w.tolist())) for g, w in zip(got, want)) / want.size
+
+
+def test_the_ivf_index_visits_as_many_lists_as_reach_the_target_recall(tmp_path):
+    emb = unit_rows(20_000, 32, 2)  # uniform: the default share of lists keeps far less than 0.95
+    meta = write_ivf(emb, tmp_path / "u.faiss")
+    assert meta["target_recall"] == TARGET_RECALL == 0.95 and meta["recall_queries"] == 200
+    rows = sample_rows(len(emb), meta["recall_queries"], meta["recall_seed"])
+    assert meta["recall"] >= 0.95 and meta["recall"] == pytest.approx(exact_recall(emb, tmp_path / "u.faiss",
+                                                                                   meta["nprobe"], rows), abs=1e-4)
+    assert meta["nprobe"] < meta["nlist"]
+    half = meta["nprobe"] // 2  # doubling: the step below did not reach the target
+    assert half >= 1 and exact_recall(emb, tmp_path / "u.faiss", half, rows) < 0.95
+    assert exact_recall(emb, tmp_path / "u.faiss", max(1, meta["nlist"] // 8), rows) < 0.95  # the old default
+    every = write_ivf(emb, tmp_path / "e.faiss", target_recall=1.0)
+    assert every["nprobe"] == every["nlist"] and every["recall"] == pytest.approx(1.0, abs=1e-3)
+    low = write_ivf(emb, tmp_path / "l.faiss", target_recall=0.05)
+    assert low["nprobe"] == 1 and low["recall"] >= 0.05
+    for bad in (0, -0.5, 1.01, float("nan"), "0.9", True):
+        with pytest.raises(ValueError, match="target recall"):
+            write_ivf(emb[:2000], tmp_path / "x.faiss", target_recall=bad)
+    assert not (tmp_path / "x.faiss").exists()
+
+
 def test_above_the_exact_limit_the_index_is_approximate(model_dir, world, index_dir, tmp_path):
     meta = build_index(model_dir, tmp_path / "ivf", str(world / "features.tsv"), str(world / "predictions.tsv"),
                        config="tiny", exact_limit=50)
-    assert meta["coarse"]["kind"] == "ivf" and (tmp_path / "ivf" / "coarse.faiss").exists()
+    coarse = meta["coarse"]
+    assert coarse["kind"] == "ivf" and (tmp_path / "ivf" / "coarse.faiss").exists()
+    assert coarse["recall"] >= coarse["target_recall"] == 0.95 and 1 <= coarse["nprobe"] <= coarse["nlist"]
+    assert json.loads((tmp_path / "ivf" / "index.json").read_text())["coarse"] == coarse
+    chosen = SearchIndex(tmp_path / "ivf", parse_phrases=False)  # the measured nprobe by default
+    assert chosen.coarse.ivf.nprobe == coarse["nprobe"] and chosen.recall == coarse["recall"]
     exact = SearchIndex(index_dir, parse_phrases=False)
-    approx = SearchIndex(tmp_path / "ivf", parse_phrases=False, nprobe=meta["coarse"]["nlist"])
+    assert exact.recall == 1.0
+    approx = SearchIndex(tmp_path / "ivf", parse_phrases=False, nprobe=coarse["nlist"])  # an explicit one wins
+    assert approx.coarse.ivf.nprobe == coarse["nlist"]
+    assert approx.recall is None or coarse["nprobe"] == coarse["nlist"]  # not the nprobe measured
     assert isinstance(approx.coarse.emb, np.memmap) and approx.coarse.kind.startswith("ivf")
     for q in (QUERY, "two small green triangles"):
         assert [h.image_id for h in approx.query(q, 10, score="uni")] == [h.image_id for h in
                                                                            exact.query(q, 10, score="uni")]
+    # --add measures again, for the target it is given (else the index's)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for p in sorted((world / "images").glob("*.png"))[:3]:
+        shutil.copy(p, pictures / f"extra_{p.name}")
+    grown = build_index(model_dir, tmp_path / "ivf", images=str(pictures), detector=str(world / "detector.safetensors"),
+                        add=True, target_recall=1.0)
+    assert grown["images"] == meta["images"] + 3 and grown["coarse"]["nlist"] == coarse["nlist"]
+    assert grown["coarse"]["nprobe"] == coarse["nlist"] and grown["coarse"]["target_recall"] == 1.0
+    assert SearchIndex(tmp_path / "ivf", parse_phrases=False).coarse.ivf.nprobe == coarse["nlist"]
+    for bad in (0, 1.5, -1):
+        with pytest.raises(ValueError, match="target recall"):
+            build_index(model_dir, tmp_path / "bad", str(world / "features.tsv"), config="tiny", target_recall=bad)
+        assert main(["search", "build", "--model", str(model_dir), "--out", str(tmp_path / "bad"), "--features",
+                     str(world / "features.tsv"), "--predictions", str(world / "predictions.tsv"),
+                     "--target-recall", str(bad)]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_search_build_adds_images_to_an_index(model_dir, world_args, world, index_dir, tmp_path, capsys):
