@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -32,22 +31,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint.model_dir import STATE_FILE
 from ..core.config import Config, load_config, to_dict
 from ..core.errors import FormatError
 from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
 from ..eval.retrieval import itm_scores
-from ..vision.detect import IMAGE_SUFFIXES, extract_features
+from ..vision.detect import extract_features
 from .api import Model, check_count, check_text, open_feature_store
 from .coarse import EXACT_LIMIT, IVF_FILE, TARGET_RECALL, CoarseIndex, check_target, write_ivf
-from .images import checked_image
+from .images import image_files
 
 FORMAT = "mvptr-search/2"
 REBUILD = "rebuild it with `mvptr search build`"
 MAX_TOP = 100  # images one query returns, at most (the HTTP API's limits too)
 MAX_RERANK = 200  # candidates one query re-ranks, at most
-log = logging.getLogger("mvptr.search")
 
 
 @dataclass
@@ -127,32 +126,6 @@ def index_config(meta: dict) -> Config:
     return load_config(None, [f"data.{k}={v}" for k, v in meta["data"].items() if k.startswith("max_")])
 
 
-def image_files(image_dir: str | Path, ids) -> dict[str, str]:
-    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...): only regular
-    files that resolve inside ``image_dir`` and whose bytes are an image (:mod:`.images`); the
-    others are left out, with a warning."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: image directory not found")
-    root = image_dir.resolve()
-    files: dict[str, str] = {}
-    refused = []
-    for p in sorted(image_dir.iterdir()):
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if p.stem in files:
-            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
-        real = checked_image(p, root)
-        if real is None:
-            refused.append(p.name)
-        else:
-            files[p.stem] = real
-    if refused:
-        log.warning("%s: left out %d files that are no image inside the directory (links out of it, no regular "
-                    "file, or bytes of no image): %s", image_dir, len(refused), ", ".join(refused[:5]))
-    return {i: files[i] for i in ids if i in files}
-
-
 def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
     """A fresh temporary directory beside ``out`` (``out.tmp.<pid>.<random>``) holding, with
     ``add``, the region stores of the index at ``out`` (hard links: nothing in them is
@@ -167,16 +140,19 @@ def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Pat
 
 
 def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path | None, dim: int,
-           batch_size: int) -> int:
-    """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map."""
+           batch_size: int, progress: bool = False) -> int:
+    """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map
+    (``progress``: a progress bar of the images encoded)."""
     old = np.load(old_file, mmap_mode="r") if old_file else np.zeros((0, dim), np.float32)
     emb = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32, shape=(len(old) + len(ids), dim))
     for s in range(0, len(old), 65536):
         stop = min(s + 65536, len(old))
         emb[s:stop] = old[s:stop]
-    for s in range(0, len(ids), batch_size):
-        batch = [store[i] for i in ids[s : s + batch_size]]
-        emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()
+    with tqdm(total=len(ids), desc="embedding images", unit="image", disable=not progress) as bar:
+        for s in range(0, len(ids), batch_size):
+            batch = [store[i] for i in ids[s : s + batch_size]]
+            emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()
+            bar.update(len(batch))
     emb.flush()
     return len(emb)
 
@@ -184,14 +160,15 @@ def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path |
 def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
                 config: str | None = None, images: str | None = None, detector: str | None = None,
                 batch_size: int = 64, image_dir: str | None = None, add: bool = False,
-                exact_limit: int | None = None, target_recall: float | None = None) -> dict:
+                exact_limit: int | None = None, target_recall: float | None = None, progress: bool = False) -> dict:
     """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
     files are, for showing them) or a directory of image files (``images`` + ``detector``).
     With ``add``, the images join the index at ``out``. Above ``exact_limit`` images the coarse
     stage is approximate, visiting as few lists as reach ``target_recall`` (recall@10 against
     exact search, measured on a sample of the index; default 0.95, or that of the index
-    added to). The index replaces ``out`` only once it is complete; while it is
-    built, ``out``'s lock (``out.lock`` beside it) keeps a second build of it out."""
+    added to). ``progress``: progress bars of the detector and the encoder. The index replaces
+    ``out`` only once it is complete; while it is built, ``out``'s lock (``out.lock`` beside
+    it) keeps a second build of it out."""
     out = Path(out)
     for what, value in (("model_dir", model_dir), ("out", out), ("features", features), ("predictions", predictions),
                         ("images", images), ("detector", detector), ("image_dir", image_dir)):
@@ -205,11 +182,11 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     with output_lock(out, sibling=True):
         return _build_index(model_dir, out, add, features=features, predictions=predictions, config=config,
                             images=images, detector=detector, batch_size=batch_size, image_dir=image_dir,
-                            exact_limit=exact_limit, target_recall=target_recall)
+                            exact_limit=exact_limit, target_recall=target_recall, progress=progress)
 
 
 def _build_index(model_dir, out: Path, add: bool, *, features, predictions, config, images, detector, batch_size,
-                 image_dir, exact_limit, target_recall) -> dict:
+                 image_dir, exact_limit, target_recall, progress) -> dict:
     if add and config:
         raise ValueError("--add encodes with the input limits of the index; leave out --config")
     if not images and not features:
@@ -220,7 +197,7 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
     tmp, old = _start(out, add, Path(model_dir), fingerprint)
     if images:
         part = "regions" if not old else f"regions-{len(old['stores'])}"
-        extract_features(images, tmp / part, "demo", detector, batch_size, progress=False)
+        extract_features(images, tmp / part, "demo", detector, batch_size, progress=progress)
         features, predictions = (str(out.resolve() / part / n) for n in ("features.tsv", "predictions.tsv"))
         read_from = (str(tmp / part / "features.tsv"), str(tmp / part / "predictions.tsv"))
         image_dir = images
@@ -246,7 +223,7 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
         files.update(new_files)
     dim = model.model.cfg.embed_dim
     total = _embed(model, store, ids, tmp / "embeddings.npy", out / "embeddings.npy" if old else None, dim,
-                   batch_size)
+                   batch_size, progress)
     (tmp / "ids.json").write_text(json.dumps(known + ids))
     (tmp / "files.json").write_text(json.dumps(files))
     before = (old or {}).get("coarse", {})

@@ -41,7 +41,7 @@ def _search(args) -> None:
                                           "--image-dir": args.image_dir})
         meta = build_index(args.model, args.out, args.features, args.predictions, args.config, args.images,
                            args.detector, args.batch_size, args.image_dir, args.add, args.exact_limit,
-                           args.target_recall)
+                           args.target_recall, progress=True)
         c = meta["coarse"]
         stage = c["kind"] if c["kind"] == "exact" else (f"ivf, {c['nprobe']} of {c['nlist']} lists visited, recall@"
                                                         f"{c['recall_at']} {c['recall']:.3f}")

@@ -4,7 +4,7 @@ large collections, adding images to an index, and the page in a real browser."""
 import json
 import shutil
 import threading
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ fastapi = pytest.importorskip("fastapi", reason="needs mvptr[serve]: pip install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mvptr.app.serve import load_service  # noqa: E402
-from mvptr.app.server import MAX_BODY, MAX_QUERY, MAX_RERANK, MAX_TOP  # noqa: E402
+from mvptr.app.server import MAX_BODY, MAX_OBJECTS, MAX_QUERY, MAX_RERANK, MAX_TOP  # noqa: E402
 from serve_helpers import live, tiny_model  # noqa: E402
 
 QUERY = "a red circle left of a blue square"
@@ -69,7 +69,7 @@ def test_page_health_and_docs(client, world):
     health = client.get("/api/health").json()
     n = len(list((world / "images").glob("*.png")))
     assert health["status"] == "ok" and health["images"] == n and health["image_files"] == n
-    assert health["vqa"] is True and health["coarse"] == "exact"
+    assert health["vqa"] is True and health["coarse"] == "exact" and health["recall"] == 1.0
     assert client.get("/docs").status_code == 404  # its assets come from a CDN: blank offline, and against the CSP
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/ground", "/api/answer", "/api/health", "/api/images/{image_id}"} <= set(paths)
@@ -83,6 +83,8 @@ def test_search_gives_the_index_ranking(client, index):
     for r, h in zip(got["results"], want):
         assert abs(r["score"] - h.score) < 1e-4 and abs(r["coarse"] - h.similarity) < 1e-5
         assert r["image"] == f"/api/images/{h.image_id}"
+        classes = index.store[h.image_id]["classes"]  # the objects detected, each once
+        assert r["objects"] and r["objects"] == list(dict.fromkeys(classes))[:MAX_OBJECTS]
     assert {"encode_ms", "coarse_ms", "rerank_ms", "total_ms"} <= set(got["timing"]) and got["reranked"] == 8
     assert client.get("/api/search", params={"q": QUERY, "top": 6, "rerank": 2}).json()["reranked"] == 6
     coarse = client.get("/api/search", params={"q": QUERY, "top": 4, "rerank": 0}).json()
@@ -378,7 +380,9 @@ def test_search_build_adds_images_to_an_index(model_dir, world_args, world, inde
     n = len(before.ids)
     assert main(["search", "build", "--model", str(model_dir), "--images", str(pictures), "--detector",
                  str(world / "detector.safetensors"), "--out", str(out), "--add"]) == 0
-    assert f"indexed 6 images in {out} ({n + 6} in all, {n + 6} with an image file" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"indexed 6 images in {out} ({n + 6} in all, {n + 6} with an image file" in said.out
+    assert "embedding images" in said.err and "6/6" in said.err  # the progress bar
     after = SearchIndex(out, parse_phrases=False)
     assert after.ids[:n] == before.ids and after.ids[n:] == sorted(f"extra_{p.name[:-4]}"
                                                                    for p in (world / "images").glob("*.png"))[:6]
@@ -467,6 +471,40 @@ def test_the_page_in_a_browser(live_server, index, tmp_path):
             assert page.locator("#answers .answer").count() == 3
             shot = page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert shot[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "page.png").stat().st_size == len(shot)
+            # the scores are explained, on the page and on each card
+            help_text = page.locator("#scores-help").inner_text()
+            assert "cosine" in help_text and "log-odds" in help_text and page.locator("#scores-help").is_visible()
+            assert cards.first.locator(".scores").get_attribute("title") == page.locator("#scores-help").text_content()
+            classes = index.store[want[0]]["classes"]
+            assert cards.first.locator(".objects").inner_text() == ", ".join(list(dict.fromkeys(classes))[:MAX_OBJECTS])
+            # the query is in the URL; another query is a new history entry, and Back restores the first
+            assert page.evaluate("new URLSearchParams(location.search).get('q')") == QUERY
+            other = "two small green triangles"
+            page.fill("#q", other)
+            page.press("#q", "Enter")
+            page.wait_for_function("(q) => new URLSearchParams(location.search).get('q') === q", arg=other)
+            shows = "(want) => JSON.stringify(Array.from(document.querySelectorAll('#results .result'), " \
+                    "(c) => c.dataset.id)) === JSON.stringify(want)"  # the page shows these results
+            want_other = [h.image_id for h in index.query(other, 10, 20)]
+            assert want_other != want
+            page.wait_for_function(shows, arg=want_other)
+            page.go_back()
+            page.wait_for_function(shows, arg=want)
+            assert page.input_value("#q") == QUERY
+            assert not errors, errors
+            # a shared link at phone width: the query's results, nothing wider than the screen
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.on("pageerror", lambda err: errors.append(str(err)))
+            phone.goto(f"{live_server}/?{urlencode({'q': QUERY})}")
+            phone.wait_for_function(shows, arg=want)
+            phone.wait_for_function("document.querySelector('#about').textContent.includes('images')")
+            assert phone.input_value("#q") == QUERY
+            fits = "document.documentElement.scrollWidth <= window.innerWidth"
+            assert phone.evaluate(fits)
+            phone.locator("#results .result").first.click()
+            phone.wait_for_selector("#boxes rect.box", state="attached")
+            assert phone.evaluate(fits) and phone.locator("#detail").bounding_box()["width"] <= 390
+            phone.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()
