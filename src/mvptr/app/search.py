@@ -148,7 +148,7 @@ def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path |
     for s in range(0, len(old), 65536):
         stop = min(s + 65536, len(old))
         emb[s:stop] = old[s:stop]
-    with tqdm(total=len(ids), desc="embedding images", unit="image", disable=not progress) as bar:
+    with tqdm(total=len(ids), desc="embedding", unit="image", disable=not progress) as bar:
         for s in range(0, len(ids), batch_size):
             batch = [store[i] for i in ids[s : s + batch_size]]
             emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()

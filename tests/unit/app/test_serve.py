@@ -382,7 +382,7 @@ def test_search_build_adds_images_to_an_index(model_dir, world_args, world, inde
                  str(world / "detector.safetensors"), "--out", str(out), "--add"]) == 0
     said = capsys.readouterr()
     assert f"indexed 6 images in {out} ({n + 6} in all, {n + 6} with an image file" in said.out
-    assert "embedding images" in said.err and "6/6" in said.err  # the progress bar
+    assert "embedding: 100%|" in said.err and "6/6" in said.err  # the progress bar
     after = SearchIndex(out, parse_phrases=False)
     assert after.ids[:n] == before.ids and after.ids[n:] == sorted(f"extra_{p.name[:-4]}"
                                                                    for p in (world / "images").glob("*.png"))[:6]
