@@ -9,8 +9,11 @@ Gaussian noise, so a vector's cosine to its centre is about 0.7 -- collections o
 are clustered like this) and "uniform" (uniformly on the sphere: no structure, the worst
 case for any index that prunes). Queries come from the same distribution, drawn apart from
 the collection. Recall@10: the share of the exact top 10 that the IVF search returns.
-Latency: one query at a time (as a request does), percentiles over ``--latency-queries``.
-Memory: the process's peak resident set, which counts the mapped pages it touched.
+The IVF index chooses its nprobe as `search build` does (``--target-recall``, measured on a
+sample of its own embeddings); the run reports that choice and measures it, and the old
+default share of 1/8 of the lists, with the others. Latency: one query at a time (as a
+request does), percentiles over ``--latency-queries``. Memory: the process's peak resident
+set, which counts the mapped pages it touched.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mvptr.app.coarse import IVF_FILE, CoarseIndex, ivf_lists, write_ivf
+from mvptr.app.coarse import IVF_FILE, PROBE_SHARE, TARGET_RECALL, CoarseIndex, ivf_lists, write_ivf
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -78,14 +81,18 @@ def run(kind: str, args, out: Path) -> dict:
     row["exact_batch_ms_per_query"] = round(1000 * (time.perf_counter() - t) / len(queries), 3)
     row["exact"] = latency_ms(exact, queries[: args.latency_queries], args.k)
     t = time.perf_counter()
-    meta = write_ivf(emb, out / IVF_FILE, nlist=args.nlist)
-    row["ivf_build_s"] = round(time.perf_counter() - t, 1)
+    meta = write_ivf(emb, out / IVF_FILE, nlist=args.nlist, target_recall=args.target_recall)
+    row["ivf_build_s"] = round(time.perf_counter() - t, 1)  # training, adding, choosing nprobe
     row["nlist"] = meta["nlist"]
+    # the nprobe chosen for the target, and the recall measured on the index's own sample
+    row["chosen"] = {k: meta[k] for k in ("nprobe", "recall", "target_recall", "recall_queries")}
     row["ivf"] = []
-    for nprobe in args.nprobe:
+    share = max(1, meta["nlist"] // PROBE_SHARE)
+    for nprobe in sorted(set(args.nprobe) | {meta["nprobe"], share}):
         ivf = CoarseIndex(emb, out / IVF_FILE, nprobe=nprobe)
         found = ivf.search(queries, args.k)[1]
-        row["ivf"].append({"nprobe": nprobe, f"recall@{args.k}": round(recall(found, truth), 4),
+        row["ivf"].append({"nprobe": nprobe, "chosen": nprobe == meta["nprobe"], "share_1/8": nprobe == share,
+                           f"recall@{args.k}": round(recall(found, truth), 4),
                            **latency_ms(ivf, queries[: args.latency_queries], args.k)})
         print(json.dumps({kind: row["ivf"][-1]}), flush=True)
     (out / "embeddings.npy").unlink()
@@ -100,6 +107,8 @@ def main() -> None:
     p.add_argument("--clusters", type=int, default=10_000)
     p.add_argument("--nlist", type=int, help="IVF lists (default: what `search build` picks)")
     p.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    p.add_argument("--target-recall", type=float, default=TARGET_RECALL,
+                   help="the recall@10 `search build` chooses nprobe for (measured on the index's own sample)")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall")
     p.add_argument("--latency-queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)

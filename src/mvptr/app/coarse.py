@@ -4,8 +4,11 @@ product with a query's, read from the embeddings memory-mapped from the index di
 Up to ``exact_limit`` images the search is exact: faiss's brute-force inner product, straight
 from the memory map (nothing is copied into an index). Above it, an inverted-file index (faiss
 IVF with flat lists, spherical k-means on a sample) visits only the ``nprobe`` lists whose
-centroids are nearest the query (by default an eighth of them); its file is memory-mapped
-too. Recall against exact search and latency at 1M images: docs/PERFORMANCE.md
+centroids are nearest the query; its file is memory-mapped too. How many lists is chosen
+when the index is written, by measured recall: a sample of the index's own embeddings
+(``RECALL_QUERIES``) is searched both ways, and ``nprobe`` doubles from 1 until recall@10
+against exact search reaches a target (``TARGET_RECALL``; every list for a target of 1).
+Recall against exact search and latency at 1M images: docs/PERFORMANCE.md
 (``benchmarks/faiss_coarse.py``).
 """
 
@@ -18,7 +21,10 @@ import faiss
 import numpy as np
 
 EXACT_LIMIT = 100_000  # images searched exactly; an IVF index above
-PROBE_SHARE = 8  # by default a query visits 1/8 of the IVF lists (recall@10 0.92 at 1M: docs/PERFORMANCE.md)
+PROBE_SHARE = 8  # an index without a measured nprobe visits 1/8 of the IVF lists
+TARGET_RECALL = 0.95  # recall@10 against exact search that the chosen nprobe reaches on the sample
+RECALL_QUERIES = 200  # embeddings of the index searched to measure its recall
+RECALL_K = 10
 IVF_FILE = "coarse.faiss"
 TRAIN_PER_LIST = 64  # k-means sample per list (faiss warns below 39)
 CHUNK = 65536  # rows added to the IVF index at a time, so a memory map is never read whole
@@ -49,17 +55,62 @@ def add_rows(index: faiss.Index, emb: np.ndarray, start: int = 0) -> None:
         index.add(np.ascontiguousarray(emb[s : s + CHUNK], dtype=np.float32))
 
 
-def write_ivf(emb: np.ndarray, path: Path, old: Path | None = None, nlist: int | None = None) -> dict:
+def check_target(target: float) -> float:
+    """A recall target: a number above 0, at most 1."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"target recall {target!r}: expected a number above 0 and at most 1")
+    return float(target)
+
+
+def sample_rows(n: int, size: int = RECALL_QUERIES, seed: int = 0) -> np.ndarray:
+    """The rows whose embeddings measure an index's recall (sorted, at most ``n``)."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
+
+
+def recall_at(index: faiss.Index, queries: np.ndarray, exact_rows: np.ndarray, nprobe: int) -> float:
+    """Recall@k of ``index`` visiting ``nprobe`` lists: the share of ``exact_rows`` (queries, k),
+    the exact top k of each query, that it returns in its own top k."""
+    index.nprobe = nprobe
+    rows = index.search(queries, exact_rows.shape[1])[1]
+    found = sum(len(np.intersect1d(r[r >= 0], e)) for r, e in zip(rows, exact_rows))
+    return found / exact_rows.size
+
+
+def choose_nprobe(index: faiss.Index, emb: np.ndarray, target: float = TARGET_RECALL,
+                  queries: int = RECALL_QUERIES, seed: int = 0) -> dict:
+    """The fewest lists (1, 2, 4 ... nlist) at which ``index`` finds ``target`` of the exact
+    top 10 of a sample of its own embeddings; a target of 1 takes every list (only that is
+    exact whatever the sample). Returns the coarse stage's record of it."""
+    target = check_target(target)
+    rows = sample_rows(len(emb), queries, seed)
+    q = np.ascontiguousarray(emb[rows], dtype=np.float32)
+    k = min(RECALL_K, len(emb))
+    exact = faiss.knn(q, emb, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    nprobe = index.nlist if target >= 1 else 1
+    while True:
+        recall = recall_at(index, q, exact, nprobe)
+        if recall >= target or nprobe >= index.nlist:
+            break
+        nprobe = min(2 * nprobe, index.nlist)
+    return {"nprobe": int(nprobe), "recall": round(recall, 4), "target_recall": target, "recall_at": k,
+            "recall_queries": len(rows), "recall_seed": seed}
+
+
+def write_ivf(emb: np.ndarray, path: Path, old: Path | None = None, nlist: int | None = None,
+              target_recall: float = TARGET_RECALL) -> dict:
     """Write the IVF index of ``emb`` to ``path``: the rows past those of the index at ``old``
-    are added to it (no new training), or a new index is trained on all of them."""
+    are added to it (no new training), or a new index is trained on all of them. Its nprobe is
+    chosen by measured recall (:func:`choose_nprobe`)."""
+    check_target(target_recall)
     if old is not None and old.exists():
         index = faiss.read_index(str(old))
         add_rows(index, emb, index.ntotal)
     else:
         index = train_ivf(emb, nlist)
         add_rows(index, emb)
+    chosen = choose_nprobe(index, emb, target_recall)
     faiss.write_index(index, str(path))
-    return {"kind": "ivf", "nlist": int(index.nlist)}
+    return {"kind": "ivf", "nlist": int(index.nlist), **chosen}
 
 
 class CoarseIndex:

@@ -9,13 +9,17 @@ the server checks again when it reads the file (it may have been replaced since)
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
 
+from ..vision.detect import IMAGE_SUFFIXES
+
 HEAD = 32  # bytes enough to tell the formats below apart
 MAX_IMAGE = 64 * 1024 * 1024  # an image file the server reads, at most (bytes)
 _BMP_HEADERS = (12, 40, 52, 56, 64, 108, 124)  # the sizes a BMP's DIB header can have
+log = logging.getLogger("mvptr.search")
 
 
 def image_type(head: bytes) -> str | None:
@@ -72,3 +76,29 @@ def read_image(path: str, roots: list[str] | None = None) -> tuple[bytes, str] |
         data = f.read(MAX_IMAGE + 1)
     kind = image_type(data[:HEAD])
     return (data, kind) if kind and len(data) <= MAX_IMAGE else None
+
+
+def image_files(image_dir: str | Path, ids) -> dict[str, str]:
+    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...): only regular
+    files that resolve inside ``image_dir`` and whose bytes are an image (:mod:`.images`); the
+    others are left out, with a warning."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: image directory not found")
+    root = image_dir.resolve()
+    files: dict[str, str] = {}
+    refused = []
+    for p in sorted(image_dir.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.stem in files:
+            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
+        real = checked_image(p, root)
+        if real is None:
+            refused.append(p.name)
+        else:
+            files[p.stem] = real
+    if refused:
+        log.warning("%s: left out %d files that are no image inside the directory (links out of it, no regular "
+                    "file, or bytes of no image): %s", image_dir, len(refused), ", ".join(refused[:5]))
+    return {i: files[i] for i in ids if i in files}

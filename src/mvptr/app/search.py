@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint.model_dir import defines_model
 from ..checkpoint.task_dir import HEAD_FILE, TASK_FILE
@@ -39,16 +39,15 @@ from ..core.config import Config, load_config, to_dict
 from ..core.errors import FormatError
 from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
 from ..eval.retrieval import itm_scores
-from ..vision.detect import IMAGE_SUFFIXES, extract_features
+from ..vision.detect import extract_features
 from .api import Model, check_count, check_text, open_feature_store
-from .coarse import EXACT_LIMIT, IVF_FILE, CoarseIndex, write_ivf
-from .images import checked_image
+from .coarse import EXACT_LIMIT, IVF_FILE, TARGET_RECALL, CoarseIndex, check_target, write_ivf
+from .images import image_files
 
 FORMAT = "mvptr-search/2"
 REBUILD = "rebuild it with `mvptr search build`"
 MAX_TOP = 100  # images one query returns, at most (the HTTP API's limits too)
 MAX_RERANK = 200  # candidates one query re-ranks, at most
-log = logging.getLogger("mvptr.search")
 
 
 @dataclass
@@ -129,32 +128,6 @@ def index_config(meta: dict) -> Config:
     return load_config(None, [f"data.{k}={v}" for k, v in meta["data"].items() if k.startswith("max_")])
 
 
-def image_files(image_dir: str | Path, ids) -> dict[str, str]:
-    """The file of each image id in ``image_dir`` (named ``<id>.png``, ``.jpg`` ...): only regular
-    files that resolve inside ``image_dir`` and whose bytes are an image (:mod:`.images`); the
-    others are left out, with a warning."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: image directory not found")
-    root = image_dir.resolve()
-    files: dict[str, str] = {}
-    refused = []
-    for p in sorted(image_dir.iterdir()):
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if p.stem in files:
-            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
-        real = checked_image(p, root)
-        if real is None:
-            refused.append(p.name)
-        else:
-            files[p.stem] = real
-    if refused:
-        log.warning("%s: left out %d files that are no image inside the directory (links out of it, no regular "
-                    "file, or bytes of no image): %s", image_dir, len(refused), ", ".join(refused[:5]))
-    return {i: files[i] for i in ids if i in files}
-
-
 def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
     """A fresh temporary directory beside ``out`` (``out.tmp.<pid>.<random>``) holding, with
     ``add``, the region stores of the index at ``out`` (hard links: nothing in them is
@@ -169,16 +142,19 @@ def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Pat
 
 
 def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path | None, dim: int,
-           batch_size: int) -> int:
-    """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map."""
+           batch_size: int, progress: bool = False) -> int:
+    """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map
+    (``progress``: a progress bar of the images encoded)."""
     old = np.load(old_file, mmap_mode="r") if old_file else np.zeros((0, dim), np.float32)
     emb = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.float32, shape=(len(old) + len(ids), dim))
     for s in range(0, len(old), 65536):
         stop = min(s + 65536, len(old))
         emb[s:stop] = old[s:stop]
-    for s in range(0, len(ids), batch_size):
-        batch = [store[i] for i in ids[s : s + batch_size]]
-        emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()
+    with tqdm(total=len(ids), desc="embedding", unit="image", disable=not progress) as bar:
+        for s in range(0, len(ids), batch_size):
+            batch = [store[i] for i in ids[s : s + batch_size]]
+            emb[len(old) + s : len(old) + s + len(batch)] = model.encode_images(batch).emb.float().cpu().numpy()
+            bar.update(len(batch))
     emb.flush()
     return len(emb)
 
@@ -186,12 +162,15 @@ def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path |
 def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
                 config: str | None = None, images: str | None = None, detector: str | None = None,
                 batch_size: int = 64, image_dir: str | None = None, add: bool = False,
-                exact_limit: int | None = None) -> dict:
+                exact_limit: int | None = None, target_recall: float | None = None, progress: bool = False) -> dict:
     """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
     files are, for showing them) or a directory of image files (``images`` + ``detector``).
     With ``add``, the images join the index at ``out``. Above ``exact_limit`` images the coarse
-    stage is approximate. The index replaces ``out`` only once it is complete; while it is
-    built, ``out``'s lock (``out.lock`` beside it) keeps a second build of it out."""
+    stage is approximate, visiting as few lists as reach ``target_recall`` (recall@10 against
+    exact search, measured on a sample of the index; default 0.95, or that of the index
+    added to). ``progress``: progress bars of the detector and the encoder. The index replaces
+    ``out`` only once it is complete; while it is built, ``out``'s lock (``out.lock`` beside
+    it) keeps a second build of it out."""
     out = Path(out)
     for what, value in (("model_dir", model_dir), ("out", out), ("features", features), ("predictions", predictions),
                         ("images", images), ("detector", detector), ("image_dir", image_dir)):
@@ -200,14 +179,16 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     check_count(batch_size, "batch_size")
     if exact_limit is not None:
         check_count(exact_limit, "exact_limit", 0)
+    if target_recall is not None:
+        check_target(target_recall)
     with output_lock(out, sibling=True):
         return _build_index(model_dir, out, add, features=features, predictions=predictions, config=config,
                             images=images, detector=detector, batch_size=batch_size, image_dir=image_dir,
-                            exact_limit=exact_limit)
+                            exact_limit=exact_limit, target_recall=target_recall, progress=progress)
 
 
 def _build_index(model_dir, out: Path, add: bool, *, features, predictions, config, images, detector, batch_size,
-                 image_dir, exact_limit) -> dict:
+                 image_dir, exact_limit, target_recall, progress) -> dict:
     if add and config:
         raise ValueError("--add encodes with the input limits of the index; leave out --config")
     if not images and not features:
@@ -218,7 +199,7 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
     tmp, old = _start(out, add, Path(model_dir), fingerprint)
     if images:
         part = "regions" if not old else f"regions-{len(old['stores'])}"
-        extract_features(images, tmp / part, "demo", detector, batch_size, progress=False)
+        extract_features(images, tmp / part, "demo", detector, batch_size, progress=progress)
         features, predictions = (str(out.resolve() / part / n) for n in ("features.tsv", "predictions.tsv"))
         read_from = (str(tmp / part / "features.tsv"), str(tmp / part / "predictions.tsv"))
         image_dir = images
@@ -244,14 +225,16 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
         files.update(new_files)
     dim = model.model.cfg.embed_dim
     total = _embed(model, store, ids, tmp / "embeddings.npy", out / "embeddings.npy" if old else None, dim,
-                   batch_size)
+                   batch_size, progress)
     (tmp / "ids.json").write_text(json.dumps(known + ids))
     (tmp / "files.json").write_text(json.dumps(files))
-    limit = exact_limit if exact_limit is not None else (old or {}).get("coarse", {}).get("exact_limit", EXACT_LIMIT)
-    coarse = {"kind": "exact"}
+    before = (old or {}).get("coarse", {})
+    limit = exact_limit if exact_limit is not None else before.get("exact_limit", EXACT_LIMIT)
+    target = target_recall or before.get("target_recall", TARGET_RECALL)
+    coarse = {"kind": "exact", "target_recall": target}
     if total > limit:
         coarse = write_ivf(np.load(tmp / "embeddings.npy", mmap_mode="r"), tmp / IVF_FILE,
-                           old=out / IVF_FILE if old else None)
+                           old=out / IVF_FILE if old else None, target_recall=target)
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
     stores[-1]["image_dir"] = str(Path(image_dir).resolve()) if image_dir else None
@@ -281,8 +264,9 @@ class IndexStores:
 class SearchIndex:
     """An index ready to query. ``model_dir``: the model to encode queries with, instead of the
     one recorded in the index (e.g. the index moved); either way its files must be those the
-    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: an
-    eighth of them)."""
+    index was built with. ``nprobe``: lists an approximate coarse stage visits (default: the
+    number chosen for the index's target recall). ``recall``: the recall@10 measured for the
+    coarse stage (1 when exact; None for an nprobe other than the measured one)."""
 
     def __init__(self, path: str | Path, parse_phrases: bool = True, model_dir: str | Path | None = None,
                  nprobe: int | None = None):
@@ -304,8 +288,11 @@ class SearchIndex:
         self.image_dirs = [s["image_dir"] for s in stores if s["image_dir"]] if known else None
         emb = _load_embeddings(self.path / "embeddings.npy", len(self.ids))
         self.emb = torch.from_numpy(emb)
-        ivf = self.path / IVF_FILE if self.meta["coarse"]["kind"] == "ivf" else None
-        self.coarse = CoarseIndex(emb, ivf, nprobe)
+        coarse = self.meta["coarse"]
+        ivf = self.path / IVF_FILE if coarse["kind"] == "ivf" else None
+        self.coarse = CoarseIndex(emb, ivf, nprobe or coarse.get("nprobe"))
+        self.recall = 1.0 if ivf is None else coarse.get("recall") if self.coarse.ivf.nprobe == coarse.get("nprobe") \
+            else None
         self.model = Model.load(model_dir, index_config(self.meta), parse_phrases=parse_phrases)
         dim = self.model.model.cfg.region_feat_dim
         stores = self.meta["stores"]

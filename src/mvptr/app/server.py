@@ -1,8 +1,10 @@
 """The HTTP API and the page over a search index (``mvptr serve``; needs ``mvptr[serve]``).
 
     GET  /                          the page (static/: index.html, app.js, style.css)
-    GET  /api/health                size of the index, its coarse stage, whether questions are answered
-    GET  /api/search?q=&top=&rerank=  image ids with their coarse and re-ranked scores, and timings
+    GET  /api/health                size of the index, its coarse stage and that stage's measured
+                                    recall@10, whether questions are answered
+    GET  /api/search?q=&top=&rerank=  image ids with their coarse and re-ranked scores, the objects
+                                    detected in each image, and timings
     GET  /api/images/{id}           the image file the index knows for the id
     GET  /api/ground?image=&q=      each phrase of q with the region it grounds to (paper Figure 5)
     POST /api/answer                {"image", "question", "top"}: a VQA head's likeliest answers
@@ -44,6 +46,7 @@ from .worker import ClientGone, ModelQueue, QueueFull
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY = 300  # characters of a query or a question
 MAX_ANSWERS = 20
+MAX_OBJECTS = 8  # names of detected objects given with each search result, at most
 QUEUE = 32  # requests waiting for the model, at most; more are answered 503
 WINDOW_MS = 5.0  # a batch of searches gathers for this long
 MAX_BATCH = 16  # searches in one batch, at most
@@ -67,6 +70,13 @@ def _short(error: dict) -> dict:
     return {"loc": list(error.get("loc", ()))[:4], "msg": str(error.get("msg", ""))[:200], "type": error.get("type")}
 
 
+def objects(regions: dict, most: int = MAX_OBJECTS) -> list[str]:
+    """The names of the objects the detector found in an image (its regions' classes), each
+    once, in the store's order, at most ``most``: what an index knows
+    of an image besides its features (it holds no captions)."""
+    return list(dict.fromkeys(str(c) for c in regions.get("classes", ())))[:most]
+
+
 def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str] = LOOPBACK, *, workers: int = 1,
                queue: int = QUEUE, window_ms: float = WINDOW_MS, max_batch: int = MAX_BATCH) -> FastAPI:
     """The service over ``index``; questions are answered by ``vqa``, or by the index's own
@@ -83,7 +93,9 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     app.add_middleware(SecurityHeaders)  # outside the others: their 400 and 413 get the headers too
     app.state.index, app.state.vqa = index, vqa
-    runners = {"search": lambda jobs: index.query_batch(jobs),  # one pass for the texts, one to re-rank
+    # one pass for the texts, one to re-rank; the objects of each hit are read from the store by the worker
+    runners = {"search": lambda jobs: [[(h, objects(index.store[h.image_id])) for h in hits]
+                                       for hits in index.query_batch(jobs)],
                # the regions are read from the store by the worker, off the event loop
                "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
                "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}
@@ -130,7 +142,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
     @app.get("/api/health")
     async def health():  # on the event loop, never behind the model
         return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
-                "coarse": index.coarse.kind, "model": Path(index.meta["model"]).name,  # no absolute path
+                "coarse": index.coarse.kind, "recall": index.recall,
+                "model": Path(index.meta["model"]).name,  # no absolute path
                 "vqa": vqa is not None,
                 "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
                            "body": MAX_BODY, "queue": model.capacity},
@@ -155,8 +168,8 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
         return {"query": q, "top": top, "rerank": rerank, "reranked": reranked, "images": len(index.ids),
                 "timing": timing,
                 "results": [{"rank": r, "id": h.image_id, "coarse": round(h.similarity, 6),
-                             "score": round(h.score, 6) if rerank else None, "image": image_url(h.image_id)}
-                            for r, h in enumerate(hits, 1)]}
+                             "score": round(h.score, 6) if rerank else None, "image": image_url(h.image_id),
+                             "objects": names} for r, (h, names) in enumerate(hits, 1)]}
 
     @app.get("/api/images/{image_id:path}")
     def image(image_id: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..app.coarse import EXACT_LIMIT
+from ..app.coarse import EXACT_LIMIT, TARGET_RECALL
 from ..app.search import MAX_RERANK, MAX_TOP, SearchIndex, build_index
 from ..core.errors import ConfigError, FormatError, MvptrError
 from ..core.fileio import check_apart
@@ -22,6 +22,8 @@ def cmd_search(args) -> None:
             raise ConfigError(f"{flag} {value}: expected a whole number "
                               + (f"from {least} to {most}" if most is not None else f"of at least {least}")
                               + (" (0: no re-ranking)" if flag == "--rerank" else ""))
+    if args.target_recall is not None and not 0 < args.target_recall <= 1:
+        raise ConfigError(f"--target-recall {args.target_recall}: expected a recall above 0 and at most 1")
     try:
         _search(args)
     except MvptrError:
@@ -38,9 +40,13 @@ def _search(args) -> None:
                                           "--predictions": args.predictions, "--images": args.images,
                                           "--image-dir": args.image_dir})
         meta = build_index(args.model, args.out, args.features, args.predictions, args.config, args.images,
-                           args.detector, args.batch_size, args.image_dir, args.add, args.exact_limit)
+                           args.detector, args.batch_size, args.image_dir, args.add, args.exact_limit,
+                           args.target_recall, progress=True)
+        c = meta["coarse"]
+        stage = c["kind"] if c["kind"] == "exact" else (f"ivf, {c['nprobe']} of {c['nlist']} lists visited, recall@"
+                                                        f"{c['recall_at']} {c['recall']:.3f}")
         print(f"indexed {meta['added']} images in {args.out} ({meta['images']} in all, {meta['image_files']} with an "
-              f"image file; coarse stage: {meta['coarse']['kind']})")
+              f"image file; coarse stage: {stage})")
         return
     index = SearchIndex(args.index, parse_phrases=not args.no_phrases, nprobe=args.nprobe)
     hits = index.query(args.text, args.top, args.rerank, args.score)
@@ -68,13 +74,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--exact-limit", type=int,
                    help=f"images searched exactly; an approximate (faiss IVF) index above "
                         f"(build; default {EXACT_LIMIT})")
+    p.add_argument("--target-recall", type=float,
+                   help=f"recall@10 against exact search that an approximate index keeps, measured on a sample of "
+                        f"it; nprobe doubles until it does (build; above 0, at most 1; default {TARGET_RECALL})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--top", type=int, default=10, help=f"images to show, 1 to {MAX_TOP} (query)")
     p.add_argument("--rerank", type=int, default=64,
                    help=f"candidates the multimodal encoder re-ranks, 0 (none) to {MAX_RERANK} (query)")
     p.add_argument("--score", choices=["itm", "itm+sim", "uni"], default="itm+sim")
     p.add_argument("--nprobe", type=int,
-                   help="lists an approximate coarse stage visits (query; default: 1/8 of them)")
+                   help="lists an approximate coarse stage visits (query; default: the number chosen "
+                        "for the index's target recall)")
     p.add_argument("--no-phrases", action="store_true", help="do not parse phrase concepts from the query")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -60,7 +60,8 @@ def add_parser(subparsers) -> None:
                    help="keep query strings in the access log (left out by default: they are what users typed)")
     p.add_argument("--model", help="the model the index was built with, when it is no longer where the index says")
     p.add_argument("--vqa-model", help="a model fine-tuned with `mvptr finetune vqa`, to answer questions on the page")
-    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: 1/8)")
+    p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: the "
+                                              "number chosen for the index's target recall)")
     p.add_argument("--workers", type=int, default=1,
                    help="threads that run the model (default 1: on a CPU one forward pass already uses every core)")
     p.add_argument("--queue", type=int, default=32,

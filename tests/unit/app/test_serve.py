@@ -4,13 +4,13 @@ large collections, adding images to an index, and the page in a real browser."""
 import json
 import shutil
 import threading
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import numpy as np
 import pytest
 
 from mvptr.app.api import Model
-from mvptr.app.coarse import CoarseIndex, write_ivf
+from mvptr.app.coarse import TARGET_RECALL, CoarseIndex, sample_rows, write_ivf
 from mvptr.app.search import SearchIndex, build_index
 from mvptr.cli import main, parse
 
@@ -20,7 +20,7 @@ fastapi = pytest.importorskip("fastapi", reason="needs mvptr[serve]: pip install
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mvptr.app.serve import load_service  # noqa: E402
-from mvptr.app.server import MAX_BODY, MAX_QUERY, MAX_RERANK, MAX_TOP  # noqa: E402
+from mvptr.app.server import MAX_BODY, MAX_OBJECTS, MAX_QUERY, MAX_RERANK, MAX_TOP  # noqa: E402
 from serve_helpers import live, tiny_model  # noqa: E402
 
 QUERY = "a red circle left of a blue square"
@@ -69,7 +69,7 @@ def test_page_health_and_docs(client, world):
     health = client.get("/api/health").json()
     n = len(list((world / "images").glob("*.png")))
     assert health["status"] == "ok" and health["images"] == n and health["image_files"] == n
-    assert health["vqa"] is True and health["coarse"] == "exact"
+    assert health["vqa"] is True and health["coarse"] == "exact" and health["recall"] == 1.0
     assert client.get("/docs").status_code == 404  # its assets come from a CDN: blank offline, and against the CSP
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/ground", "/api/answer", "/api/health", "/api/images/{image_id}"} <= set(paths)
@@ -83,6 +83,8 @@ def test_search_gives_the_index_ranking(client, index):
     for r, h in zip(got["results"], want):
         assert abs(r["score"] - h.score) < 1e-4 and abs(r["coarse"] - h.similarity) < 1e-5
         assert r["image"] == f"/api/images/{h.image_id}"
+        classes = index.store[h.image_id]["classes"]  # the objects detected, each once
+        assert r["objects"] and r["objects"] == list(dict.fromkeys(classes))[:MAX_OBJECTS]
     assert {"encode_ms", "coarse_ms", "rerank_ms", "total_ms"} <= set(got["timing"]) and got["reranked"] == 8
     assert client.get("/api/search", params={"q": QUERY, "top": 6, "rerank": 2}).json()["reranked"] == 6
     coarse = client.get("/api/search", params={"q": QUERY, "top": 4, "rerank": 0}).json()
@@ -307,16 +309,69 @@ def test_coarse_stage_exact_and_ivf(tmp_path):
     assert exact.search(queries, 0)[1].shape == (20, 0) and exact.search(queries, 10 ** 6)[1].shape == (20, 3000)
 
 
+def exact_recall(emb: np.ndarray, path, nprobe: int, rows: np.ndarray) -> float:
+    """Recall@10 of the IVF index at ``path`` visiting ``nprobe`` lists, recomputed with numpy."""
+    want = np.argsort(-(emb[rows] @ emb.T), axis=1, kind="stable")[:, :10]
+    got = CoarseIndex(emb, path, nprobe=nprobe).search(emb[rows], 10)[1]
+    return sum(len(set(g.tolist()) & set(w.tolist())) for g, w in zip(got, want)) / want.size
+
+
+def test_the_ivf_index_visits_as_many_lists_as_reach_the_target_recall(tmp_path):
+    emb = unit_rows(20_000, 32, 2)  # uniform: the default share of lists keeps far less than 0.95
+    meta = write_ivf(emb, tmp_path / "u.faiss")
+    assert meta["target_recall"] == TARGET_RECALL == 0.95 and meta["recall_queries"] == 200
+    rows = sample_rows(len(emb), meta["recall_queries"], meta["recall_seed"])
+    assert meta["recall"] >= 0.95 and meta["recall"] == pytest.approx(exact_recall(emb, tmp_path / "u.faiss",
+                                                                                   meta["nprobe"], rows), abs=1e-4)
+    assert meta["nprobe"] < meta["nlist"]
+    half = meta["nprobe"] // 2  # doubling: the step below did not reach the target
+    assert half >= 1 and exact_recall(emb, tmp_path / "u.faiss", half, rows) < 0.95
+    assert exact_recall(emb, tmp_path / "u.faiss", max(1, meta["nlist"] // 8), rows) < 0.95  # the old default
+    every = write_ivf(emb, tmp_path / "e.faiss", target_recall=1.0)
+    assert every["nprobe"] == every["nlist"] and every["recall"] == pytest.approx(1.0, abs=1e-3)
+    low = write_ivf(emb, tmp_path / "l.faiss", target_recall=0.05)
+    assert low["nprobe"] == 1 and low["recall"] >= 0.05
+    for bad in (0, -0.5, 1.01, float("nan"), "0.9", True):
+        with pytest.raises(ValueError, match="target recall"):
+            write_ivf(emb[:2000], tmp_path / "x.faiss", target_recall=bad)
+    assert not (tmp_path / "x.faiss").exists()
+
+
 def test_above_the_exact_limit_the_index_is_approximate(model_dir, world, index_dir, tmp_path):
     meta = build_index(model_dir, tmp_path / "ivf", str(world / "features.tsv"), str(world / "predictions.tsv"),
                        config="tiny", exact_limit=50)
-    assert meta["coarse"]["kind"] == "ivf" and (tmp_path / "ivf" / "coarse.faiss").exists()
+    coarse = meta["coarse"]
+    assert coarse["kind"] == "ivf" and (tmp_path / "ivf" / "coarse.faiss").exists()
+    assert coarse["recall"] >= coarse["target_recall"] == 0.95 and 1 <= coarse["nprobe"] <= coarse["nlist"]
+    assert json.loads((tmp_path / "ivf" / "index.json").read_text())["coarse"] == coarse
+    chosen = SearchIndex(tmp_path / "ivf", parse_phrases=False)  # the measured nprobe by default
+    assert chosen.coarse.ivf.nprobe == coarse["nprobe"] and chosen.recall == coarse["recall"]
     exact = SearchIndex(index_dir, parse_phrases=False)
-    approx = SearchIndex(tmp_path / "ivf", parse_phrases=False, nprobe=meta["coarse"]["nlist"])
+    assert exact.recall == 1.0
+    approx = SearchIndex(tmp_path / "ivf", parse_phrases=False, nprobe=coarse["nlist"])  # an explicit one wins
+    assert approx.coarse.ivf.nprobe == coarse["nlist"]
+    assert approx.recall is None or coarse["nprobe"] == coarse["nlist"]  # not the nprobe measured
     assert isinstance(approx.coarse.emb, np.memmap) and approx.coarse.kind.startswith("ivf")
     for q in (QUERY, "two small green triangles"):
         assert [h.image_id for h in approx.query(q, 10, score="uni")] == [h.image_id for h in
                                                                            exact.query(q, 10, score="uni")]
+    # --add measures again, for the target it is given (else the index's)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for p in sorted((world / "images").glob("*.png"))[:3]:
+        shutil.copy(p, pictures / f"extra_{p.name}")
+    grown = build_index(model_dir, tmp_path / "ivf", images=str(pictures), detector=str(world / "detector.safetensors"),
+                        add=True, target_recall=1.0)
+    assert grown["images"] == meta["images"] + 3 and grown["coarse"]["nlist"] == coarse["nlist"]
+    assert grown["coarse"]["nprobe"] == coarse["nlist"] and grown["coarse"]["target_recall"] == 1.0
+    assert SearchIndex(tmp_path / "ivf", parse_phrases=False).coarse.ivf.nprobe == coarse["nlist"]
+    for bad in (0, 1.5, -1):
+        with pytest.raises(ValueError, match="target recall"):
+            build_index(model_dir, tmp_path / "bad", str(world / "features.tsv"), config="tiny", target_recall=bad)
+        assert main(["search", "build", "--model", str(model_dir), "--out", str(tmp_path / "bad"), "--features",
+                     str(world / "features.tsv"), "--predictions", str(world / "predictions.tsv"),
+                     "--target-recall", str(bad)]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_search_build_adds_images_to_an_index(model_dir, world_args, world, index_dir, tmp_path, capsys):
@@ -330,7 +385,9 @@ def test_search_build_adds_images_to_an_index(model_dir, world_args, world, inde
     n = len(before.ids)
     assert main(["search", "build", "--model", str(model_dir), "--images", str(pictures), "--detector",
                  str(world / "detector.safetensors"), "--out", str(out), "--add"]) == 0
-    assert f"indexed 6 images in {out} ({n + 6} in all, {n + 6} with an image file" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"indexed 6 images in {out} ({n + 6} in all, {n + 6} with an image file" in said.out
+    assert "embedding: 100%|" in said.err and "6/6" in said.err  # the progress bar
     after = SearchIndex(out, parse_phrases=False)
     assert after.ids[:n] == before.ids and after.ids[n:] == sorted(f"extra_{p.name[:-4]}"
                                                                    for p in (world / "images").glob("*.png"))[:6]
@@ -419,6 +476,40 @@ def test_the_page_in_a_browser(live_server, index, tmp_path):
             assert page.locator("#answers .answer").count() == 3
             shot = page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert shot[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "page.png").stat().st_size == len(shot)
+            # the scores are explained, on the page and on each card
+            help_text = page.locator("#scores-help").inner_text()
+            assert "cosine" in help_text and "log-odds" in help_text and page.locator("#scores-help").is_visible()
+            assert cards.first.locator(".scores").get_attribute("title") == page.locator("#scores-help").text_content()
+            classes = index.store[want[0]]["classes"]
+            assert cards.first.locator(".objects").inner_text() == ", ".join(list(dict.fromkeys(classes))[:MAX_OBJECTS])
+            # the query is in the URL; another query is a new history entry, and Back restores the first
+            assert page.evaluate("new URLSearchParams(location.search).get('q')") == QUERY
+            other = "two small green triangles"
+            page.fill("#q", other)
+            page.press("#q", "Enter")
+            page.wait_for_function("(q) => new URLSearchParams(location.search).get('q') === q", arg=other)
+            shows = "(want) => JSON.stringify(Array.from(document.querySelectorAll('#results .result'), " \
+                    "(c) => c.dataset.id)) === JSON.stringify(want)"  # the page shows these results
+            want_other = [h.image_id for h in index.query(other, 10, 20)]
+            assert want_other != want
+            page.wait_for_function(shows, arg=want_other)
+            page.go_back()
+            page.wait_for_function(shows, arg=want)
+            assert page.input_value("#q") == QUERY
+            assert not errors, errors
+            # a shared link at phone width: the query's results, nothing wider than the screen
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.on("pageerror", lambda err: errors.append(str(err)))
+            phone.goto(f"{live_server}/?{urlencode({'q': QUERY})}")
+            phone.wait_for_function(shows, arg=want)
+            phone.wait_for_function("document.querySelector('#about').textContent.includes('images')")
+            assert phone.input_value("#q") == QUERY
+            fits = "document.documentElement.scrollWidth <= window.innerWidth"
+            assert phone.evaluate(fits)
+            phone.locator("#results .result").first.click()
+            phone.wait_for_selector("#boxes rect.box", state="attached")
+            assert phone.evaluate(fits) and phone.locator("#detail").bounding_box()["width"] <= 390
+            phone.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()

@@ -1,6 +1,7 @@
 // The search page: one sentence -> ranked images; one image -> its phrases grounded as boxes,
 // and answers to questions when the server has a VQA model. Plain DOM, no build step; every
-// text from the server goes in through textContent.
+// text from the server goes in through textContent. The query lives in the URL (?q=): a link
+// to the page shows its results, and Back returns to the previous query.
 "use strict";
 
 const COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"];
@@ -30,7 +31,9 @@ async function api(url, options) {
 async function loadHealth() {
   try {
     const h = await api("/api/health");
-    $("#about").textContent = `${h.images} images · coarse stage: ${h.coarse}` + (h.vqa ? " · answers questions" : "");
+    const recall = h.coarse !== "exact" && typeof h.recall === "number" ? ` (recall@10 ${h.recall.toFixed(3)})` : "";
+    $("#about").textContent = `${h.images} images · coarse stage: ${h.coarse}${recall}` +
+      (h.vqa ? " · answers questions" : "");
     $("#ask").hidden = !h.vqa;
   } catch (err) {
     $("#about").textContent = `the server did not answer: ${err.message}`;
@@ -61,22 +64,52 @@ function showResults(data) {
     card.append(thumbnail(r.image, `image ${r.id}`));
     const caption = element("span", "caption");
     caption.append(element("b", "", `#${r.rank}`), ` ${r.id}`);
-    card.append(caption, element("span", "scores", `coarse ${r.coarse.toFixed(3)}` +
-                                 (r.score === null ? "" : ` · re-ranked ${r.score.toFixed(2)}`)));
+    card.append(caption);
+    if (r.objects && r.objects.length) card.append(element("span", "objects", r.objects.join(", ")));
+    const scores = element("span", "scores", `coarse ${r.coarse.toFixed(3)}` +
+                           (r.score === null ? "" : ` · re-ranked ${r.score.toFixed(2)}`));
+    scores.title = $("#scores-help").textContent;  // what the two numbers are
+    card.append(scores);
     card.addEventListener("click", () => select(r, card));
     list.append(card);
   }
 }
 
-async function search(event) {
+// a submitted query becomes a new history entry (?q=...); loading or going Back to one runs it again
+function queryInUrl() {
+  return (new URLSearchParams(window.location.search).get("q") || "").trim();
+}
+
+function submit(event) {
   event.preventDefault();
   const q = $("#q").value.trim();
   if (!q) return;
+  if (q !== queryInUrl()) history.pushState({ q }, "", `?${new URLSearchParams({ q })}`);
+  search(q);
+}
+
+function fromUrl() {
+  const q = queryInUrl();
+  $("#q").value = q;
+  if (q) {
+    search(q);
+    return;
+  }
+  current.query = "";
+  $("#results").replaceChildren();
+  $("#status").textContent = "";
+  $("#detail").hidden = true;
+}
+
+async function search(q) {
   current.query = q;
+  $("#detail").hidden = true;
+  current.image = null;
   const params = new URLSearchParams({ q, top: $("#top").value, rerank: $("#rerank").value });
   $("#status").textContent = "searching…";
   try {
-    showResults(await api(`/api/search?${params}`));
+    const data = await api(`/api/search?${params}`);
+    if (current.query === q) showResults(data);  // not a query replaced meanwhile (Back)
   } catch (err) {
     $("#status").textContent = `search failed: ${err.message}`;
   }
@@ -181,6 +214,8 @@ async function ask(event) {
   }
 }
 
-$("#search").addEventListener("submit", search);
+$("#search").addEventListener("submit", submit);
 $("#ask").addEventListener("submit", ask);
+window.addEventListener("popstate", fromUrl);
 loadHealth();
+fromUrl();
