@@ -7,22 +7,15 @@ import threading
 import pytest
 
 import mvptr.app.search as search
-from mvptr.checkpoint.bert_init import new_bundle
-from mvptr.checkpoint.model_dir import save_model_dir
 from mvptr.cli import main
-from mvptr.core.config import load_config
-from mvptr.data.builders import training_tag_vocab
-from mvptr.text.phrases import PhraseVocab
+from serve_helpers import tiny_model
 
 pytestmark = pytest.mark.slow  # builds a model
 
 
 @pytest.fixture(scope="module")
 def model_dir(world_args, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lock")
-    cfg = load_config("tiny", world_args(out))
-    bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
-    return save_model_dir(out / "model", bundle)
+    return tiny_model(world_args, tmp_path_factory.mktemp("lock"))
 
 
 def test_a_second_build_into_one_index_stops_at_the_lock(model_dir, world, tmp_path, monkeypatch, capsys):
