@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from mvptr.core.config import Config, load_config
+from mvptr.core.runtime import cpu_model
 from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import IGNORE
 
@@ -26,14 +26,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def machine(device: str) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import Bundle
 from mvptr.core.config import load_config, save_config
 from mvptr.core.fileio import write_json
+from mvptr.core.runtime import source_commit
 from mvptr.data.builders import training_tag_vocab
 from mvptr.demo.run import demo_task_files, final_itm_loss, prepare_data
 from mvptr.demo.tasks import prepare_demo_tasks
@@ -118,10 +118,9 @@ def main() -> None:
     prepare_data(cfg, {})
     runs = {s: run_seed(args.config, args.overrides, s, out / f"seed{s}") for s in args.seeds}
     report = summary(runs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report.update(command=" ".join(["python benchmarks/mlm_pass.py --config", args.config, "--seeds",
                                     *map(str, args.seeds), *args.overrides]),
-                  commit=commit, machine=machine("cpu"))
+                  commit=source_commit(), machine=machine("cpu"))
     write_json(out / "results.json", report)
     (out / "results.md").write_text(markdown(report))
     print(markdown(report))

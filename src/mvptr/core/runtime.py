@@ -85,20 +85,27 @@ def freed_cpu_memory_reused(on: bool = True) -> Iterator[None]:
                 libc.mallopt(param, int(value) if value.isdigit() else default)
 
 
-def provenance(device: str) -> dict:
-    """The commit of the source (when it is a git checkout) and the machine a run ran on."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The processor's model name (Linux), else what the platform says."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}"
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def source_commit() -> str:
+    """The short commit of the source when it is a git checkout, else "unknown"."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(device: str) -> dict:
+    """The commit of the source and the machine a run ran on."""
+    machine = f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}"
     if device.startswith("cuda") and torch.cuda.is_available():
         machine += f" ({torch.cuda.get_device_name()})"
-    return {"commit": commit, "machine": machine}
+    return {"commit": source_commit(), "machine": machine}
