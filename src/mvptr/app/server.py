@@ -93,61 +93,15 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     app.add_middleware(SecurityHeaders)  # outside the others: their 400 and 413 get the headers too
     app.state.index, app.state.vqa = index, vqa
-    # one pass for the texts, one to re-rank; the objects of each hit are read from the store by the worker
-    runners = {"search": lambda jobs: [[(h, objects(index.store[h.image_id])) for h in hits]
-                                       for hits in index.query_batch(jobs)],
-               # the regions are read from the store by the worker, off the event loop
-               "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
-               "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}
-    model = app.state.queue = ModelQueue(runners, workers, queue, window_ms / 1000, max_batch)
+    _add_error_handlers(app)
+    _add_page(app)
+    model = app.state.queue = ModelQueue(_runners(index, vqa), workers, queue, window_ms / 1000, max_batch)
+    _add_health(app, index, vqa, model)
+    _add_images(app, index)
 
-    async def on_model(request: Request, kind: str, *args):
-        """Run on the model through its queue: 503 when the queue is full, and nothing run for a
-        client that has gone."""
-        try:
-            return await model.run(kind, args, request.receive)
-        except QueueFull as err:
-            raise HTTPException(503, f"the server is busy ({err}); retry",
-                                headers={"Retry-After": RETRY_AFTER}) from None
-        except ClientGone:
-            return JSONResponse({"detail": "client closed the request"}, status_code=499)
-
-    refused: set[str] = set()  # image ids whose file was refused (logged once each)
-
+    on_model = _on_model(model)
     def image_url(image_id: str) -> str | None:
         return f"/api/images/{quote(image_id, safe='')}" if image_id in index.files else None
-
-    def known(image_id: str) -> str:
-        if image_id not in index.store:
-            raise HTTPException(404, f"no image {image_id!r} in the index")
-        return image_id
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
-        # answered outside the middleware (Starlette's ServerErrorMiddleware): the headers are given here
-        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500,
-                            headers=SECURITY_HEADERS)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError):
-        return JSONResponse({"detail": [_short(e) for e in err.errors()[:10]]}, status_code=422)
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/api/health")
-    async def health():  # on the event loop, never behind the model
-        return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
-                "coarse": index.coarse.kind, "recall": index.recall,
-                "model": Path(index.meta["model"]).name,  # no absolute path
-                "vqa": vqa is not None,
-                "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
-                           "body": MAX_BODY, "queue": model.capacity},
-                "queued": len(model)}
 
     @app.get("/api/search")
     async def search(request: Request,
@@ -171,27 +125,12 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
                              "score": round(h.score, 6) if rerank else None, "image": image_url(h.image_id),
                              "objects": names} for r, (h, names) in enumerate(hits, 1)]}
 
-    @app.get("/api/images/{image_id:path}")
-    def image(image_id: str):
-        path = index.files.get(image_id)  # looked up, never joined to a path
-        if path is None:
-            raise HTTPException(404, f"no image file for {image_id[:100]!r} in the index")
-        found = read_image(path, index.image_dirs)
-        if found is None:
-            if image_id not in refused:
-                refused.add(image_id)
-                log.warning("image %r: %s is gone, or no longer a regular image file inside the image directory; "
-                            "answered 404", image_id, path)
-            raise HTTPException(404, f"the image file of {image_id[:100]!r} is gone")
-        data, kind = found
-        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
-
     @app.get("/api/ground")
     async def ground(request: Request,
                      image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
                q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="the sentence")]):
         start = time.perf_counter()
-        done = await on_model(request, "ground", known(image), q)
+        done = await on_model(request, "ground", _known(index, image), q)
         if isinstance(done, JSONResponse):
             return done
         item, grounded = done
@@ -206,7 +145,7 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
             raise HTTPException(501, "this server answers no questions: start it with --vqa-model DIR, "
                                      "a model fine-tuned with `mvptr finetune vqa`")
         start = time.perf_counter()
-        answers = await on_model(http, "answer", known(request.image), request.question, request.top)
+        answers = await on_model(http, "answer", _known(index, request.image), request.question, request.top)
         if isinstance(answers, JSONResponse):
             return answers
         return {"image": request.image, "question": request.question,
@@ -214,3 +153,88 @@ def create_app(index: SearchIndex, vqa: Model | None = None, hosts: Sequence[str
                 "answers": [{"answer": a, "probability": round(p, 6)} for a, p in answers]}
 
     return app
+
+
+def _known(index: SearchIndex, image_id: str) -> str:
+    """``image_id``, or 404 when the index does not hold it."""
+    if image_id not in index.store:
+        raise HTTPException(404, f"no image {image_id!r} in the index")
+    return image_id
+
+
+def _on_model(model: ModelQueue):
+    """A request's run on the model through its queue: 503 when the queue is full, and nothing
+    run for a client that has gone."""
+
+    async def on_model(request: Request, kind: str, *args):
+        try:
+            return await model.run(kind, args, request.receive)
+        except QueueFull as err:
+            raise HTTPException(503, f"the server is busy ({err}); retry",
+                                headers={"Retry-After": RETRY_AFTER}) from None
+        except ClientGone:
+            return JSONResponse({"detail": "client closed the request"}, status_code=499)
+
+    return on_model
+
+
+def _runners(index: SearchIndex, vqa: Model | None) -> dict:
+    """What the model queue runs for each kind of request, a batch of jobs at a time: one pass for
+    the texts and one to re-rank; the objects of each hit and the regions to ground are read from
+    the store by the worker, off the event loop."""
+    return {"search": lambda jobs: [[(h, objects(index.store[h.image_id])) for h in hits]
+                                    for hits in index.query_batch(jobs)],
+            "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
+            "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        # answered outside the middleware (Starlette's ServerErrorMiddleware): the headers are given here
+        return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500,
+                            headers=SECURITY_HEADERS)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        return JSONResponse({"detail": [_short(e) for e in err.errors()[:10]]}, status_code=422)
+
+
+def _add_page(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_health(app: FastAPI, index: SearchIndex, vqa: Model | None, model: ModelQueue) -> None:
+    @app.get("/api/health")
+    async def health():  # on the event loop, never behind the model
+        return {"status": "ok", "images": len(index.ids), "image_files": len(index.files),
+                "coarse": index.coarse.kind, "recall": index.recall,
+                "model": Path(index.meta["model"]).name,  # no absolute path
+                "vqa": vqa is not None,
+                "limits": {"query": MAX_QUERY, "top": MAX_TOP, "rerank": MAX_RERANK, "answers": MAX_ANSWERS,
+                           "body": MAX_BODY, "queue": model.capacity},
+                "queued": len(model)}
+
+
+def _add_images(app: FastAPI, index: SearchIndex) -> None:
+    refused: set[str] = set()  # image ids whose file was refused (logged once each)
+
+    @app.get("/api/images/{image_id:path}")
+    def image(image_id: str):
+        path = index.files.get(image_id)  # looked up, never joined to a path
+        if path is None:
+            raise HTTPException(404, f"no image file for {image_id[:100]!r} in the index")
+        found = read_image(path, index.image_dirs)
+        if found is None:
+            if image_id not in refused:
+                refused.add(image_id)
+                log.warning("image %r: %s is gone, or no longer a regular image file inside the image directory; "
+                            "answered 404", image_id, path)
+            raise HTTPException(404, f"the image file of {image_id[:100]!r} is gone")
+        data, kind = found
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
