@@ -73,6 +73,26 @@ def _detection_quality(regions, objects: list[list[WorldObject]]) -> dict:
             "extra_regions_per_image": round(extra / max(len(regions), 1), 4)}
 
 
+def _fit_detector(detector: DemoDetector, images: list, objects: list, epochs: int, seed: int,
+                  progress: bool) -> dict:
+    """Train the detector on the training scenes' pixels and their shapes' boxes and kinds."""
+    labels = [[{"box": o.box, "shape": o.shape, "color": o.color, "size": o.size} for o in objs] for objs in objects]
+    return detector.fit(images, labels, epochs=epochs, seed=seed, progress=progress)
+
+
+def write_entities(out: Path, ids: list, splits: list, images: list, objects: list, captions: list) -> None:
+    """Flickr30k Entities files of the val and test images: each caption's object mentions, entity
+    ids the 1-based object numbers, boxes their xyxy pixel extents."""
+    for image_id, split, img, objs, caps in zip(ids, splits, images, objects, captions):
+        if split == "train":
+            continue
+        write_flickr30k_entities(
+            out, image_id,
+            [(c.words, [(s, e, k + 1) for s, e, k in c.mentions]) for c in caps],
+            boxes={str(k + 1): [list(o.box)] for k, o in enumerate(objs)},
+            width=img.shape[1], height=img.shape[0])
+
+
 def generate_demo_world(
     out_dir: str | os.PathLike,
     n_train: int = DemoConfig.n_train,
@@ -120,22 +140,10 @@ def generate_demo_world(
     if on_captions is not None:
         on_captions()
 
-    for image_id, split, img, objs, caps in zip(ids, splits, images, objects, captions):
-        if split == "train":
-            continue
-        # Entity ids are 1-based object numbers; boxes are xyxy pixel extents.
-        write_flickr30k_entities(
-            out / "flickr30k_entities", image_id,
-            [(c.words, [(s, e, k + 1) for s, e, k in c.mentions]) for c in caps],
-            boxes={str(k + 1): [list(o.box)] for k, o in enumerate(objs)},
-            width=img.shape[1], height=img.shape[0])
+    write_entities(out / "flickr30k_entities", ids, splits, images, objects, captions)
 
     detector = DemoDetector(SHAPES, list(COLORS), SIZES, feat_dim=feat_dim)
-    accuracy = detector.fit(
-        images[:n_train],
-        [[{"box": o.box, "shape": o.shape, "color": o.color, "size": o.size} for o in objs]
-         for objs in objects[:n_train]],
-        epochs=detector_epochs, seed=seed, progress=progress)
+    accuracy = _fit_detector(detector, images[:n_train], objects[:n_train], detector_epochs, seed, progress)
     regions = detector.detect(images, progress=progress)
     detector.save(out / "detector.safetensors")
     write_vinvl_features(out / "features.tsv", ((i, r.features) for i, r in zip(ids, regions)))
