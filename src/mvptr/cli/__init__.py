@@ -21,8 +21,14 @@
     mvptr convert official SRC_DIR OUT_DIR [--trust-pickle]
     mvptr search build|query ...
     mvptr serve --index DIR [--host 127.0.0.1] [--port 8000] [--vqa-model DIR]
+    mvptr doctor [--config PRESET] [--stage stage1|stage2|both|none] [--task TASK ...] [key=value ...]
+    mvptr data list [--config PRESET] [--json]
 
-Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs.
+Every command that takes ``key=value`` overrides saves the resolved configuration with its outputs
+(``doctor`` writes nothing: with a run's preset and overrides it opens every file that run would read
+with the run's own readers, counts the captioned images without features and the captions without
+phrases, estimates the disk the checkpoints need, and names the device and precision, one line per
+check; the first problem that would stop the run is its one-line error, exit status 2).
 
 One error policy: an error the user can fix (:class:`mvptr.core.errors.MvptrError`: a bad
 file, setting or output directory) is one line on stderr and exit status 2, and so is an
@@ -74,6 +80,9 @@ COMMANDS = {
     "convert": ("mvptr.cli.convert", "an official MVPTR checkpoint as an mvptr model directory"),
     "search": ("mvptr.cli.search", "index an image collection; find images with a sentence"),
     "serve": ("mvptr.cli.serve", "the search page and HTTP API over an index (needs mvptr[serve])"),
+    "doctor": ("mvptr.cli.doctor", "check a run's data files, disk, device and precision before it starts"),
+    "data": ("mvptr.cli.data", "the standard data sets' files, sizes, checksums and download pages, and each "
+                               "preset's layout"),
 }
 
 
