@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 from ..core.config import CorpusConfig, DataConfig
 from ..core.errors import FormatError, SkippedSamples
+from ..data.pretrain import caption_ids
 from ..formats.captions import CaptionRecord, read_captions
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
 from ..formats.tags import read_tag_file
 from ..text.phrases import PhraseVocab
 from ..vision.stores import MemmapStore, open_store
-from ..data.pretrain import caption_ids
 
-STATUSES = ("ok", "warn", "FAIL")
 SAMPLED = 3  # feature records read in full: the first, middle and last captioned image
 
 
