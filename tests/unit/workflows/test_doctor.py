@@ -16,6 +16,7 @@ from mvptr.core.config import load_config
 from mvptr.formats.captions import read_captions
 from mvptr.formats.tsv import build_lineidx
 from mvptr.text.phrases import PhraseVocab
+from mvptr.vision.store_convert import convert_vinvl_to_memmap
 from mvptr.workflows import doctor
 
 FILES = ("captions.json", "features.tsv", "features.lineidx", "predictions.tsv", "predictions.lineidx", "phrases")
@@ -206,3 +207,22 @@ def test_a_task_named_by_the_run_is_an_error_and_one_only_named_a_warning(folder
     assert rc == 2 and lines["task vqa"][0] == "FAIL" and "none_train.json" in one_line(err)
     rc, lines, err = doctor_run(capsys, *args, *_task_args(world, split_files=False))
     assert rc == 0 and lines["task vqa"][0] == "warn" and "--task vqa" in lines["task vqa"][1]
+
+
+def test_a_memmap_store_is_checked_by_its_index_and_a_few_records(folder, capsys):
+    root, args = folder
+    convert_vinvl_to_memmap(root / "features.tsv", root / "predictions.tsv", root / "store", progress=False)
+    rc, lines, _ = doctor_run(capsys, *args, f"data.features={root}/store")
+    assert rc == 0 and lines["features"][0] == "ok"
+    assert "memmap store, 128 images" in lines["features"][1] and "3 records read in full" in lines["features"][1]
+
+
+def test_each_corpus_of_a_mix_is_checked_under_its_name(folder, capsys):
+    root, args = folder
+    corpus = (f"{{name: NAME, captions: {root}/captions.json, features: {root}/features.tsv, "
+              f"predictions: {root}/predictions.tsv, phrase_cache: {root}/phrases/phrase_cache.jsonl}}")
+    mix = f"data.corpora=[{corpus.replace('NAME', 'a')},{corpus.replace('NAME', 'b')}]"
+    rc, lines, err = doctor_run(capsys, *args, mix)
+    assert rc == 0, err
+    assert [n for n in lines if n.startswith(("a: ", "b: "))] == [
+        f"{c}: {what}" for c in "ab" for what in ("captions", "features", "image coverage", "phrase cache")]
