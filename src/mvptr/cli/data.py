@@ -1,5 +1,5 @@
 """``mvptr data list``: the standard data sets (files, sizes and checksums where known, download
-pages) and the layout each preset expects (``mvptr.formats.catalogue``). Imports no torch."""
+pages) and the layout each preset expects (``mvptr.formats.catalogue``)."""
 
 from __future__ import annotations
 

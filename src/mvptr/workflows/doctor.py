@@ -84,6 +84,8 @@ def checkpoint_estimate(cfg: Config, num_phrases: int, kept: int) -> tuple[int, 
 
 
 def check_disk(cfg: Config, num_phrases: int, kept: int) -> Check:
+    if not kept:
+        return Check("ok", "disk", "no checkpoint to write (--stage none and no --task)")
     params, weights, needed = checkpoint_estimate(cfg, num_phrases, kept)
     where = nearest_existing(cfg.out_dir)
     free = shutil.disk_usage(where).free

@@ -226,3 +226,10 @@ def test_each_corpus_of_a_mix_is_checked_under_its_name(folder, capsys):
     assert rc == 0, err
     assert [n for n in lines if n.startswith(("a: ", "b: "))] == [
         f"{c}: {what}" for c in "ab" for what in ("captions", "features", "image coverage", "phrase cache")]
+
+
+def test_without_stages_or_tasks_no_checkpoint_is_counted(folder, capsys):
+    _, args = folder
+    rc, lines, _ = doctor_run(capsys, "--stage", "none", *args)
+    assert rc == 0 and lines["disk"] == ("ok", "no checkpoint to write (--stage none and no --task)")
+    assert lines["precision"][1] == "eval fp32"
