@@ -93,7 +93,7 @@ def read_flickr30k_annotation(path: PathLike) -> dict:
     """Parse a Flickr30k Entities ``Annotations/<image>.xml`` file.
 
     Returns ``{"width", "height", "depth", "boxes": {entity_id: [[x1, y1, x2, y2], ...]},
-    "nobox": set, "scene": set}``; an object with several <name> children gives
+    "nobox": set, "scene": set}``; an object with several ``<name>`` children gives
     its box to each of those entities.
     """
     try:
@@ -140,7 +140,7 @@ def write_flickr30k_entities(root: PathLike, image_id: str,
     ``sentences`` holds ``(words, mentions)`` with mentions ``(start, end, entity_id)``
     or ``(start, end, entity_id, type_or_types)`` over word positions, end
     exclusive; the type is "other" when not given. Mentioned entities without
-    boxes are written as <nobndbox> objects.
+    boxes are written as ``<nobndbox>`` objects.
     """
     root = Path(root)
     lines = []
