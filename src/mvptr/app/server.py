@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .api import Model
-from .examples import ENABLE, MAX_UPLOAD, BadUpload, like, like_upload
+from .examples import ENABLE, MAX_UPLOAD, BadUpload, check_upload, like, like_upload
 from .images import read_image
 from .middleware import MAX_BODY, SECURITY_HEADERS, BodyLimit, SecurityHeaders
 from .search import MAX_RERANK, MAX_TOP, SearchIndex  # noqa: F401  (the limits of the API, here too)
@@ -180,13 +180,14 @@ def _add_examples(app: FastAPI, index: SearchIndex, on_model, no_detector: str |
     async def similar(request: Request,
                       image: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="an image id")],
                       top: Annotated[int, Query(ge=1, le=MAX_TOP, description="images to return")] = 10):
+        timing: dict = {}
         start = time.perf_counter()
-        hits = await on_model(request, "similar", _known(index, image), top)
+        hits = await on_model(request, "similar", _known(index, image), top, timing)
         if isinstance(hits, JSONResponse):
             return hits
-        ms = round(1000 * (time.perf_counter() - start), 2)
+        timing["total_ms"] = round(1000 * (time.perf_counter() - start), 2)
         return {"like": image, "top": top, "rerank": 0, "reranked": 0, "images": len(index.ids),
-                "timing": {"coarse_ms": ms, "total_ms": ms}, "results": _rows(index, hits, False)}
+                "timing": timing, "results": _rows(index, hits, False)}
 
     @app.post(UPLOAD, openapi_extra={"requestBody": IMAGE_BODY})
     async def upload(request: Request,
@@ -196,8 +197,8 @@ def _add_examples(app: FastAPI, index: SearchIndex, on_model, no_detector: str |
         data = await request.body()
         timing: dict = {}
         start = time.perf_counter()
-        try:
-            done = await on_model(request, "upload", data, top, timing)
+        try:  # no image by its bytes: refused before it waits for the model
+            done = await on_model(request, "upload", check_upload(data), top, timing)
         except BadUpload as err:
             raise HTTPException(err.status, str(err)) from None
         if isinstance(done, JSONResponse):
@@ -244,7 +245,7 @@ def _runners(index: SearchIndex, vqa: Model | None, detector) -> dict:
         return objects({"classes": regions.tags}), named(hits)
 
     return {"search": lambda jobs: [named(hits) for hits in index.query_batch(jobs)],
-            "similar": lambda jobs: [named(like(index, i, top)) for i, top in jobs],
+            "similar": lambda jobs: [named(like(index, i, top, timing)) for i, top, timing in jobs],
             "upload": lambda jobs: [upload(*job) for job in jobs],
             "ground": lambda jobs: [(index.store[i], index.model.ground(index.store[i], q)) for i, q in jobs],
             "answer": lambda jobs: [vqa.answer(index.store[i], q, top) for i, q, top in jobs]}

@@ -130,14 +130,16 @@ def test_an_uploaded_image_of_the_index_finds_itself_first(client, app, index, w
     assert jpeg.status_code == 200 and image in [r["id"] for r in jpeg.json()["results"]]
 
 
-def test_upload_refusals(client, world, index):
+def test_upload_refusals(client, app, world, index):
     def refused(data: bytes, status: int, says: str, **headers):
         r = client.post(UPLOAD, content=data, headers={"content-type": "image/png", **headers})
         assert r.status_code == status and says in r.json()["detail"], (r.status_code, r.text)
         assert r.headers["x-content-type-options"] == "nosniff"
 
+    served = app.state.queue.served
     refused(b"<html><script>alert(1)</script></html>", 415, "not an image")
     refused(b"", 422, "the upload is empty")
+    assert app.state.queue.served == served  # refused by its bytes before it waits for the model
     refused(png(world, index.ids[0])[:60], 415, "could not be read")  # a PNG cut short
     refused(b"x" * (MAX_UPLOAD + 1), 413, f"over {MAX_UPLOAD} bytes")
     side = int(MAX_PIXELS ** 0.5) + 1
@@ -207,7 +209,7 @@ def test_an_index_whose_detector_is_gone_still_serves_text_search(model_dir, wor
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 SHOWS = ("(want) => JSON.stringify(Array.from(document.querySelectorAll('#results .result'), "
          "(c) => c.dataset.id)) === JSON.stringify(want)")  # the page shows these results, in this order
-FITS = "document.documentElement.scrollWidth <= window.innerWidth"
+FITS = "() => document.documentElement.scrollWidth <= window.innerWidth"
 
 
 @pytest.fixture
@@ -247,8 +249,8 @@ def check_the_page(page, server, index, world, tmp_path, width):
     assert page.locator("#results .result .scores").first.inner_text().startswith("cosine ")
     assert page.evaluate(FITS)
     page.go_back()  # the sentence's results again
-    page.wait_for_function("new URLSearchParams(location.search).get('q') !== null")
-    page.wait_for_function("document.querySelector('#example').hidden")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('q') !== null")
+    page.wait_for_function("() => document.querySelector('#example').hidden")
     page.goto(f"{server}/?{urlencode({'like': clicked})}")  # a shared link
     page.wait_for_function(SHOWS, arg=nearest(index, clicked, 10))
     # an uploaded picture of the demo world: the image it is leads the results
@@ -262,7 +264,7 @@ def check_the_page(page, server, index, world, tmp_path, width):
     # a file that is no image: a clean message, no results
     (tmp_path / "notes.png").write_text("these are notes, not a picture")
     page.set_input_files("#file", str(tmp_path / "notes.png"))
-    page.wait_for_function("document.querySelector('#status').textContent.includes('failed')")
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('failed')")
     status = page.locator("#status").inner_text()
     assert status.startswith("search by notes.png failed: the upload is not an image"), status
     assert page.locator("#results .result").count() == 0 and page.locator("#example").is_hidden()

@@ -99,6 +99,7 @@ function card(r, byExample) {
 function showResults(data, byExample) {
   $("#results").replaceChildren(...data.results.map((r) => card(r, byExample)));
   $("#status").textContent = timingText(data);
+  $("#scores-help").hidden = byExample;  // it explains a sentence's scores; a card's title explains these
 }
 
 function likeFromCard(r) {
