@@ -179,11 +179,11 @@ function search(q) {
   return run(request, `/api/search?${params}`, undefined, false, "search");
 }
 
-function similar(id) {
+async function similar(id) {
   const request = start("", id);
-  showExample(`/api/images/${encodeURIComponent(id)}`, `images like ${id} (itself left out)`);
   const params = new URLSearchParams({ image: id, top: $("#top").value });
-  return run(request, `/api/similar?${params}`, undefined, true, "search");
+  const data = await run(request, `/api/similar?${params}`, undefined, true, "search");
+  if (data !== null) showExample(data.like_image, `images like ${id} (itself left out)`);
 }
 
 function readAsDataUrl(file) {
