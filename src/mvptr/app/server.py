@@ -186,7 +186,8 @@ def _add_examples(app: FastAPI, index: SearchIndex, on_model, no_detector: str |
         if isinstance(hits, JSONResponse):
             return hits
         timing["total_ms"] = round(1000 * (time.perf_counter() - start), 2)
-        return {"like": image, "like_image": _image_url(index, image), "top": top, "rerank": 0, "reranked": 0, "images": len(index.ids),
+        return {"like": image, "like_image": _image_url(index, image), "top": top, "rerank": 0, "reranked": 0,
+                "images": len(index.ids),
                 "timing": timing, "results": _rows(index, hits, False)}
 
     @app.post(UPLOAD, openapi_extra={"requestBody": IMAGE_BODY})
