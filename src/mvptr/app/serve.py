@@ -102,7 +102,8 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
 
 
 def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None,
-                 hosts: Sequence[str] = LOOPBACK, detector: str | None = None, detector_kind: str = "demo", **settings):
+                 hosts: Sequence[str] = LOOPBACK, *, detector: str | None = None, detector_kind: str = "demo",
+                 **settings):
     """The FastAPI app over the index at ``index_dir``, answering the ``Host`` names ``hosts``;
     uploaded images are detected with ``detector`` (a ``detector_kind`` weights file), or the
     detector the index records (:func:`mvptr.app.examples.index_detector`); ``settings``: the
