@@ -103,7 +103,7 @@ def load_detector(kind: str, weights: str | Path | None, device: str = "cpu"):
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r} (expected 'demo' or 'frcnn')")
     if weights is None:
-        raise ValueError(f"the {kind} detector needs its weights file (--weights)"
+        raise ValueError(f"the {kind} detector needs --weights"
                          + (", a fasterrcnn_resnet50_fpn state-dict file" if kind == "frcnn" else ""))
     if not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: {kind} detector weights not found"
