@@ -1279,6 +1279,13 @@ def _(tmp, base):
     return ["serve", "--index", tmp / "noindex", "--port", port], [f"127.0.0.1:{port}", "in use"]
 
 
+@case("serve: --detector-kind without --detector")
+def _(tmp, base):
+    pytest.importorskip("uvicorn")
+    return ["serve", "--index", tmp / "noindex", "--port", "0", "--detector-kind", "frcnn"], \
+        ["--detector-kind frcnn", "--detector FILE"]
+
+
 def test_evaluating_a_stage_1_model_reports_uni_modal_figures_only(base, tmp_path, capsys):
     root = corpus(tmp_path, base)
     model = base / "run" / "stage1" / "model"

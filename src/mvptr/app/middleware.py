@@ -35,30 +35,31 @@ class SecurityHeaders:
 
 
 class BodyLimit:
-    """ASGI middleware: a request whose body is over ``max_bytes`` gets a 413, whether it says
-    its length up front or not."""
+    """ASGI middleware: a request whose body is over ``max_bytes`` (``paths``: the limits of
+    some paths instead, e.g. an upload's) gets a 413, whether it says its length up front or not."""
 
-    def __init__(self, app, max_bytes: int = MAX_BODY):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int = MAX_BODY, paths: dict[str, int] | None = None):
+        self.app, self.max_bytes, self.paths = app, max_bytes, dict(paths or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        most = self.paths.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > most):
+            return await self._refuse(scope, receive, send, most)
         seen = 0
 
         async def limited():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            if seen > most:
+                raise HTTPException(413, f"request body over {most} bytes")
             return message
 
         await self.app(scope, limited, send)
 
-    async def _refuse(self, scope, receive, send):
-        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+    async def _refuse(self, scope, receive, send, most: int):
+        response = JSONResponse({"detail": f"request body over {most} bytes"}, status_code=413)
         await response(scope, receive, send)

@@ -8,10 +8,10 @@ the multimodal encoder re-ranks the best candidates (the retrieval protocol, one
     mvptr search query runs/demo/index "a red circle left of a blue square" --top 10
 
 An index directory holds ``index.json`` (the model and a fingerprint of its files, the feature
-stores, the input limits, the coarse stage), ``ids.json``, ``embeddings.npy`` (one
-L2-normalised global embedding per image, float32, memory-mapped when searched),
-``files.json`` (the image file of each image id that has one) and, above
-``--exact-limit`` images, ``coarse.faiss`` (see :mod:`mvptr.app.coarse`). Region outputs
+stores and, for those built from image files, their detector, the input limits, the coarse
+stage), ``ids.json``, ``embeddings.npy`` (one L2-normalised global embedding per image,
+float32, memory-mapped when searched), ``files.json`` (the image file of each image id that
+has one) and, above ``--exact-limit`` images, ``coarse.faiss`` (see :mod:`mvptr.app.coarse`). Region outputs
 are not stored: re-ranking encodes its few candidates again from the store, which keeps an
 index at one vector per image. Raw images are indexed through a detector (``--images DIR
 --detector FILE``); their regions go to a feature store inside the index. ``--add`` adds
@@ -238,6 +238,8 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
     stores = (old["stores"] if old else []) + [{"features": features, "predictions": predictions,
                                                  "images": len(ids)}]
     stores[-1]["image_dir"] = str(Path(image_dir).resolve()) if image_dir else None
+    if images:  # the detector its regions came from: `mvptr serve` detects uploaded images with it
+        stores[-1]["detector"] = {"kind": "demo", "weights": str(Path(detector).resolve())}
     meta = {"format": FORMAT, "model": str(Path(model_dir).resolve()), "model_fingerprint": fingerprint,
             "data": old["data"] if old else to_dict(model.cfg.data), "images": total, "added": len(ids),
             "image_files": len(files), "embed_dim": dim, "stores": stores, "coarse": {**coarse, "exact_limit": limit}}

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Sequence
 
 from .api import Model
+from .examples import index_detector
 from .search import SearchIndex, index_config
 
 try:  # the serve extra: fastapi (with pydantic and starlette)
@@ -101,9 +102,12 @@ def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str =
 
 
 def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | None = None, nprobe: int | None = None,
-                 hosts: Sequence[str] = LOOPBACK, **settings):
+                 hosts: Sequence[str] = LOOPBACK, *, detector: str | None = None, detector_kind: str = "demo",
+                 **settings):
     """The FastAPI app over the index at ``index_dir``, answering the ``Host`` names ``hosts``;
-    ``settings``: the model queue's (``workers``, ``queue``, ``window_ms``, ``max_batch``: see
+    uploaded images are detected with ``detector`` (a ``detector_kind`` weights file), or the
+    detector the index records (:func:`mvptr.app.examples.index_detector`); ``settings``: the
+    model queue's (``workers``, ``queue``, ``window_ms``, ``max_batch``: see
     :func:`mvptr.app.server.create_app`)."""
     if create_app is None:
         raise ModuleNotFoundError(f"No module named {MISSING!r}", name=MISSING)
@@ -113,4 +117,7 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
         vqa = Model.load(vqa_model, index_config(index.meta))
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
             raise ValueError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
-    return create_app(index, vqa, hosts=hosts, **settings)
+    found, no_detector = index_detector(index, detector, detector_kind)
+    if found is None:
+        logging.getLogger("mvptr.serve").warning("searching by uploaded images is off: %s", no_detector)
+    return create_app(index, vqa, hosts=hosts, detector=found, no_detector=no_detector, **settings)

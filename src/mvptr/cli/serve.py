@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from ..app.serve import allowed_hosts, check_listen, load_service, make_server
+from ..vision.detect import DETECTORS
 
 
 def _fail(message: str):
@@ -30,10 +31,13 @@ def cmd_serve(args) -> None:
                                ("--max-batch", args.max_batch, 1), ("--batch-window-ms", args.batch_window_ms, 0)):
         if value < least:
             _fail(f"{flag} must be at least {least}, not {value}")
+    if args.detector_kind and not args.detector:
+        _fail(f"--detector-kind {args.detector_kind} says what --detector FILE is; give --detector too")
     settings = {"workers": args.workers, "queue": args.queue, "window_ms": args.batch_window_ms,
                 "max_batch": args.max_batch}
     try:
-        app = load_service(args.index, args.model, args.vqa_model, args.nprobe, hosts=hosts, **settings)
+        app = load_service(args.index, args.model, args.vqa_model, args.nprobe, hosts=hosts, detector=args.detector,
+                           detector_kind=args.detector_kind or "demo", **settings)
     except ImportError as err:
         _fail(f"{err.name} is not installed: pip install 'mvptr[serve]'")
     except (FileNotFoundError, ValueError) as err:  # FormatError is a ValueError
@@ -60,6 +64,12 @@ def add_parser(subparsers) -> None:
                    help="keep query strings in the access log (left out by default: they are what users typed)")
     p.add_argument("--model", help="the model the index was built with, when it is no longer where the index says")
     p.add_argument("--vqa-model", help="a model fine-tuned with `mvptr finetune vqa`, to answer questions on the page")
+    p.add_argument("--detector", metavar="FILE",
+                   help="detector weights to find the regions of uploaded images with, the detector the index's "
+                        "features came from (default: the one the index records when built from --images)")
+    p.add_argument("--detector-kind", choices=list(DETECTORS),
+                   help="what --detector is: demo (a DemoDetector safetensors file; the default) or frcnn "
+                        "(a fasterrcnn_resnet50_fpn state dict; needs mvptr[detect])")
     p.add_argument("--nprobe", type=int, help="lists an approximate coarse stage visits per query (default: the "
                                               "number chosen for the index's target recall)")
     p.add_argument("--workers", type=int, default=1,

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from ..core.errors import FormatError, skip_or_raise
@@ -26,7 +27,7 @@ from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from .demo_detector import DemoDetector
 from .regions import Regions, box_position_features
 
-__all__ = ["DemoDetector", "FasterRCNNDetector", "extract_features"]
+__all__ = ["DETECTORS", "DemoDetector", "FasterRCNNDetector", "extract_features", "load_detector", "region_width"]
 
 
 
@@ -38,6 +39,8 @@ class FasterRCNNDetector:
     classes is read from the weights; ``classes`` names them (default: "class_<i>").
     Needs the optional extra ``mvptr[detect]`` (torchvision built for the installed torch).
     """
+
+    FEAT_DIM = 1024  # the box head's pooled output
 
     def __init__(self, weights: str | Path, classes: Sequence[str] | None = None, score_threshold: float = 0.2,
                  max_regions: int = 50, device: str = "cpu"):
@@ -91,6 +94,32 @@ class FasterRCNNDetector:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DETECTORS = ("demo", "frcnn")
+
+
+def load_detector(kind: str, weights: str | Path | None, device: str = "cpu"):
+    """A detector of ``kind`` ("demo": a :class:`DemoDetector` safetensors file; "frcnn": a
+    :class:`FasterRCNNDetector` state-dict file, run on ``device``) from ``weights``."""
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector {kind!r} (expected 'demo' or 'frcnn')")
+    if weights is None:
+        raise ValueError(f"the {kind} detector needs --weights"
+                         + (", a fasterrcnn_resnet50_fpn state-dict file" if kind == "frcnn" else ""))
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: {kind} detector weights not found"
+                                + (" (written by `mvptr prepare demo`)" if kind == "demo" else ""))
+    if kind == "frcnn":
+        return FasterRCNNDetector(weights, device=device)
+    try:
+        return DemoDetector.load(weights)
+    except (SafetensorError, KeyError, RuntimeError) as err:  # another file, or another detector's weights
+        raise ValueError(f"{weights}: not a demo detector's safetensors file ({str(err)[:160]})") from None
+
+
+def region_width(detector) -> int:
+    """The width of the region features ``detector`` gives (its appearance features and the 6
+    box numbers)."""
+    return (detector.feat_dim if isinstance(detector, DemoDetector) else FasterRCNNDetector.FEAT_DIM) + 6
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -127,16 +156,8 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
         raise FormatError(f"{images_dir}: several files give image id {dup!r}")
     files = shard_part(files, part)  # after the check: shards together hold every id once
     if detector == "demo":
-        weights = Path(weights or "data/demo/detector.safetensors")
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: demo detector weights not found (written by `mvptr prepare demo`)")
-        model = DemoDetector.load(weights)
-    elif detector == "frcnn":
-        if weights is None:
-            raise ValueError("the frcnn detector needs --weights, a fasterrcnn_resnet50_fpn state-dict file")
-        model = FasterRCNNDetector(weights, device=device)
-    else:
-        raise ValueError(f"unknown detector {detector!r} (expected 'demo' or 'frcnn')")
+        weights = weights or "data/demo/detector.safetensors"
+    model = load_detector(detector, weights, device)
     out.mkdir(parents=True, exist_ok=True)
     predictions, ids, stats = [], [], {"regions": 0, "dim": None}
 

@@ -1,13 +1,17 @@
 // The search page: one sentence -> ranked images; one image -> its phrases grounded as boxes,
-// and answers to questions when the server has a VQA model. Plain DOM, no build step; every
-// text from the server goes in through textContent. The query lives in the URL (?q=): a link
-// to the page shows its results, and Back returns to the previous query.
+// and answers to questions when the server has a VQA model; an image of the index ("more like
+// this") or an uploaded one -> the images nearest it. Plain DOM, no build step; every text from
+// the server goes in through textContent. The query lives in the URL (?q=, or ?like=<image id>):
+// a link to the page shows its results, and Back returns to the previous query. Uploads are not
+// in the URL.
 "use strict";
 
 const COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"];
 const $ = (selector) => document.querySelector(selector);
 const SVG = "http://www.w3.org/2000/svg";
-let current = { query: "", image: null };
+const LIKE_HELP = "cosine similarity of the global embeddings of the two images (\u22121 to 1); higher is closer";
+let current = { query: "", like: null, image: null, request: 0 };
+let uploadLimit = 0;  // bytes, from /api/health
 
 function element(tag, className, text) {
   const el = document.createElement(tag);
@@ -35,6 +39,8 @@ async function loadHealth() {
     $("#about").textContent = `${h.images} images · coarse stage: ${h.coarse}${recall}` +
       (h.vqa ? " · answers questions" : "");
     $("#ask").hidden = !h.vqa;
+    $("#upload").hidden = !h.upload;
+    uploadLimit = h.limits.upload;
   } catch (err) {
     $("#about").textContent = `the server did not answer: ${err.message}`;
   }
@@ -49,35 +55,69 @@ function thumbnail(url, alt) {
   return img;
 }
 
-function showResults(data) {
-  const list = $("#results");
-  list.replaceChildren();
+function timingText(data) {
   const t = data.timing;
-  const parts = [`${data.results.length} of ${data.images} images in ${t.total_ms.toFixed(0)} ms`,
-                 `coarse ${t.coarse_ms.toFixed(1)} ms`];
+  const parts = [`${data.results.length} of ${data.images} images in ${t.total_ms.toFixed(0)} ms`];
+  if (t.detect_ms !== undefined) parts.push(`detection ${t.detect_ms.toFixed(0)} ms`);
+  if (t.encode_ms !== undefined && t.detect_ms !== undefined) parts.push(`encoding ${t.encode_ms.toFixed(0)} ms`);
+  if (t.coarse_ms !== undefined) parts.push(`coarse ${t.coarse_ms.toFixed(1)} ms`);
   if (t.rerank_ms !== undefined) parts.push(`re-ranking ${data.reranked} candidates ${t.rerank_ms.toFixed(0)} ms`);
-  $("#status").textContent = parts.join(" · ");
-  for (const r of data.results) {
-    const card = element("button", "result");
-    card.type = "button";
-    card.dataset.id = r.id;
-    card.append(thumbnail(r.image, `image ${r.id}`));
-    const caption = element("span", "caption");
-    caption.append(element("b", "", `#${r.rank}`), ` ${r.id}`);
-    card.append(caption);
-    if (r.objects && r.objects.length) card.append(element("span", "objects", r.objects.join(", ")));
-    const scores = element("span", "scores", `coarse ${r.coarse.toFixed(3)}` +
-                           (r.score === null ? "" : ` · re-ranked ${r.score.toFixed(2)}`));
-    scores.title = $("#scores-help").textContent;  // what the two numbers are
-    card.append(scores);
-    card.addEventListener("click", () => select(r, card));
-    list.append(card);
-  }
+  return parts.join(" · ");
 }
 
-// a submitted query becomes a new history entry (?q=...); loading or going Back to one runs it again
+// the example the results are like: an image of the index, or an upload (shown from a data: URL)
+function showExample(src, text) {
+  $("#example").hidden = !text;
+  $("#example-image").hidden = !src;
+  if (src) $("#example-image").src = src;
+  $("#example-text").textContent = text || "";
+}
+
+function card(r, byExample) {
+  const item = element("div", "result");
+  item.dataset.id = r.id;
+  const open = element("button", "open");
+  open.type = "button";
+  open.append(thumbnail(r.image, `image ${r.id}`));
+  const caption = element("span", "caption");
+  caption.append(element("b", "", `#${r.rank}`), ` ${r.id}`);
+  open.append(caption);
+  if (r.objects && r.objects.length) open.append(element("span", "objects", r.objects.join(", ")));
+  const scores = element("span", "scores", byExample ? `cosine ${r.coarse.toFixed(3)}` : `coarse ${r.coarse.toFixed(3)}` +
+                         (r.score === null ? "" : ` · re-ranked ${r.score.toFixed(2)}`));
+  scores.title = byExample ? LIKE_HELP : $("#scores-help").textContent;  // what the numbers are
+  open.append(scores);
+  open.addEventListener("click", () => select(r, item));
+  const more = element("button", "like", "more like this");
+  more.type = "button";
+  more.title = `images whose embeddings are nearest that of ${r.id}`;
+  more.addEventListener("click", () => likeFromCard(r));
+  item.append(open, more);
+  return item;
+}
+
+function showResults(data, byExample) {
+  $("#results").replaceChildren(...data.results.map((r) => card(r, byExample)));
+  $("#status").textContent = timingText(data);
+  $("#scores-help").hidden = byExample;  // it explains a sentence's scores; a card's title explains these
+}
+
+function likeFromCard(r) {
+  if (r.id !== (new URLSearchParams(window.location.search).get("like"))) {
+    history.pushState({ like: r.id }, "", `?${new URLSearchParams({ like: r.id })}`);
+  }
+  $("#q").value = "";
+  similar(r.id);
+  window.scrollTo({ top: 0 });
+}
+
+// a submitted query becomes a new history entry (?q=... or ?like=...); loading or going Back to one runs it again
 function queryInUrl() {
   return (new URLSearchParams(window.location.search).get("q") || "").trim();
+}
+
+function likeInUrl() {
+  return new URLSearchParams(window.location.search).get("like") || "";
 }
 
 function submit(event) {
@@ -90,29 +130,95 @@ function submit(event) {
 
 function fromUrl() {
   const q = queryInUrl();
+  const like = likeInUrl();
   $("#q").value = q;
   if (q) {
     search(q);
-    return;
+  } else if (like) {
+    similar(like);
+  } else {
+    start("", null);
+    current.request += 1;  // an answer still on its way is not shown
+    $("#results").replaceChildren();
+    $("#status").textContent = "";
   }
-  current.query = "";
-  $("#results").replaceChildren();
-  $("#status").textContent = "";
-  $("#detail").hidden = true;
 }
 
-async function search(q) {
-  current.query = q;
-  $("#detail").hidden = true;
+// a new query: the detail and the example of the previous one go; returns the request's number
+function start(query, like) {
+  current.query = query;
+  current.like = like;
   current.image = null;
-  const params = new URLSearchParams({ q, top: $("#top").value, rerank: $("#rerank").value });
+  $("#detail").hidden = true;
+  showExample(null, "");
+  current.request += 1;
+  return current.request;
+}
+
+// runs a request and shows its results, unless another query was made meanwhile (Back);
+// returns them, or null when it failed (the message names the request as ``what``)
+async function run(request, url, options, byExample, what) {
   $("#status").textContent = "searching…";
   try {
-    const data = await api(`/api/search?${params}`);
-    if (current.query === q) showResults(data);  // not a query replaced meanwhile (Back)
+    const data = await api(url, options);
+    if (current.request !== request) return null;
+    showResults(data, byExample);
+    return data;
   } catch (err) {
-    $("#status").textContent = `search failed: ${err.message}`;
+    if (current.request === request) {
+      $("#results").replaceChildren();
+      $("#status").textContent = `${what} failed: ${err.message}`;
+    }
+    return null;
   }
+}
+
+function search(q) {
+  const request = start(q, null);
+  const params = new URLSearchParams({ q, top: $("#top").value, rerank: $("#rerank").value });
+  return run(request, `/api/search?${params}`, undefined, false, "search");
+}
+
+async function similar(id) {
+  const request = start("", id);
+  const params = new URLSearchParams({ image: id, top: $("#top").value });
+  const data = await run(request, `/api/similar?${params}`, undefined, true, "search");
+  if (data !== null) showExample(data.like_image, `images like ${id} (itself left out)`);
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => resolve(null);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function upload() {
+  const file = $("#file").files[0];
+  $("#file").value = "";  // the same file can be chosen again
+  if (!file) return;
+  if (window.location.search) history.pushState({}, "", window.location.pathname);  // an upload has no URL
+  $("#q").value = "";
+  const request = start("", null);
+  if (file.size > uploadLimit) {
+    $("#results").replaceChildren();
+    $("#status").textContent = `upload failed: ${file.name} is over ${(uploadLimit / 1048576).toFixed(0)} MB`;
+    return;
+  }
+  const preview = file.type.startsWith("image/") ? await readAsDataUrl(file) : null;
+  showExample(preview, `images like ${file.name}`);
+  const params = new URLSearchParams({ top: $("#top").value });
+  const options = { method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file };
+  const data = await run(request, `/api/similar/upload?${params}`, options, true, `search by ${file.name}`);
+  if (current.request !== request) return;
+  if (data === null) {
+    showExample(null, "");
+    return;
+  }
+  const found = data.objects.length ? `: the detector found ${data.objects.join(", ")}` : "";
+  showExample(preview, `images like ${file.name}${found}`);
 }
 
 function drawBoxes(data) {
@@ -175,6 +281,10 @@ async function select(result, card) {
   $("#labels").replaceChildren();
   $("#phrases").replaceChildren();
   $("#answers").replaceChildren();
+  if (!current.query) {
+    $("#ground-status").textContent = "search with a sentence to see its phrases grounded in the image";
+    return;
+  }
   $("#ground-status").textContent = "grounding the phrases…";
   const params = new URLSearchParams({ image: result.id, q: current.query });
   try {
@@ -216,6 +326,7 @@ async function ask(event) {
 
 $("#search").addEventListener("submit", submit);
 $("#ask").addEventListener("submit", ask);
+$("#file").addEventListener("change", upload);
 window.addEventListener("popstate", fromUrl);
 loadHealth();
 fromUrl();
