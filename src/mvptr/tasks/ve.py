@@ -12,8 +12,16 @@ from ..core.config import GPUS, TaskConfig, task_config
 from ..data.tasks import VEDataset
 from ..formats.snli_ve import VE_LABELS, read_snli_ve
 from ..model.task_models import MVPTRForVE
-from .base import COMMON_FIELDS, Task, TaskRun, classification_accuracy, predict, task_collator, task_images, \
-    word_pieces
+from .base import (
+    COMMON_FIELDS,
+    Task,
+    TaskRun,
+    classification_accuracy,
+    predict,
+    task_collator,
+    task_images,
+    word_pieces,
+)
 
 
 class VisualEntailment(Task):
