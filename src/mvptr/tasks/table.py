@@ -13,6 +13,7 @@ from ..checkpoint.task_dir import read_task_model
 from ..core.config import Config
 from ..core.config import load_config as load_base_config
 from ..core.errors import ConfigError
+from ..train.recipes import Recipe
 from .base import Task
 from .grounding import Grounding
 from .retrieval import Retrieval
@@ -56,6 +57,12 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
     """``mvptr.core.config.load_config`` with the tasks' settings resolved and checked: every
     ``finetune.<task>`` section is whole, and a bad one an error when the config is built."""
     return check_tasks(load_base_config(preset, overrides))
+
+
+def task_recipe(name: str, cfg: Config, merged: bool = False) -> Recipe:
+    """The recipe task ``name`` trains with under ``cfg`` (its settings resolved)."""
+    task = task_named(name)
+    return task.recipe(cfg, settings(cfg, task), merged)
 
 
 def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:

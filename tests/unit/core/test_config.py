@@ -3,7 +3,7 @@
 import pytest
 
 from mvptr.cli import main
-from mvptr.core.config import load_config
+from mvptr.tasks import load_config  # the tasks' sections checked as well
 from mvptr.core.errors import ConfigError
 
 BAD = [
