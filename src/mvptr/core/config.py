@@ -370,6 +370,8 @@ def task_section(defaults: TaskConfig, given: Any, key: str) -> TaskConfig:
     """A task's settings: ``given`` (its section of ``Config.finetune``: a mapping or a
     TaskConfig) over the task's ``defaults``; a key or value TaskConfig has no room for is an
     error naming ``key``."""
+    if given is not None and not isinstance(given, (dict, TaskConfig)):
+        raise ConfigError(f"{key} = {given!r}: expected the task's settings (a mapping of TaskConfig keys)")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(defaults), given if given is not None else {})
         return OmegaConf.to_object(merged)
