@@ -45,6 +45,7 @@ def vqa_questions(t: TaskConfig, split: str, training: bool = False) -> list:
 
 class VQA(Task):
     name = "vqa"
+    loss_name = "vqa"  # the logged loss (easy-VQA logs it under the same name)
     reads = (*COMMON_FIELDS, "questions", "annotations", "features", "predictions", "num_answers", "mask_regions")
     needs_head = True
 
@@ -76,8 +77,6 @@ class VQA(Task):
     def loss(self, model, batch, generator):
         _, fused = model.fuse_batch(batch)
         return {self.loss_name: vqa_loss(model.task_logits(fused), batch["answer_targets"])}
-
-    loss_name = "vqa"  # the logged loss (easy-VQA logs it under the same name)
 
     def evaluate(self, run: TaskRun) -> dict:
         t, split = run.t, run.t.eval_split
