@@ -45,7 +45,8 @@ def measure(cfg, bundle: Bundle, out: Path) -> dict:
     zero_shot = evaluate(cfg, bundle, progress=False)
     itm = itm_separation_on(cfg, bundle)
     tasks = demo_task_files(cfg)
-    if not Path(tasks.finetune.vqa.questions.format(split=tasks.finetune.vqa.train_split)).exists():
+    vqa = tasks.finetune["vqa"]
+    if not Path(vqa.questions.format(split=vqa.train_split)).exists():
         prepare_demo_tasks(cfg.demo.data_dir)
     model = Bundle(copy.deepcopy(bundle.model), bundle.tokenizer, bundle.phrase_vocab, bundle.tag_vocab)
     finetune(tasks, "vqa", model, out / "vqa", progress=False, overwrite=True)

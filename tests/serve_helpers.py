@@ -19,9 +19,10 @@ def tiny_model(world_args, out: Path, seed: int = 0, answers=None) -> Path:
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     if answers is None:
         return save_model_dir(out / "model", bundle)
-    from mvptr.checkpoint.task_dir import attach_head, save_task_model
+    from mvptr.checkpoint.task_dir import save_task_model
+    from mvptr.tasks import TASKS
 
-    attach_head(bundle, "vqa", answers)
+    TASKS["vqa"].attach_head(bundle, {"answers": answers})
     return save_task_model(out / "vqa", bundle, {"task": "vqa", "answers": answers})
 
 

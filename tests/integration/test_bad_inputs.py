@@ -576,6 +576,11 @@ config_case("an infinite loss weight", ["stage2.loss_weights.mlm=inf"], ["stage2
 config_case("max_tokens beyond the position table", ["data.max_tokens=600"], ["data.max_tokens", "512"])
 config_case("a task's max_tokens beyond the position table", ["finetune.vqa.max_tokens=1000"],
             ["finetune.vqa.max_tokens"])
+config_case("a section of no registered task", ["finetune.vqq.max_eval=3"],
+            ["finetune.vqq", "registered tasks", "vqa"])
+config_case("a misspelt key of a task", ["finetune.vqa.max_evals=3"], ["finetune.vqa.max_evals"])
+config_case("a task given a word for a number", ["finetune.ve.max_eval=all"], ["finetune.ve.max_eval"])
+config_case("a task's section given a number", ["finetune.vqa=3"], ["finetune.vqa", "settings"])
 config_case("a demo world without training images", ["demo.n_train=0"], ["demo.n_train"])
 config_case("a demo image side of 4 pixels", ["demo.image_size=4"], ["demo.image_size"])
 config_case("no parsing processes", ["demo.n_process=0"], ["demo.n_process"])

@@ -39,6 +39,7 @@ LAYERS = (
     "data",        # image sources, pair and task datasets, masking, collators, answers, grounding examples
     "train",       # the one trainer, recipes, DeepSpeed engine
     "eval",        # retrieval, VQA accuracy, grounding accuracy
+    "tasks",       # the downstream tasks, one module each (data, head, loss, metric, settings), and their table
     "workflows",   # pretrain, finetune, evaluate, merge-shards: peers over the layers above
     "viz",         # figures
     "app",         # Python API (Model), search index, HTTP service

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint.model_dir import LIMIT_KEYS, Bundle, adopt_model_settings, load_model_dir
-from ..checkpoint.task_dir import load_task_model
-from ..core.config import Config, load_config
+from ..core.config import Config
 from ..data.builders import collator
 from ..eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
+from ..tasks import load_config, load_task_model
 from ..text.phrases import PhraseExtractor
 from ..text.tokenizer import WordPieces
 from ..vision.regions import Regions

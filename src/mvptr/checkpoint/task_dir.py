@@ -4,40 +4,17 @@ task with a head, ``task_head.safetensors`` and ``task.json`` (the task and its 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ..core.config import task_kind
 from ..core.fileio import load_json
-from ..formats.snli_ve import VE_LABELS
-from ..model.task_models import TASK_MODELS, MVPTRForVE, MVPTRForVQA
-from ..text.tokenizer import pad_lists
 from .model_dir import Bundle, load_model_dir, save_model_dir
 
-__all__ = ["HEAD_FILE", "TASK_FILE", "attach_head", "save_task_model", "load_task_model"]
+__all__ = ["HEAD_FILE", "TASK_FILE", "save_task_model", "read_task_model"]
 
 HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
-
-
-def attach_head(bundle: Bundle, task: str, answers: list[str] | None = None, init: bool = True) -> None:
-    """Make ``bundle.model`` the task's model (:mod:`mvptr.model.task_models`) with a new head,
-    initialised as the paper says: the VQA answer rows from the MLM head, the SNLI-VE pooler
-    from the ITM head's. Tasks without a head leave the model as it is."""
-    model, kind = bundle.model, task_kind(task)
-    if kind == "vqa":
-        new = MVPTRForVQA.from_base(model, answers=answers)
-        if init:
-            pieces = [bundle.tokenizer(a, add_special_tokens=False)["input_ids"] or [bundle.tokenizer.unk_token_id]
-                      for a in answers]
-            new.task_head.init_from_mlm(new.mlm_head, new.word_rows.detach(), pad_lists(pieces, 0))
-    elif kind == "ve":
-        new = MVPTRForVE.from_base(model, num_labels=len(VE_LABELS))
-        if init:
-            new.task_head.pooler.load_state_dict(new.itm_head.pooler.state_dict())
-    else:
-        return
-    bundle.model = new
 
 
 def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
@@ -54,13 +31,15 @@ def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
     return save_model_dir(path, bundle, extra=add_task_files, weights=encoders)
 
 
-def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
-    """A model directory, as its task's model with the saved head when it has one."""
+def read_task_model(path: str | Path, device: str = "cpu",
+                    attach: Callable[[Bundle, dict], None] | None = None) -> Bundle:
+    """A model directory; with ``task.json``, ``attach(bundle, info)`` makes the model its task's
+    (the table of tasks knows how: ``mvptr.tasks.load_task_model``) and the saved head, when
+    there is one, is loaded into it."""
     path = Path(path)
     bundle = load_model_dir(path, device)
-    if (path / TASK_FILE).exists():
-        info = load_json(path / TASK_FILE)
-        attach_head(bundle, info["task"], info.get("answers"), init=False)
-        if isinstance(bundle.model, tuple(TASK_MODELS.values())):
+    if (path / TASK_FILE).exists() and attach is not None:
+        attach(bundle, load_json(path / TASK_FILE))
+        if hasattr(bundle.model, "task_head"):
             bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))
     return bundle

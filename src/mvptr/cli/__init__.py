@@ -13,8 +13,8 @@
     mvptr merge-shards OUT                        (after prepare phrases / features extract|convert --shard I/N)
     mvptr pretrain [--config PRESET] [--stage stage1|stage2|both] [--resume] [--skip-bad] [key=value ...]
     mvptr evaluate --model DIR [--config PRESET] [--skip-bad] [key=value ...]
-    mvptr finetune retrieval|vqa|ve|grounding|easyvqa --model DIR [--out DIR] [--config PRESET] [key=value ...]
-    mvptr evaluate retrieval|vqa|ve|grounding|easyvqa --model DIR [--config PRESET] [key=value ...]
+    mvptr finetune TASK --model DIR [--out DIR] [--config PRESET] [key=value ...]   (TASK: mvptr.tasks.TASKS)
+    mvptr evaluate TASK --model DIR [--config PRESET] [key=value ...]
     mvptr evaluate probes --model DIR [--out DIR] [--config PRESET] [key=value ...]   (the demo world's)
     mvptr demo [--config PRESET] [--fresh] [key=value ...]
     mvptr ablate [--config PRESET] [--rows full,no_mcr_v,...] [--seeds N] [--out DIR] [key=value ...]

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 from ..checkpoint.model_dir import adopt_model_settings
-from ..core.config import load_config
 from ..core.distributed import active, from_env
 from ..core.errors import FormatError, MvptrError, SkippedSamples
 from ..core.fileio import output_lock
 from ..core.runtime import configure_torch
 from ..core.shards import finish_shard, shard_dir
+from ..tasks import load_config
 
 SKIP_HELP = "leave out bad samples, count them by reason and save skipped.json, instead of stopping"
 SHARD_HELP = ("do share I of N (from 0) of the input, into OUT/shard-I-of-N; `mvptr merge-shards OUT` joins "

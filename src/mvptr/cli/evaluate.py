@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 from ..checkpoint.model_dir import load_model_dir
-from ..checkpoint.task_dir import load_task_model
-from ..core.config import TASKS
 from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.fileio import check_apart, write_json
 from ..demo.probe_set import build_probe_set
 from ..eval.probes import probes_table
+from ..tasks import TASKS, load_task_model, task_named
 from ..train.trainer import check_writable
 from ..workflows import evaluate as zero_shot
 from ..workflows.finetune import evaluate_task
@@ -75,10 +74,11 @@ def cmd_evaluate_task(args) -> None:
     if args.task not in TASKS:
         raise ConfigError(f"unknown task {args.task!r} (evaluate one of {', '.join(TASKS)} or probes, "
                           "or none: zero-shot)")
+    task = task_named(args.task)
     cfg = run_config(args)
     out = _eval_out(args)
     bundle, cfg = trained(args, cfg, args.model, load_task_model)
-    if args.task in ("vqa", "ve", "easyvqa") and not hasattr(bundle.model, "task_head"):
+    if task.needs_head and not hasattr(bundle.model, "task_head"):
         raise FormatError(f"{args.model}: no {args.task} task head; fine-tune the model first "
                           f"(mvptr finetune {args.task} --model {args.model})", "model directory")
     skipped = SkippedSamples() if cfg.data.skip_bad else None
@@ -94,8 +94,8 @@ def cmd_evaluate_task(args) -> None:
 def add_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="zero-shot retrieval and grounding of a model directory, one task, "
                         "or the demo world's compositional probes")
-    ev.add_argument("task", nargs="?", help="retrieval, vqa, ve, grounding, easyvqa, or probes (the demo world's "
-                    "compositional probes: probes.json); default: zero-shot")
+    ev.add_argument("task", nargs="?", help=f"{', '.join(TASKS)}, or probes (the demo world's compositional probes: "
+                    "probes.json); default: zero-shot")
     ev.add_argument("--model", required=True)
     ev.add_argument("--out", help="directory for the results (default: the model directory's parent)")
     ev.add_argument("--skip-bad", action="store_true", help=SKIP_HELP)

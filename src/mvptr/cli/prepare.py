@@ -11,7 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.fileio import output_lock
 from ..core.validation import check_world_size
@@ -20,6 +19,7 @@ from ..demo.easyvqa import easy_vqa_package, prepare_easyvqa
 from ..demo.tasks import prepare_demo_tasks
 from ..demo.world import generate_demo_world
 from ..formats.tags import tags_from_coco_instances, write_tag_file
+from ..tasks import load_config
 from ..text.phrases import prepare_phrases
 from .common import (
     SHARD_HELP,

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from ..checkpoint.model_dir import load_model_dir
-from ..checkpoint.task_dir import load_task_model
 from ..core.config import save_config
 from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import check_apart, write_json
+from ..tasks import TASKS, load_task_model
 from ..workflows.finetune import evaluate_task, finetune, log_evaluation
 from ..workflows.pretrain import STAGES, check_stages, initial_bundle, pretrain_stages
 from .common import (
@@ -102,7 +102,7 @@ def add_parsers(sub) -> None:
     pre.set_defaults(func=cmd_pretrain)
 
     ft = sub.add_parser("finetune", help="fine-tune a model directory on a task, then evaluate it")
-    ft.add_argument("task", choices=["retrieval", "vqa", "ve", "grounding", "easyvqa"])
+    ft.add_argument("task", choices=list(TASKS))
     ft.add_argument("--model", required=True, help="pre-trained (or fine-tuned) model directory")
     ft.add_argument("--out", help="output directory (default: <out_dir>/finetune/<task>)")
     ft.add_argument("--overwrite", action="store_true", help="replace a fine-tuning run already in the output "

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..checkpoint.model_dir import load_model_dir
-from ..core.config import load_config
 from ..core.errors import ConfigError
 from ..core.fileio import check_apart
 from ..core.runtime import configure_torch
+from ..tasks import load_config
 from ..viz.attention import plot_attention
 from ..viz.common import FIGURES, stage_metrics
 from ..viz.concepts import plot_concepts

@@ -222,8 +222,8 @@ class DemoConfig:
 @dataclass
 class TaskConfig:
     """One fine-tuning task: the trainer's settings, the task's files and its evaluation.
-    Paths may hold ``{split}``; a field the task does not read must keep its default (see
-    ``mvptr.train.finetune.TASK_FIELDS``). ``train.objectives`` is read by retrieval only."""
+    Paths may hold ``{split}``; a field the task does not read must keep its default (each task
+    says which it reads: ``mvptr.tasks``). ``train.objectives`` is read by retrieval only."""
 
     train: StageConfig = field(default_factory=StageConfig)
     train_split: str = "train"  # VQA: several joined by "+", e.g. "train2014+val2014"
@@ -249,48 +249,13 @@ class TaskConfig:
 GPUS = 8
 
 
-def _task(name: str, epochs: float, lr: float, batch_size: int, objectives: list | None = None,
-          **fields) -> TaskConfig:
+def task_config(name: str, epochs: float, lr: float, batch_size: int, objectives: list | None = None,
+                **fields) -> TaskConfig:
+    """A task's default settings (its module declares them: ``mvptr.tasks``)."""
     # AdamW, weight decay 0.05, linear decay without warmup (A.3; the official scripts' warmup is 0)
     stage = StageConfig(name=name, objectives=objectives or [], epochs=epochs, lr=lr,
                         batch_size=batch_size, weight_decay=0.05, warmup_ratio=0.0)
     return TaskConfig(train=stage, **fields)
-
-
-TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
-
-
-def task_kind(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
-    return "vqa" if task == "easyvqa" else task
-
-
-@dataclass
-class FinetuneConfig:
-    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files.
-    Batch sizes are global: the paper's per-GPU size times 8 GPUs."""
-
-    # A.3.1, Flickr30k (COCO: 15 epochs): 96 per GPU, regions / tokens / tags / phrases 50 / 50 / 30 / 5
-    retrieval: TaskConfig = field(default_factory=lambda: _task(
-        "retrieval", 5, 4e-5, 96 * GPUS, objectives=["vsc", "itm"],
-        max_regions=50, max_tokens=50, max_tags=30, max_phrases=5, dropout=0.1))
-    # A.3.2: 25 epochs ("converges in around 7"), 32 per GPU, dropout 0.3, 50 / 128 / 30 (no phrases here)
-    vqa: TaskConfig = field(default_factory=lambda: _task(
-        "vqa", 25, 5e-5, 32 * GPUS, max_regions=50, max_tokens=128, max_tags=30, dropout=0.3,
-        questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",
-        annotations="data/demo/vqa/v2_demo_{split}_annotations.json"))
-    # A.3.3: 64 per GPU, 70 / 70 / 20
-    ve: TaskConfig = field(default_factory=lambda: _task(
-        "ve", 5, 4e-5, 64 * GPUS, max_regions=70, max_tokens=70, max_tags=20, dropout=0.1,
-        hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
-    # A.3.4 gives no hyper-parameters for grounding: those of retrieval, 64 per GPU
-    grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64 * GPUS))
-    easyvqa: TaskConfig = field(default_factory=lambda: _task(
-        "easyvqa", 7, 5e-5, 32,
-        questions="data/demo/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
-        annotations="data/demo/easyvqa/v2_easyvqa_{split}_annotations.json",
-        features="data/demo/easyvqa/features.tsv", predictions="data/demo/easyvqa/predictions.tsv"))
 
 
 @dataclass
@@ -313,7 +278,9 @@ class Config:
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # fine-tuning (paper appendix A.3): task name -> its settings as the preset and overrides give
+    # them; the task's own defaults fill the rest, and its table checks the names (mvptr.tasks)
+    finetune: dict[str, Any] = field(default_factory=dict)
 
 
 def _preset_path(name_or_path: str) -> Path:
@@ -331,6 +298,11 @@ def _in_mapping(cfg, key: str) -> bool:
     """A new entry of a mapping field (such as stage2.loss_weights), not of a settings section."""
     parent = OmegaConf.select(cfg, key.rpartition(".")[0], default=None) if "." in key else None
     return parent is not None and OmegaConf.is_dict(parent) and OmegaConf.get_type(parent) is dict
+
+
+def _in_task(key: str) -> bool:
+    """A key of a task's section: the task's settings check it (``mvptr.tasks``)."""
+    return key.startswith("finetune.") and key.count(".") >= 2
 
 
 # keys that moved, and where to: a stage's settings apply to that stage, the phrase threshold is the
@@ -374,7 +346,7 @@ def load_config(preset: str | None = None, overrides: tuple[str, ...] | list[str
             key, value = item.split("=", 1)
             _check_moved(key, "")
             if not key or (OmegaConf.select(cfg, key, default="__missing__") == "__missing__"
-                           and not _in_mapping(cfg, key)):
+                           and not _in_mapping(cfg, key) and not _in_task(key)):
                 raise ConfigError(f"unknown config key {key!r}")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
     except (OmegaConfBaseException, yaml.YAMLError, TypeError) as err:  # wrong types, unparsable keys or values
@@ -392,6 +364,19 @@ def _one_line(err: Exception) -> str:
     first = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
     key = getattr(err, "full_key", None)
     return f"{key}: {first}" if key else first
+
+
+def task_section(defaults: TaskConfig, given: Any, key: str) -> TaskConfig:
+    """A task's settings: ``given`` (its section of ``Config.finetune``: a mapping or a
+    TaskConfig) over the task's ``defaults``; a key or value TaskConfig has no room for is an
+    error naming ``key``."""
+    if given is not None and not isinstance(given, (dict, TaskConfig)):
+        raise ConfigError(f"{key} = {given!r}: expected the task's settings (a mapping of TaskConfig keys)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(defaults), given if given is not None else {})
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, TypeError) as err:
+        raise ConfigError(f"bad config: {key}.{_one_line(err)}") from None
 
 
 def to_dict(cfg: Any) -> dict:

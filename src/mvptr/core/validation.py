@@ -150,20 +150,30 @@ def validate(cfg) -> None:
         _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
     _check_stage("stage1", cfg.stage1, True)
     _check_stage("stage2", cfg.stage2, True)
-    for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa"):
-        t = getattr(cfg.finetune, task)
-        _check_stage(f"finetune.{task}.train", t.train, False, recipe=task == "retrieval")
-        for key in ("max_train", "max_eval"):
-            _check(getattr(t, key) >= 0, f"finetune.{task}.{key}", getattr(t, key), "must be 0 (all) or positive")
-        _check(t.max_tokens + t.max_phrases <= m.max_position, f"finetune.{task}.max_tokens", t.max_tokens,
-               f"with its max_phrases {t.max_phrases} it must fit the model's {m.max_position} positions")
-    warmed = (("stage1", cfg.stage1), ("stage2", cfg.stage2),
-              ("finetune.retrieval.train", cfg.finetune.retrieval.train))
-    for key, stage in warmed:
-        _check(stage.negative_warmup_steps == 0 or o.negative_sampling == "sampled", f"{key}.negative_warmup_steps",
-               stage.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to "
-               "warm up)")
+    for key, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
+        _check_warmup(key, stage, o.negative_sampling)
     demo = cfg.demo
     _check(demo.n_process >= 1, "demo.n_process", demo.n_process, "must be at least 1 process")
     check_world_size(demo.n_train, demo.n_val, demo.n_test, demo.image_size,
                      {k: f"demo.{k}" for k in ("n_train", "n_val", "n_test", "image_size")})
+
+
+def _check_warmup(key: str, stage, negative_sampling: str) -> None:
+    _check(stage.negative_warmup_steps == 0 or negative_sampling == "sampled", f"{key}.negative_warmup_steps",
+           stage.negative_warmup_steps, "needs objectives.negative_sampling=sampled (the argmax has nothing to "
+           "warm up)")
+
+
+def check_task(key: str, t, cfg, recipe: bool) -> None:
+    """A task's settings (``key``: its section, ``finetune.<name>``); ``recipe``: it trains with
+    the pre-training recipe (retrieval), whose negative warm-up and loss weights it reads. The
+    task's table calls this (``mvptr.tasks``): the tasks are above this layer."""
+    _check_finite(t, f"{key}.")
+    _check_stage(f"{key}.train", t.train, False, recipe=recipe)
+    for name in ("max_train", "max_eval"):
+        _check(getattr(t, name) >= 0, f"{key}.{name}", getattr(t, name), "must be 0 (all) or positive")
+    m = cfg.model
+    _check(t.max_tokens + t.max_phrases <= m.max_position, f"{key}.max_tokens", t.max_tokens,
+           f"with its max_phrases {t.max_phrases} it must fit the model's {m.max_position} positions")
+    if recipe:
+        _check_warmup(f"{key}.train", t.train, cfg.objectives.negative_sampling)

@@ -20,10 +20,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..checkpoint.model_dir import Bundle
-from ..core.config import Config, load_config, save_config, to_dict
+from ..core.config import Config, save_config, to_dict
 from ..core.errors import ConfigError
 from ..core.fileio import write_json
 from ..core.runtime import provenance
+from ..tasks import load_config
+from ..tasks.table import check_tasks
 from ..workflows.evaluate import evaluate
 from ..workflows.finetune import evaluate_task, finetune
 from ..workflows.pretrain import initial_bundle, pretrain_stages
@@ -68,8 +70,9 @@ def budget_overrides(cfg: Config, share: float) -> list[str]:
     shorter run keeps the preset's proportions. Overrides given after these take precedence."""
     if not 0.0 < share <= 1.0:
         raise ConfigError(f"--budget {share}: the share of the preset's training budget must be in (0, 1]")
-    stages = {"stage1": cfg.stage1, "stage2": cfg.stage2, "finetune.vqa.train": cfg.finetune.vqa.train,
-              "finetune.grounding.train": cfg.finetune.grounding.train}
+    cfg = check_tasks(cfg)  # the tasks' settings whole, their defaults included
+    stages = {"stage1": cfg.stage1, "stage2": cfg.stage2, "finetune.vqa.train": cfg.finetune["vqa"].train,
+              "finetune.grounding.train": cfg.finetune["grounding"].train}
     out = [f"{key}.max_steps={max(1, round(stage.max_steps * share))}" if stage.max_steps
            else f"{key}.epochs={stage.epochs * share:.6g}" for key, stage in stages.items()]
     return out + [f"{key}.negative_warmup_steps={round(stage.negative_warmup_steps * share)}"
@@ -97,7 +100,8 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
     zero_shot = evaluate(cfg, bundle, progress)
     probes = evaluate_probes(cfg, bundle, build_probe_set(cfg, progress=progress))
     tasks = demo_task_files(cfg)
-    if not Path(tasks.finetune.vqa.questions.format(split=tasks.finetune.vqa.train_split)).exists():
+    vqa = tasks.finetune["vqa"]
+    if not Path(vqa.questions.format(split=vqa.train_split)).exists():
         prepare_demo_tasks(cfg.demo.data_dir)
     vqa = finetune_on(tasks, bundle, "vqa", out / "finetune" / "vqa", progress)
     grounding = finetune_on(tasks, bundle, "grounding", out / "finetune" / "grounding", progress)

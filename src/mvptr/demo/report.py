@@ -3,6 +3,8 @@ and the time each step took, as JSON and Markdown."""
 
 from __future__ import annotations
 
+from ..tasks import TASKS
+
 ORDER = ("pretrained", "minilm_init", "bert_init", "random_init", "chance")
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 def build_report(results: dict, seconds: dict, training: dict) -> dict:
@@ -55,8 +57,7 @@ def report_markdown(report: dict) -> str:
                   f"{itm['auc_hard']:.3f} ({itm['captions']} captions; 0.5 is chance)."]
     if "probes" in report:
         lines += probes_markdown(report["probes"])
-    if "vqa" in report:
-        lines += downstream_markdown(report)
+    lines += downstream_markdown(report)
     for name, path in report.get("figures", {}).items():
         lines += ["", f"![{name}]({path})"]
     lines += ["", "Wall time (seconds).", "", "| step | seconds |", "|---|---|"]
@@ -69,25 +70,11 @@ def report_markdown(report: dict) -> str:
     ]
     return "\n".join(lines) + "\n"
 def downstream_markdown(report: dict) -> list[str]:
-    """One table of the fine-tuned tasks (percent) with the baselines each is read against."""
-    rt, vqa, ve, gr, easy = (report[k] for k in ("retrieval_finetuned", "vqa", "ve", "grounding", "easyvqa"))
-    zero = report["retrieval"]["pretrained"]
-    rows = [
-        ("retrieval (test)", "RSUM, re-ranked", rt["rerank"]["rsum"], f"zero-shot {zero['rerank']['rsum']:.2f}"),
-        ("retrieval (test)", "RSUM, uni-modal", rt["uni"]["rsum"], f"zero-shot {zero['uni']['rsum']:.2f}"),
-        ("retrieval (test)", "i2t / t2i R@1, re-ranked", f"{rt['rerank']['i2t_r1']:.2f} / {rt['rerank']['t2i_r1']:.2f}",
-         f"zero-shot {zero['rerank']['i2t_r1']:.2f} / {zero['rerank']['t2i_r1']:.2f}"),
-        ("VQA (demo world)", "VQA accuracy", vqa["acc"], f"majority answer {vqa['majority']:.2f}"),
-        ("SNLI-VE (demo world)", "accuracy", ve["acc"],
-         "chance 33.33; per label " + ", ".join(f"{k} {v:.2f}" for k, v in ve.get("per_label", {}).items())),
-        *[("SNLI-VE (demo world)", f"accuracy on {kind} hypotheses ({g['pairs']})", g["acc"],
-           "per label " + ", ".join(f"{k} {v:.2f}" for k, v in g["per_label"].items()))
-          for kind, g in ve.get("per_group", {}).items()],
-        ("phrase grounding", "accuracy at IoU > 0.5", gr["finetuned"]["acc"],
-         f"zero-shot {gr['zero_shot']['acc']:.2f}, random region {gr['chance']['acc']:.2f}"),
-        ("easy-VQA (test)", "VQA accuracy", easy["acc"],
-         f"majority answer {easy['majority']:.2f}, question only {easy['question_only']:.2f}"),
-    ]
+    """One table of the fine-tuned tasks (percent) with the baselines each is read against: the
+    rows each task of the table gives (``Task.report_rows``), in the table's order."""
+    rows = [row for task in TASKS.values() for row in task.report_rows(report)]
+    if not rows:
+        return []
     lines = ["", "Fine-tuned on each task (percent; the test sets of the demo world are subsampled as configured).",
              "", "| task | metric | fine-tuned | baselines |", "|---|---|---|---|"]
     lines += [f"| {t} | {m} | {v if isinstance(v, str) else f'{v:.2f}'} | {b} |" for t, m, v, b in rows]

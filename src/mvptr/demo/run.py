@@ -22,6 +22,8 @@ from ..core.config import Config, save_config
 from ..core.errors import ConfigError
 from ..core.fileio import read_json_lines, write_json
 from ..data.builders import training_tag_vocab
+from ..tasks import TASKS
+from ..tasks.table import check_tasks
 from ..text.phrases import PhraseVocab, prepare_phrases
 from ..viz.figures import make_demo_figures
 from ..workflows.evaluate import evaluate, itm_separation_on
@@ -157,35 +159,37 @@ def _copy(bundle: Bundle) -> Bundle:
 
 
 def demo_task_files(cfg: Config) -> Config:
-    """``cfg`` with every task reading the demo world's task files in ``demo.data_dir``."""
+    """``cfg`` with every task's settings resolved and the tasks the demo world has files for
+    (``prepare_demo_tasks``, ``prepare_easyvqa``) reading them in ``demo.data_dir``."""
+    cfg = check_tasks(cfg)
     d, f = Path(cfg.demo.data_dir), cfg.finetune
     vqa_q, vqa_a = vqa_paths(d / "vqa", "{split}")
     easy_q, easy_a = easyvqa_paths(d / "easyvqa", "{split}")
-    return replace(cfg, finetune=replace(
-        f,
-        vqa=replace(f.vqa, questions=str(vqa_q), annotations=str(vqa_a)),
-        ve=replace(f.ve, hypotheses=str(ve_path(d / "snli_ve", "{split}"))),
-        easyvqa=replace(f.easyvqa, questions=str(easy_q), annotations=str(easy_a),
-                        features=str(d / "easyvqa" / "features.tsv"),
-                        predictions=str(d / "easyvqa" / "predictions.tsv")),
-    ))
+    return replace(cfg, finetune={
+        **f,
+        "vqa": replace(f["vqa"], questions=str(vqa_q), annotations=str(vqa_a)),
+        "ve": replace(f["ve"], hypotheses=str(ve_path(d / "snli_ve", "{split}"))),
+        "easyvqa": replace(f["easyvqa"], questions=str(easy_q), annotations=str(easy_a),
+                           features=str(d / "easyvqa" / "features.tsv"),
+                           predictions=str(d / "easyvqa" / "predictions.tsv")),
+    })
 
 
 def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progress: bool = True) -> dict:
-    """Fine-tune a copy of the pre-trained model on each task and evaluate it; then easy-VQA,
-    with regions and with every region hidden (question only). The task files are written
-    first when missing."""
+    """Fine-tune a copy of the pre-trained model on each task of the table and evaluate it; then
+    easy-VQA with every region hidden (question only). The task files are written first when
+    missing."""
     cfg = demo_task_files(cfg)
     f, data_dir = cfg.finetune, Path(cfg.demo.data_dir)
     with timed(seconds, "prepare_tasks"):
-        if not Path(f.vqa.questions.format(split=f.vqa.train_split)).exists():
+        if not Path(f["vqa"].questions.format(split=f["vqa"].train_split)).exists():
             prepare_demo_tasks(data_dir)
     with timed(seconds, "prepare_easyvqa"):
-        if not Path(f.easyvqa.questions.format(split=f.easyvqa.train_split)).exists():
+        if not Path(f["easyvqa"].questions.format(split=f["easyvqa"].train_split)).exists():
             prepare_easyvqa(data_dir / "easyvqa", data_dir / "detector.safetensors", cfg.demo.easyvqa_images)
     results = {}
-    runs = [(task, task, cfg) for task in ("retrieval", "vqa", "ve", "grounding", "easyvqa")]
-    text_only = replace(cfg, finetune=replace(f, easyvqa=replace(f.easyvqa, mask_regions=True)))
+    runs = [(task, task, cfg) for task in TASKS]
+    text_only = replace(cfg, finetune={**f, "easyvqa": replace(f["easyvqa"], mask_regions=True)})
     runs.append(("easyvqa_question_only", "easyvqa", text_only))
     for name, task, task_cfg in runs:
         with timed(seconds, f"finetune_{name}"):
@@ -199,12 +203,8 @@ def run_downstream(cfg: Config, bundle: Bundle, out: Path, seconds: dict, progre
     question_only = results.pop("easyvqa_question_only")
     retrieval = results.pop("retrieval")
     return {
-        "vqa": results["vqa"],
-        "ve": results["ve"],
-        "grounding": results["grounding"],
+        **results,
         "retrieval_finetuned": {k: retrieval[k] for k in ("uni", "rerank", "steps", "train_examples")},
         "easyvqa": {"acc": easy["acc"], "majority": easy["majority"], "question_only": question_only["acc"],
                     "questions": easy["questions"], "steps": easy["steps"]},
     }
-
-

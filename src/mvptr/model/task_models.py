@@ -17,14 +17,12 @@ from ..core.config import ModelConfig
 from .heads import AnswerClassifier, PairClassifier
 from .modeling import MVPTR, FusedOutput
 
-__all__ = ["TaskModel", "MVPTRForVQA", "MVPTRForVE", "TASK_MODELS"]
+__all__ = ["TaskModel", "MVPTRForVQA", "MVPTRForVE"]
 
 
 class TaskModel(MVPTR):
     """An MVPTR with ``task_head``. Subclasses build the head in :meth:`add_head` from the
     keyword arguments that :meth:`task_args` gives back (saved in ``task.json``)."""
-
-    task = ""
 
     def __init__(self, cfg: ModelConfig, num_phrases: int, tag_pieces: torch.Tensor, **task):
         super().__init__(cfg, num_phrases, tag_pieces)
@@ -65,8 +63,6 @@ class TaskModel(MVPTR):
 class MVPTRForVQA(TaskModel):
     """VQA as classification over an answer vocabulary (3129 answers for VQA v2)."""
 
-    task = "vqa"
-
     def add_head(self, answers: list[str]) -> None:
         self.answers = list(answers)
         self.task_head = AnswerClassifier(self.cfg, len(self.answers)).to(self.tag_pieces.device)
@@ -79,13 +75,9 @@ class MVPTRForVQA(TaskModel):
 class MVPTRForVE(TaskModel):
     """Visual entailment: (image, hypothesis) -> entailment / neutral / contradiction."""
 
-    task = "ve"
-
     def add_head(self, num_labels: int = 3) -> None:
         self.task_head = PairClassifier(self.cfg, num_labels).to(self.tag_pieces.device)
 
     def task_args(self) -> dict:
         return {"num_labels": self.task_head.classifier.out_features}
 
-
-TASK_MODELS: dict[str, type[TaskModel]] = {"vqa": MVPTRForVQA, "ve": MVPTRForVE}

@@ -5,6 +5,7 @@ trains everything on L2 = L1 + MLM + ITM + WPG (paper 3.4). Each objective can b
 of a stage's list, and the phrase / tag inputs can be switched off, for the ablations.
 The merged-attention model (Table 4, "MergAttn") has its own losses (``merged.py``) on the
 same two stages: MCR^v + MCR^s in stage 1, MCR^v + MCR^s + WPG + MLM + ITM in stage 2, no VSC.
+A fine-tuning task gives its own recipe (``mvptr.tasks``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..core.config import Config, ObjectiveConfig, task_kind
+from ..core.config import ObjectiveConfig
 from ..core.distributed import gather_cat
 from ..core.errors import ConfigError
 from ..model import losses as L
-from ..model.losses import grounding_loss, mention_outputs, vqa_loss
 from ..model.modeling import MVPTR
 from .merged import merged_losses
 
@@ -217,27 +216,3 @@ def _wpg(model, text, image, fused, batch, idx, text_side, rest, neg_image, ok_t
         )
         neg[rest], _ = phrase_region_sim(extra.hidden, rest, neg_image[rest])
     return L.wpg_loss(pos, neg, valid & ok_t, margin)
-
-
-def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
-    """``merged``: for the merged-attention model (retrieval: ITM alone, as it has no VSC)."""
-    kind = task_kind(task)
-    if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
-        train = cfg.finetune.retrieval.train
-        objectives = [o for o in train.objectives if not (merged and o == "vsc")]
-        return pretraining_recipe(task, objectives, cfg.objectives, merged,
-                                  negative_warmup_steps=train.negative_warmup_steps, loss_weights=train.loss_weights)
-
-    def loss(model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        _, fused = model.fuse_batch(batch)
-        if kind == "grounding":
-            phrase = mention_outputs(fused.hidden, batch["mention_weights"])
-            regions = fused.region_hidden
-            return {"grounding": grounding_loss(phrase, regions, batch["region_mask"], batch["mention_iou"],
-                                                batch["mention_mask"])}
-        logits = model.task_logits(fused)
-        if kind == "vqa":
-            return {"vqa": vqa_loss(logits, batch["answer_targets"])}
-        return {"ve": F.cross_entropy(logits.float(), batch["labels"])}
-
-    return Recipe(task, loss)

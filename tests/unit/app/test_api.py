@@ -159,12 +159,13 @@ def test_the_package_description_s_example_runs_without_the_extras(model_dir, wo
 
 
 def test_a_vqa_model_answers_questions(world_args, images, tmp_path):
-    from mvptr.checkpoint.task_dir import attach_head, save_task_model
+    from mvptr.checkpoint.task_dir import save_task_model
+    from mvptr.tasks import TASKS
 
     cfg = load_config("tiny", world_args(tmp_path))
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     answers = ["red", "blue", "circle", "two"]
-    attach_head(bundle, "vqa", answers)
+    TASKS["vqa"].attach_head(bundle, {"answers": answers})
     save_task_model(tmp_path / "vqa", bundle, {"task": "vqa", "answers": answers})
     model = Model.load(tmp_path / "vqa", config="tiny", parse_phrases=False)
     got = model.answer(images[0], "what color is the circle?", top=4)

@@ -3,8 +3,8 @@
 import pytest
 
 from mvptr.cli import main
-from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
+from mvptr.tasks import load_config  # the tasks' sections checked as well
 
 BAD = [
     ("stage1.batch_size=0", "stage1.batch_size"),

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from mvptr.core import config
-from mvptr.core.config import TASKS
+from mvptr.tasks import TASKS
 from mvptr.train.recipes import OBJECTIVES
 
 SRC = Path(config.__file__).parents[1]  # the package: config.py lives in core/
 
 # fields read under a name held in a string, by getattr: the objective switches (recipes and
-# masking: getattr(objectives, name) for each name in OBJECTIVES) and the tasks
-# (getattr(cfg.finetune, task) for each task in TASKS)
-READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES), "FinetuneConfig": set(TASKS)}
+# masking: getattr(objectives, name) for each name in OBJECTIVES). The tasks' sections are the
+# entries of the mapping Config.finetune, one per task of the table (checked below)
+READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES)}
 
 
 def attributes_read_outside_config() -> set[str]:
@@ -46,25 +46,38 @@ def test_the_fields_read_by_name_are_exactly_those_names():
     fields = {}
     for cls, field in config_fields():
         fields.setdefault(cls, set()).add(field)
-    assert READ_BY_NAME["FinetuneConfig"] == fields["FinetuneConfig"]
     assert READ_BY_NAME["ObjectiveConfig"] <= fields["ObjectiveConfig"]
+
+
+def test_the_finetune_sections_are_exactly_the_tasks_of_the_table():
+    from mvptr.core.errors import ConfigError
+    from mvptr.tasks import load_config
+
+    assert list(load_config("tiny").finetune) == list(TASKS)
+    with pytest.raises(ConfigError, match="finetune.nosuchtask: no task of that name.*registered tasks: retrieval"):
+        load_config("tiny", ["finetune.nosuchtask.max_eval=3"])
 
 
 @pytest.mark.slow
 def test_a_task_field_the_task_does_not_read_is_an_error():
     import pytest
 
-    from mvptr.core.config import load_config
+    from mvptr.core.config import load_config as load_raw_config
+    from mvptr.core.config import task_section
     from mvptr.core.errors import ConfigError
+    from mvptr.tasks import load_config
     from mvptr.workflows.finetune import check_task_config
 
     for task, key, value in (("retrieval", "questions", "q.json"), ("grounding", "features", "f.tsv"),
                              ("grounding", "mask_regions", "true"), ("vqa", "hypotheses", "h.jsonl"),
                              ("vqa", "train.objectives", "[mlm]")):
-        cfg = load_config("tiny", [f"finetune.{task}.{key}={value}"])
-        with pytest.raises(ConfigError, match=f"finetune.{task}.{key}"):
-            check_task_config(task, getattr(cfg.finetune, task))
+        with pytest.raises(ConfigError, match=f"finetune.{task}.{key}"):  # when the config is built
+            load_config("tiny", [f"finetune.{task}.{key}={value}"])
+        raw = load_raw_config("tiny", [f"finetune.{task}.{key}={value}"]).finetune[task]
+        with pytest.raises(ConfigError, match=f"finetune.{task}.{key}"):  # and when the task reads it
+            check_task_config(task, task_section(TASKS[task].defaults(), raw, f"finetune.{task}"))
     cfg = load_config("tiny", ["finetune.retrieval.train.objectives=[itm]", "finetune.ve.mask_regions=true"])
-    check_task_config("retrieval", cfg.finetune.retrieval)  # read: retrieval trains with these objectives
-    check_task_config("ve", cfg.finetune.ve)
-    assert load_config("tiny").finetune.retrieval.train.objectives == ["vsc", "itm"]
+    check_task_config("retrieval", cfg.finetune["retrieval"])  # read: retrieval trains with these objectives
+    check_task_config("ve", cfg.finetune["ve"])
+    assert load_config("tiny").finetune["retrieval"].train.objectives == ["vsc", "itm"]
+

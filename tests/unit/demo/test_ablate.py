@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 
 from mvptr.cli import main
-from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 from mvptr.demo.ablate import ROWS, budget_overrides, row_config, select_rows
 from mvptr.demo.ablation_report import ablation_markdown, ablation_report, verdict
 from mvptr.eval.stats import paired_difference
+from mvptr.tasks import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_the_budget_scales_every_training_run_and_the_negative_warm_up():
                                "finetune.grounding.train.max_steps=30", "stage2.negative_warmup_steps=120"])
     scaled = load_config("demo", budget_overrides(cfg, 0.5))
     assert scaled.stage1.epochs == cfg.stage1.epochs / 2 and scaled.stage2.epochs == cfg.stage2.epochs / 2
-    assert scaled.finetune.vqa.train.max_steps == 200 and scaled.finetune.grounding.train.max_steps == 15
+    assert scaled.finetune["vqa"].train.max_steps == 200 and scaled.finetune["grounding"].train.max_steps == 15
     assert scaled.stage2.negative_warmup_steps == 60
     # a capped stage is scaled by its cap; a budget of 1 changes nothing
     capped = load_config("demo", ["stage1.max_steps=9"])

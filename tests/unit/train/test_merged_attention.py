@@ -20,9 +20,10 @@ from mvptr.core.errors import ConfigError
 from mvptr.data.builders import training_tag_vocab
 from mvptr.data.collate import Collator, Masking
 from mvptr.model.modeling import MVPTR
+from mvptr.tasks import task_recipe
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer, minilm_dir
-from mvptr.train.recipes import pretraining_recipe, task_recipe
+from mvptr.train.recipes import pretraining_recipe
 from mvptr.train.trainer import param_groups
 from mvptr.workflows.evaluate import evaluate
 

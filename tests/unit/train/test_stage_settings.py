@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from mvptr.cli import main
-from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.collate import Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.modeling import MVPTR
+from mvptr.tasks import load_config, task_recipe  # the tasks' sections resolved and checked as well
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
-from mvptr.train.recipes import pretraining_recipe, task_recipe
+from mvptr.train.recipes import pretraining_recipe
 from mvptr.train.trainer import check_same_settings, run_settings
 
 
@@ -49,7 +49,7 @@ def negative_logits(recipe, monkeypatch) -> list[torch.Tensor]:
 
 def test_the_demo_warm_up_governs_stage_2_but_not_retrieval_fine_tuning(monkeypatch):
     cfg = load_config("demo")
-    assert cfg.stage2.negative_warmup_steps == 120 and cfg.finetune.retrieval.train.negative_warmup_steps == 0
+    assert cfg.stage2.negative_warmup_steps == 120 and cfg.finetune["retrieval"].train.negative_warmup_steps == 0
     s2 = cfg.stage2
     stage2 = pretraining_recipe("stage2", ["itm"], cfg.objectives, negative_warmup_steps=s2.negative_warmup_steps,
                                 loss_weights=s2.loss_weights)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import load_model_dir, save_model_dir
-from mvptr.checkpoint.task_dir import attach_head, load_task_model, save_task_model
+from mvptr.checkpoint.task_dir import save_task_model
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.data.builders import collator, training_tag_vocab
@@ -27,6 +27,7 @@ from mvptr.formats.snli_ve import VE_LABELS, read_snli_ve
 from mvptr.formats.vqa import read_vqa
 from mvptr.model.heads import AnswerClassifier
 from mvptr.model.losses import grounding_loss, mention_outputs, vqa_loss
+from mvptr.tasks import TASKS, load_task_model
 from mvptr.text.phrases import PhraseVocab
 from mvptr.vision.regions import box_iou, ground_truth_box
 from mvptr.workflows.finetune import classification_accuracy, evaluate_task
@@ -76,7 +77,7 @@ def test_answer_head_starts_as_the_mlm_head_averaged_over_each_answers_pieces(ti
     bundle = load_task_model(tiny_model[0])
     model = bundle.model
     answers = ["yes", "rectangle", "2", "light blue"]
-    attach_head(bundle, "vqa", answers)
+    TASKS["vqa"].attach_head(bundle, {"answers": answers})
     model = bundle.model  # now the VQA model (MVPTRForVQA)
     x = torch.randn(5, cfg.model.hidden_size)
     with torch.no_grad():
@@ -210,7 +211,7 @@ def test_ve_accuracy_per_group_adds_up_to_the_whole(tiny_model, task_args, tmp_p
     model_dir, _ = tiny_model
     cfg = load_config("tiny", task_args(tmp_path))
     bundle = load_model_dir(model_dir)
-    attach_head(bundle, "ve")
+    TASKS["ve"].attach_head(bundle, {})
     result = evaluate_task(cfg, "ve", bundle, progress=False, group_of=hypothesis_kind)
     groups = result["per_group"]
     assert set(groups) == {"existence", "relation", "property"}
@@ -257,7 +258,7 @@ def test_each_task_fine_tunes_and_evaluates_from_the_command_line(task, tiny_mod
 
 def test_fine_tuned_heads_survive_a_save_and_load(tiny_model, tmp_path):
     bundle = load_task_model(tiny_model[0])
-    attach_head(bundle, "ve")
+    TASKS["ve"].attach_head(bundle, {})
     torch.nn.init.normal_(bundle.model.task_head.classifier.weight)
     path = save_task_model(tmp_path / "m", bundle, {"task": "ve"})
     again = load_task_model(path)

@@ -4,8 +4,8 @@ weight decay and the paper's per-GPU batch sizes (as global batches on 8 GPUs)."
 import pytest
 
 from mvptr.checkpoint.bert_init import new_bundle
-from mvptr.core.config import Config, load_config
 from mvptr.model.layers import Dropout
+from mvptr.tasks import TASKS, load_config
 from mvptr.text.phrases import PhraseVocab
 from mvptr.workflows.finetune import task_setup
 
@@ -17,18 +17,18 @@ PAPER = {"retrieval": (5, 4e-5, 96, 0.1, 50, 50, 30, 5), "vqa": (25, 5e-5, 32, 0
 @pytest.mark.parametrize("task", sorted(PAPER))
 def test_the_default_fine_tuning_settings_are_the_papers(task):
     epochs, lr, per_gpu, dropout, regions, tokens, tags, phrases = PAPER[task]
-    t = getattr(Config().finetune, task)
+    t = TASKS[task].defaults()
     assert (t.train.epochs, t.train.lr, t.train.batch_size, t.train.weight_decay) == (epochs, lr, per_gpu * 8, 0.05)
     limits = (t.max_regions, t.max_tokens, t.max_tags, t.max_phrases)
     assert t.dropout == dropout and limits == (regions, tokens, tags, phrases)
-    base = getattr(load_config("base").finetune, task)  # the base preset keeps them
+    base = load_config("base").finetune[task]  # the base preset keeps them
     assert (base.train, base.dropout, base.max_regions, base.max_tokens, base.max_tags) == (
         t.train, t.dropout, t.max_regions, t.max_tokens, t.max_tags)
 
 
 def test_base_fine_tunes_vqa_on_train_and_val_and_evaluates_on_test_dev():
     """A.3.2: "we fine-tune MVPTR on the training and validation sets", VQA v2's own file names."""
-    vqa = load_config("base").finetune.vqa
+    vqa = load_config("base").finetune["vqa"]
     assert vqa.train_split == "train2014+val2014" and vqa.eval_split == "test-dev2015"
     assert vqa.questions.format(split="val2014").endswith("v2_OpenEnded_mscoco_val2014_questions.json")
     assert vqa.annotations.format(split="train2014").endswith("v2_mscoco_train2014_annotations.json")
