@@ -3,7 +3,7 @@ need and the device and precision it will use (``mvptr.workflows.doctor``)."""
 
 from __future__ import annotations
 
-from ..core.config import TASKS, load_config
+from ..tasks.table import TASKS, load_config
 from ..workflows.doctor import STAGES, diagnose
 from .common import add_config_args
 
@@ -25,6 +25,6 @@ def add_parser(subparsers) -> None:
     add_config_args(p)
     p.add_argument("--stage", choices=[*STAGES, "both", "none"], default="both",
                    help="the pre-training stages the run trains (none: fine-tuning only)")
-    p.add_argument("--task", action="append", default=[], choices=TASKS,
+    p.add_argument("--task", action="append", default=[], choices=list(TASKS),
                    help="a task the run fine-tunes: its files must be there (may be repeated)")
     p.set_defaults(func=cmd_doctor)

@@ -56,7 +56,7 @@ def check_device(cfg: Config) -> Check:
 def check_precision(cfg: Config, stages: list[str], tasks: list[str]) -> Check:
     """What each stage, task and the evaluation compute in ("auto": bf16 where the device multiplies it natively)."""
     settings = [(s, getattr(cfg, s).precision) for s in stages]
-    settings += [(f"finetune {t}", getattr(cfg.finetune, t).train.precision) for t in tasks]
+    settings += [(f"finetune {t}", cfg.finetune[t].train.precision) for t in tasks]
     settings.append(("eval", cfg.eval.precision))
     native = native_bf16(cfg.device)
     parts = [f"{name} {resolve(p, cfg.device)}" + (" (auto)" if p == "auto" else "") for name, p in settings]
