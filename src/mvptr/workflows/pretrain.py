@@ -18,11 +18,11 @@ from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import write_json
 from ..core.runtime import torch_settings
 from ..data.builders import collator, training_tag_vocab
-from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..train.loggers import check_loggers
+from ..train.objectives import active_objectives, stage_masking
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, claim_run_dir, train
 
@@ -69,9 +69,9 @@ def _pretrain_stage(cfg, stage, bundle, out_dir, resume, progress, skipped, over
         write_json(out_dir / "data.json", data)
         if skipped is not None:
             skipped.save(out_dir / "skipped.json")
-    masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
+    masking = stage_masking(cfg.objectives, list(stage.objectives))
     # config.json records its input limits and the objectives that trained its heads (those switched on)
-    trained = [o for o in stage.objectives if getattr(cfg.objectives, o, True) is not False]
+    trained = [o.name for o in active_objectives(list(stage.objectives), cfg.objectives)]
     record_training(bundle, cfg.data, trained)
     note_run(bundle.card, f"pre-training {stage.name}", data, trained, to_dict(cfg), on_demo_world(cfg))
     return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
