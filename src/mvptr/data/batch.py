@@ -42,7 +42,8 @@ class Batch(TypedDict, total=False):
     tag_mask: torch.Tensor
     """(B, T) bool: a tag is there."""
     tag_labels: torch.Tensor
-    """(B, T) the target of each tag masked for MCR^v (a tag class, or a word id in word-piece mode), IGNORE elsewhere."""
+    """(B, T) the target of each tag masked for MCR^v (a tag class; a word id in word-piece mode),
+    IGNORE elsewhere."""
     region_feats: torch.Tensor
     """(B, R, D) float region features (detector features and the 6 box numbers), 0-padded."""
     region_mask: torch.Tensor

@@ -62,7 +62,8 @@ class Objective:
         if not self.name or "." in self.name or "=" in self.name:
             raise ValueError(f"objective name {self.name!r}: a non-empty name without '.' or '=' (it is a config key)")
         if self.masks and self.masks not in MASKED_INPUTS:
-            raise ValueError(f"objective {self.name}: masks={self.masks!r} (expected one of {', '.join(MASKED_INPUTS)})")
+            raise ValueError(f"objective {self.name}: masks={self.masks!r} "
+                             f"(expected one of {', '.join(MASKED_INPUTS)})")
         unknown = [i for i in self.inputs if i not in INPUTS]
         if unknown:
             raise ValueError(f"objective {self.name}: unknown inputs {unknown} (expected some of {', '.join(INPUTS)})")

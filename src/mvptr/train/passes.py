@@ -185,7 +185,8 @@ class TwoStreamPasses(Passes):
         other = (idx + shift.to(h.device)) % b
 
         def score(v: torch.Tensor):
-            return L.wpg_similarity(h[:, n : n + m], self.batch["phrase_mask"], regions[v], region_mask[v], 3, generator)
+            phrases = self.batch["phrase_mask"]
+            return L.wpg_similarity(h[:, n : n + m], phrases, regions[v], region_mask[v], 3, generator)
 
         pos, valid = score(idx)
         neg, _ = score(other)

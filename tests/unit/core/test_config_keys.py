@@ -9,14 +9,15 @@ import pytest
 
 from mvptr.core import config
 from mvptr.core.config import TASKS
+from mvptr.train.objective import MASKED_INPUTS
 from mvptr.train.recipes import OBJECTIVES
 
 SRC = Path(config.__file__).parents[1]  # the package: config.py lives in core/
 
 # fields read under a name held in a string, by getattr: the objective switches (recipes and
-# masking: getattr(objectives, name) for each name in OBJECTIVES) and the tasks
-# (getattr(cfg.finetune, task) for each task in TASKS)
-READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES), "FinetuneConfig": set(TASKS)}
+# masking: getattr(objectives, name) for each name in OBJECTIVES), the masking probabilities
+# (getattr(objectives, MASKED_INPUTS[kind])) and the tasks (getattr(cfg.finetune, task) for each task in TASKS)
+READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES) | set(MASKED_INPUTS.values()), "FinetuneConfig": set(TASKS)}
 
 
 def attributes_read_outside_config() -> set[str]:
