@@ -76,7 +76,8 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
         hardness = negative_hardness(batch.get("step"), negative_warmup_steps)
         return pretraining_losses(model, batch, active, obj, generator, hardness)
 
-    weights = {o.name: o.weight for o in declared} | dict(loss_weights or {})
+    # the declared weights that are not the sum's default 1, then the stage's
+    weights = {o.name: o.weight for o in declared if o.weight != 1.0} | dict(loss_weights or {})
     return Recipe(name, loss, trainable, weights, lr_scale)
 
 
