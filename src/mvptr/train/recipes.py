@@ -128,7 +128,7 @@ def task_recipe(task: str, cfg: Config, merged: bool = False) -> Recipe:
     kind = task_kind(task)
     if kind == "retrieval":  # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
         train = cfg.finetune.retrieval.train
-        objectives = [o for o in train.objectives if not merged or OBJECTIVES[o].merged]
+        objectives = [o for o in train.objectives if not merged or getattr(OBJECTIVES.get(o), "merged", True)]
         return pretraining_recipe(task, objectives, cfg.objectives, merged,
                                   negative_warmup_steps=train.negative_warmup_steps, loss_weights=train.loss_weights)
 
