@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
-from mvptr.data.collate import FIRST_WORD_ID, Collator, Masking
+from mvptr.data.collate import FIRST_WORD_ID, CollateSettings, Collator, Masking
 from mvptr.data.pretrain import ImageSource, PairDataset
 from mvptr.formats.captions import CaptionRecord
 from mvptr.formats.vinvl import write_vinvl_features, write_vinvl_predictions
@@ -88,7 +88,7 @@ def pair_dataset(images: ImageSource, n: int, seed: int) -> PairDataset:
 
 def collator(seed: int) -> Collator:
     return Collator(WordPieces(load_tokenizer(), TOKENS), CLASSES, NUM_PHRASES, VOCAB,
-                    masking=Masking(words=0.15, phrases=0.25, tags=0.25),
+                    CollateSettings(masking=Masking(words=0.15, phrases=0.25, tags=0.25)),
                     generator=torch.Generator().manual_seed(seed))
 
 

@@ -62,10 +62,10 @@ def test_a_full_disk_fails_before_the_first_step(world_args, tmp_path, monkeypat
     import re
     import shutil
 
-    from mvptr.train import trainer
+    from mvptr.train import run_dir
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: usage._replace(free=5 * 2**20))
+    monkeypatch.setattr(run_dir.shutil, "disk_usage", lambda path: usage._replace(free=5 * 2**20))
     assert main(run_args(world_args, tmp_path / "out")) == 2  # the user's to fix: one line, no traceback
     assert re.search(r"has only 5 MiB free; its files need about \d+ MiB", capsys.readouterr().err)
     assert not (tmp_path / "out" / "stage1" / "metrics.jsonl").exists()

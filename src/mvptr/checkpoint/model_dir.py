@@ -364,4 +364,12 @@ def checkpoint_bytes(model: torch.nn.Module) -> int:
 
 
 def load_training_state(path: str | Path) -> dict:
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    """The training state of the checkpoint ``path`` (plain data: ``weights_only``); a file that
+    does not load is a FormatError naming it."""
+    file = recover_dir(path) / STATE_FILE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FormatError(f"{file}: damaged training state ({type(err).__name__}: {first}); resume from a copy, "
+                          f"or remove {file.parent} to train the stage from its start", "model directory") from None

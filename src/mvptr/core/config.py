@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .objectives import objective_switch
 from .validation import validate
 
 # inside the package, so an installed wheel finds its presets wherever it runs
@@ -112,12 +113,13 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    mcr_v: bool = True
-    mcr_s: bool = True
-    vsc: bool = True
-    wpg: bool = True
-    itm: bool = True
-    mlm: bool = True
+    # each objective's switch (the built-in ones: their declarations are mvptr.train.objectives.OBJECTIVES)
+    mcr_v: bool = objective_switch()
+    mcr_s: bool = objective_switch()
+    vsc: bool = objective_switch()
+    wpg: bool = objective_switch()
+    itm: bool = objective_switch()
+    mlm: bool = objective_switch()
     use_phrases: bool = True
     use_tags: bool = True
     tag_mask_prob: float = 0.25
@@ -181,8 +183,8 @@ class StageConfig:
     # paper's hard negatives from the first step
     negative_warmup_steps: int = 0
     # pre-training and retrieval fine-tuning: each objective's weight in this stage's sum; unlisted
-    # objectives weigh 1 (the paper's unweighted L1 and L2). Under one AdamW a small weight mostly
-    # lowers an objective's share of the update of the parameters it shares with others
+    # objectives weigh their declared default (1: the paper's unweighted L1 and L2). Under one AdamW a
+    # small weight mostly lowers an objective's share of the update of the parameters it shares with others
     # (docs/DECISIONS.md, "ITM learns")
     loss_weights: dict[str, float] = field(default_factory=dict)
     # steps whose loss or gradients are not finite are skipped (the weights stay); past this many
@@ -391,6 +393,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def model_config_from_dict(d: dict) -> ModelConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), d)
     return OmegaConf.to_object(cfg)
-
-
-# ----- validation: a value no run can use is an error when the config is built ---------------

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from .errors import ConfigError
+from .objectives import objective_names
 from .precision import CHOICES as PRECISION_CHOICES
 
 CHOICES = {
@@ -15,6 +16,7 @@ CHOICES = {
     "model.tag_mode": ("concepts", "word_pieces"),
     "model.layout": ("mvptr", "official"),
     "objectives.mcr_matching": ("hungarian", "aligned"),
+    "objectives.wpg_variant": ("paper", "official"),
     "objectives.negative_sampling": ("sampled", "hardest", "uniform"),
     "objectives.itm_negatives": ("half_each", "both"),
     "objectives.loss_average": ("token", "sample"),
@@ -23,7 +25,6 @@ CHOICES = {
 }
 STAGE_CHOICES = {"precision": PRECISION_CHOICES, "engine": ("torch", "deepspeed"), "zero_stage": (1, 2)}
 LOGGER_NAMES = ("jsonl", "tensorboard", "wandb", "mlflow")  # mvptr.train.loggers.LOGGERS
-OBJECTIVE_NAMES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg")
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -37,9 +38,10 @@ def _check(ok: bool, key: str, value: Any, want: str) -> None:
         raise ConfigError(f"{key} = {value!r}: {want}")
 
 
-def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = None) -> None:
-    """``objectives_known``: a pre-training stage; ``recipe``: it trains with the pre-training
-    recipe, whose negative warm-up and loss weights it reads (pre-training and retrieval)."""
+def _check_stage(key: str, stage, names: tuple[str, ...], objectives_known: bool, recipe: bool | None = None) -> None:
+    """``names``: the objectives there are; ``objectives_known``: a pre-training stage (it lists
+    objectives); ``recipe``: it trains with the pre-training recipe, whose negative warm-up and
+    loss weights it reads (pre-training and retrieval)."""
     recipe = objectives_known if recipe is None else recipe
     _check(stage.batch_size > 0, f"{key}.batch_size", stage.batch_size, "must be a positive number of samples")
     _check(stage.max_steps >= 0, f"{key}.max_steps", stage.max_steps,
@@ -58,8 +60,8 @@ def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = 
     _check(stage.negative_warmup_steps >= 0, f"{key}.negative_warmup_steps", stage.negative_warmup_steps,
            "must be >= 0")
     for name, weight in stage.loss_weights.items():
-        _check(name in OBJECTIVE_NAMES, f"{key}.loss_weights.{name}", weight,
-               f"not an objective (expected one of {', '.join(OBJECTIVE_NAMES)})")
+        _check(name in names, f"{key}.loss_weights.{name}", weight,
+               f"not an objective (expected one of {', '.join(names)})")
         _check(weight >= 0 and weight != float("inf"), f"{key}.loss_weights.{name}", weight,
                "must be a finite weight >= 0")
     for name in ("negative_warmup_steps", "loss_weights"):
@@ -78,9 +80,9 @@ def _check_stage(key: str, stage, objectives_known: bool, recipe: bool | None = 
     _check(not unknown_loggers, f"{key}.loggers", list(stage.loggers),
            f"unknown loggers {unknown_loggers} (known: {', '.join(LOGGER_NAMES)})")
     if objectives_known:
-        unknown = [o for o in stage.objectives if o not in OBJECTIVE_NAMES]
+        unknown = [o for o in stage.objectives if o not in names]
         _check(not unknown, f"{key}.objectives", list(stage.objectives),
-               f"unknown objectives {unknown} (known: {', '.join(OBJECTIVE_NAMES)})")
+               f"unknown objectives {unknown} (known: {', '.join(names)})")
 
 
 # the demo world's smallest scene: below it the smallest shapes are a few pixels wide
@@ -148,8 +150,9 @@ def validate(cfg) -> None:
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
     for key in ("max_images", "k_c", "k_i"):
         _check(getattr(e, key) >= 0, f"eval.{key}", getattr(e, key), "must be >= 0")
-    _check_stage("stage1", cfg.stage1, True)
-    _check_stage("stage2", cfg.stage2, True)
+    known = objective_names(o)
+    _check_stage("stage1", cfg.stage1, known, True)
+    _check_stage("stage2", cfg.stage2, known, True)
     for key, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2)):
         _check_warmup(key, stage, o.negative_sampling)
     demo = cfg.demo
@@ -169,7 +172,7 @@ def check_task(key: str, t, cfg, recipe: bool) -> None:
     the pre-training recipe (retrieval), whose negative warm-up and loss weights it reads. The
     task's table calls this (``mvptr.tasks``): the tasks are above this layer."""
     _check_finite(t, f"{key}.")
-    _check_stage(f"{key}.train", t.train, False, recipe=recipe)
+    _check_stage(f"{key}.train", t.train, objective_names(cfg.objectives), False, recipe=recipe)
     for name in ("max_train", "max_eval"):
         _check(getattr(t, name) >= 0, f"{key}.{name}", getattr(t, name), "must be 0 (all) or positive")
     m = cfg.model

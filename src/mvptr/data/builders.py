@@ -11,7 +11,7 @@ from ..core.errors import SkippedSamples
 from ..formats.phrase_cache import phrase_key, read_phrase_cache
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
-from .collate import Collator, Masking
+from .collate import CollateSettings, Collator, Masking
 from .pretrain import ImageSource, caption_records, data_captions, open_images, tag_vocab_from
 
 
@@ -26,11 +26,9 @@ def training_tag_vocab(cfg: Config) -> list[str]:
 def collator(cfg: Config, bundle: Bundle, masking: Masking | None = None, seed: int | None = None) -> Collator:
     gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
     pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
-    return Collator(
-        pieces, bundle.tag_vocab, bundle.model.num_phrases,
-        cfg.model.vocab_size, cfg.model.tag_mode, cfg.objectives.use_phrases, cfg.objectives.use_tags,
-        masking, gen, cfg.objectives.mlm_separate_pass,
-    )
+    o = cfg.objectives
+    settings = CollateSettings(cfg.model.tag_mode, o.use_phrases, o.use_tags, masking or Masking(), o.mlm_separate_pass)
+    return Collator(pieces, bundle.tag_vocab, bundle.model.num_phrases, cfg.model.vocab_size, settings, gen)
 def phrase_lookup(cfg: Config, vocab: PhraseVocab, split: str, skip: SkippedSamples | None = None):
     """(image id, text) -> the text's phrase ids. Without their word positions: the tasks that
     use it mask no word (a collator masking words hides every phrase of such samples)."""

@@ -3,14 +3,14 @@ collator that pads captions, phrases, tags and regions into tensors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..core.config import ObjectiveConfig
 from ..text.tokenizer import IGNORE, MASK_ID, PAD_ID, WordPieces, pad_lists
+from .batch import Batch
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
 def bert_mask(
@@ -18,11 +18,11 @@ def bert_mask(
     candidates: torch.Tensor,
     prob: float,
     mask_value: int,
-    random_low: int,
-    random_high: int,
+    random_ids: tuple[int, int],
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Select candidates with ``prob``; of those 80% -> mask_value, 10% -> random id, 10% kept.
+    """Select candidates with ``prob``; of those 80% -> mask_value, 10% -> a random id in
+    ``random_ids`` = [low, high), 10% kept.
 
     Returns (masked ids, labels) with labels = original id at selected positions, else IGNORE.
     """
@@ -33,6 +33,7 @@ def bert_mask(
     out = ids.clone()
     out[selected & (v < 0.8)] = mask_value
     rand = selected & (v >= 0.8) & (v < 0.9)
+    random_low, random_high = random_ids
     if random_high > random_low:
         out[rand] = torch.randint(random_low, random_high, (int(rand.sum()),), generator=generator)
     return out, labels
@@ -56,17 +57,22 @@ class Masking:
     tags: float = 0.0
     tie_phrases: bool = False
 
-    @classmethod
-    def for_objectives(cls, obj: ObjectiveConfig, objectives: list[str]) -> "Masking":
-        """The masking of a stage's objectives that are switched on: an objective that is off
-        (in the stage's list or by its ``objectives.<name>`` switch) corrupts no input."""
-        on = {o for o in objectives if getattr(obj, o)}
-        return cls(
-            words=obj.mlm_mask_prob if "mlm" in on else 0.0,
-            phrases=obj.phrase_mask_prob if "mcr_s" in on and obj.use_phrases else 0.0,
-            tags=obj.tag_mask_prob if "mcr_v" in on and obj.use_tags else 0.0,
-            tie_phrases=obj.phrase_mask_tied and "mcr_s" in on,
-        )
+
+@dataclass(frozen=True)
+class CollateSettings:
+    """What a collator feeds the model. ``tag_mode``: "concepts" (each tag one unit, a tag class)
+    or "word_pieces" (each piece of each tag a unit: the official code's reading);
+    ``use_phrases`` / ``use_tags``: the inputs switched on (``objectives.use_*``); ``masking``: what
+    the active objectives mask (``mvptr.train.objectives.stage_masking``); ``separate_mlm``: words
+    masked for MLM go to a pass of their own (``objectives.mlm_separate_pass``)."""
+
+    tag_mode: str = "concepts"
+    use_phrases: bool = True
+    use_tags: bool = True
+    masking: Masking = field(default_factory=Masking)
+    separate_mlm: bool = True
+
+
 class Collator:
     """Pads a list of samples into tensors and applies the masking of the active objectives.
 
@@ -85,28 +91,20 @@ class Collator:
     and labels are word ids (the official code's reading).
     """
 
-    def __init__(
-        self,
-        pieces: WordPieces,
-        tag_vocab: list[str],
-        num_phrases: int,
-        vocab_size: int,
-        tag_mode: str = "concepts",
-        use_phrases: bool = True,
-        use_tags: bool = True,
-        masking: Masking | None = None,
-        generator: torch.Generator | None = None,
-        separate_mlm: bool = True,
-    ):
-        if tag_mode not in ("concepts", "word_pieces"):
-            raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
-        self.pieces, self.tag_vocab, self.tag_mode = pieces, tag_vocab, tag_mode
+    def __init__(self, pieces: WordPieces, tag_vocab: list[str], num_phrases: int, vocab_size: int,
+                 settings: CollateSettings | None = None, generator: torch.Generator | None = None):
+        """``num_phrases``: the phrase vocabulary's size; ``vocab_size``: the word vocabulary's;
+        ``generator``: the masking's random numbers (the trainer re-seeds it for every pass)."""
+        self.settings = settings = settings or CollateSettings()
+        if settings.tag_mode not in ("concepts", "word_pieces"):
+            raise ValueError(f"unknown tag_mode {settings.tag_mode!r} (expected 'concepts' or 'word_pieces')")
+        self.pieces, self.tag_vocab, self.tag_mode = pieces, tag_vocab, settings.tag_mode
         self.tag_index = {name: i for i, name in enumerate(tag_vocab)}
         self.num_phrases, self.vocab_size = num_phrases, vocab_size
-        self.use_phrases, self.use_tags = use_phrases, use_tags
-        self.masking = masking or Masking()
+        self.use_phrases, self.use_tags = settings.use_phrases, settings.use_tags
+        self.masking = settings.masking
         self.generator = generator
-        self.separate_mlm = separate_mlm
+        self.separate_mlm = settings.separate_mlm
         # rows 0..T-1: vocabulary tags; row T: [MASK]; unknown tags are appended per batch
         self.tag_table = [self.pieces.pieces(name) for name in tag_vocab] + [(MASK_ID,)]
 
@@ -116,7 +114,7 @@ class Collator:
             ids = pad_lists(units, PAD_ID)
             present = ids != PAD_ID
             ids, labels = bert_mask(
-                ids, present, self.masking.tags, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
+                ids, present, self.masking.tags, MASK_ID, (FIRST_WORD_ID, self.vocab_size), self.generator
             )
             return {"tag_pieces": ids[..., None], "tag_mask": present, "tag_labels": labels}
         table = list(self.tag_table)
@@ -136,15 +134,16 @@ class Collator:
         present = idx >= 0
         known = present & (idx < len(self.tag_vocab))
         idx_masked, labels = bert_mask(
-            idx, known, self.masking.tags, len(self.tag_vocab), 0, len(self.tag_vocab), self.generator
+            idx, known, self.masking.tags, len(self.tag_vocab), (0, len(self.tag_vocab)), self.generator
         )
         piece_table = pad_lists([list(t) for t in table], PAD_ID)
         pieces = piece_table[idx_masked.clamp(min=0)]
         pieces[~present] = PAD_ID
         return {"tag_pieces": pieces, "tag_mask": present, "tag_labels": labels}
 
-    def __call__(self, items: list[dict]) -> dict:
-        batch = {}
+    def __call__(self, items: list[dict]) -> Batch:
+        """The samples' tensors, as ``Batch`` documents them."""
+        batch: Batch = {}
         if "input_ids" in items[0]:
             batch.update(self.text(items))
         if "region_feats" in items[0]:
@@ -159,7 +158,8 @@ class Collator:
         tok = self.pieces.tokenizer
         special = (input_ids == tok.cls_token_id) | (input_ids == tok.sep_token_id)
         masked_ids, mlm_labels = bert_mask(
-            input_ids, word_mask & ~special, self.masking.words, MASK_ID, FIRST_WORD_ID, self.vocab_size, self.generator
+            input_ids, word_mask & ~special, self.masking.words, MASK_ID, (FIRST_WORD_ID, self.vocab_size),
+            self.generator
         )
         # with a separate MLM pass the other objectives keep every word
         words = ({"input_ids": input_ids, "mlm_input_ids": masked_ids} if self.separate_mlm
@@ -167,7 +167,7 @@ class Collator:
         phrases = pad_lists([it["phrases"] if self.use_phrases else [] for it in items], -1)
         phrase_mask = phrases >= 0
         phrases_masked, phrase_labels = bert_mask(
-            phrases, phrase_mask, self.masking.phrases, -2, 0, self.num_phrases, self.generator
+            phrases, phrase_mask, self.masking.phrases, -2, (0, self.num_phrases), self.generator
         )
         # phrase rows sit after the word rows of the shared table; -2 marks [MASK]
         phrase_ids = torch.where(phrases_masked == -2, torch.tensor(MASK_ID), phrases_masked + self.vocab_size)

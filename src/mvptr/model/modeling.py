@@ -279,6 +279,7 @@ class MVPTR(nn.Module):
         region_hidden: torch.Tensor,
         region_mask: torch.Tensor,
         keep_layers: tuple[int, ...] = (),
+        *,
         stop_after: int | None = None,
         tag_hidden: torch.Tensor | None = None,
         tag_mask: torch.Tensor | None = None,

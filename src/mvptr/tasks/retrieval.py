@@ -12,6 +12,7 @@ from ..core.config import GPUS, Config, TaskConfig, task_config
 from ..data.builders import collator
 from ..data.pretrain import build_pair_dataset
 from ..eval.retrieval import rank_dataset
+from ..train.objectives import OBJECTIVES
 from ..train.recipes import Recipe, pretraining_recipe
 from .base import COMMON_FIELDS, Task, TaskRun, word_pieces
 
@@ -33,8 +34,8 @@ class Retrieval(Task):
         return dataset, collator(cfg, run.bundle), {}
 
     def recipe(self, cfg: Config, t: TaskConfig, merged: bool = False) -> Recipe:
-        # VSC + ITM by default (paper 4.2.1); the merged model has no VSC to train
-        objectives = [o for o in t.train.objectives if not (merged and o == "vsc")]
+        # VSC + ITM by default (paper 4.2.1); the merged model trains those its passes have (no VSC)
+        objectives = [o for o in t.train.objectives if not merged or getattr(OBJECTIVES.get(o), "merged", True)]
         return pretraining_recipe(self.name, objectives, cfg.objectives, merged,
                                   negative_warmup_steps=t.train.negative_warmup_steps,
                                   loss_weights=t.train.loss_weights)

@@ -78,7 +78,7 @@ class DeepSpeedEngine:
     """
 
     def __init__(self, objective: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: StageConfig,
-                 d: distributed.Dist, device: str, out_dir: Path, resume_tag: str | None = None):
+                 d: distributed.Dist, device: str, out_dir: Path, *, resume_tag: str | None = None):
         deepspeed = import_deepspeed(device)
         if not torch.distributed.is_initialized():  # one process: a group of one, without a launcher
             torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)

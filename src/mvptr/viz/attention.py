@@ -67,7 +67,7 @@ def _caption(cfg, image_id: str, sentence_index: int):
     if not 0 <= sentence_index < len(records):
         raise ValueError(f"image {image_id!r} has {len(records)} captions; no sentence {sentence_index}")
     return records[sentence_index]
-def _heatmap(fig, ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
+def _heatmap(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
              vmax: float | None = None) -> None:
     """Cells coloured up to ``vmax`` (default: the largest value; larger ones saturate) and,
     when there are few, printed with enough decimals to tell them apart."""
@@ -82,7 +82,7 @@ def _heatmap(fig, ax, values: np.ndarray, rows: list[str], cols: list[str], titl
             ax.text(j, i, f"{v:.{digits}f}".removeprefix("0"), ha="center", va="center", fontsize=6,
                     color="black" if v > 0.6 * vmax else "white")
     extend = "max" if values.max() > vmax else "neither"
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend=extend).ax.tick_params(labelsize=7)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend=extend).ax.tick_params(labelsize=7)
 def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> Path:
     """Last-layer attention for caption ``sentence_index`` of the image (captions.json order,
     which Flickr30k Entities follows): phrase concepts -> word pieces in the textual encoder,
@@ -125,7 +125,7 @@ def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> 
         special = set(bundle.tokenizer.all_special_ids)
         content = [j for j, t in enumerate(input_ids) if t not in special]
         # [CLS] and [SEP] draw much of the attention: scale the colours to the words
-        _heatmap(fig, ax_text, values, phrase_names, tokens, "text encoder, last layer: phrase \u2192 word piece",
+        _heatmap(ax_text, values, phrase_names, tokens, "text encoder, last layer: phrase \u2192 word piece",
                  vmax=float(values[:, content].max()) if content else None)
     else:
         ax_text.axis("off")
@@ -133,7 +133,7 @@ def plot_attention(bundle, cfg, image_id: str, sentence_index: int, out_png) -> 
     tags = image["tags"] if cfg.objectives.use_tags else []
     if tags and n_regions:
         rows = [f"r{i} {c}" for i, c in enumerate(classes)]
-        _heatmap(fig, ax_vis, visual[1 + k : 1 + k + n_regions, 1 : 1 + len(tags)], rows, list(tags),
+        _heatmap(ax_vis, visual[1 + k : 1 + k + n_regions, 1 : 1 + len(tags)], rows, list(tags),
                  "visual encoder, last layer: region \u2192 tag")
     else:
         ax_vis.axis("off")

@@ -7,19 +7,10 @@ from pathlib import Path
 
 from ..core.extras import needs
 from ..core.fileio import read_json_lines
+from ..train.objectives import OBJECTIVES
 from .common import new_figure, save_png
 
-LOSSES = ("mcr_v", "mcr_s", "vsc", "mlm", "itm", "wpg", "loss")
-TITLES = {
-    "mcr_v": "MCR$^v$ (masked tags)",
-    "mcr_s": "MCR$^s$ (masked phrases)",
-    "vsc": "VSC (contrastive)",
-    "mlm": "MLM (masked words)",
-    "itm": "ITM (matching)",
-    "wpg": "WPG (weak grounding)",
-    "loss": "total",
-    "lr": "learning rate",
-}
+COLUMNS = 4  # panels per row
 STAGE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
 def read_metrics(metrics_files) -> list[dict]:
     """Rows of ``metrics.jsonl`` files with a ``global_step``: stages are laid end to end in
@@ -39,9 +30,15 @@ def read_metrics(metrics_files) -> list[dict]:
             rows.append({**by_step[step], "stage": stage, "global_step": offset + step})
         offset += max(by_step)
     return rows
+def panels() -> dict[str, str]:
+    """key -> title of each panel: every objective of the table (``train.objectives.OBJECTIVES``),
+    the total loss and the learning rate."""
+    return {**{name: o.title or name for name, o in OBJECTIVES.items()}, "loss": "total", "lr": "learning rate"}
+
+
 def plot_training_curves(metrics_files, out_png) -> Path:
-    """One panel per loss (MCR^v, MCR^s, VSC, MLM, ITM, WPG, total) and the learning rate,
-    over the global step; stages are shaded and told apart by colour."""
+    """One panel per objective's loss (MCR^v, MCR^s, VSC, MLM, ITM, WPG and any registered one),
+    the total and the learning rate, over the global step; stages are shaded and told apart by colour."""
     files = [metrics_files] if isinstance(metrics_files, (str, Path)) else list(metrics_files)
     rows = read_metrics(files)
     if not rows:
@@ -55,9 +52,13 @@ def plot_training_curves(metrics_files, out_png) -> Path:
         start = end
     lrs = [r["lr"] for r in rows if isinstance(r.get("lr"), (int, float)) and r["lr"] > 0]
     lr_exp = math.floor(math.log10(max(lrs))) if lrs else 0
-    fig = new_figure(15, 6.4)
-    axes = fig.subplots(2, 4).ravel()
-    for ax, key in zip(axes, LOSSES + ("lr",)):
+    titles = panels()
+    rows_of_panels = math.ceil(len(titles) / COLUMNS)
+    fig = new_figure(15, 3.2 * rows_of_panels)
+    axes = fig.subplots(rows_of_panels, COLUMNS, squeeze=False).ravel()
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes, titles):
         scale = 10.0 ** -lr_exp if key == "lr" else 1.0
         drawn = False
         for i, s in enumerate(stages):
@@ -71,7 +72,7 @@ def plot_training_curves(metrics_files, out_png) -> Path:
             ax.axvspan(lo, hi, color=STAGE_COLORS[i % len(STAGE_COLORS)], alpha=0.06, lw=0)
             if i:
                 ax.axvline(lo, color="0.4", ls="--", lw=0.8)
-        title = TITLES[key] + (f" (\u00d71e{lr_exp})" if key == "lr" and lr_exp else "")
+        title = titles[key] + (f" (\u00d71e{lr_exp})" if key == "lr" and lr_exp else "")
         ax.set_title(title, fontsize=10)
         if key == "itm" and drawn:  # a binary classifier that has learnt nothing sits at ln 2
             ax.axhline(math.log(2), color="0.3", ls=":", lw=1.0)
@@ -82,7 +83,7 @@ def plot_training_curves(metrics_files, out_png) -> Path:
         ax.tick_params(labelsize=8)
         if not drawn:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="0.5")
-    for ax in axes[4:]:
+    for ax in axes[len(titles) - COLUMNS : len(titles)]:
         ax.set_xlabel("global step", fontsize=9)
     with needs("viz"):
         from matplotlib.lines import Line2D

@@ -80,8 +80,8 @@ def _finetune(cfg, name, bundle, out_dir, progress, overwrite, skipped) -> Finet
     record_training(bundle, cfg.data, t.train.objectives)
     data = {"split": t.train_split, "samples": len(dataset), "corpora": getattr(dataset, "corpus_counts", {})}
     note_run(bundle.card, f"fine-tuning {name}", data, t.train.objectives, to_dict(cfg), on_demo_world(cfg))
-    result = train(bundle, recipe, dataset, collate, t.train, out_dir, cfg.seed, False, cfg.device,
-                   cfg.data.num_workers, progress)
+    result = train(bundle, recipe, dataset, collate, t.train, out_dir, seed=cfg.seed, device=cfg.device,
+                   num_workers=cfg.data.num_workers, progress=progress)
     model_dir = out_dir / "model"
     if distributed.active().main:
         save_task_model(model_dir, bundle, info)

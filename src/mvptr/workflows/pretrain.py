@@ -18,11 +18,11 @@ from ..core.errors import ConfigError, SkippedSamples
 from ..core.fileio import write_json
 from ..core.runtime import torch_settings
 from ..data.builders import collator, training_tag_vocab
-from ..data.collate import Masking
 from ..data.pretrain import build_pair_dataset
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces
 from ..train.loggers import check_loggers
+from ..train.objectives import active_objectives, stage_masking
 from ..train.recipes import pretraining_recipe
 from ..train.trainer import TrainResult, check_writable, claim_run_dir, train
 
@@ -33,8 +33,8 @@ def stage_recipe(cfg: Config, stage: StageConfig, merged: bool):
                               negative_warmup_steps=stage.negative_warmup_steps, loss_weights=stage.loss_weights)
 
 
-def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False,
-                   progress: bool = True, skipped: SkippedSamples | None = None, *,
+def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str | Path, resume: bool = False, *,
+                   progress: bool = True, skipped: SkippedSamples | None = None,
                    overwrite: bool = False) -> TrainResult:
     """Train one stage. With ``cfg.data.skip_bad``, bad samples go to ``skipped`` (a new
     record unless given) and ``out_dir/skipped.json``; ``out_dir/data.json`` holds the
@@ -42,10 +42,11 @@ def pretrain_stage(cfg: Config, stage: StageConfig, bundle: Bundle, out_dir: str
     ``overwrite`` (``train.trainer.claim_run_dir``). Torch's thread count and deterministic flag
     are the run's while it trains, the caller's again when it returns."""
     with torch_settings(cfg):
-        return _pretrain_stage(cfg, stage, bundle, Path(out_dir), resume, progress, skipped, overwrite)
+        return _pretrain_stage(cfg, stage, bundle, Path(out_dir), resume=resume, progress=progress, skipped=skipped,
+                               overwrite=overwrite)
 
 
-def _pretrain_stage(cfg, stage, bundle, out_dir, resume, progress, skipped, overwrite) -> TrainResult:
+def _pretrain_stage(cfg, stage, bundle, out_dir, *, resume, progress, skipped, overwrite) -> TrainResult:
     check_loggers(stage.loggers, f"{stage.name}.loggers")  # a tracker that is not installed fails now
     main = distributed.active().main  # every process reads the same data; one writes
     if main:
@@ -69,13 +70,13 @@ def _pretrain_stage(cfg, stage, bundle, out_dir, resume, progress, skipped, over
         write_json(out_dir / "data.json", data)
         if skipped is not None:
             skipped.save(out_dir / "skipped.json")
-    masking = Masking.for_objectives(cfg.objectives, list(stage.objectives))
+    masking = stage_masking(cfg.objectives, list(stage.objectives))
     # config.json records its input limits and the objectives that trained its heads (those switched on)
-    trained = [o for o in stage.objectives if getattr(cfg.objectives, o, True) is not False]
+    trained = [o.name for o in active_objectives(list(stage.objectives), cfg.objectives)]
     record_training(bundle, cfg.data, trained)
     note_run(bundle.card, f"pre-training {stage.name}", data, trained, to_dict(cfg), on_demo_world(cfg))
-    return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, cfg.seed, resume,
-                 cfg.device, cfg.data.num_workers, progress)
+    return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, seed=cfg.seed,
+                 resume=resume, device=cfg.device, num_workers=cfg.data.num_workers, progress=progress)
 
 
 def on_demo_world(cfg: Config) -> bool:
@@ -116,8 +117,8 @@ def pretrain_stages(cfg: Config, bundle: Bundle, out_dir: str | Path, stages: tu
     results = {}
     for name in stages:
         skipped = SkippedSamples() if cfg.data.skip_bad else None
-        results[name] = pretrain_stage(cfg, getattr(cfg, name), bundle, Path(out_dir) / name, resume, progress,
-                                       skipped, overwrite=overwrite)
+        results[name] = pretrain_stage(cfg, getattr(cfg, name), bundle, Path(out_dir) / name, resume,
+                                       progress=progress, skipped=skipped, overwrite=overwrite)
         if after is not None:
             after(name, results[name], skipped)
     return results

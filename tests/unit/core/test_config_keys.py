@@ -9,14 +9,16 @@ import pytest
 
 from mvptr.core import config
 from mvptr.tasks import TASKS
+from mvptr.train.objective import MASKED_INPUTS
 from mvptr.train.recipes import OBJECTIVES
 
 SRC = Path(config.__file__).parents[1]  # the package: config.py lives in core/
 
 # fields read under a name held in a string, by getattr: the objective switches (recipes and
-# masking: getattr(objectives, name) for each name in OBJECTIVES). The tasks' sections are the
-# entries of the mapping Config.finetune, one per task of the table (checked below)
-READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES)}
+# masking: getattr(objectives, name) for each name in OBJECTIVES), the masking probabilities
+# (getattr(objectives, MASKED_INPUTS[kind])). The tasks' sections are the entries of the mapping
+# Config.finetune, one per task of the table (checked below)
+READ_BY_NAME = {"ObjectiveConfig": set(OBJECTIVES) | set(MASKED_INPUTS.values())}
 
 
 def attributes_read_outside_config() -> set[str]:

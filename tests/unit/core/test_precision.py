@@ -8,10 +8,10 @@ from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.core.config import load_config
 from mvptr.core.precision import autocast
 from mvptr.data.builders import collator, training_tag_vocab
-from mvptr.data.collate import Masking
 from mvptr.data.pretrain import build_pair_dataset
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces
+from mvptr.train.objectives import stage_masking
 from mvptr.train.recipes import pretraining_recipe
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_compiled_bf16_losses_match_eager_fp32(world_args, tmp_path):
         bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
         dataset = build_pair_dataset(cfg.data, WordPieces(bundle.tokenizer, cfg.data.max_tokens),
                                      bundle.phrase_vocab, cfg.model.region_feat_dim, "train")
-        masking = Masking.for_objectives(cfg.objectives, list(cfg.stage2.objectives))
+        masking = stage_masking(cfg.objectives, list(cfg.stage2.objectives))
         batch = next(iter(DataLoader(dataset, batch_size=16, collate_fn=collator(cfg, bundle, masking))))
         bundle.model.train()
         for precision in ("fp32", "bf16") if backend == "none" else ("bf16",):  # one compilation

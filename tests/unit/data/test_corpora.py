@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from helpers import DIM, VOCAB, captions_of, parsed, write_corpus
 from mvptr.cli import main
 from mvptr.core.config import CorpusConfig, DataConfig
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.data.pretrain import build_pair_dataset, caption_records, open_images, tag_vocab_from
 from mvptr.text.phrases import PhraseVocab
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
@@ -56,7 +56,7 @@ def test_a_shuffled_batch_mixes_the_corpora(corpora):
     ds = build_pair_dataset(_data(corpora), pieces, VOCAB, DIM, "train")
     images = open_images(_data(corpora), DIM)
     tags = tag_vocab_from(images, sorted(ds.image_index))
-    collate = Collator(pieces, tags, len(VOCAB), 30522, masking=Masking(words=0.15),
+    collate = Collator(pieces, tags, len(VOCAB), 30522, CollateSettings(masking=Masking(words=0.15)),
                        generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=10, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(0))

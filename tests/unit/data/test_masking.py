@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from mvptr.core.config import ObjectiveConfig, load_config
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer, piece_positions
+from mvptr.train.objectives import stage_masking
 from mvptr.train.recipes import pretraining_losses
 
 TOK = load_tokenizer()
@@ -21,16 +22,17 @@ PHRASES = [("big", "wave"), ("small", "boat"), ("wave",), ("red", "kite")]
 @pytest.mark.parametrize("off, field", [("mcr_v", "tags"), ("mcr_s", "phrases"), ("mlm", "words")])
 def test_an_objective_switched_off_masks_nothing(off, field):
     obj = ObjectiveConfig(**{off: False})
-    masking = Masking.for_objectives(obj, ALL)  # the stage still lists it
+    masking = stage_masking(obj, ALL)  # the stage still lists it
     assert getattr(masking, field) == 0.0
     assert all(getattr(masking, f) > 0 for f in ("tags", "phrases", "words") if f != field)
-    assert getattr(Masking.for_objectives(ObjectiveConfig(), ALL), field) > 0
+    assert getattr(stage_masking(ObjectiveConfig(), ALL), field) > 0
 
 
 def test_a_switched_off_objective_leaves_its_inputs_whole_in_a_collated_batch():
     obj = ObjectiveConfig(mcr_v=False, mcr_s=False, mlm=False, mlm_separate_pass=False)
-    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking.for_objectives(obj, ALL),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=False)
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB,
+                       CollateSettings(masking=stage_masking(obj, ALL), separate_mlm=False),
+                       generator=torch.Generator().manual_seed(0))
     b = collate(items() * 16)
     clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(items() * 16)
     for key in ("input_ids", "phrase_ids", "tag_pieces"):
@@ -64,8 +66,9 @@ def expected_leaks(batch, its):
 @pytest.mark.parametrize("separate", [True, False])
 def test_every_phrase_holding_a_masked_word_is_masked_in_the_mlm_pass(separate):
     its = items() * 20
-    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=separate)
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB,
+                       CollateSettings(masking=Masking(words=0.3), separate_mlm=separate),
+                       generator=torch.Generator().manual_seed(0))
     b = collate(its)
     clean = Collator(PIECES, ["circle"], len(PHRASES), VOCAB)(its)
     leaks = expected_leaks(b, its)
@@ -82,7 +85,7 @@ def test_every_phrase_holding_a_masked_word_is_masked_in_the_mlm_pass(separate):
 
 def test_without_positions_every_phrase_of_a_sample_with_a_masked_word_is_masked_in_the_mlm_pass():
     its = [{k: v for k, v in it.items() if k != "phrase_positions"} for it in items() * 4]
-    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3),
+    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, CollateSettings(masking=Masking(words=0.3)),
                  generator=torch.Generator().manual_seed(0))(its)
     some = (b["mlm_labels"] != IGNORE).any(1)[:, None] & b["phrase_mask"]  # a sample with a masked word
     assert some.any() and (b["mlm_phrase_ids"][some] == MASK_ID).all()
@@ -96,14 +99,15 @@ def test_without_positions_every_phrase_of_a_sample_with_a_masked_word_is_masked
 
 def test_tied_masking_makes_the_phrases_of_masked_words_mcr_targets():
     its = items() * 20
-    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.3, tie_phrases=True),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=False)
+    collate = Collator(PIECES, ["circle"], len(PHRASES), VOCAB,
+                       CollateSettings(masking=Masking(words=0.3, tie_phrases=True), separate_mlm=False),
+                       generator=torch.Generator().manual_seed(0))
     b = collate(its)
     leaks = expected_leaks(b, its)
     phrases = torch.tensor([p + [-1] * (3 - len(p)) for p in (it["phrases"] for it in its)])
     assert torch.equal(b["phrase_labels"][leaks], phrases[leaks])
     assert (b["phrase_labels"][~leaks] == IGNORE).all() and (b["phrase_ids"][leaks] == MASK_ID).all()
-    assert Masking.for_objectives(ObjectiveConfig(phrase_mask_tied=True), ALL).tie_phrases
+    assert stage_masking(ObjectiveConfig(phrase_mask_tied=True), ALL).tie_phrases
 
 
 def test_the_mlm_pass_reads_the_masked_phrases():
@@ -111,7 +115,7 @@ def test_the_mlm_pass_reads_the_masked_phrases():
     cfg = load_config("tiny")
     model = MVPTR(cfg.model, len(PHRASES), torch.tensor([[4418, 0]]))
     its = items() * 4
-    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, masking=Masking(words=0.5),
+    b = Collator(PIECES, ["circle"], len(PHRASES), VOCAB, CollateSettings(masking=Masking(words=0.5)),
                  generator=torch.Generator().manual_seed(0))(its)
     seen = []
     encode = model.encode_text

@@ -8,7 +8,7 @@ import torch
 import mvptr.data.collate as collate_module
 from helpers import DIM, VOCAB, write_corpus
 from mvptr.core.config import DataConfig
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.data.pretrain import build_pair_dataset
 from mvptr.text.phrases import PhraseExtractor, PhraseVocab, phrase_string
 from mvptr.text.tokenizer import MASK_ID, WordPieces, load_tokenizer, piece_positions
@@ -44,8 +44,9 @@ def _collate(vocab, items, masked_words, monkeypatch, separate=True):
         return ids.masked_fill(selected, MASK_ID), torch.where(selected, ids, torch.full_like(ids, -100))
 
     monkeypatch.setattr(collate_module, "bert_mask", given_mask)
-    collate = Collator(PIECES, [], len(vocab), 30522, use_tags=False, masking=Masking(words=0.15),
-                       generator=torch.Generator().manual_seed(0), separate_mlm=separate)
+    collate = Collator(PIECES, [], len(vocab), 30522,
+                       CollateSettings(use_tags=False, masking=Masking(words=0.15), separate_mlm=separate),
+                       generator=torch.Generator().manual_seed(0))
     return collate.text(items)
 
 

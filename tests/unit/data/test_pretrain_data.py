@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from mvptr.data.collate import Collator, Masking, bert_mask
+from mvptr.data.collate import CollateSettings, Collator, Masking, bert_mask
 from mvptr.text.tokenizer import IGNORE, MASK_ID, WordPieces, load_tokenizer
 
 TOK = load_tokenizer()
@@ -46,7 +46,7 @@ def test_unmasked_batch_shapes_and_padding():
 
 
 def test_word_piece_mode_makes_each_piece_a_unit():
-    c = Collator(WordPieces(TOK, 16), ["circle", "traffic light"], 3, VOCAB, tag_mode="word_pieces")
+    c = Collator(WordPieces(TOK, 16), ["circle", "traffic light"], 3, VOCAB, CollateSettings(tag_mode="word_pieces"))
     b = c(items())
     light = TOK("traffic light", add_special_tokens=False)["input_ids"]
     assert b["tag_pieces"].shape[-1] == 1
@@ -56,7 +56,7 @@ def test_word_piece_mode_makes_each_piece_a_unit():
 def test_masked_labels_are_the_original_ids_and_specials_are_never_masked():
     gen = torch.Generator().manual_seed(0)
     c = Collator(WordPieces(TOK, 16), ["circle", "traffic light", "zebra crossing"], 3, VOCAB,
-                 masking=Masking(words=0.5, phrases=0.5, tags=0.5), generator=gen)
+                 CollateSettings(masking=Masking(words=0.5, phrases=0.5, tags=0.5)), generator=gen)
     clean = Collator(WordPieces(TOK, 16), ["circle", "traffic light", "zebra crossing"], 3, VOCAB)
     its = items() * 8
     b, ref = c(its), clean(its)
@@ -77,7 +77,7 @@ def test_masked_labels_are_the_original_ids_and_specials_are_never_masked():
 def test_bert_mask_proportions():
     gen = torch.Generator().manual_seed(0)
     ids = torch.full((200, 100), 5000)
-    out, labels = bert_mask(ids, torch.ones_like(ids, dtype=torch.bool), 0.25, MASK_ID, 999, VOCAB, gen)
+    out, labels = bert_mask(ids, torch.ones_like(ids, dtype=torch.bool), 0.25, MASK_ID, (999, VOCAB), gen)
     sel = labels != IGNORE
     assert abs(sel.float().mean().item() - 0.25) < 0.01
     assert abs((out[sel] == MASK_ID).float().mean().item() - 0.8) < 0.02
@@ -87,15 +87,17 @@ def test_bert_mask_proportions():
 def test_mlm_masks_a_separate_copy_unless_the_pass_is_shared():
     gen = torch.Generator().manual_seed(0)
     names = ["circle", "traffic light", "zebra crossing"]
-    separate = Collator(WordPieces(TOK, 16), names, 3, VOCAB, masking=Masking(words=0.5), generator=gen)
+    separate = Collator(WordPieces(TOK, 16), names, 3, VOCAB, CollateSettings(masking=Masking(words=0.5)),
+                        generator=gen)
     clean = Collator(WordPieces(TOK, 16), names, 3, VOCAB)
     its = items() * 4
     b, ref = separate(its), clean(its)
     assert torch.equal(b["input_ids"], ref["input_ids"])  # the alignment objectives see every word
     sel = b["mlm_labels"] != IGNORE
     assert sel.any() and (b["mlm_input_ids"][sel] != ref["input_ids"][sel]).any()
-    shared = Collator(WordPieces(TOK, 16), names, 3, VOCAB, masking=Masking(words=0.5),
-                      generator=torch.Generator().manual_seed(0), separate_mlm=False)
+    shared = Collator(WordPieces(TOK, 16), names, 3, VOCAB,
+                      CollateSettings(masking=Masking(words=0.5), separate_mlm=False),
+                      generator=torch.Generator().manual_seed(0))
     s = shared(its)
     assert "mlm_input_ids" not in s
     assert torch.equal(s["input_ids"], b["mlm_input_ids"])

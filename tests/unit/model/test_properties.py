@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mvptr.app.api import image_item
 from mvptr.core.config import load_config
 from mvptr.core.errors import ConfigError
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.text.phrases import PhraseVocab, phrase_string
 from mvptr.text.tokenizer import IGNORE, WordPieces, load_tokenizer
@@ -119,7 +119,7 @@ def batches(draw):
        probs=st.tuples(*[st.sampled_from([0.0, 0.5, 1.0])] * 3), seed=st.integers(0, 2**31))
 def test_collated_batches_keep_their_invariants_and_run_through_the_model(pieces, tiny_model, items, tag_mode,
                                                                           probs, seed):
-    collate = Collator(pieces, TAGS, 7, 30522, tag_mode, masking=Masking(*probs),
+    collate = Collator(pieces, TAGS, 7, 30522, CollateSettings(tag_mode, masking=Masking(*probs)),
                        generator=torch.Generator().manual_seed(seed))
     b = collate(items)
     n = len(items)
@@ -186,7 +186,8 @@ def test_every_objective_gives_a_finite_loss_on_any_batch(pieces, training_model
 
     cfg, model = load_config("tiny"), training_model
     model.zero_grad(set_to_none=True)
-    b = Collator(pieces, TAGS, 7, 30522, masking=Masking(0.5, 0.5, 0.5), generator=torch.Generator().manual_seed(seed))(
+    b = Collator(pieces, TAGS, 7, 30522, CollateSettings(masking=Masking(0.5, 0.5, 0.5)),
+                 generator=torch.Generator().manual_seed(seed))(
         items)
     losses = pretraining_losses(model, b, list(OBJECTIVES), cfg.objectives, torch.Generator().manual_seed(seed))
     total = sum(losses.values())

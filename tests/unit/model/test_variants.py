@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mvptr.core.config import load_config
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.modeling import MVPTR
 from mvptr.text.tokenizer import WordPieces, load_tokenizer
+from mvptr.train.objectives import stage_masking
 from mvptr.train.recipes import pretraining_losses, pretraining_recipe
 
 PIECES = WordPieces(load_tokenizer(), 16)
@@ -42,7 +43,7 @@ def batch(n_regions=1, phrase_prob=1.0):
               "region_feats": rng.standard_normal((n_regions, 134)).astype(np.float32),
               "boxes": np.tile(np.array([0, 0, 10, 10], np.float32), (n_regions, 1)), "width": 9.0, "height": 9.0}
              for i, (c, p) in enumerate(zip(caps, [[0, 1], [2]]))]
-    collate = Collator(PIECES, ["circle"], 3, 30522, masking=Masking(phrases=phrase_prob),
+    collate = Collator(PIECES, ["circle"], 3, 30522, CollateSettings(masking=Masking(phrases=phrase_prob)),
                        generator=torch.Generator().manual_seed(0))
     return collate(items)
 
@@ -79,7 +80,7 @@ def test_official_wpg_takes_a_random_other_image_and_keeps_masked_phrases(model)
 def test_mcr_s_without_a_loss_still_masks_phrases(model):
     b = batch(n_regions=2, phrase_prob=0.5)
     obj = dataclasses.replace(load_config("tiny").objectives, mcr_s_loss=False)
-    assert Masking.for_objectives(obj, ["mcr_s", "vsc"]).phrases > 0
+    assert stage_masking(obj, ["mcr_s", "vsc"]).phrases > 0
     out = pretraining_losses(model, b, ["mcr_s", "vsc"], obj, torch.Generator().manual_seed(0))
     assert set(out) == {"vsc"}
     with pytest.raises(ValueError, match="wpg_variant"):

@@ -18,7 +18,7 @@ from mvptr.cli import main
 from mvptr.core.config import ObjectiveConfig, load_config
 from mvptr.core.errors import ConfigError
 from mvptr.data.builders import training_tag_vocab
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.model.modeling import MVPTR
 from mvptr.tasks import task_recipe
 from mvptr.text.phrases import PhraseVocab
@@ -52,7 +52,7 @@ def fixed_batch(model: MVPTR) -> dict:
     tok = load_tokenizer()
     gen = torch.Generator().manual_seed(0)
     collate = Collator(WordPieces(tok, 24), TAGS, model.num_phrases, model.cfg.vocab_size,
-                       masking=Masking(words=0.15, phrases=0.25, tags=0.25), generator=gen)
+                       CollateSettings(masking=Masking(words=0.15, phrases=0.25, tags=0.25)), generator=gen)
     captions = ["a red circle left of a blue square", "two green triangles", "a big square above a small circle",
                 "a red ball", "a blue circle", "three squares and a triangle", "a small red triangle", "one circle"]
     rng = np.random.default_rng(0)

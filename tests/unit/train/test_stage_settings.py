@@ -9,7 +9,7 @@ import torch
 
 from mvptr.cli import main
 from mvptr.core.errors import ConfigError
-from mvptr.data.collate import Collator, Masking
+from mvptr.data.collate import CollateSettings, Collator, Masking
 from mvptr.model import losses as L
 from mvptr.model.modeling import MVPTR
 from mvptr.tasks import load_config, task_recipe  # the tasks' sections resolved and checked as well
@@ -27,7 +27,8 @@ def tiny_batch(step: int) -> dict:
               "region_feats": rng.standard_normal((2, 134)).astype(np.float32),
               "boxes": np.tile(np.array([0, 0, 10, 10], np.float32), (2, 1)), "width": 9.0, "height": 9.0}
              for i, c in enumerate(caps)]
-    collate = Collator(pieces, ["circle"], 3, 30522, masking=Masking(), generator=torch.Generator().manual_seed(0))
+    collate = Collator(pieces, ["circle"], 3, 30522, CollateSettings(masking=Masking()),
+                       generator=torch.Generator().manual_seed(0))
     return {**collate(items), "step": step}
 
 
