@@ -262,7 +262,7 @@ TASKS = ("retrieval", "vqa", "ve", "grounding", "easyvqa")
 
 def task_kind(task: str) -> str:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+        raise ConfigError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
     return "vqa" if task == "easyvqa" else task
 
 

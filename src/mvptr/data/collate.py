@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..core.config import ObjectiveConfig
+from ..core.errors import ConfigError
 from ..text.tokenizer import IGNORE, MASK_ID, PAD_ID, WordPieces, pad_lists
 
 FIRST_WORD_ID = 999  # ids below are [unused]/special rows; random replacements skip them
@@ -99,7 +100,7 @@ class Collator:
         separate_mlm: bool = True,
     ):
         if tag_mode not in ("concepts", "word_pieces"):
-            raise ValueError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
+            raise ConfigError(f"unknown tag_mode {tag_mode!r} (expected 'concepts' or 'word_pieces')")
         self.pieces, self.tag_vocab, self.tag_mode = pieces, tag_vocab, tag_mode
         self.tag_index = {name: i for i, name in enumerate(tag_vocab)}
         self.num_phrases, self.vocab_size = num_phrases, vocab_size

@@ -239,7 +239,7 @@ def build_pair_dataset(
     ids = caption_ids(data)
     per_corpus = [(c, _qualified(c.name, read_captions(c.captions, [split], skip, ids))) for c in parts]
     if not any(recs for _, recs in per_corpus):
-        raise ValueError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}")
+        raise FormatError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}", "no captions")
     if max_images:
         keep = set(sorted({r.image_id for _, recs in per_corpus for r in recs})[:max_images])
         per_corpus = [(c, [r for r in recs if r.image_id in keep]) for c, recs in per_corpus]
@@ -256,7 +256,7 @@ def build_pair_dataset(
         spans += where
         counts[c.name or "data"] = {"captions": len(recs), "images": len({r.image_id for r in recs})}
     if not records:
-        raise ValueError(f"no usable captions in split {split!r}: every sample was skipped")
+        raise FormatError(f"no usable captions in split {split!r}: every sample was skipped", "no captions")
     tokens, offsets = pieces.captions_with_offsets([r.caption for r in records])
     positions = [piece_positions(o, s) for o, s in zip(offsets, spans)]
     dataset = PairDataset(records, images, tokens, phrases, positions)

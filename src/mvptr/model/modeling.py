@@ -108,7 +108,7 @@ class MVPTR(nn.Module):
         """tag_pieces: (T, P) word-piece ids of each tag class, 0-padded."""
         super().__init__()
         if cfg.layout not in ("mvptr", "official"):
-            raise ValueError(f"unknown layout {cfg.layout!r} (expected 'mvptr' or 'official')")
+            raise ConfigError(f"unknown layout {cfg.layout!r} (expected 'mvptr' or 'official')")
         self.cfg = cfg
         self.num_phrases = num_phrases
         h = cfg.hidden_size
@@ -270,7 +270,7 @@ class MVPTR(nn.Module):
         if self.cfg.global_pool == "mean":
             w = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
-        raise ValueError(f"unknown global_pool {self.cfg.global_pool!r} (expected 'cls' or 'mean')")
+        raise ConfigError(f"unknown global_pool {self.cfg.global_pool!r} (expected 'cls' or 'mean')")
 
     def fuse(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..core.config import ObjectiveConfig
+from ..core.errors import ConfigError
 from ..model import losses as L
 from ..model.modeling import MVPTR, FusedOutput, ImageOutput, TextOutput
 
@@ -28,7 +29,7 @@ def itm_sides(idx: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]
         return idx[:half], idx[half:]
     if mode == "both":
         return idx, idx
-    raise ValueError(f"unknown itm_negatives {mode!r} (expected 'half_each' or 'both')")
+    raise ConfigError(f"unknown itm_negatives {mode!r} (expected 'half_each' or 'both')")
 
 
 def joint(model: MVPTR, text: TextOutput, image: ImageOutput, t: torch.Tensor, v: torch.Tensor,

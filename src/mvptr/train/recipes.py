@@ -52,12 +52,12 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
     multiplies their learning rate."""
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
-        raise ValueError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
+        raise ConfigError(f"{name}: unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
     if obj.wpg_variant not in ("paper", "official"):
-        raise ValueError(f"unknown wpg_variant {obj.wpg_variant!r} (expected 'paper' or 'official')")
+        raise ConfigError(f"unknown wpg_variant {obj.wpg_variant!r} (expected 'paper' or 'official')")
     active = [o for o in objectives if getattr(obj, o)]
     if not active:
-        raise ValueError(f"{name}: every objective is switched off")
+        raise ConfigError(f"{name}: every objective is switched off")
     cross = any(o in CROSS_MODAL for o in active)
     if merged:
         check_merged_objectives(name, active, obj)
@@ -139,7 +139,7 @@ def pretraining_losses(
     elif obj.itm_negatives == "both":
         text_side, image_side = idx, idx
     else:
-        raise ValueError(f"unknown itm_negatives {obj.itm_negatives!r} (expected 'half_each' or 'both')")
+        raise ConfigError(f"unknown itm_negatives {obj.itm_negatives!r} (expected 'half_each' or 'both')")
 
     # one multimodal pass over positives and ITM negatives: (text index, image index) pairs
     t_idx = torch.cat([idx, text_side, neg_text[image_side]])

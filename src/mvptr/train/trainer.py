@@ -72,8 +72,8 @@ class StepBatches(Sampler):
     def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int,
                  rank: int = 0, world: int = 1, accum: int = 1):
         if batch_size % (world * accum):
-            raise ValueError(f"batch size {batch_size} is not a multiple of "
-                             f"{world} processes x {accum} accumulation steps")
+            raise ConfigError(f"batch size {batch_size} is not a multiple of "
+                              f"{world} processes x {accum} accumulation steps")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
         self.rank, self.world, self.accum = rank, world, accum
         self.micro = batch_size // (world * accum)
@@ -290,7 +290,7 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
                           "samples; lower its batch_size")
     total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
     if stage.engine not in ("torch", "deepspeed"):
-        raise ValueError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
+        raise ConfigError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
     use_ds = stage.engine == "deepspeed"
     sharded = stage.shard_optimizer and d.on and not use_ds
     optimizer = adamw(param_groups(model, recipe.trainable, stage.weight_decay, stage.lr, recipe.lr_scale), stage.lr,

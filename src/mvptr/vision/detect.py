@@ -20,7 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..core.errors import FormatError, skip_or_raise
+from ..core.errors import ConfigError, FormatError, MissingFileError, skip_or_raise
+from ..core.extras import MissingExtra
 from ..core.shards import shard_part
 from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from .demo_detector import DemoDetector
@@ -44,13 +45,13 @@ class FasterRCNNDetector:
         try:
             from torchvision.models.detection import fasterrcnn_resnet50_fpn
         except (ImportError, RuntimeError, OSError) as err:  # also a torchvision built for another torch
-            raise ImportError(
+            raise MissingExtra(
                 f"the frcnn detector needs torchvision built for torch {torch.__version__} "
                 f"(pip install 'mvptr[detect]'); importing it failed: {err}") from None
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
-            raise ValueError(f"{weights}: expected a fasterrcnn_resnet50_fpn state dict "
-                             f"(roi_heads.box_predictor.cls_score.weight not found)")
+            raise FormatError(f"{weights}: expected a fasterrcnn_resnet50_fpn state dict "
+                              f"(roi_heads.box_predictor.cls_score.weight not found)")
         num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
         self.model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
                                              box_score_thresh=score_threshold, box_detections_per_img=max_regions)
@@ -59,7 +60,7 @@ class FasterRCNNDetector:
         self.device = device
         self.classes = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
         if len(self.classes) != num_classes:
-            raise ValueError(f"{weights}: {num_classes} classes in the weights, {len(self.classes)} names given")
+            raise FormatError(f"{weights}: {num_classes} classes in the weights, {len(self.classes)} names given")
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], batch_size: int = 4, progress: bool = False) -> list[Regions]:
@@ -129,14 +130,14 @@ def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str 
     if detector == "demo":
         weights = Path(weights or "data/demo/detector.safetensors")
         if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: demo detector weights not found (written by `mvptr prepare demo`)")
+            raise MissingFileError(f"{weights}: demo detector weights not found (written by `mvptr prepare demo`)")
         model = DemoDetector.load(weights)
     elif detector == "frcnn":
         if weights is None:
-            raise ValueError("the frcnn detector needs --weights, a fasterrcnn_resnet50_fpn state-dict file")
+            raise ConfigError("the frcnn detector needs --weights, a fasterrcnn_resnet50_fpn state-dict file")
         model = FasterRCNNDetector(weights, device=device)
     else:
-        raise ValueError(f"unknown detector {detector!r} (expected 'demo' or 'frcnn')")
+        raise ConfigError(f"unknown detector {detector!r} (expected 'demo' or 'frcnn')")
     out.mkdir(parents=True, exist_ok=True)
     predictions, ids, stats = [], [], {"regions": 0, "dim": None}
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import FormatError, SkippedSamples
+from ..core.errors import ConfigError, FormatError, SkippedSamples
 from ..core.fileio import load_json
 from ..formats.vinvl import VinVLFeatures, VinVLPredictions
 
@@ -227,7 +227,7 @@ class CorpusStores:
     def __init__(self, stores: dict):
         for name in stores:
             if not name or "/" in name:
-                raise ValueError(f"corpus name {name!r}: expected a non-empty name without '/'")
+                raise ConfigError(f"corpus name {name!r}: expected a non-empty name without '/'")
         self.stores = dict(stores)
 
     def _split(self, image_id) -> tuple:

@@ -240,7 +240,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     hide = t.mask_regions if mask_regions is None else mask_regions
     out_dir = Path(out_dir) if out_dir is not None else None
     if kind in ("vqa", "ve") and not hasattr(model, "task_head"):
-        raise ValueError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
+        raise ConfigError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
     if kind == "vqa":
         answers = model.task_head.answers
         questions = vqa_questions(t, split)
@@ -280,7 +280,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
     """Accuracy (percent) overall and per gold label (recall of each class); no example is an error."""
     if len(gold) == 0:
-        raise ValueError("classification: no examples to evaluate")
+        raise FormatError("classification: no examples to evaluate")
     per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
                  for k, name in enumerate(labels) if (gold == k).any()}
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}
