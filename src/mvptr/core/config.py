@@ -81,11 +81,14 @@ class CorpusConfig:
 
 @dataclass
 class DataConfig:
-    captions: str = "data/demo/captions.json"
-    features: str = "data/demo/features.tsv"
-    predictions: str = "data/demo/predictions.tsv"
-    phrase_cache: str = "data/demo/phrases/phrase_cache.jsonl"
-    phrase_vocab: str = "data/demo/phrases/phrase_vocab.json"
+    # the folder of a preset's data paths ("${data.root}/captions.json"): data.root=DIR moves them
+    # all, a path set by itself stays; no default data: a preset (or the path itself) names each file
+    root: str = ""
+    captions: str = ""
+    features: str = ""  # VinVL features.tsv or a memmap store directory
+    predictions: str = ""  # VinVL predictions.tsv (unused with a store directory)
+    phrase_cache: str = ""
+    phrase_vocab: str = ""
     # a phrase gets a concept embedding when it occurs in at least this many training captions
     # (paper 3.1.1: 50, on 9M captions); `mvptr prepare phrases|vocab` and `mvptr demo` read it
     phrase_min_count: int = 50
@@ -133,7 +136,7 @@ class ObjectiveConfig:
     # False (official code): phrases are masked for MCR^s but no loss is computed
     mcr_s_loss: bool = True
     # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax;
-    # "uniform": any other image / caption of the batch alike (the demo: see docs/DECISIONS.md)
+    # "uniform": any other image / caption of the batch alike (see docs/DECISIONS.md)
     negative_sampling: str = "sampled"
     # "half_each" (paper and official code: n negatives, half from each distribution) or "both" (2n, ALBEF)
     itm_negatives: str = "half_each"
@@ -203,12 +206,14 @@ class EvalConfig:
     # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
     rerank_score: str = "itm"
     precision: str = "fp32"  # "bf16", "fp16" or "auto" (as in training) runs the re-ranker under autocast
-    entities_dir: str = "data/demo/flickr30k_entities"
+    entities_dir: str = ""  # Flickr30k Entities (Annotations/, Sentences/), for phrase grounding
 
 
 @dataclass
 class DemoConfig:
-    data_dir: str = "data/demo"
+    """The demo world's folder (a preset's: no default) and the sizes it is made with."""
+
+    data_dir: str = ""
     n_train: int = 3000
     n_val: int = 200
     n_test: int = 500
@@ -268,8 +273,9 @@ def task_kind(task: str) -> str:
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings and the demo world's files.
-    Batch sizes are global: the paper's per-GPU size times 8 GPUs."""
+    """Fine-tuning (paper appendix A.3). Defaults: the paper's settings; the task files come from
+    a preset (or ``finetune.<task>.questions=...``). Batch sizes are global: the paper's per-GPU
+    size times 8 GPUs."""
 
     # A.3.1, Flickr30k (COCO: 15 epochs): 96 per GPU, regions / tokens / tags / phrases 50 / 50 / 30 / 5
     retrieval: TaskConfig = field(default_factory=lambda: _task(
@@ -277,26 +283,19 @@ class FinetuneConfig:
         max_regions=50, max_tokens=50, max_tags=30, max_phrases=5, dropout=0.1))
     # A.3.2: 25 epochs ("converges in around 7"), 32 per GPU, dropout 0.3, 50 / 128 / 30 (no phrases here)
     vqa: TaskConfig = field(default_factory=lambda: _task(
-        "vqa", 25, 5e-5, 32 * GPUS, max_regions=50, max_tokens=128, max_tags=30, dropout=0.3,
-        questions="data/demo/vqa/v2_OpenEnded_demo_{split}_questions.json",
-        annotations="data/demo/vqa/v2_demo_{split}_annotations.json"))
+        "vqa", 25, 5e-5, 32 * GPUS, max_regions=50, max_tokens=128, max_tags=30, dropout=0.3))
     # A.3.3: 64 per GPU, 70 / 70 / 20
     ve: TaskConfig = field(default_factory=lambda: _task(
-        "ve", 5, 4e-5, 64 * GPUS, max_regions=70, max_tokens=70, max_tags=20, dropout=0.1,
-        hypotheses="data/demo/snli_ve/snli_ve_{split}.jsonl"))
+        "ve", 5, 4e-5, 64 * GPUS, max_regions=70, max_tokens=70, max_tags=20, dropout=0.1))
     # A.3.4 gives no hyper-parameters for grounding: those of retrieval, 64 per GPU
     grounding: TaskConfig = field(default_factory=lambda: _task("grounding", 5, 4e-5, 64 * GPUS))
-    easyvqa: TaskConfig = field(default_factory=lambda: _task(
-        "easyvqa", 7, 5e-5, 32,
-        questions="data/demo/easyvqa/v2_OpenEnded_easyvqa_{split}_questions.json",
-        annotations="data/demo/easyvqa/v2_easyvqa_{split}_annotations.json",
-        features="data/demo/easyvqa/features.tsv", predictions="data/demo/easyvqa/predictions.tsv"))
+    easyvqa: TaskConfig = field(default_factory=lambda: _task("easyvqa", 7, 5e-5, 32))
 
 
 @dataclass
 class Config:
     seed: int = 0
-    out_dir: str = "runs/demo"
+    out_dir: str = "runs"
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
     # deterministic kernels: the same seed gives the same weights, also after a resume
