@@ -64,6 +64,26 @@ RUNTIME_MODEL_KEYS = ("dropout", "attention_dropout", "wpg_layer", "activation_c
 
 @dataclass
 class Bundle:
+    """A trained model with everything needed to feed it: what one model directory holds.
+
+    - ``model``: the :class:`~mvptr.model.modeling.MVPTR` network (weights, settings in
+      ``model.cfg``, the tag classes' word pieces in ``model.tag_pieces``);
+    - ``tokenizer``: the word-piece tokenizer whose ids index ``model.word_rows``;
+    - ``phrase_vocab``: phrase -> concept index; ``len(phrase_vocab) == model.num_phrases``, and
+      phrase i is row i of ``model.phrase_rows``;
+    - ``tag_vocab``: the detector class names, in the order of the rows of ``model.tag_pieces``;
+    - ``inputs``, ``limits``, ``trained``, ``card``: how it was trained (below), for the
+      settings a later run adopts (:func:`adopt_model_settings`) and for its model card.
+
+    Promises: :meth:`save_pretrained` writes one directory atomically (config.json,
+    model.safetensors, tokenizer files, phrase_vocab.json, tag_vocab.json, the card), and
+    :func:`load_model_dir` on it gives back a bundle with the same weights, tokenizer,
+    vocabularies, ``inputs``, ``limits`` and ``trained``; a directory that does not hold one
+    (missing or damaged files, vocabularies that do not fit the weights) is a
+    :class:`~mvptr.core.errors.FormatError` or :class:`~mvptr.core.errors.MissingFileError`
+    naming the file. A bundle holds no run settings beyond these: those are a ``Config``'s.
+    """
+
     model: MVPTR
     tokenizer: object
     phrase_vocab: PhraseVocab
