@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..checkpoint.model_dir import LIMIT_KEYS, Bundle, adopt_model_settings, load_model_dir
 from ..core.config import Config
+from ..core.errors import ConfigError, FormatError, WrongTypeError
 from ..data.builders import collator
 from ..eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
 from ..tasks import load_config, load_task_model
@@ -47,7 +48,7 @@ IMAGE_KINDS = "Regions (Model.detect) or a feature store's dict (Model.images_fr
 def check_text(text, what: str = "text") -> str:
     """``text`` if it is a string; a TypeError saying what was expected otherwise."""
     if not isinstance(text, str):
-        raise TypeError(f"{what}: expected a string, got {type(text).__name__} {text!r:.60}")
+        raise WrongTypeError(f"{what}: expected a string, got {type(text).__name__} {text!r:.60}")
     return text
 
 
@@ -55,7 +56,7 @@ def check_texts(texts, what: str = "texts") -> list[str]:
     """A list of strings from a sequence of them; one string alone is refused (it is no list of texts)."""
     if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, (Sequence, np.ndarray)):
         hint = " (wrap one text in a list: [text])" if isinstance(texts, str) else ""
-        raise TypeError(f"{what}: expected a list of strings, got {type(texts).__name__}{hint}")
+        raise WrongTypeError(f"{what}: expected a list of strings, got {type(texts).__name__}{hint}")
     return [check_text(t, f"{what}[{i}]") for i, t in enumerate(texts)]
 
 
@@ -64,10 +65,10 @@ def check_image(image, what: str = "image"):
     if isinstance(image, Regions):
         return image
     if not isinstance(image, Mapping):
-        raise TypeError(f"{what}: expected {IMAGE_KINDS}, got {type(image).__name__}")
+        raise WrongTypeError(f"{what}: expected {IMAGE_KINDS}, got {type(image).__name__}")
     missing = [k for k in IMAGE_KEYS if k not in image]
     if missing:
-        raise ValueError(f"{what}: a dict without {', '.join(missing)}; expected {IMAGE_KINDS}")
+        raise ConfigError(f"{what}: a dict without {', '.join(missing)}; expected {IMAGE_KINDS}")
     return image
 
 
@@ -75,15 +76,15 @@ def check_images(images, what: str = "images") -> list:
     """A list of images from a sequence of them; one image alone is refused."""
     if isinstance(images, (Regions, Mapping, str, bytes)) or not isinstance(images, Sequence):
         hint = " (wrap one image in a list: [image])" if isinstance(images, (Regions, Mapping)) else ""
-        raise TypeError(f"{what}: expected a list of {IMAGE_KINDS}, got {type(images).__name__}{hint}")
+        raise WrongTypeError(f"{what}: expected a list of {IMAGE_KINDS}, got {type(images).__name__}{hint}")
     return [check_image(im, f"{what}[{i}]") for i, im in enumerate(images)]
 
 
 def check_count(value, what: str, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what}: expected a whole number, got {type(value).__name__} {value!r:.40}")
+        raise WrongTypeError(f"{what}: expected a whole number, got {type(value).__name__} {value!r:.40}")
     if value < least:
-        raise ValueError(f"{what}: expected at least {least}, got {value}")
+        raise ConfigError(f"{what}: expected at least {least}, got {value}")
     return int(value)
 
 
@@ -132,7 +133,7 @@ def image_item(image, max_regions: int, max_tags: int) -> dict:
 def open_feature_store(features: str, predictions: str | None, feat_dim: int):
     """A memmap store directory, or a VinVL features.tsv with its predictions.tsv."""
     if not os.path.isdir(features) and not predictions:
-        raise ValueError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
+        raise ConfigError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
     return open_store(str(features), str(predictions or ""), feat_dim)
 
 
@@ -142,10 +143,10 @@ class Model:
     def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
                  batch_size: int = 64):
         if not isinstance(bundle, Bundle):
-            raise TypeError(f"bundle: expected a Bundle (load a model with Model.load(path)), got "
-                            f"{type(bundle).__name__}")
+            raise WrongTypeError(f"bundle: expected a Bundle (load a model with Model.load(path)), got "
+                                 f"{type(bundle).__name__}")
         if cfg is not None and not isinstance(cfg, Config):
-            raise TypeError(f"cfg: expected a Config or None, got {type(cfg).__name__}")
+            raise WrongTypeError(f"cfg: expected a Config or None, got {type(cfg).__name__}")
         check_count(batch_size, "batch_size")
         self.bundle, self.model = bundle, bundle.model.eval()
         cfg = cfg if cfg is not None else trained_limits(bundle, "the model")
@@ -170,10 +171,10 @@ class Model:
         for those its config.json records (the defaults, the paper's, with a warning, where a
         directory predates the record)."""
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path: expected a model directory (str or Path), got {type(path).__name__}")
+            raise WrongTypeError(f"path: expected a model directory (str or Path), got {type(path).__name__}")
         if config is not None and not isinstance(config, (str, Config)):
-            raise TypeError(f"config: expected a preset name, a YAML path, a Config or None, got "
-                            f"{type(config).__name__}")
+            raise WrongTypeError(f"config: expected a preset name, a YAML path, a Config or None, got "
+                                 f"{type(config).__name__}")
         check_text(device, "device")
         cfg = load_config(config) if isinstance(config, str) else config
         if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
@@ -200,7 +201,7 @@ class Model:
         """Per-image dicts of a feature store (VinVL TSV pair or memmap directory); all images by default."""
         for what, value in (("features", features), ("predictions", predictions)):
             if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise TypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
+                raise WrongTypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
         ids = None if image_ids is None else check_texts(image_ids, "image_ids")
         store = open_feature_store(str(features), predictions and str(predictions), self.model.cfg.region_feat_dim)
         return [store[i] for i in (store.ids() if ids is None else ids)]
@@ -221,8 +222,9 @@ class Model:
 
     def require_global_embeddings(self, what: str) -> None:
         if self.model.merged:
-            raise ValueError(f"{what} needs global embeddings, and the merged-attention model (model.merged_attention) "
-                             "has none: it scores image-text pairs with ITM only (score(..., mode='itm'))")
+            raise ConfigError(f"{what} needs global embeddings, and the merged-attention model "
+                              "(model.merged_attention) has none: it scores image-text pairs with ITM only "
+                              "(score(..., mode='itm'))")
 
     # ----- encoders ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -233,12 +235,13 @@ class Model:
         model: the embedded texts, no global embeddings)."""
         texts = check_texts(texts)
         if phrases is not None and (isinstance(phrases, (str, Mapping)) or not isinstance(phrases, Sequence)):
-            raise TypeError(f"phrases: expected a list (one per text) of phrase lists, got {type(phrases).__name__}")
+            raise WrongTypeError("phrases: expected a list (one per text) of phrase lists, got "
+                                 f"{type(phrases).__name__}")
         with self._text_lock:
             tuples = self.phrases(texts) if phrases is None else phrases
             pieces = self.pieces.captions(texts) if texts else []
         if len(tuples) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(tuples)} phrase lists")
+            raise ConfigError(f"{len(texts)} texts but {len(tuples)} phrase lists")
         vocab, m = self.bundle.phrase_vocab, self.cfg.data.max_phrases
         if not texts:
             return self._empty()
@@ -252,8 +255,8 @@ class Model:
         want = self.model.cfg.region_feat_dim
         for i, it in enumerate(items):
             if it["region_feats"].shape[1] != want:
-                raise ValueError(f"image {i}: region features are {it['region_feats'].shape[1]} wide, "
-                                 f"the model takes {want}")
+                raise FormatError(f"image {i}: region features are {it['region_feats'].shape[1]} wide, "
+                                  f"the model takes {want}")
         return items
 
     @torch.no_grad()
@@ -270,7 +273,7 @@ class Model:
         matching from the multimodal encoder, "both" = their sum (the merged-attention model:
         "itm" only). Images and texts may be given raw or already encoded."""
         if not isinstance(mode, str) or mode not in SCORES:
-            raise ValueError(f"unknown score {mode!r} (expected one of {', '.join(SCORES)})")
+            raise ConfigError(f"unknown score {mode!r} (expected one of {', '.join(SCORES)})")
         if mode != "itm":
             self.require_global_embeddings(f"score(mode={mode!r})")
         v = images if isinstance(images, EncodedSet) else self.encode_images(images)
@@ -292,7 +295,7 @@ class Model:
         head = getattr(self.model, "task_head", None)
         answers = getattr(head, "answers", None)
         if answers is None:
-            raise ValueError("this model has no VQA head; load a model fine-tuned with `mvptr finetune vqa`")
+            raise ConfigError("this model has no VQA head; load a model fine-tuned with `mvptr finetune vqa`")
         # questions carry no phrase concepts, as in VQA fine-tuning
         with self._text_lock:
             text = {"input_ids": self.pieces.captions([question])[0], "phrases": []}
@@ -311,11 +314,11 @@ class Model:
                 if at < 0 and len(caption.lower()) == len(caption):  # then lower-case offsets are the same
                     at = caption.lower().find(p.lower())
                 if at < 0:
-                    raise ValueError(f"phrase {p!r} is not in the caption {caption!r}")
+                    raise ConfigError(f"phrase {p!r} is not in the caption {caption!r}")
                 spans.append((at, at + len(p)))
             return spans
         if not self.parse_phrases:
-            raise ValueError("phrase parsing is off: give the phrases to ground")
+            raise ConfigError("phrase parsing is off: give the phrases to ground")
         return [(c.start_char, c.end_char) for c in self.extractor.nlp(caption).noun_chunks]
 
     @torch.no_grad()

@@ -20,6 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from ..core.errors import ConfigError, FormatError
+
 EXACT_LIMIT = 100_000  # images searched exactly; an IVF index above
 PROBE_SHARE = 8  # an index without a measured nprobe visits 1/8 of the IVF lists
 TARGET_RECALL = 0.95  # recall@10 against exact search that the chosen nprobe reaches on the sample
@@ -58,7 +60,7 @@ def add_rows(index: faiss.Index, emb: np.ndarray, start: int = 0) -> None:
 def check_target(target: float) -> float:
     """A recall target: a number above 0, at most 1."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ValueError(f"target recall {target!r}: expected a number above 0 and at most 1")
+        raise ConfigError(f"target recall {target!r}: expected a number above 0 and at most 1")
     return float(target)
 
 
@@ -118,13 +120,14 @@ class CoarseIndex:
 
     def __init__(self, emb: np.ndarray, ivf_file: Path | None = None, nprobe: int | None = None):
         if nprobe is not None and nprobe < 1:
-            raise ValueError(f"nprobe must be at least 1, not {nprobe}")
+            raise ConfigError(f"nprobe must be at least 1, not {nprobe}")
         self.emb = emb
         self.ivf = None
         if ivf_file is not None:
             self.ivf = faiss.read_index(str(ivf_file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             if self.ivf.ntotal != len(emb):
-                raise ValueError(f"{ivf_file}: {self.ivf.ntotal} vectors for {len(emb)} embeddings; rebuild the index")
+                raise FormatError(f"{ivf_file}: {self.ivf.ntotal} vectors for {len(emb)} embeddings; rebuild the index",
+                                  "stale index")
             self.ivf.nprobe = min(nprobe or max(1, self.ivf.nlist // PROBE_SHARE), self.ivf.nlist)
 
     @property

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..core.errors import ConfigError
 from ..vision.detect import load_detector, region_width
 from .images import HEAD, image_type
 from .search import Hit, SearchIndex
@@ -59,7 +60,7 @@ def index_detector(index: SearchIndex, weights: str | None = None, kind: str = "
     detector = load_detector(kind, weights)
     width, want = region_width(detector), index.model.model.cfg.region_feat_dim
     if width != want:
-        raise ValueError(f"{weights}: the detector gives {width}-wide region features, the model of the index "
+        raise ConfigError(f"{weights}: the detector gives {width}-wide region features, the model of the index "
                          f"takes {want}; give the detector its features came from")
     return detector, ""
 

@@ -14,6 +14,7 @@ import os
 import stat
 from pathlib import Path
 
+from ..core.errors import FormatError, MissingFileError
 from ..vision.detect import IMAGE_SUFFIXES
 
 HEAD = 32  # bytes enough to tell the formats below apart
@@ -84,7 +85,7 @@ def image_files(image_dir: str | Path, ids) -> dict[str, str]:
     others are left out, with a warning."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: image directory not found")
+        raise MissingFileError(f"{image_dir}: image directory not found")
     root = image_dir.resolve()
     files: dict[str, str] = {}
     refused = []
@@ -92,7 +93,7 @@ def image_files(image_dir: str | Path, ids) -> dict[str, str]:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if p.stem in files:
-            raise ValueError(f"{image_dir}: several files give image id {p.stem!r}")
+            raise FormatError(f"{image_dir}: several files give image id {p.stem!r}")
         real = checked_image(p, root)
         if real is None:
             refused.append(p.name)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..checkpoint.model_dir import defines_model
 from ..checkpoint.task_dir import HEAD_FILE, TASK_FILE
 from ..core.config import Config, load_config, to_dict
-from ..core.errors import FormatError
+from ..core.errors import ConfigError, FormatError, MissingFileError, WrongTypeError
 from ..core.fileio import load_json, output_lock, replace_dir, tmp_dir
 from ..eval.retrieval import itm_scores
 from ..vision.detect import extract_features
@@ -63,7 +63,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     them): an index is only valid for the model that computed its embeddings."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir}: model directory not found")
+        raise MissingFileError(f"{model_dir}: model directory not found")
     h = hashlib.sha256()
     for f in sorted(p for p in model_dir.iterdir() if p.is_file() and defines_model(p.name, (TASK_FILE, HEAD_FILE))):
         h.update(f.name.encode() + b"\0")
@@ -76,12 +76,13 @@ def model_fingerprint(model_dir: str | Path) -> str:
 def read_meta(path: Path) -> dict:
     meta_file = path / "index.json"
     if not meta_file.exists():
-        raise FileNotFoundError(f"{meta_file}: not found (build an index with `mvptr search build`)")
+        raise MissingFileError(f"{meta_file}: not found (build an index with `mvptr search build`)")
     meta = _load_json(meta_file)
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith("mvptr-search/"):
-        raise ValueError(f"{meta_file}: not an mvptr search index")
+        raise FormatError(f"{meta_file}: not an mvptr search index")
     if meta["format"] != FORMAT:
-        raise ValueError(f"{meta_file}: index format {meta['format']}, this mvptr reads {FORMAT}; {REBUILD}")
+        raise FormatError(f"{meta_file}: index format {meta['format']}, this mvptr reads {FORMAT}; {REBUILD}",
+                          "stale index")
     return meta
 
 
@@ -119,8 +120,10 @@ def _load_embeddings(path: Path, rows: int) -> np.ndarray:
 def check_model(meta: dict, model_dir: Path, index_dir: Path, fingerprint: str | None = None) -> None:
     """Refuse a model other than the one that computed the index's embeddings."""
     if (fingerprint or model_fingerprint(model_dir)) != meta["model_fingerprint"]:
-        raise ValueError(f"{index_dir}: built with another version of the model than {model_dir} (the model files "
-                         f"differ from those indexed, {meta['model']}); {REBUILD}, or give the model it was built with")
+        raise FormatError(f"{index_dir}: built with another version of the model than {model_dir} (the model "
+                          f"files differ from those indexed, {meta['model']}); {REBUILD}, or give the model it was "
+                          "built with",
+                          "stale index")
 
 
 def index_config(meta: dict) -> Config:
@@ -175,7 +178,7 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
     for what, value in (("model_dir", model_dir), ("out", out), ("features", features), ("predictions", predictions),
                         ("images", images), ("detector", detector), ("image_dir", image_dir)):
         if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
+            raise WrongTypeError(f"{what}: expected a path (str or Path), got {type(value).__name__}")
     check_count(batch_size, "batch_size")
     if exact_limit is not None:
         check_count(exact_limit, "exact_limit", 0)
@@ -190,11 +193,11 @@ def build_index(model_dir: str | Path, out: str | Path, features: str | None = N
 def _build_index(model_dir, out: Path, add: bool, *, features, predictions, config, images, detector, batch_size,
                  image_dir, exact_limit, target_recall, progress) -> dict:
     if add and config:
-        raise ValueError("--add encodes with the input limits of the index; leave out --config")
+        raise ConfigError("--add encodes with the input limits of the index; leave out --config")
     if not images and not features:
-        raise ValueError("give a feature store (--features) or image files (--images with --detector)")
+        raise ConfigError("give a feature store (--features) or image files (--images with --detector)")
     if images and not detector:
-        raise ValueError("indexing image files needs a detector (--detector)")
+        raise ConfigError("indexing image files needs a detector (--detector)")
     fingerprint = model_fingerprint(model_dir)
     tmp, old = _start(out, add, Path(model_dir), fingerprint)
     if images:
@@ -215,13 +218,13 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
     seen = set(known)
     dup = next((i for i in ids if i in seen), None)
     if dup is not None:
-        raise ValueError(f"{features}: image id {dup!r} is already in the index {out}")
+        raise FormatError(f"{features}: image id {dup!r} is already in the index {out}")
     files = _load_list(out / "files.json", dict) if old else {}
     if image_dir:
         new_files = image_files(image_dir, ids)
         if ids and not new_files:
-            raise ValueError(f"{image_dir}: no image file is named after an image id of {features} "
-                             f"(e.g. {ids[0]}.png)")
+            raise FormatError(f"{image_dir}: no image file is named after an image id of {features} "
+                              f"(e.g. {ids[0]}.png)")
         files.update(new_files)
     dim = model.model.cfg.embed_dim
     total = _embed(model, store, ids, tmp / "embeddings.npy", out / "embeddings.npy" if old else None, dim,
@@ -274,7 +277,7 @@ class SearchIndex:
                  nprobe: int | None = None):
         for what, value in (("path", path), ("model_dir", model_dir)):
             if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise TypeError(f"{what}: expected a directory (str or Path), got {type(value).__name__}")
+                raise WrongTypeError(f"{what}: expected a directory (str or Path), got {type(value).__name__}")
         if nprobe is not None:
             check_count(nprobe, "nprobe")
         self.path = Path(path)
@@ -318,20 +321,20 @@ class SearchIndex:
         several queries are encoded once). Each gets the answer it would get alone; each
         ``timing`` gets the batch's times and its size."""
         if isinstance(queries, (str, tuple)) or not isinstance(queries, list):
-            raise TypeError(f"queries: expected a list of (text, top, rerank, score, timing) tuples, got "
-                            f"{type(queries).__name__}")
+            raise WrongTypeError(f"queries: expected a list of (text, top, rerank, score, timing) tuples, got "
+                                 f"{type(queries).__name__}")
         for n, query in enumerate(queries):
             if not isinstance(query, (tuple, list)) or len(query) != 5:
-                raise TypeError(f"queries[{n}]: expected a tuple (text, top, rerank, score, timing)")
+                raise WrongTypeError(f"queries[{n}]: expected a tuple (text, top, rerank, score, timing)")
             text, top, rerank, score, timing = query
             if not check_text(text, "text").strip():
-                raise ValueError("text: an empty query; give a sentence to search for")
+                raise ConfigError("text: an empty query; give a sentence to search for")
             check_count(top, "top")
             check_count(rerank, "rerank", 0)
             if not isinstance(score, str) or score not in ("itm", "itm+sim", "uni"):
-                raise ValueError(f"score: unknown score {score!r} (expected itm, itm+sim or uni)")
+                raise ConfigError(f"score: unknown score {score!r} (expected itm, itm+sim or uni)")
             if timing is not None and not isinstance(timing, dict):
-                raise TypeError(f"timing: expected a dict to fill, or None, got {type(timing).__name__}")
+                raise WrongTypeError(f"timing: expected a dict to fill, or None, got {type(timing).__name__}")
         timings = [{} if q[4] is None else q[4] for q in queries]
         live = [j for j, q in enumerate(queries) if self.ids and q[1] >= 1]
         hits: list[list[Hit]] = [[] for _ in queries]

@@ -18,6 +18,8 @@ import re
 import socket
 from collections.abc import Sequence
 
+from ..core.errors import ConfigError
+from ..core.extras import MissingExtra, install_hint
 from .api import Model
 from .examples import index_detector
 from .search import SearchIndex, index_config
@@ -42,8 +44,8 @@ def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
     names). ValueError for a name that is not one."""
     for name in extra:
         if not HOST_NAME.fullmatch(name):
-            raise ValueError(f"--allowed-host {name!r}: expected a host name or address without scheme or port "
-                             "(example.org, *.example.org, 192.168.1.5, [fe80::1])")
+            raise ConfigError(f"--allowed-host {name!r}: expected a host name or address without scheme or port "
+                              "(example.org, *.example.org, 192.168.1.5, [fe80::1])")
     try:
         address = ipaddress.ip_address(bind.strip("[]"))
     except ValueError:
@@ -59,11 +61,11 @@ def check_listen(host: str, port: int) -> None:
     """Bind ``host``:``port`` once, as the server will, and let it go: ValueError saying why it
     cannot be listened on (a port out of range, one in use, an address of no interface here)."""
     if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: expected a port number from 0 to 65535")
+        raise ConfigError(f"--port {port}: expected a port number from 0 to 65535")
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as err:
-        raise ValueError(f"--host {host}: not an address or host name of this machine ({err})") from None
+        raise ConfigError(f"--host {host}: not an address or host name of this machine ({err})") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
@@ -73,7 +75,7 @@ def check_listen(host: str, port: int) -> None:
             why = {errno.EADDRINUSE: "the port is in use by another program; stop it or choose another --port",
                    errno.EACCES: "not permitted (ports below 1024 need privileges); choose a --port above 1023",
                    errno.EADDRNOTAVAIL: "no interface of this machine has that address; check --host"}
-            raise ValueError(f"cannot listen on {host}:{port}: {why.get(err.errno, err.strerror)}") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {why.get(err.errno, err.strerror)}") from None
 
 
 class HideQueries(logging.Filter):
@@ -110,13 +112,13 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
     model queue's (``workers``, ``queue``, ``window_ms``, ``max_batch``: see
     :func:`mvptr.app.server.create_app`)."""
     if create_app is None:
-        raise ModuleNotFoundError(f"No module named {MISSING!r}", name=MISSING)
+        raise MissingExtra(install_hint("serve", MISSING), name=MISSING)
     index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
     vqa = None
     if vqa_model:
         vqa = Model.load(vqa_model, index_config(index.meta))
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
-            raise ValueError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
+            raise ConfigError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
     found, no_detector = index_detector(index, detector, detector_kind)
     if found is None:
         logging.getLogger("mvptr.serve").warning("searching by uploaded images is off: %s", no_detector)

@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..core.errors import ConfigError
+
 log = logging.getLogger("mvptr.serve")
 
 
@@ -65,7 +67,7 @@ class ModelQueue:
     def __init__(self, runners: dict[str, Callable[[list[tuple]], list]], workers: int = 1, capacity: int = 32,
                  window: float = 0.005, max_batch: int = 16, batched: Sequence[str] = ("search",)):
         if workers < 1 or capacity < 1 or max_batch < 1 or window < 0:
-            raise ValueError("workers, capacity and max_batch must be at least 1, the window at least 0")
+            raise ConfigError("workers, capacity and max_batch must be at least 1, the window at least 0")
         self.runners, self.capacity, self.window, self.max_batch = runners, capacity, window, max_batch
         self.batched = set(batched)
         self._jobs: deque[Job] = deque()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from ..core.config import Config, ModelConfig
 from ..core.distributed import active
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, FormatError, MissingFileError
 from ..model.modeling import MVPTR
 from ..text.phrases import PhraseVocab, phrase_pieces
 from ..text.tokenizer import WordPieces, load_tokenizer, minilm_dir, pad_lists
@@ -40,14 +40,14 @@ def read_bert_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file}: not found (expected a BERT-architecture model directory)")
+        raise MissingFileError(f"{cfg_file}: not found (expected a BERT-architecture model directory)")
     config = json.loads(cfg_file.read_text())
     if (path / "model.safetensors").exists():
         state = load_file(str(path / "model.safetensors"))
     elif (path / "pytorch_model.bin").exists():
         state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
+        raise MissingFileError(f"{path}: no model.safetensors or pytorch_model.bin")
     state = {k.removeprefix("bert."): v for k, v in state.items()}
     return config, state
 
@@ -68,7 +68,7 @@ def shape_mismatches(cfg: ModelConfig, bert_config: dict) -> list[str]:
 def check_shapes(cfg: ModelConfig, bert_config: dict, source: str) -> None:
     wrong = shape_mismatches(cfg, bert_config)
     if wrong:
-        raise ValueError(f"model config does not match the initialisation checkpoint {source}: " + "; ".join(wrong))
+        raise ConfigError(f"model config does not match the initialisation checkpoint {source}: " + "; ".join(wrong))
 
 
 # The pre-training heads a BERT checkpoint may carry (BertForPreTraining has all four), each as
@@ -110,7 +110,7 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
     mapping += _head_keys(state)
     for name, layers in _layer_placement(cfg, depth).items():
         if len(layers) > depth:
-            raise ValueError(f"{name} has {len(layers)} layers but {source} has only {depth}")
+            raise ConfigError(f"{name} has {len(layers)} layers but {source} has only {depth}")
         for i, theirs in enumerate(layers):
             mapping += _layer_keys(state, theirs, f"{name}.layer.{i}")
     own = model.state_dict()
@@ -123,8 +123,8 @@ def init_from_bert(model: MVPTR, bert_config: dict, state: dict[str, torch.Tenso
             if theirs.startswith("cls.seq_relationship."):
                 src = src.flip(0)  # BERT's class 0 (is next) is our class 1 (matched)
             if own[ours].shape != src.shape:
-                raise ValueError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
-                                 f"{ours} needs {tuple(own[ours].shape)}")
+                raise FormatError(f"{source}: {theirs} has shape {tuple(src.shape)}, "
+                                  f"{ours} needs {tuple(own[ours].shape)}", "model directory")
             own[ours].copy_(src)
     return {"source": source, "copied": len(mapping), "bert_layers": depth, "fresh": fresh_heads(state)}
 

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..core.config import Config, ModelConfig, model_config_from_dict, to_dict
-from ..core.errors import ConfigError, FormatError, UntrustedPickleError
+from ..core.errors import ConfigError, FormatError, MissingFileError, UntrustedPickleError
 from ..core.fileio import naming, recover_dir, replace_dir, tmp_dir, write_text_atomic
 from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
@@ -64,6 +64,26 @@ RUNTIME_MODEL_KEYS = ("dropout", "attention_dropout", "wpg_layer", "activation_c
 
 @dataclass
 class Bundle:
+    """A trained model with everything needed to feed it: what one model directory holds.
+
+    - ``model``: the :class:`~mvptr.model.modeling.MVPTR` network (weights, settings in
+      ``model.cfg``, the tag classes' word pieces in ``model.tag_pieces``);
+    - ``tokenizer``: the word-piece tokenizer whose ids index ``model.word_rows``;
+    - ``phrase_vocab``: phrase -> concept index; ``len(phrase_vocab) == model.num_phrases``, and
+      phrase i is row i of ``model.phrase_rows``;
+    - ``tag_vocab``: the detector class names, in the order of the rows of ``model.tag_pieces``;
+    - ``inputs``, ``limits``, ``trained``, ``card``: how it was trained (below), for the
+      settings a later run adopts (:func:`adopt_model_settings`) and for its model card.
+
+    Promises: :meth:`save_pretrained` writes one directory atomically (config.json,
+    model.safetensors, tokenizer files, phrase_vocab.json, tag_vocab.json, the card), and
+    :func:`load_model_dir` on it gives back a bundle with the same weights, tokenizer,
+    vocabularies, ``inputs``, ``limits`` and ``trained``; a directory that does not hold one
+    (missing or damaged files, vocabularies that do not fit the weights) is a
+    :class:`~mvptr.core.errors.FormatError` or :class:`~mvptr.core.errors.MissingFileError`
+    naming the file. A bundle holds no run settings beyond these: those are a ``Config``'s.
+    """
+
     model: MVPTR
     tokenizer: object
     phrase_vocab: PhraseVocab
@@ -169,8 +189,8 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:  # reported without the file's name
-            raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({err}); copy it "
-                             f"again from where the model was trained, or {REWRITE}") from None
+            raise FormatError(f"{path}: not a readable safetensors file, truncated or damaged ({err}); copy it "
+                              f"again from where the model was trained, or {REWRITE}", "model directory") from None
     if not trust_pickle:
         raise UntrustedPickleError(
             f"{path} is a pickle file, and loading a pickle can run arbitrary code; if you trust its source, "
@@ -179,12 +199,13 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torc
     try:  # even a trusted pickle is read as tensors and containers only, never as code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # torch's message spans many lines
-        raise ValueError(f"{path}: damaged, or holds more than tensors and containers (torch.load with "
-                         "weights_only=True refused it); re-save its state dict alone, or as safetensors") from None
+        raise FormatError(f"{path}: damaged, or holds more than tensors and containers (torch.load with "
+                          "weights_only=True refused it); re-save its state dict alone, or as safetensors",
+                          "model directory") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise FormatError(f"{path}: not a state dict of tensors", "model directory")
     return state
 
 
@@ -192,16 +213,16 @@ def weights_file(path: Path) -> Path:
     for name in (MODEL_FILE, *PICKLE_FILES):
         if (path / name).exists():
             return path / name
-    raise FileNotFoundError(f"{path}: no {MODEL_FILE} (nor {', '.join(PICKLE_FILES)})")
+    raise MissingFileError(f"{path}: no {MODEL_FILE} (nor {', '.join(PICKLE_FILES)})")
 
 
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found (is {path.parent} an mvptr model directory?)") from None
+        raise MissingFileError(f"{path}: not found (is {path.parent} an mvptr model directory?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise FormatError(f"{path}: not valid JSON ({err})", "model directory") from None
 
 
 def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = False, strict: bool = True) -> Bundle:
@@ -212,8 +233,8 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     cfg_file = path / "config.json"
     config = _read_json(cfg_file)
     if not isinstance(config, dict) or str(config.get("format", "")).split("/")[0] != "mvptr":
-        raise ValueError(f"{cfg_file}: not an mvptr model directory "
-                         "(for official checkpoints use `mvptr convert official`)")
+        raise FormatError(f"{cfg_file}: not an mvptr model directory "
+                          "(for official checkpoints use `mvptr convert official`)", "model directory")
     if config["format"] not in FORMATS_READ:
         raise FormatError(f"{cfg_file}: model directory format {config['format']!r}; this mvptr reads "
                           f"{', '.join(FORMATS_READ)}: use the mvptr version that wrote it, or a newer one",
@@ -221,23 +242,26 @@ def load_model_dir(path: str | Path, device: str = "cpu", trust_pickle: bool = F
     source = weights_file(path)
     state = {k: v.to(device) for k, v in load_weights(source, trust_pickle).items()}
     if "tag_pieces" not in state:
-        raise ValueError(f"{source}: no tag_pieces buffer; not written by mvptr")
+        raise FormatError(f"{source}: no tag_pieces buffer; not written by mvptr", "model directory")
     try:
         model = MVPTR(model_config_from_dict(config["model"]), int(config["num_phrases"]), state["tag_pieces"])
     except (KeyError, TypeError, ValueError, OmegaConfBaseException) as err:
-        raise ValueError(f"{cfg_file}: bad model configuration ({str(err).strip().splitlines()[0]})") from None
+        raise FormatError(f"{cfg_file}: bad model configuration ({str(err).strip().splitlines()[0]})",
+                          "model directory") from None
     report = load_state(model, state, str(source), strict)
     if report["missing"] or report["unexpected"]:
         warnings.warn(f"{source}: missing {report['missing']}, unexpected {report['unexpected']}", stacklevel=2)
     try:
         phrase_vocab = PhraseVocab.load(path / "phrase_vocab.json")
     except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path / 'phrase_vocab.json'}: not a phrase vocabulary ({err})") from None
+        raise FormatError(f"{path / 'phrase_vocab.json'}: not a phrase vocabulary ({err})", "model directory") from None
     if len(phrase_vocab) != model.num_phrases:
-        raise ValueError(f"{path}: phrase_vocab.json has {len(phrase_vocab)} phrases, the model {model.num_phrases}")
+        raise FormatError(f"{path}: phrase_vocab.json has {len(phrase_vocab)} phrases, the model {model.num_phrases}",
+                          "model directory")
     inputs = config.get("inputs", {})
     if not isinstance(inputs, dict) or not all(k in INPUT_KEYS and isinstance(v, bool) for k, v in inputs.items()):
-        raise ValueError(f"{cfg_file}: 'inputs' must map some of {', '.join(INPUT_KEYS)} to true or false")
+        raise FormatError(f"{cfg_file}: 'inputs' must map some of {', '.join(INPUT_KEYS)} to true or false",
+                          "model directory")
     limits, trained = _training_record(config, cfg_file)
     bundle = Bundle(model.to(device), _tokenizer(path), phrase_vocab, _read_json(path / "tag_vocab.json"), inputs,
                     limits, trained)
@@ -344,10 +368,10 @@ def load_state(model: torch.nn.Module, state: dict, source: str, strict: bool = 
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
-        raise ValueError(
+        raise FormatError(
             f"{source}: does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
             f"shape mismatches {shapes[:10]}"
-        )
+        , "model directory")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"missing": missing, "unexpected": unexpected}
 

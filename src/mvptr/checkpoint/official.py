@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..core.config import ModelConfig
+from ..core.errors import FormatError, MissingFileError
 from ..core.fileio import load_json
 from ..model.modeling import MVPTR
 from ..text.phrases import PhraseVocab, phrase_string
@@ -61,7 +62,8 @@ def official_phrase_rows(id2phrase: dict, vocab_size: int = OFFICIAL_WORD_ROWS) 
 def _official_layers(state: dict, prefix: str) -> int:
     layers = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
     if layers != set(range(len(layers))) or not layers:
-        raise ValueError(f"no complete {prefix}N.* layers in the checkpoint (found {sorted(layers)})")
+        raise FormatError(f"no complete {prefix}N.* layers in the checkpoint (found {sorted(layers)})",
+                          "model directory")
     return len(layers)
 
 
@@ -100,20 +102,21 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     src = Path(src_dir)
     for name in ("config.json", "id2phrase_new.json"):
         if not (src / name).exists():
-            raise FileNotFoundError(f"{src / name}: not found (an official MVPTR checkpoint has config.json, "
-                                    "pytorch_model.bin and id2phrase_new.json)")
+            raise MissingFileError(f"{src / name}: not found (an official MVPTR checkpoint has config.json, "
+                                   "pytorch_model.bin and id2phrase_new.json)")
     weights = weights_file(src)
     theirs = {k.removeprefix("module."): v for k, v in load_weights(weights, trust_pickle).items()}
     for key in ("bert.embeddings.word_embeddings.weight", "bert.img_embedding.weight", "bert.txt_proj"):
         if key not in theirs:
-            raise ValueError(f"{weights}: no {key}; not an official MVPTR checkpoint")
+            raise FormatError(f"{weights}: no {key}; not an official MVPTR checkpoint", "model directory")
     cfg = official_model_config(load_json(src / "config.json"), theirs)
 
     table = theirs["bert.embeddings.word_embeddings.weight"]
     id2phrase = load_json(src / "id2phrase_new.json")
     rows, names = official_phrase_rows(id2phrase, cfg.vocab_size)
     if rows and max(rows) >= len(table):
-        raise ValueError(f"id2phrase_new.json names phrase id {max(rows)}, the embedding table has {len(table)} rows")
+        raise FormatError(f"{src / 'id2phrase_new.json'}: names phrase id {max(rows)}, the embedding table of "
+                          f"{weights} has {len(table)} rows", "model directory")
     phrase_vocab = PhraseVocab({n: len(names) - i for i, n in enumerate(names)}, min_count=1)
 
     torch.manual_seed(0)
@@ -134,8 +137,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
             if key.startswith("cls.seq_relationship."):
                 value = value.flip(0)  # their label 0 = match; ours 1 = match
             if value.shape != state[ours].shape:
-                raise ValueError(f"{weights}: {key} has shape {tuple(value.shape)}, "
-                                 f"{ours} needs {tuple(state[ours].shape)}")
+                raise FormatError(f"{weights}: {key} has shape {tuple(value.shape)}, "
+                                  f"{ours} needs {tuple(state[ours].shape)}", "model directory")
             state[ours] = value.clone()
             filled.add(ours)
         else:

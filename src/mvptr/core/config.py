@@ -82,11 +82,14 @@ class CorpusConfig:
 
 @dataclass
 class DataConfig:
-    captions: str = "data/demo/captions.json"
-    features: str = "data/demo/features.tsv"
-    predictions: str = "data/demo/predictions.tsv"
-    phrase_cache: str = "data/demo/phrases/phrase_cache.jsonl"
-    phrase_vocab: str = "data/demo/phrases/phrase_vocab.json"
+    # the folder of a preset's data paths ("${data.root}/captions.json"): data.root=DIR moves them
+    # all, a path set by itself stays; no default data: a preset (or the path itself) names each file
+    root: str = ""
+    captions: str = ""
+    features: str = ""  # VinVL features.tsv or a memmap store directory
+    predictions: str = ""  # VinVL predictions.tsv (unused with a store directory)
+    phrase_cache: str = ""
+    phrase_vocab: str = ""
     # a phrase gets a concept embedding when it occurs in at least this many training captions
     # (paper 3.1.1: 50, on 9M captions); `mvptr prepare phrases|vocab` and `mvptr demo` read it
     phrase_min_count: int = 50
@@ -135,7 +138,7 @@ class ObjectiveConfig:
     # False (official code): phrases are masked for MCR^s but no loss is computed
     mcr_s_loss: bool = True
     # "sampled" (paper): negatives drawn from p^{s2v}/p^{v2s}; "hardest" (official): argmax;
-    # "uniform": any other image / caption of the batch alike (the demo: see docs/DECISIONS.md)
+    # "uniform": any other image / caption of the batch alike (see docs/DECISIONS.md)
     negative_sampling: str = "sampled"
     # "half_each" (paper and official code: n negatives, half from each distribution) or "both" (2n, ALBEF)
     itm_negatives: str = "half_each"
@@ -205,12 +208,14 @@ class EvalConfig:
     # "itm" (paper's code) or "itm+sim" (ITM logit difference plus the uni-modal similarity)
     rerank_score: str = "itm"
     precision: str = "fp32"  # "bf16", "fp16" or "auto" (as in training) runs the re-ranker under autocast
-    entities_dir: str = "data/demo/flickr30k_entities"
+    entities_dir: str = ""  # Flickr30k Entities (Annotations/, Sentences/), for phrase grounding
 
 
 @dataclass
 class DemoConfig:
-    data_dir: str = "data/demo"
+    """The demo world's folder (a preset's: no default) and the sizes it is made with."""
+
+    data_dir: str = ""
     n_train: int = 3000
     n_val: int = 200
     n_test: int = 500
@@ -263,7 +268,7 @@ def task_config(name: str, epochs: float, lr: float, batch_size: int, objectives
 @dataclass
 class Config:
     seed: int = 0
-    out_dir: str = "runs/demo"
+    out_dir: str = "runs"
     device: str = "cpu"
     threads: int = 0  # 0 = torch default
     # deterministic kernels: the same seed gives the same weights, also after a resume

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MvptrError", "ConfigError", "FormatError", "OutputDirError", "UntrustedPickleError",
-           "SkippedSamples", "skip_or_raise"]
+__all__ = ["MvptrError", "ConfigError", "WrongTypeError", "FormatError", "MissingFileError", "NotFiniteError",
+           "OutputDirError", "OutputExistsError", "UntrustedPickleError", "SkippedSamples", "skip_or_raise"]
 
 
 class MvptrError(Exception):
@@ -20,7 +20,13 @@ class MvptrError(Exception):
 
 
 class ConfigError(MvptrError, ValueError):
-    """A configuration value, command-line option or combination of them that cannot apply."""
+    """A configuration value, command-line option, argument of the Python API, or combination
+    of them that cannot apply."""
+
+
+class WrongTypeError(MvptrError, TypeError):
+    """An argument of the Python API of the wrong type (a number where a path goes, one string
+    where a list of strings goes); a ``TypeError``, as Python's own are."""
 
 
 class UntrustedPickleError(MvptrError, ValueError):
@@ -42,8 +48,21 @@ class FormatError(MvptrError, ValueError):
         return type(self), (str(self), self.reason)
 
 
+class MissingFileError(MvptrError, FileNotFoundError):
+    """A file or directory the user named (or one that must lie in it) that is not there."""
+
+
+class NotFiniteError(MvptrError, ValueError):
+    """NaN or infinite numbers from a model (scores, metrics): its training diverged, or its
+    inputs hold such numbers; never averaged into a figure."""
+
+
 class OutputDirError(MvptrError, OSError):
     """An output directory that cannot take what a command will write (the user's to fix)."""
+
+
+class OutputExistsError(OutputDirError, FileExistsError):
+    """An output that must not exist yet, and does: remove it or choose another path."""
 
 
 class SkippedSamples:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHOICES = (*PRECISIONS, "auto")
 
@@ -26,7 +28,7 @@ def native_bf16(device: str | torch.device) -> bool:
 def resolve(precision: str, device: str | torch.device) -> str:
     """The precision a run uses on ``device``: "auto" becomes "bf16" or "fp32"."""
     if precision not in CHOICES:
-        raise ValueError(f"unknown precision {precision!r} (expected one of {', '.join(CHOICES)})")
+        raise ConfigError(f"unknown precision {precision!r} (expected one of {', '.join(CHOICES)})")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision

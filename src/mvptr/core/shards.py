@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from .errors import ConfigError
 from .fileio import write_text_atomic
 
 __all__ = ["shard_part", "shard_dir", "finish_shard", "MARKER", "SHARD_DIR_RE"]
@@ -34,7 +35,7 @@ def shard_part(items: Sequence, part: tuple[int, int] | None) -> Sequence:
         return items
     index, count = part
     if not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: expected 0 <= I < N")
+        raise ConfigError(f"shard {index}/{count}: expected 0 <= I < N")
     per, extra = divmod(len(items), count)
     start = index * per + min(index, extra)
     return items[start:start + per + (index < extra)]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ..core.errors import ConfigError
 from ..text.tokenizer import IGNORE, MASK_ID, PAD_ID, WordPieces, pad_lists
 from .batch import Batch
 
@@ -97,7 +98,7 @@ class Collator:
         ``generator``: the masking's random numbers (the trainer re-seeds it for every pass)."""
         self.settings = settings = settings or CollateSettings()
         if settings.tag_mode not in ("concepts", "word_pieces"):
-            raise ValueError(f"unknown tag_mode {settings.tag_mode!r} (expected 'concepts' or 'word_pieces')")
+            raise ConfigError(f"unknown tag_mode {settings.tag_mode!r} (expected 'concepts' or 'word_pieces')")
         self.pieces, self.tag_vocab, self.tag_mode = pieces, tag_vocab, settings.tag_mode
         self.tag_index = {name: i for i, name in enumerate(tag_vocab)}
         self.num_phrases, self.vocab_size = num_phrases, vocab_size

@@ -141,9 +141,21 @@ class PairDataset(Dataset):
         }
 
 
-def corpora(data: DataConfig) -> list[CorpusConfig]:
-    """``data.corpora``, or one unnamed corpus of the single-corpus fields when it is empty."""
+def required_path(data: DataConfig, key: str) -> str:
+    """``data.<key>``; unset ("": no preset named it) is an error saying how to name it."""
+    path = getattr(data, key)
+    if not path:
+        raise ConfigError(f"data.{key} is not set: choose a preset that names the data files (--config demo), "
+                          f"or set data.root=DIR with a preset's layout, or data.{key}=PATH")
+    return path
+
+
+def corpora(data: DataConfig, needs: tuple[str, ...] = ("captions", "features", "phrase_cache")) -> list[CorpusConfig]:
+    """``data.corpora``, or one unnamed corpus of the single-corpus fields when it is empty (each
+    of ``needs`` set)."""
     if not data.corpora:
+        for key in needs:
+            required_path(data, key)
         return [CorpusConfig("", data.captions, data.features, data.predictions, data.phrase_cache, data.tags)]
     if data.tags:
         raise ConfigError("data.tags is for a single corpus; with data.corpora give each corpus its own tags")
@@ -171,7 +183,7 @@ def ground_truth_tags(parts: list[CorpusConfig]) -> GroundTruthTags | None:
 
 def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | None = None) -> ImageSource:
     """The region store of each corpus; with several corpora, image ids are "<corpus>/<image id>"."""
-    parts = corpora(data)
+    parts = corpora(data, needs=("features",))
     tags = ground_truth_tags(parts)
     if not data.corpora:
         return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip,
@@ -187,7 +199,7 @@ def caption_ids(data: DataConfig) -> ImageIds:
 
 def data_captions(data: DataConfig, splits=None, skip: SkippedSamples | None = None) -> list[CaptionRecord]:
     """The captions of ``data.captions`` (of ``splits``), image ids as the features know them."""
-    return read_captions(data.captions, splits, skip, caption_ids(data))
+    return read_captions(required_path(data, "captions"), splits, skip, caption_ids(data))
 
 
 def _qualified(name: str, records: list[CaptionRecord]) -> list[CaptionRecord]:
@@ -197,7 +209,8 @@ def _qualified(name: str, records: list[CaptionRecord]) -> list[CaptionRecord]:
 def caption_records(data: DataConfig, split: str, skip: SkippedSamples | None = None) -> list[CaptionRecord]:
     """The captions of ``split`` in every corpus, image ids qualified as in :func:`open_images`."""
     ids = caption_ids(data)
-    return [r for c in corpora(data) for r in _qualified(c.name, read_captions(c.captions, [split], skip, ids))]
+    parts = corpora(data, needs=("captions",))
+    return [r for c in parts for r in _qualified(c.name, read_captions(c.captions, [split], skip, ids))]
 
 
 def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
@@ -239,7 +252,7 @@ def build_pair_dataset(
     ids = caption_ids(data)
     per_corpus = [(c, _qualified(c.name, read_captions(c.captions, [split], skip, ids))) for c in parts]
     if not any(recs for _, recs in per_corpus):
-        raise ValueError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}")
+        raise FormatError(f"{', '.join(c.captions for c in parts)}: no captions in split {split!r}", "no captions")
     if max_images:
         keep = set(sorted({r.image_id for _, recs in per_corpus for r in recs})[:max_images])
         per_corpus = [(c, [r for r in recs if r.image_id in keep]) for c, recs in per_corpus]
@@ -256,7 +269,7 @@ def build_pair_dataset(
         spans += where
         counts[c.name or "data"] = {"captions": len(recs), "images": len({r.image_id for r in recs})}
     if not records:
-        raise ValueError(f"no usable captions in split {split!r}: every sample was skipped")
+        raise FormatError(f"no usable captions in split {split!r}: every sample was skipped", "no captions")
     tokens, offsets = pieces.captions_with_offsets([r.caption for r in records])
     positions = [piece_positions(o, s) for o, s in zip(offsets, spans)]
     dataset = PairDataset(records, images, tokens, phrases, positions)
@@ -269,7 +282,7 @@ def mix_phrase_vocab(data: DataConfig, min_count: int,
     """The phrase vocabulary of the training captions of every corpus (see :func:`corpora`), from
     their phrase caches; returns it with the number of captions counted."""
     lists = []
-    for c in corpora(data):
+    for c in corpora(data, needs=("captions", "phrase_cache")):
         cache = read_phrase_cache(c.phrase_cache, skip)
         for r in read_captions(c.captions, [data.train_split], skip, caption_ids(data)):
             if phrase_key(r) in cache:

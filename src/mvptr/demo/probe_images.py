@@ -59,7 +59,7 @@ def group_scenes(rng: np.random.Generator, kind: str, image_size: int = 96, trie
     """One group: ([image 0, image 1] pixels, [objects 0, objects 1], [caption 0, caption 1] as
     Statements), caption k true of image k and false of the other."""
     if kind not in GROUP_KINDS:
-        raise ValueError(f"unknown group kind {kind!r} (expected one of {', '.join(GROUP_KINDS)})")
+        raise ConfigError(f"unknown group kind {kind!r} (expected one of {', '.join(GROUP_KINDS)})")
     for _ in range(tries):
         shapes = [str(s) for s in rng.choice(SHAPES, 2, replace=False)]
         colors = [str(c) for c in rng.choice(list(COLORS), 2, replace=False)]

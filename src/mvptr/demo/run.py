@@ -93,7 +93,7 @@ def final_itm_loss(metrics: Path, share: float = 0.1) -> float:
     """The mean ITM loss over the last ``share`` of a stage's logged steps."""
     itm = [row["itm"] for _, row in read_json_lines(metrics) if "itm" in row]
     if not itm:
-        raise ValueError(f"{metrics}: no ITM loss logged; the stage did not train ITM")
+        raise ConfigError(f"{metrics}: no ITM loss logged; the stage did not train ITM")
     last = itm[-max(1, round(share * len(itm))):]
     return round(sum(last) / len(last), 4)
 

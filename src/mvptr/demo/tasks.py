@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import ConfigError
 from ..core.fileio import load_json
 from ..formats.captions import read_captions
 from ..formats.entities import write_flickr30k_entities
@@ -192,8 +193,8 @@ def replay_world(data_dir: str | Path) -> tuple[list[str], list[str], list, list
         written.setdefault(r.image_id, []).append(r.caption)
     for image_id, caps in zip(ids, captions):
         if written.get(image_id, written.get(f"{image_id}.png")) not in (None, [c.raw for c in caps]):
-            raise ValueError(f"{data_dir}: re-rendering image {image_id} does not give its captions; "
-                             "was the world written with other settings?")
+            raise ConfigError(f"{data_dir}: re-rendering image {image_id} does not give its captions; "
+                              "was the world written with other settings?")
     return ids, splits, objects, captions
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import distributed
+from ..core.errors import FormatError
 from ..model.modeling import MVPTR
 from ..vision.regions import box_iou, ground_truth_box
 
@@ -66,7 +67,7 @@ def evaluate_grounding(
                 total += 1
     correct, chance, total = distributed.total(torch.tensor([correct, chance, total], dtype=torch.float64)).tolist()
     if total == 0:  # an accuracy of nothing is no number at all
-        raise ValueError("grounding: no mentions to evaluate (no example has a mention with boxes)")
+        raise FormatError("grounding: no mentions to evaluate (no example has a mention with boxes)")
     return {
         "acc": round(100.0 * correct / total, 2),
         "chance": round(100.0 * chance / total, 2),

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from ..core.errors import ConfigError, FormatError, NotFiniteError
 from .retrieval import EncodedSet, check_finite_scores, itm_scores
 
 
@@ -21,9 +22,9 @@ def auc(positive, negative) -> float:
     (the Mann-Whitney statistic). Empty sets and NaN scores are errors."""
     pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
     if pos.size == 0 or neg.size == 0:
-        raise ValueError(f"AUC needs positive and negative scores (got {pos.size} and {neg.size})")
+        raise FormatError(f"AUC needs positive and negative scores (got {pos.size} and {neg.size})")
     if np.isnan(pos).any() or np.isnan(neg).any():
-        raise ValueError("AUC of NaN scores: the model produced NaN")
+        raise NotFiniteError("AUC of NaN scores: the model produced NaN")
     ranks = rankdata(np.concatenate([pos, neg]))  # ties share their mean rank
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
@@ -33,7 +34,7 @@ def negative_images(sim: torch.Tensor, text_image: torch.Tensor, hard_k: int, se
     image, and its ``hard_k`` most similar other images. Returns (random (N_t,), hard (N_t, k))."""
     n_images = sim.shape[0]
     if n_images < 2:
-        raise ValueError(f"ITM separation needs at least 2 images, got {n_images}")
+        raise FormatError(f"ITM separation needs at least 2 images, got {n_images}")
     k = min(hard_k, n_images - 1)
     g = torch.Generator().manual_seed(seed)
     shift = torch.randint(1, n_images, (len(text_image),), generator=g)  # any image but the caption's own
@@ -57,8 +58,8 @@ def itm_separation(model, texts: EncodedSet, images: EncodedSet, text_image: tor
     own image against its random and its hard negative images (``text_image``: each caption's
     image index; ``captions``: the captions to score, default all)."""
     if texts.emb is None:
-        raise ValueError("ITM separation needs the uni-modal similarity to find hard negatives; "
-                         "the merged-attention model has none")
+        raise ConfigError("ITM separation needs the uni-modal similarity to find hard negatives; "
+                          "the merged-attention model has none")
     sim = (images.emb @ texts.emb.t()).float().cpu()
     check_finite_scores(sim, "uni-modal similarity (rows: images, columns: captions)")
     captions = torch.arange(len(text_image)) if captions is None else captions

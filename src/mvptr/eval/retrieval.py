@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..core import distributed
 from ..core.config import Config
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, FormatError, NotFiniteError
 from ..core.precision import autocast
 from ..model.modeling import MVPTR
 
@@ -39,7 +39,7 @@ def check_finite_scores(scores: torch.Tensor, where: str) -> None:
     nan = torch.isnan(scores)
     if nan.any():
         row, col = (int(i) for i in torch.nonzero(nan)[0])
-        raise ValueError(f"{where}: {int(nan.sum())} NaN scores (first at row {row}, column {col})")
+        raise NotFiniteError(f"{where}: {int(nan.sum())} NaN scores (first at row {row}, column {col})")
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str = "scores",
@@ -56,11 +56,11 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=KS, where: str
     naming ``where``.
     """
     if scores.shape[0] == 0:
-        raise ValueError(f"{where}: no queries to rank")
+        raise FormatError(f"{where}: no queries to rank")
     check_finite_scores(scores, where)
     lonely = ~positives.any(1)
     if lonely.any():
-        raise ValueError(f"{where}: query {int(torch.nonzero(lonely)[0])} has no positive candidate")
+        raise FormatError(f"{where}: query {int(torch.nonzero(lonely)[0])} has no positive candidate")
     negatives = ~positives
     if first is None:
         best = scores.masked_fill(negatives, float("-inf")).max(1, keepdim=True).values
@@ -219,7 +219,7 @@ def evaluate_retrieval(
     with ``keep_pairs`` the re-scored pairs: {"image", "text", "itm", "sim"} (P,) tensors. The
     merged model (no global embeddings) gets {"itm": R} from every pair; see ``all_pairs_retrieval``."""
     if len(images.hidden) == 0 or len(texts.hidden) == 0:
-        raise ValueError(f"retrieval: nothing to rank ({len(images.hidden)} images, {len(texts.hidden)} captions)")
+        raise FormatError(f"retrieval: nothing to rank ({len(images.hidden)} images, {len(texts.hidden)} captions)")
     if texts.emb is None:
         if score != "itm":
             raise ConfigError(f"eval.rerank_score={score}: the merged-attention model has no uni-modal similarity "
@@ -238,15 +238,15 @@ def evaluate_retrieval(
     itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
     if torch.isnan(itm).any():
         first = pairs[torch.isnan(itm)][0].tolist()
-        raise ValueError(f"ITM scores: {int(torch.isnan(itm).sum())} of the {len(pairs)} re-ranked pairs are NaN "
-                         f"(first: image {first[0]}, caption {first[1]})")
+        raise NotFiniteError(f"ITM scores: {int(torch.isnan(itm).sum())} of the {len(pairs)} re-ranked pairs are NaN "
+                             f"(first: image {first[0]}, caption {first[1]})")
     pair_sim = sim[pairs[:, 0], pairs[:, 1]]
     if score == "itm+sim":
         pair_scores = itm + pair_sim
     elif score == "itm":
         pair_scores = itm
     else:
-        raise ValueError(f"unknown rerank score {score!r} (expected 'itm' or 'itm+sim')")
+        raise ConfigError(f"unknown rerank score {score!r} (expected 'itm' or 'itm+sim')")
     fine = torch.full_like(sim, float("nan"))
     fine[pairs[:, 0], pairs[:, 1]] = pair_scores
     rerank = reranked_recall(sim, fine, wanted, by_text, positives)

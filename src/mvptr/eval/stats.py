@@ -13,6 +13,8 @@ import statistics
 
 from scipy.stats import t as student_t
 
+from ..core.errors import ConfigError, NotFiniteError
+
 
 def mean_interval(values, level: float = 0.95) -> dict:
     """``{"mean", "half_width", "n"}``: the mean of ``values`` and the half width of its
@@ -20,11 +22,11 @@ def mean_interval(values, level: float = 0.95) -> dict:
     is an error, never averaged into a figure."""
     xs = [float(v) for v in values]
     if len(xs) < 2:
-        raise ValueError(f"a confidence interval needs at least 2 values (one per seed), got {len(xs)}")
+        raise ConfigError(f"a confidence interval needs at least 2 values (one per seed), got {len(xs)}")
     if any(math.isnan(x) for x in xs):
-        raise ValueError(f"a confidence interval of NaN values: {xs}")
+        raise NotFiniteError(f"a confidence interval of NaN values: {xs}")
     if not 0.0 < level < 1.0:
-        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+        raise ConfigError(f"confidence level must be in (0, 1), got {level}")
     sd = statistics.stdev(xs)
     half = float(student_t.ppf(0.5 + level / 2, len(xs) - 1)) * sd / math.sqrt(len(xs))
     return {"mean": statistics.fmean(xs), "half_width": half, "n": len(xs)}

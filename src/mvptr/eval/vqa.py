@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from ..core.errors import FormatError
 from ..data.answers import clean, normalize_answer
 
 
@@ -17,7 +18,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     human, min(1, matches among the others / 3), summed in order and divided by their number,
     as the official code does (so that rounded means agree to the last digit)."""
     if not answers:
-        raise ValueError("no human answers to score a prediction against")
+        raise FormatError("no human answers to score a prediction against")
     humans = [clean(a) for a in answers]
     pred = clean(prediction)
     if len(set(humans)) > 1:
@@ -35,12 +36,12 @@ def evaluate_vqa(predictions: Mapping[int, str], questions: Iterable) -> dict:
     scores: dict[str, list[float]] = {}
     for q in questions:
         if not q.answers:
-            raise ValueError(f"question {q.question_id}: no human answers to score against")
+            raise FormatError(f"question {q.question_id}: no human answers to score against")
         acc = vqa_accuracy(predictions.get(q.question_id, ""), q.answers)
         scores.setdefault("overall", []).append(acc)
         scores.setdefault(q.answer_type or "other", []).append(acc)
     if not scores:
-        raise ValueError("no annotated questions to evaluate")
+        raise FormatError("no annotated questions to evaluate")
     out = {k: round(100 * sum(v) / len(v), 2) for k, v in scores.items()}
     out["questions"] = len(scores["overall"])
     return out

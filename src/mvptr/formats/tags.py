@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..core.errors import FormatError
+from ..core.errors import ConfigError, FormatError
 from ..core.fileio import PathLike, load_json, write_text_atomic
 
 KEYS = ("id", "stem")  # a COCO image by its id ("391895"), or its file name's stem
@@ -45,7 +45,7 @@ def tags_from_coco_instances(paths: Iterable[PathLike], key: str = "id") -> dict
     or more COCO instances files (train and val, say); ``key`` "stem" names images by their
     file name without extension instead of their id."""
     if key not in KEYS:
-        raise ValueError(f"unknown image key {key!r} (expected one of {', '.join(KEYS)})")
+        raise ConfigError(f"unknown image key {key!r} (expected one of {', '.join(KEYS)})")
     tags: dict[str, list[str]] = {}
     for path in paths:
         data = load_json(path)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.config import ModelConfig
+from ..core.errors import ConfigError
 
 
 class Dropout(nn.Module):
@@ -29,7 +30,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability {p} is not in [0, 1)")
+            raise ConfigError(f"dropout probability {p} is not in [0, 1)")
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.hidden_size % cfg.num_heads:
-            raise ValueError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
+            raise ConfigError(f"hidden_size {cfg.hidden_size} is not a multiple of num_heads {cfg.num_heads}")
         self.num_heads = cfg.num_heads
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from ..core.errors import ConfigError
 from ..text.tokenizer import IGNORE
 
 # up to this many masked concepts, every permutation is scored at once (6! = 720)
@@ -66,7 +67,7 @@ def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungar
     if matching == "hungarian":
         labels = hungarian_labels(logits, labels)
     elif matching != "aligned":
-        raise ValueError(f"unknown MCR matching {matching!r} (expected 'hungarian' or 'aligned')")
+        raise ConfigError(f"unknown MCR matching {matching!r} (expected 'hungarian' or 'aligned')")
     if average == "sample":
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
         return per_sample_mean_ce(logits.flatten(0, -2), labels.flatten(), rows.flatten(), labels.shape[0])
@@ -76,7 +77,7 @@ def mcr_loss(logits: torch.Tensor, labels: torch.Tensor, matching: str = "hungar
 
 def _check_average(average: str) -> None:
     if average not in ("token", "sample"):
-        raise ValueError(f"unknown loss average {average!r} (expected 'token' or 'sample')")
+        raise ConfigError(f"unknown loss average {average!r} (expected 'token' or 'sample')")
 
 
 def _labelled_mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,7 @@ def sample_negatives(
                 probs = probs.to(generator.device)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
         else:
-            raise ValueError(f"unknown negative sampling {mode!r} (expected 'sampled', 'hardest' or 'uniform')")
+            raise ConfigError(f"unknown negative sampling {mode!r} (expected 'sampled', 'hardest' or 'uniform')")
     return idx, valid
 
 

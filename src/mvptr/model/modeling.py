@@ -104,11 +104,40 @@ class FusedOutput:
 
 
 class MVPTR(nn.Module):
+    """The MVPTR network: embeddings, encoders and pre-training heads; no files, no tokenizer.
+
+    What it holds:
+
+    - ``cfg`` (:class:`~mvptr.core.config.ModelConfig`), fixed at construction;
+    - one embedding table, ``cfg.vocab_size`` word rows (``word_rows``) followed by
+      ``num_phrases`` phrase-concept rows (``phrase_rows``); words, tags and phrases share it;
+    - ``tag_pieces`` (T, P), a buffer: the word pieces of each detector tag class, saved
+      with the weights, so tag ids mean the same classes wherever the model is loaded;
+    - two-stream (default): ``text_encoder``, ``visual_encoder``, ``multimodal_encoder``,
+      the global projections ``text_proj`` / ``visual_proj`` and the VSC ``logit_scale``;
+      merged (``cfg.merged_attention``): one ``encoder`` and no global embeddings;
+    - the heads of MLM, MCR^s, MCR^v and ITM (``mlm_logits`` ... ``itm_logits``).
+
+    What it promises:
+
+    - ``encode_text`` / ``encode_image`` give each row's outputs and its L2-normalised global
+      embedding (:class:`TextOutput`, :class:`ImageOutput`); the merged model refuses them
+      (:class:`~mvptr.core.errors.ConfigError`);
+    - ``fuse`` / ``fuse_outputs`` / ``fuse_batch`` read row i of the text with row i of the
+      image (:class:`FusedOutput`);
+    - padding (mask False) changes no output of a real token, and phrases and tags are sets:
+      permuting them permutes their outputs only (both tested in tests/unit/model/test_model.py);
+    - a settings combination it cannot honour is a ConfigError at construction, never ignored.
+
+    Persistence is :mod:`mvptr.checkpoint.model_dir`'s (a model directory), task heads are
+    :mod:`mvptr.model.task_models`', and losses are :mod:`mvptr.model.losses`'.
+    """
+
     def __init__(self, cfg: ModelConfig, num_phrases: int, tag_pieces: torch.Tensor):
         """tag_pieces: (T, P) word-piece ids of each tag class, 0-padded."""
         super().__init__()
         if cfg.layout not in ("mvptr", "official"):
-            raise ValueError(f"unknown layout {cfg.layout!r} (expected 'mvptr' or 'official')")
+            raise ConfigError(f"unknown layout {cfg.layout!r} (expected 'mvptr' or 'official')")
         self.cfg = cfg
         self.num_phrases = num_phrases
         h = cfg.hidden_size
@@ -270,7 +299,7 @@ class MVPTR(nn.Module):
         if self.cfg.global_pool == "mean":
             w = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
-        raise ValueError(f"unknown global_pool {self.cfg.global_pool!r} (expected 'cls' or 'mean')")
+        raise ConfigError(f"unknown global_pool {self.cfg.global_pool!r} (expected 'cls' or 'mean')")
 
     def fuse(
         self,

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..checkpoint.model_dir import Bundle
 from ..core import distributed
 from ..core.config import Config, TaskConfig
-from ..core.errors import SkippedSamples
+from ..core.errors import FormatError, SkippedSamples
 from ..data.builders import collator
 from ..data.pretrain import ImageSource, open_images
 from ..data.tasks import TaskCollator, TaskImages
@@ -124,7 +124,7 @@ def predict(run: TaskRun, dataset, collate, num_outputs: int) -> torch.Tensor:
 def classification_accuracy(pred: torch.Tensor, gold: torch.Tensor, labels) -> dict:
     """Accuracy (percent) overall and per gold label (recall of each class); no example is an error."""
     if len(gold) == 0:
-        raise ValueError("classification: no examples to evaluate")
+        raise FormatError("classification: no examples to evaluate")
     per_label = {name: round(100.0 * (pred[gold == k] == k).float().mean().item(), 2)
                  for k, name in enumerate(labels) if (gold == k).any()}
     return {"acc": round(100.0 * (pred == gold).float().mean().item(), 2), "per_label": per_label}

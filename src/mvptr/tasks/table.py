@@ -30,9 +30,9 @@ def register_task(task: Task, replace_existing: bool = False) -> Task:
     ``replace_existing``); it is then a choice of ``mvptr finetune`` / ``evaluate`` and its
     ``finetune.<name>`` section a part of the configuration."""
     if not task.name or "." in task.name or "=" in task.name:
-        raise ValueError(f"task name {task.name!r}: expected a non-empty name without '.' or '='")
+        raise ConfigError(f"task name {task.name!r}: expected a non-empty name without '.' or '='")
     if task.name in TASKS and not replace_existing:
-        raise ValueError(f"a task named {task.name!r} is registered already ({type(TASKS[task.name]).__name__})")
+        raise ConfigError(f"a task named {task.name!r} is registered already ({type(TASKS[task.name]).__name__})")
     TASKS[task.name] = task
     return task
 

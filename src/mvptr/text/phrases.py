@@ -215,8 +215,8 @@ def phrase_string(phrase: Sequence[str]) -> str:
         return f"{attr} {obj}"
     if len(phrase) == 3:
         return " ".join(phrase)
-    raise ValueError(f"expected an (object, attribute) or (subject, relation, object) tuple, "
-                     f"got {tuple(phrase)!r}")
+    raise FormatError(f"expected an (object, attribute) or (subject, relation, object) tuple, "
+                      f"got {tuple(phrase)!r}")
 
 
 def _key(phrase: str | Sequence[str]) -> str:
@@ -294,7 +294,7 @@ class PhraseVocab:
             raise FormatError(f"{path}: not a phrase vocabulary of `mvptr prepare phrases` ({err!r}); build it "
                               "again", "model directory") from None
         if vocab._ids != data["phrases"]:
-            raise ValueError(f"{path}: phrase ids do not follow the frequency order of \"freq\"")
+            raise FormatError(f"{path}: phrase ids do not follow the frequency order of \"freq\"")
         return vocab
 
 

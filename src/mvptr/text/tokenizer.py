@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from transformers import BertTokenizerFast
 
+from ..core.errors import ConfigError
 from ..core.extras import needs
 
 # special ids of the bert-base-uncased vocabulary
@@ -33,7 +34,7 @@ class WordPieces:
 
     def __init__(self, tokenizer: BertTokenizerFast, max_tokens: int):
         if max_tokens < 2:
-            raise ValueError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
+            raise ConfigError(f"max_tokens must be at least 2 ([CLS] and [SEP]), got {max_tokens}")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.pieces = lru_cache(maxsize=None)(self._pieces)

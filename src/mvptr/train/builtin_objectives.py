@@ -8,6 +8,7 @@ import torch
 
 from ..core.config import ObjectiveConfig
 from ..core.distributed import gather_cat
+from ..core.errors import ConfigError
 from ..model import losses as L
 from .objective import Objective
 from .passes import Passes
@@ -53,7 +54,7 @@ def wpg_loss(p: Passes) -> torch.Tensor:
 
 def check_wpg(obj: ObjectiveConfig) -> None:
     if obj.wpg_variant not in ("paper", "official"):
-        raise ValueError(f"unknown wpg_variant {obj.wpg_variant!r} (expected 'paper' or 'official')")
+        raise ConfigError(f"unknown wpg_variant {obj.wpg_variant!r} (expected 'paper' or 'official')")
 
 
 def _separate_pass_absent(batch: dict) -> bool:

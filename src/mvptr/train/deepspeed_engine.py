@@ -26,6 +26,8 @@ import torch
 from ..checkpoint.model_dir import Bundle, save_model_dir
 from ..core import distributed
 from ..core.config import StageConfig
+from ..core.errors import ConfigError, MissingFileError
+from ..core.extras import MissingExtra
 
 DS_DIR = "deepspeed"
 
@@ -36,7 +38,8 @@ def import_deepspeed(device: str):
     try:
         import deepspeed
     except ImportError as err:
-        raise ImportError(f'stage.engine=deepspeed needs DeepSpeed ({err}): pip install "mvptr[deepspeed]"') from None
+        raise MissingExtra(f'stage.engine=deepspeed needs DeepSpeed ({err}): pip install "mvptr[deepspeed]"',
+                           name="deepspeed") from None
     return deepspeed
 
 
@@ -45,10 +48,10 @@ def ds_config(stage: StageConfig, world: int, trainable: int = int(5e8)) -> dict
     and precision as the torch engine (fp16's dynamic loss scale behaves as torch's GradScaler)."""
     accum = stage.grad_accum_steps
     if stage.zero_stage not in (1, 2):  # ZeRO 3 partitions the weights themselves
-        raise ValueError(f"{stage.name}.zero_stage must be 1 or 2, not {stage.zero_stage}")
+        raise ConfigError(f"{stage.name}.zero_stage must be 1 or 2, not {stage.zero_stage}")
     if stage.batch_size % (world * accum):
-        raise ValueError(f"batch size {stage.batch_size} is not a multiple of "
-                         f"{world} processes x {accum} accumulation steps")
+        raise ConfigError(f"batch size {stage.batch_size} is not a multiple of "
+                          f"{world} processes x {accum} accumulation steps")
     config = {
         "train_batch_size": stage.batch_size,
         "train_micro_batch_size_per_gpu": stage.batch_size // (world * accum),
@@ -65,7 +68,7 @@ def ds_config(stage: StageConfig, world: int, trainable: int = int(5e8)) -> dict
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 2000,
                           "hysteresis": 1, "min_loss_scale": 1}
     elif stage.precision != "fp32":
-        raise ValueError(f"unknown precision {stage.precision!r}")
+        raise ConfigError(f"unknown precision {stage.precision!r}")
     return config
 
 
@@ -109,7 +112,7 @@ class DeepSpeedEngine:
             path, _ = self.engine.load_checkpoint(str(self.dir), tag=resume_tag, load_module_strict=False,
                                                   load_lr_scheduler_states=False)
             if path is None:
-                raise FileNotFoundError(f"{self.dir / resume_tag}: DeepSpeed checkpoint missing")
+                raise MissingFileError(f"{self.dir / resume_tag}: DeepSpeed checkpoint missing")
 
     def __call__(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return self.engine(batch, generator)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 
 from ..core.config import ObjectiveConfig
+from ..core.errors import ConfigError
 
 # the input sets a collator masks for an objective, with the setting that gives the probability
 MASKED_INPUTS = {"words": "mlm_mask_prob", "phrases": "phrase_mask_prob", "tags": "tag_mask_prob"}
@@ -60,13 +61,13 @@ class Objective:
 
     def __post_init__(self):
         if not self.name or "." in self.name or "=" in self.name:
-            raise ValueError(f"objective name {self.name!r}: a non-empty name without '.' or '=' (it is a config key)")
+            raise ConfigError(f"objective name {self.name!r}: a non-empty name without '.' or '=' (it is a config key)")
         if self.masks and self.masks not in MASKED_INPUTS:
-            raise ValueError(f"objective {self.name}: masks={self.masks!r} "
+            raise ConfigError(f"objective {self.name}: masks={self.masks!r} "
                              f"(expected one of {', '.join(MASKED_INPUTS)})")
         unknown = [i for i in self.inputs if i not in INPUTS]
         if unknown:
-            raise ValueError(f"objective {self.name}: unknown inputs {unknown} (expected some of {', '.join(INPUTS)})")
+            raise ConfigError(f"objective {self.name}: unknown inputs {unknown} (expected some of {', '.join(INPUTS)})")
 
     def inputs_on(self, obj: ObjectiveConfig) -> bool:
         """Whether every input it reads is switched on."""

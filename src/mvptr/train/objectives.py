@@ -13,6 +13,7 @@ draw one panel each. Adding an objective is one declaration and one call::
 from __future__ import annotations
 
 from ..core.config import ObjectiveConfig
+from ..core.errors import ConfigError, WrongTypeError
 from ..core.objectives import OBJECTIVES, switched_objectives, switched_on
 from ..data.collate import Masking
 from .builtin_objectives import BUILTIN
@@ -29,9 +30,9 @@ def register_objective(objective: Objective) -> Objective:
     weighted by ``objective.weight`` unless ``stage2.loss_weights.<name>`` says otherwise. A name
     taken already is an error."""
     if not isinstance(objective, Objective):
-        raise TypeError(f"register_objective takes an Objective, not {type(objective).__name__}")
+        raise WrongTypeError(f"register_objective takes an Objective, not {type(objective).__name__}")
     if objective.name in OBJECTIVES or objective.name in switched_objectives(ObjectiveConfig()):
-        raise ValueError(f"an objective named {objective.name!r} exists already")
+        raise ConfigError(f"an objective named {objective.name!r} exists already")
     OBJECTIVES[objective.name] = objective
     return objective
 
@@ -39,7 +40,7 @@ def register_objective(objective: Objective) -> Objective:
 def unregister_objective(name: str) -> None:
     """Remove an objective added with :func:`register_objective` (the built-in ones stay)."""
     if name in {o.name for o in BUILTIN}:
-        raise ValueError(f"{name!r} is a built-in objective; switch it off with objectives.{name}=false")
+        raise ConfigError(f"{name!r} is a built-in objective; switch it off with objectives.{name}=false")
     OBJECTIVES.pop(name, None)
 
 
@@ -48,7 +49,7 @@ def active_objectives(names: list[str], obj: ObjectiveConfig) -> list[Objective]
     (the order their losses are computed and summed in). An unknown name is a ValueError."""
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown:
-        raise ValueError(f"unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
+        raise ConfigError(f"unknown objectives {unknown} (known: {', '.join(OBJECTIVES)})")
     return [o for name, o in OBJECTIVES.items() if name in names and switched_on(obj, name)]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.config import ObjectiveConfig
+from ..core.errors import ConfigError
 from ..model import losses as L
 from ..model.modeling import MVPTR
 from .objective import Objective
@@ -28,7 +29,7 @@ def itm_sides(idx: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]
         return idx[:half], idx[half:]
     if mode == "both":
         return idx, idx
-    raise ValueError(f"unknown itm_negatives {mode!r} (expected 'half_each' or 'both')")
+    raise ConfigError(f"unknown itm_negatives {mode!r} (expected 'half_each' or 'both')")
 
 
 @dataclass

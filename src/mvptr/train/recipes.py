@@ -52,12 +52,12 @@ def pretraining_recipe(name: str, objectives: list[str], obj: ObjectiveConfig, m
     try:
         declared = active_objectives(objectives, obj)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        raise ConfigError(f"{name}: {err}") from None
     for o in declared:
         if o.check is not None:
             o.check(obj)
     if not declared:
-        raise ValueError(f"{name}: every objective is switched off")
+        raise ConfigError(f"{name}: every objective is switched off")
     active = [o.name for o in declared]
     cross = any(o.cross_modal for o in declared)
     if merged:

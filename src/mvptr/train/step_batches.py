@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..core.errors import ConfigError
+
 
 def step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7919 + stream) % (2**63 - 1)
@@ -28,7 +30,7 @@ class StepBatches(Sampler):
     def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, *,
                  rank: int = 0, world: int = 1, accum: int = 1):
         if batch_size % (world * accum):
-            raise ValueError(f"batch size {batch_size} is not a multiple of "
+            raise ConfigError(f"batch size {batch_size} is not a multiple of "
                              f"{world} processes x {accum} accumulation steps")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
         self.rank, self.world, self.accum = rank, world, accum

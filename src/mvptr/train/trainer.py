@@ -219,7 +219,7 @@ def set_up(bundle: Bundle, recipe: Recipe, dataset: Dataset, stage: StageConfig,
     model = bundle.model.to(device)
     total = stage_steps(stage, len(dataset))
     if stage.engine not in ("torch", "deepspeed"):
-        raise ValueError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
+        raise ConfigError(f"{stage.name}: unknown engine {stage.engine!r} (expected torch or deepspeed)")
     sharded = stage.shard_optimizer and d.on and stage.engine != "deepspeed"
     groups = param_groups(model, recipe.trainable, stage.weight_decay, stage.lr, recipe.lr_scale)
     optimizer = adamw(groups, stage.lr, sharded)

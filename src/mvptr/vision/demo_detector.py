@@ -32,6 +32,7 @@ from scipy import ndimage
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.errors import ConfigError, FormatError
 from .regions import Regions, box_position_features
 
 ATTRIBUTES = ("shape", "color", "size")
@@ -75,7 +76,7 @@ class DemoDetector(nn.Module):
     ):
         super().__init__()
         if crop_size % 8:
-            raise ValueError(f"crop_size must be a multiple of 8, got {crop_size}")
+            raise ConfigError(f"crop_size must be a multiple of 8, got {crop_size}")
         self.config = {
             "shapes": list(shapes), "colors": list(colors), "sizes": list(sizes),
             "feat_dim": int(feat_dim), "crop_size": int(crop_size), "fg_threshold": float(fg_threshold),
@@ -210,7 +211,7 @@ class DemoDetector(nn.Module):
         held = np.isin(img_idx, held_images)
         train = np.flatnonzero(~held)
         if len(train) == 0:
-            raise ValueError("no training objects: give images with objects and holdout < 1")
+            raise ConfigError("no training objects: give images with objects and holdout < 1")
         steps_per_epoch = math.ceil(len(train) / batch_size)
         total = epochs * steps_per_epoch
 
@@ -303,7 +304,7 @@ class DemoDetector(nn.Module):
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if "config" not in metadata:
-                raise ValueError(f"{path}: no detector config in the safetensors metadata")
+                raise FormatError(f"{path}: no detector config in the safetensors metadata")
             state = {k: f.get_tensor(k) for k in f.keys()}
         detector = cls(**json.loads(metadata["config"]))
         detector.load_state_dict(state)

@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from ..core.errors import FormatError, skip_or_raise
+from ..core.errors import ConfigError, FormatError, MissingFileError, skip_or_raise
+from ..core.extras import MissingExtra
 from ..core.shards import shard_part
 from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from .demo_detector import DemoDetector
@@ -47,13 +48,13 @@ class FasterRCNNDetector:
         try:
             from torchvision.models.detection import fasterrcnn_resnet50_fpn
         except (ImportError, RuntimeError, OSError) as err:  # also a torchvision built for another torch
-            raise ImportError(
+            raise MissingExtra(
                 f"the frcnn detector needs torchvision built for torch {torch.__version__} "
                 f"(pip install 'mvptr[detect]'); importing it failed: {err}") from None
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
-            raise ValueError(f"{weights}: expected a fasterrcnn_resnet50_fpn state dict "
-                             f"(roi_heads.box_predictor.cls_score.weight not found)")
+            raise FormatError(f"{weights}: expected a fasterrcnn_resnet50_fpn state dict "
+                              f"(roi_heads.box_predictor.cls_score.weight not found)")
         num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
         self.model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
                                              box_score_thresh=score_threshold, box_detections_per_img=max_regions)
@@ -62,7 +63,7 @@ class FasterRCNNDetector:
         self.device = device
         self.classes = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
         if len(self.classes) != num_classes:
-            raise ValueError(f"{weights}: {num_classes} classes in the weights, {len(self.classes)} names given")
+            raise FormatError(f"{weights}: {num_classes} classes in the weights, {len(self.classes)} names given")
 
     @torch.no_grad()
     def detect(self, images: Sequence[np.ndarray], batch_size: int = 4, progress: bool = False) -> list[Regions]:
@@ -101,19 +102,19 @@ def load_detector(kind: str, weights: str | Path | None, device: str = "cpu"):
     """A detector of ``kind`` ("demo": a :class:`DemoDetector` safetensors file; "frcnn": a
     :class:`FasterRCNNDetector` state-dict file, run on ``device``) from ``weights``."""
     if kind not in DETECTORS:
-        raise ValueError(f"unknown detector {kind!r} (expected 'demo' or 'frcnn')")
+        raise ConfigError(f"unknown detector {kind!r} (expected 'demo' or 'frcnn')")
     if weights is None:
-        raise ValueError(f"the {kind} detector needs --weights"
+        raise ConfigError(f"the {kind} detector needs --weights"
                          + (", a fasterrcnn_resnet50_fpn state-dict file" if kind == "frcnn" else ""))
     if not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: {kind} detector weights not found"
+        raise MissingFileError(f"{weights}: {kind} detector weights not found"
                                 + (" (written by `mvptr prepare demo`)" if kind == "demo" else ""))
     if kind == "frcnn":
         return FasterRCNNDetector(weights, device=device)
     try:
         return DemoDetector.load(weights)
     except (SafetensorError, KeyError, RuntimeError) as err:  # another file, or another detector's weights
-        raise ValueError(f"{weights}: not a demo detector's safetensors file ({str(err)[:160]})") from None
+        raise FormatError(f"{weights}: not a demo detector's safetensors file ({str(err)[:160]})") from None
 
 
 def region_width(detector) -> int:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.errors import ConfigError
+
 __all__ = ["Regions", "box_position_features", "box_iou", "ground_truth_box"]
 
 
@@ -76,4 +78,4 @@ def ground_truth_box(boxes: list, protocol: str) -> np.ndarray:
         return np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]
     if protocol == "any":
         return b
-    raise ValueError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")
+    raise ConfigError(f"unknown grounding protocol {protocol!r} (expected 'merged' or 'any')")

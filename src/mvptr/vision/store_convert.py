@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..core.errors import FormatError, SkippedSamples, skip_or_raise
+from ..core.errors import FormatError, OutputExistsError, SkippedSamples, skip_or_raise
 from ..core.fileio import naming, tmp_dir
 from ..core.shards import shard_part
 from ..formats.vinvl import VinVLFeatures, VinVLPredictions, write_vinvl_features, write_vinvl_predictions
@@ -61,7 +61,7 @@ def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: in
     t0 = time.perf_counter()
     out = Path(out_dir)
     if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another output directory")
+        raise OutputExistsError(f"{out} already exists; remove it or choose another output directory")
     tmp = tmp_dir(out)  # those left by an interrupted conversion are removed
     try:
         with naming(out):  # a write on a full disk names the store
@@ -128,7 +128,7 @@ def merge_stores(store_dirs, out_dir) -> dict:
     t0 = time.perf_counter()
     out = Path(out_dir)
     if (out / "meta.json").exists():
-        raise FileExistsError(f"{out} already holds a feature store; remove it or choose another output directory")
+        raise OutputExistsError(f"{out} already holds a feature store; remove it or choose another output directory")
     stores = [MemmapStore(d) for d in store_dirs]
     if not stores:
         raise FormatError(f"{out}: no stores to merge")

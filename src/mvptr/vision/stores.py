@@ -1,8 +1,8 @@
 """Region feature stores: where the pre-training data reads each image's regions.
 
-Two stores give the same per-image dict (``region_feats`` float32 (n, D), ``boxes``
-float32 (n, 4), ``confs`` float32 (n,), ``classes`` (n class names), ``width``,
-``height``):
+Every store keeps the contract written down as :class:`FeatureStore`. Two formats give the
+same per-image dict (``region_feats`` float32 (n, D), ``boxes`` float32 (n, 4), ``confs``
+float32 (n,), ``classes`` (n class names), ``width``, ``height``):
 
 * :class:`TSVStore` reads the VinVL ``features.tsv`` + ``predictions.tsv`` pair: a
   base64 float32 row and a JSON row to decode per image;
@@ -29,15 +29,17 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from ..core.errors import FormatError, SkippedSamples
+from ..core.errors import ConfigError, FormatError, MissingFileError, SkippedSamples
 from ..core.fileio import load_json
 from ..formats.vinvl import VinVLFeatures, VinVLPredictions
 
-__all__ = ["CorpusStores", "MemmapStore", "TSVStore", "open_store", "parse_detections"]
+__all__ = ["CorpusStores", "FeatureStore", "MemmapStore", "TSVStore", "open_store", "parse_detections",
+           "store_format"]
 
 FORMAT = "mvptr-feature-store"
 VERSION = 1
@@ -57,6 +59,30 @@ def parse_detections(where: str, pred: dict) -> dict:
         "width": float(w),
         "height": float(h),
     }
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """What every store of region features promises (:class:`TSVStore`, :class:`MemmapStore`,
+    :class:`CorpusStores`): images looked up by their string id.
+
+    ``store[image_id]`` is a new dict the caller may change: ``region_feats`` float32 (n, D),
+    ``boxes`` float32 (n, 4) xyxy pixels, ``confs`` float32 (n,), ``classes`` (n detector class
+    names), ``width`` and ``height`` (pixels); n may be 0. An id the store lacks, or a damaged
+    entry, raises :class:`~mvptr.core.errors.FormatError` naming the file and the id.
+    ``detections(image_id)`` is the same dict without ``region_feats`` (nothing decoded but the
+    boxes). A store may be pickled into DataLoader workers; it reopens its files there.
+    """
+
+    def __len__(self) -> int: ...  # the number of images
+
+    def __contains__(self, image_id: object) -> bool: ...
+
+    def ids(self) -> list[str]: ...  # every image id, in the store's order
+
+    def detections(self, image_id: str) -> dict: ...
+
+    def __getitem__(self, image_id: str) -> dict: ...
 
 
 class TSVStore:
@@ -212,22 +238,43 @@ class MemmapStore:
         return self._read(image_id, features=True)
 
 
+def store_format(features: str | os.PathLike) -> str:
+    """Which format ``features`` is in, from what is on disk: "memmap" for a store directory
+    (its ``meta.json`` says so), "vinvl-tsv" for a file (a VinVL ``features.tsv``). A
+    directory without ``meta.json`` or a path with nothing there is an error that says which."""
+    path = Path(features)
+    if path.is_dir():
+        if not (path / "meta.json").is_file():
+            raise FormatError(f"{path / 'meta.json'}: not found; {path} is a directory but not a feature store "
+                              "(`mvptr features convert` writes one), nor a VinVL features.tsv", "file not found")
+        return "memmap"
+    if path.is_file():
+        return "vinvl-tsv"
+    raise MissingFileError(f"{path}: no feature store directory or VinVL features.tsv there")
+
+
 def open_store(features: str, predictions: str, feat_dim: int | None = None,
                skip: SkippedSamples | None = None) -> MemmapStore | TSVStore:
-    """A memmap store when ``features`` is a directory (``predictions`` is then unused), else the TSV pair."""
-    if os.path.isdir(features):
+    """The :class:`FeatureStore` at ``features``, in the format :func:`store_format` finds: a
+    memmap store directory (``predictions`` unused, ``skip`` too: its rows were checked when it
+    was written), or a VinVL ``features.tsv`` with its ``predictions.tsv``. ``feat_dim``: the
+    feature width the model reads (a store of another width is refused)."""
+    if store_format(features) == "memmap":
         return MemmapStore(features, feat_dim)
+    if not predictions:
+        raise ConfigError(f"{features}: a VinVL features.tsv needs its predictions.tsv (data.predictions, or "
+                          "--predictions)")
     return TSVStore(features, predictions, feat_dim, skip)
 
 
 class CorpusStores:
-    """Several corpora's stores read as one: image ids are ``"<corpus>/<image id>"``, so two
-    corpora may use the same id for different images."""
+    """Several corpora's stores read as one :class:`FeatureStore`: image ids are
+    ``"<corpus>/<image id>"``, so two corpora may use the same id for different images."""
 
-    def __init__(self, stores: dict):
+    def __init__(self, stores: dict[str, FeatureStore]):
         for name in stores:
             if not name or "/" in name:
-                raise ValueError(f"corpus name {name!r}: expected a non-empty name without '/'")
+                raise ConfigError(f"corpus name {name!r}: expected a non-empty name without '/'")
         self.stores = dict(stores)
 
     def _split(self, image_id) -> tuple:

@@ -65,7 +65,7 @@ def _caption(cfg, image_id: str, sentence_index: int):
     if not records:
         raise FormatError(f"{cfg.data.captions}: no captions for image {image_id!r}", "image not found")
     if not 0 <= sentence_index < len(records):
-        raise ValueError(f"image {image_id!r} has {len(records)} captions; no sentence {sentence_index}")
+        raise ConfigError(f"image {image_id!r} has {len(records)} captions; no sentence {sentence_index}")
     return records[sentence_index]
 def _heatmap(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
              vmax: float | None = None) -> None:

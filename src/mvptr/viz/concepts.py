@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError
 from ..core.extras import needs
 from .common import new_figure, region_colors, save_png
 
@@ -36,8 +37,8 @@ def plot_concepts(bundle, out_png, max_points: int = 400, seed: int = 0) -> Path
     phrases = [bundle.phrase_vocab.phrase(i) for i in range(len(phrase_rows))]
     rows = torch.nn.functional.normalize(torch.cat([tag_rows, phrase_rows]), dim=-1).numpy()
     if len(rows) < 3:
-        raise ValueError(f"t-SNE needs at least 3 rows, the model has {len(tag_rows)} tags "
-                         f"and {len(phrase_rows)} phrases")
+        raise ConfigError(f"t-SNE needs at least 3 rows, the model has {len(tag_rows)} tags "
+                          f"and {len(phrase_rows)} phrases")
     perplexity = float(min(30.0, max(1.0, (len(rows) - 1) / 3)))
     # one thread: t-SNE's OpenMP loops crawl when the cores are busy, and the map stays reproducible
     with threadpool_limits(1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core.errors import FormatError
 from ..core.extras import needs
 from ..core.fileio import read_json_lines
 from ..train.objectives import OBJECTIVES
@@ -22,7 +23,7 @@ def read_metrics(metrics_files) -> list[dict]:
         path = Path(path)
         for n, row in read_json_lines(path):
             if not isinstance(row, dict) or "step" not in row:
-                raise ValueError(f"{path} line {n}: expected a JSON object with a \"step\", got {str(row)[:80]!r}")
+                raise FormatError(f"{path} line {n}: expected a JSON object with a \"step\", got {str(row)[:80]!r}")
             stages.setdefault(str(row.get("stage", path.parent.name)), {})[int(row["step"])] = row
     rows, offset = [], 0
     for stage, by_step in stages.items():
@@ -42,7 +43,7 @@ def plot_training_curves(metrics_files, out_png) -> Path:
     files = [metrics_files] if isinstance(metrics_files, (str, Path)) else list(metrics_files)
     rows = read_metrics(files)
     if not rows:
-        raise ValueError(f"no metrics rows in {', '.join(map(str, files))}")
+        raise FormatError(f"no metrics rows in {', '.join(map(str, files))}")
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     spans = {}
     start = 0

@@ -44,7 +44,7 @@ def _grounding_example(bundle, cfg, image_id: str, sentence_index: int | None):
         if sentence_index is None or ex["sentence_index"] == sentence_index:
             return ex
     which = "any sentence" if sentence_index is None else f"sentence {sentence_index}"
-    raise ValueError(f"{cfg.eval.entities_dir}: no boxed mentions in {which} of image {image_id!r}")
+    raise FormatError(f"{cfg.eval.entities_dir}: no boxed mentions in {which} of image {image_id!r}")
 def ground_sentence(bundle, cfg, image_id: str, sentence_index: int | None = None) -> SentenceGrounding:
     """Ground the Flickr30k Entities mentions of one sentence (None: the image's first
     sentence with boxed mentions) exactly as ``evaluate_grounding`` does."""
@@ -129,4 +129,4 @@ def first_grounding_sentence(bundle, cfg, split: str | None = None) -> tuple[str
         examples = grounding_examples(entities, [image_id], bundle.tokenizer, cfg.data.max_tokens, lambda *_: [])
         if examples:
             return image_id, examples[0]["sentence_index"]
-    raise ValueError(f"{entities}: no {split} image has a sentence with boxed mentions")
+    raise FormatError(f"{entities}: no {split} image has a sentence with boxed mentions")

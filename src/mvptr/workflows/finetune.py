@@ -20,7 +20,7 @@ from ..checkpoint.model_dir import Bundle, record_training, write_model_card
 from ..checkpoint.task_dir import save_task_model
 from ..core import distributed
 from ..core.config import Config, TaskConfig, to_dict
-from ..core.errors import SkippedSamples
+from ..core.errors import ConfigError, SkippedSamples
 from ..core.runtime import torch_settings
 from ..tasks import TaskRun, task_named
 from ..tasks.base import classification_accuracy
@@ -114,7 +114,7 @@ def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | 
     cfg, t = setup(cfg, spec)
     bundle.model.eval()
     if spec.needs_head and not hasattr(bundle.model, "task_head"):
-        raise ValueError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
+        raise ConfigError(f"{task}: the model has no task head; fine-tune it first (`mvptr finetune {task}`)")
     hide = t.mask_regions if mask_regions is None else mask_regions
     out_dir = Path(out_dir) if out_dir is not None else None
     return spec.evaluate(TaskRun(cfg=cfg, bundle=bundle, t=t, out_dir=out_dir, progress=progress, skip=skip,

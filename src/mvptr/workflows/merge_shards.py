@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from ..core.errors import FormatError, SkippedSamples
+from ..core.errors import FormatError, OutputExistsError, SkippedSamples
 from ..core.fileio import load_json, tmp_file
 from ..core.shards import MARKER, SHARD_DIR_RE, shard_dir
 from ..formats.phrase_cache import read_phrase_cache, write_phrase_cache
@@ -70,8 +70,8 @@ def _shares(out: Path) -> tuple[list[Path], dict]:
 
 def _merge_phrases(out: Path, dirs: list[Path], marker: dict) -> dict:
     if (out / "phrase_vocab.json").exists():
-        raise FileExistsError(f"{out / 'phrase_vocab.json'} already exists; remove it (and phrase_cache.jsonl) "
-                              "to merge again")
+        raise OutputExistsError(f"{out / 'phrase_vocab.json'} already exists; remove it (and phrase_cache.jsonl) "
+                                "to merge again")
     cache: dict = {}
     for d in dirs:
         cache.update(read_phrase_cache(d / "phrase_cache.jsonl"))
@@ -99,7 +99,7 @@ class _NoParsing:
 
 def _merge_features(out: Path, dirs: list[Path]) -> dict:
     if (out / "features.tsv").exists():
-        raise FileExistsError(f"{out / 'features.tsv'} already exists; remove it to merge again")
+        raise OutputExistsError(f"{out / 'features.tsv'} already exists; remove it to merge again")
     index: dict[str, int] = {}
     for d in dirs:
         for image_id in load_json(d / "imageid2idx.json"):

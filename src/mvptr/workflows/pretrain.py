@@ -81,7 +81,7 @@ def _pretrain_stage(cfg, stage, bundle, out_dir, *, resume, progress, skipped, o
 
 def on_demo_world(cfg: Config) -> bool:
     """Whether the run's data are the demo world's (read from under ``demo.data_dir``)."""
-    return str(Path(cfg.demo.data_dir)) in json.dumps(to_dict(cfg.data))
+    return bool(cfg.demo.data_dir) and str(Path(cfg.demo.data_dir)) in json.dumps(to_dict(cfg.data))
 
 
 STAGES = ("stage1", "stage2")

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint.model_dir import Bundle
 from ..core.config import Config
+from ..core.errors import ConfigError, FormatError
 from ..data.builders import collator
 from ..eval.probes import TIE_RULE, ProbeSet, model_scorers, score_probes
 from ..eval.retrieval import EncodedSet, encode_images, encode_texts
@@ -33,7 +34,7 @@ def encode_probe_set(cfg: Config, bundle: Bundle, probes: ProbeSet,
     tuples, parsed when not given)."""
     tuples = caption_phrases(cfg, probes.captions) if phrases is None else phrases
     if len(tuples) != len(probes.captions):
-        raise ValueError(f"{len(probes.captions)} probe captions but {len(tuples)} phrase lists")
+        raise ConfigError(f"{len(probes.captions)} probe captions but {len(tuples)} phrase lists")
     pieces = WordPieces(bundle.tokenizer, cfg.data.max_tokens)
     vocab, m = bundle.phrase_vocab, cfg.data.max_phrases
     items = [{"input_ids": ids, "phrases": vocab.encode(t, m)} for ids, t in zip(pieces.captions(probes.captions),
@@ -50,7 +51,7 @@ def evaluate_probes(cfg: Config, bundle: Bundle, probes: ProbeSet,
     """{"itm": {kind: result}, "cosine": {kind: result}, "counts", "tie_rule"} of every probe
     (``mvptr.eval.probes.score_probes``); the merged-attention model is scored by ITM only."""
     if not probes.captions or not probes.images:
-        raise ValueError(f"no probes to score ({len(probes.captions)} captions, {len(probes.images)} images)")
+        raise FormatError(f"no probes to score ({len(probes.captions)} captions, {len(probes.images)} images)")
     texts, images = encode_probe_set(cfg, bundle, probes, phrases)
     scorers = model_scorers(bundle.model, texts, images, cfg.eval.batch_size, cfg.eval.precision)
     out = {name: score_probes(fn, probes, name) for name, fn in scorers.items()}
