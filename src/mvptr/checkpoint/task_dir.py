@@ -11,11 +11,13 @@ from safetensors.torch import load_file, save_file
 from ..core.config import task_kind
 from ..core.fileio import load_json
 from ..formats.snli_ve import VE_LABELS
-from ..model.task_models import TASK_MODELS, MVPTRForVE, MVPTRForVQA
+from ..model.task_models import TASK_MODELS, MVPTRForVE, MVPTRForVQA, TaskModel
 from ..text.tokenizer import pad_lists
+from .hub import resolve_model_dir
 from .model_dir import Bundle, load_model_dir, save_model_dir
 
-__all__ = ["HEAD_FILE", "TASK_FILE", "attach_head", "save_task_model", "load_task_model"]
+__all__ = ["HEAD_FILE", "TASK_FILE", "attach_head", "save_task_model", "load_task_model", "load_pretrained",
+           "save_pretrained"]
 
 HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
 
@@ -54,13 +56,29 @@ def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
     return save_model_dir(path, bundle, extra=add_task_files, weights=encoders)
 
 
-def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
+def load_task_model(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> Bundle:
     """A model directory, as its task's model with the saved head when it has one."""
     path = Path(path)
-    bundle = load_model_dir(path, device)
+    bundle = load_model_dir(path, device, trust_pickle)
     if (path / TASK_FILE).exists():
         info = load_json(path / TASK_FILE)
+        bundle.task = info
         attach_head(bundle, info["task"], info.get("answers"), init=False)
         if isinstance(bundle.model, tuple(TASK_MODELS.values())):
             bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))
     return bundle
+
+
+def load_pretrained(name_or_path: str | Path, device: str = "cpu", trust_pickle: bool = False, **hub) -> Bundle:
+    """The bundle of a model directory or a Hugging Face Hub repo id (``hub``: ``revision``,
+    ``cache_dir``, ``local_files_only``, ``token``): a fine-tuned model with its task's head."""
+    return load_task_model(resolve_model_dir(name_or_path, **hub), device, trust_pickle)
+
+
+def save_pretrained(path: str | Path, bundle: Bundle) -> Path:
+    """``bundle``'s model directory: with its task's head and task.json when it is fine-tuned."""
+    if bundle.task is not None:
+        return save_task_model(path, bundle, bundle.task)
+    if isinstance(bundle.model, TaskModel):  # given a head in memory (attach_head)
+        return save_task_model(path, bundle, {"task": type(bundle.model).task, **bundle.model.task_args()})
+    return save_model_dir(path, bundle)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MvptrError", "ConfigError", "FormatError", "OutputDirError", "UntrustedPickleError",
+__all__ = ["MvptrError", "ConfigError", "FormatError", "OutputDirError", "HubError", "UntrustedPickleError",
            "SkippedSamples", "skip_or_raise"]
 
 
@@ -44,6 +44,10 @@ class FormatError(MvptrError, ValueError):
 
 class OutputDirError(MvptrError, OSError):
     """An output directory that cannot take what a command will write (the user's to fix)."""
+
+
+class HubError(MvptrError, OSError):
+    """A Hugging Face Hub repository that cannot be found, reached or written (the user's to fix)."""
 
 
 class SkippedSamples:
