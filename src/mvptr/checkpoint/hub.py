@@ -44,8 +44,8 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, cac
     if not hub:
         given = [k for k, v in (("revision", revision), ("cache_dir", cache_dir), ("token", token)) if v is not None]
         if given:
-            raise ConfigError(f"{name_or_path}: {', '.join(given)} apply to a Hugging Face Hub repo id "
-                              f"(namespace/name), and this is a local path; leave them out")
+            raise ConfigError(f"{name_or_path}: a local path takes no {', '.join(given)} (a Hugging Face Hub repo "
+                              "id, namespace/name, does); leave it out")
         return path
     repo = name_or_path
     where = f"revision {revision!r} of " if revision else ""
