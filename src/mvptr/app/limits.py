@@ -56,5 +56,9 @@ def run_config(bundle: Bundle, config: Config | None, limits: Mapping | None, so
                       f"defaults {', '.join(f'data.{k}={getattr(d, k)}' for k in missing)}; pass config= the preset "
                       "the model was trained with", stacklevel=4)
     cfg = replace(base, data=replace(base.data, **{**recorded, **override}))
-    validate(replace(cfg, model=bundle.model.cfg))  # overridden limits must fit the model (its positions)
+    validate(cfg)  # an overridden limit in its bounds (max_tokens >= 3, ...)
+    d, positions = cfg.data, bundle.model.cfg.max_position
+    if d.max_tokens + d.max_phrases > positions:
+        raise ConfigError(f"{source}: max_tokens {d.max_tokens} + max_phrases {d.max_phrases} exceed the model's "
+                          f"{positions} positions; give limits that fit them")
     return cfg

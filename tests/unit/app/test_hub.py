@@ -178,6 +178,7 @@ def test_a_config_against_the_recorded_limits_is_an_error_unless_overridden_by_n
     ({"max_tokens": "9"}, TypeError, "limits['max_tokens']: expected a whole number"),
     ([("max_tokens", 9)], TypeError, "limits: expected a dict"),
     ({"max_tokens": 2}, ConfigError, "data.max_tokens"),
+    ({"max_tokens": 510, "max_phrases": 5}, ConfigError, "the model's 512 positions"),
 ])
 def test_bad_limits_say_what_was_expected(model_dir, limits, error, words):
     with pytest.raises(error, match=words.replace("[", r"\[").replace("(", r"\(")):

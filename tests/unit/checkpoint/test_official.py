@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.cli import main
-from mvptr.core.errors import UntrustedPickleError
+from mvptr.core.errors import ConfigError, UntrustedPickleError
 
 H, HEADS, FFN, LAYERS, FEAT, WORDS = 32, 4, 64, 2, 14, 30522
 # official phrase ids: rows after the words (with a gap), and one-word concepts reusing word rows
@@ -251,3 +251,5 @@ def test_a_converted_checkpoint_is_one_from_pretrained_away(tmp_path):
         model = Model.from_pretrained(tmp_path / "ours", parse_phrases=False)
     assert {k: getattr(model.cfg.data, k) for k in OFFICIAL_LIMITS} == OFFICIAL_LIMITS
     assert model.cfg.model.layout == "official" and model.cfg.objectives.use_tags and model.cfg.objectives.use_phrases
+    with pytest.raises(ConfigError, match="max_tokens 60 \\+ max_phrases 5 exceed the model's 64 positions"):
+        Model.from_pretrained(tmp_path / "ours", limits={"max_tokens": 60})
