@@ -39,11 +39,11 @@ from ..core.config import Config, load_config
 from ..core.fileio import write_text_atomic
 from ..data.builders import collator
 from ..eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
-from .limits import run_config
 from ..text.phrases import PhraseExtractor
 from ..text.tokenizer import WordPieces
 from ..vision.regions import Regions
 from ..vision.stores import open_store
+from .limits import run_config
 
 SCORES = ("uni", "itm", "both")
 IMAGE_KEYS = ("region_feats", "boxes", "width", "height")
@@ -133,7 +133,7 @@ class Model:
     """A model directory ready for inference (eval mode, no gradients)."""
 
     def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
-                 batch_size: int = 64, limits: Mapping | None = None, source: str = "the model"):
+                 batch_size: int = 64, *, limits: Mapping | None = None, source: str = "the model"):
         """``cfg``: a config whose input limits must agree with those ``bundle`` records;
         ``limits``: some of them overridden by name; ``source``: the model's name in messages."""
         if not isinstance(bundle, Bundle):

@@ -63,7 +63,8 @@ def resolve_model_dir(name_or_path: str | Path, revision: str | None = None, cac
         cache = cache_dir or constants.HF_HUB_CACHE
         raise HubError(f"{repo}: no local directory of that name, and {where}the Hugging Face Hub repo {repo} is not "
                        f"in the cache {cache} and cannot be downloaded now (HF_HUB_OFFLINE=1, local_files_only=True "
-                       f"or no network): go online (unset HF_HUB_OFFLINE) to download it once, or {LOCAL_ONLY}") from None
+                       f"or no network): go online (unset HF_HUB_OFFLINE) to download it once, or "
+                       f"{LOCAL_ONLY}") from None
     except OSError as err:  # the Hub's HTTP errors (server errors, refused tokens)
         raise HubError(f"{repo}: the Hugging Face Hub did not give the model ({_first_line(err)}); try again "
                        f"later, or {LOCAL_ONLY}") from None

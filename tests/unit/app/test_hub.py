@@ -37,7 +37,8 @@ LIMITS = {"max_tokens": 9, "max_phrases": 2, "max_tags": 3, "max_regions": 4}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     cfg = load_config("tiny", [f"data.{k}={v}" for k, v in LIMITS.items()])
-    bundle = new_bundle(cfg, PhraseVocab({"red circle": 3, "blue square": 3, "big circle": 3}, min_count=1), ["circle", "square"], source="random")
+    vocab = PhraseVocab({"red circle": 3, "blue square": 3, "big circle": 3}, min_count=1)
+    bundle = new_bundle(cfg, vocab, ["circle", "square"], source="random")
     record_training(bundle, cfg.data, ["vsc", "itm"])
     return save_model_dir(tmp_path_factory.mktemp("hub") / "model", bundle)
 
@@ -262,3 +263,23 @@ def test_push_to_hub_refusals_are_one_line(local, monkeypatch):
     assert "\n" not in str(err.value) and "401 Client Error" in str(err.value) and "hf auth login" in str(err.value)
     with pytest.raises(ConfigError, match="repo_id: expected a Hugging Face Hub repo id"):
         local.push_to_hub("not a repo id")
+
+
+def test_the_bundle_loaders_take_hub_ids_too(local, tmp_path):
+    from mvptr.checkpoint.model_dir import from_pretrained
+    from mvptr.checkpoint.task_dir import load_pretrained
+
+    bundle = Model.from_pretrained(local.directory).bundle
+    attach_head(bundle, "vqa", ["red", "blue"])
+    folder = Model(bundle).save_pretrained(tmp_path / "vqa")
+    cache = tmp_path / "cache"
+    write_hub_cache(cache, "org/mvptr-vqa", COMMIT, folder)
+    loaded = load_pretrained("org/mvptr-vqa", cache_dir=cache, local_files_only=True)
+    assert loaded.model.answers == ["red", "blue"] and loaded.task == {"task": "vqa", "answers": ["red", "blue"]}
+    assert loaded.limits == LIMITS
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    encoders = from_pretrained("org/mvptr-vqa", cache_dir=cache, local_files_only=True)
+    assert type(encoders).__name__ == "MVPTR" and not hasattr(encoders, "task_head")
+    with pytest.raises(HubError, match="org/other: no local directory of that name"):
+        load_pretrained("org/other", cache_dir=cache, local_files_only=True)
