@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from ..checkpoint.hub import check_repo_id, resolve_model_dir, upload_model_dir
 from ..checkpoint.model_card import CARD_FILE
 from ..checkpoint.model_dir import Bundle, adopt_model_settings
-from ..checkpoint.task_dir import load_task_model
-from ..checkpoint.task_dir import save_pretrained as save_bundle
+from ..checkpoint.task_dir import load_task_model, save_bundle
 from ..core.config import Config, load_config
 from ..core.fileio import write_text_atomic
 from ..data.builders import collator

@@ -17,7 +17,7 @@ from .hub import resolve_model_dir
 from .model_dir import Bundle, load_model_dir, save_model_dir
 
 __all__ = ["HEAD_FILE", "TASK_FILE", "attach_head", "save_task_model", "load_task_model", "load_pretrained",
-           "save_pretrained"]
+           "save_bundle"]
 
 HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
 
@@ -75,7 +75,7 @@ def load_pretrained(name_or_path: str | Path, device: str = "cpu", trust_pickle:
     return load_task_model(resolve_model_dir(name_or_path, **hub), device, trust_pickle)
 
 
-def save_pretrained(path: str | Path, bundle: Bundle) -> Path:
+def save_bundle(path: str | Path, bundle: Bundle) -> Path:
     """``bundle``'s model directory: with its task's head and task.json when it is fine-tuned."""
     if bundle.task is not None:
         return save_task_model(path, bundle, bundle.task)
