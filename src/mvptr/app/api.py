@@ -1,8 +1,8 @@
 """Use a trained model from Python: encode images and texts, score pairs, ground phrases.
 
-    from mvptr.api import Model
+    from mvptr.app.api import Model
 
-    model = Model.load("runs/demo/stage2/model", config="demo")
+    model = Model.from_pretrained("runs/demo/stage2/model")  # or a Hugging Face Hub id: "org/name"
     images = model.images_from_store("data/demo/features.tsv", "data/demo/predictions.tsv", ["000000", "000001"])
     scores = model.score(images, ["a red circle left of a blue square"])  # (images, texts)
     model.ground(images[0], "a red circle left of a blue square")
@@ -11,16 +11,17 @@ Images are region sets: :class:`mvptr.vision.regions.Regions` from a detector (s
 :meth:`Model.detect`), or the per-image dicts of a feature store. Texts are strings; their
 phrase concepts are parsed with spaCy unless given (``phrases=``, scene-graph tuples or
 phrase strings such as "big wave") or switched off
-(``parse_phrases=False``). Inputs are cut to the limits of the config's ``data`` section
-(``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``), as in training. A model
+(``parse_phrases=False``). Inputs are cut to the limits the model was trained with
+(``max_tokens``, ``max_phrases``, ``max_tags``, ``max_regions``; recorded in its directory, see
+:mod:`mvptr.app.limits`). A model
 fine-tuned for VQA (``mvptr finetune vqa``) also answers questions (:meth:`Model.answer`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint.model_dir import LIMIT_KEYS, Bundle, adopt_model_settings, load_model_dir
+from ..checkpoint.hub import check_repo_id, resolve_model_dir, upload_model_dir
+from ..checkpoint.model_card import CARD_FILE
+from ..checkpoint.model_dir import Bundle, adopt_model_settings
+from ..checkpoint.task_dir import save_bundle
 from ..core.config import Config
 from ..core.errors import ConfigError, FormatError, WrongTypeError
+from ..core.fileio import write_text_atomic
 from ..data.builders import collator
 from ..eval.retrieval import EncodedSet, encode_images, encode_texts, itm_scores
 from ..tasks import load_config, load_task_model
@@ -39,6 +44,7 @@ from ..text.phrases import PhraseExtractor
 from ..text.tokenizer import WordPieces
 from ..vision.regions import Regions
 from ..vision.stores import open_store
+from .limits import run_config
 
 SCORES = ("uni", "itm", "both")
 IMAGE_KEYS = ("region_feats", "boxes", "width", "height")
@@ -88,19 +94,6 @@ def check_count(value, what: str, least: int = 1) -> int:
     return int(value)
 
 
-def trained_limits(bundle: Bundle, source) -> Config:
-    """A config whose ``data`` section holds the input limits ``bundle`` was trained with
-    (config.json's "limits"); a directory that predates them gets the defaults, with a warning."""
-    limits = getattr(bundle, "limits", {}) or {}
-    if all(k in limits for k in LIMIT_KEYS):
-        return load_config(None, [f"data.{k}={limits[k]}" for k in LIMIT_KEYS])
-    d = Config().data
-    warnings.warn(f"{source}: config.json records no input limits (written by an older mvptr); using the defaults "
-                  f"{', '.join(f'data.{k}={getattr(d, k)}' for k in LIMIT_KEYS)}; pass config= the preset the model "
-                  "was trained with", stacklevel=3)
-    return Config()
-
-
 @dataclass
 class Grounded:
     phrase: str  # the words of the caption that were grounded
@@ -141,22 +134,24 @@ class Model:
     """A model directory ready for inference (eval mode, no gradients)."""
 
     def __init__(self, bundle: Bundle, cfg: Config | None = None, parse_phrases: bool = True,
-                 batch_size: int = 64):
+                 batch_size: int = 64, *, limits: Mapping | None = None, source: str = "the model"):
+        """``cfg``: a config whose input limits must agree with those ``bundle`` records;
+        ``limits``: some of them overridden by name; ``source``: the model's name in messages."""
         if not isinstance(bundle, Bundle):
-            raise WrongTypeError(f"bundle: expected a Bundle (load a model with Model.load(path)), got "
+            raise WrongTypeError(f"bundle: expected a Bundle (load a model with Model.from_pretrained(path)), got "
                                  f"{type(bundle).__name__}")
         if cfg is not None and not isinstance(cfg, Config):
             raise WrongTypeError(f"cfg: expected a Config or None, got {type(cfg).__name__}")
         check_count(batch_size, "batch_size")
         self.bundle, self.model = bundle, bundle.model.eval()
-        cfg = cfg if cfg is not None else trained_limits(bundle, "the model")
-        self.cfg = adopt_model_settings(cfg, bundle)  # its model section and inputs
+        self.cfg = adopt_model_settings(run_config(bundle, cfg, limits, source), bundle)  # + its model and inputs
         self.device = next(self.model.parameters()).device.type
         self.parse_phrases, self.batch_size = parse_phrases, batch_size
         self.pieces = WordPieces(bundle.tokenizer, self.cfg.data.max_tokens)
         self._extractor = None
         # a fast tokenizer (and the phrase parser) is not thread-safe: model threads take turns at them
         self._text_lock = threading.RLock()
+        self.directory: Path | None = None  # the directory it was loaded from (its model card)
 
         self.collate = collator(self.cfg, bundle)
 
@@ -165,23 +160,55 @@ class Model:
                 f"parse_phrases={self.parse_phrases}, {len(self.bundle.phrase_vocab)} phrases)")
 
     @classmethod
-    def load(cls, path: str | Path, config: str | Config | None = None, device: str = "cpu",
-             trust_pickle: bool = False, **kwargs) -> Model:
-        """``config``: the preset or YAML the model was trained with (its input limits), or None
-        for those its config.json records (the defaults, the paper's, with a warning, where a
-        directory predates the record)."""
-        if not isinstance(path, (str, os.PathLike)):
-            raise WrongTypeError(f"path: expected a model directory (str or Path), got {type(path).__name__}")
+    def from_pretrained(cls, name_or_path: str | Path, config: str | Config | None = None, device: str = "cpu",
+                        trust_pickle: bool = False, *, limits: Mapping | None = None, revision: str | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool = False,
+                        token: str | bool | None = None, **kwargs) -> Model:
+        """A model directory, or a Hugging Face Hub repo id ("org/name": downloaded into
+        huggingface_hub's cache, or read from it under ``HF_HUB_OFFLINE=1`` or ``local_files_only``;
+        ``revision``, ``cache_dir``, ``token`` as in ``snapshot_download``). A fine-tuned model
+        comes with its task's head. Inputs are cut to the limits its directory records (those
+        it was trained with): ``config`` (a preset, YAML or Config) must agree with them, and
+        ``limits`` overrides some by name (``{"max_regions": 100}``). ``kwargs``:
+        ``parse_phrases``, ``batch_size``."""
+        if not isinstance(name_or_path, (str, os.PathLike)):
+            raise WrongTypeError(f"name_or_path: expected a model directory (str or Path) or a Hub repo id, got "
+                                 f"{type(name_or_path).__name__}")
         if config is not None and not isinstance(config, (str, Config)):
             raise WrongTypeError(f"config: expected a preset name, a YAML path, a Config or None, got "
                                  f"{type(config).__name__}")
         check_text(device, "device")
         cfg = load_config(config) if isinstance(config, str) else config
-        if (Path(path) / "task.json").exists():  # fine-tuned: the encoders and the task's head
-            bundle = load_task_model(path, device)
-        else:
-            bundle = load_model_dir(path, device, trust_pickle)
-        return cls(bundle, cfg if cfg is not None else trained_limits(bundle, path), **kwargs)
+        path = resolve_model_dir(name_or_path, revision, cache_dir, local_files_only, token)
+        bundle = load_task_model(path, device, trust_pickle)  # fine-tuned: the encoders and the task's head
+        model = cls(bundle, cfg, limits=limits, source=str(name_or_path), **kwargs)
+        model.directory = path
+        return model
+
+    load = from_pretrained  # its earlier name
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the model's directory at ``path`` (atomically): weights, config.json with the
+        input limits it was trained with, tokenizer, vocabularies, a fine-tuned model's head and
+        task.json, and the model card (README.md) of the directory it was loaded from."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise WrongTypeError(f"path: expected a directory (str or Path), got {type(path).__name__}")
+        card = self.directory / CARD_FILE if self.directory is not None else None
+        # read before writing: path may be the directory the model came from
+        text = card.read_text(encoding="utf-8") if card is not None and card.is_file() else None
+        out = save_bundle(path, self.bundle)
+        if text is not None and not self.bundle.card:  # the bundle noted nothing new since it was loaded
+            write_text_atomic(out / CARD_FILE, text)
+        return out
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | bool | None = None,
+                    commit_message: str = "Upload mvptr model", revision: str | None = None) -> str:
+        """Upload the model's directory (:meth:`save_pretrained`) to the Hugging Face Hub model
+        repo ``repo_id`` ("org/name", created when missing); returns the commit's URL."""
+        check_repo_id(repo_id)
+        with tempfile.TemporaryDirectory(prefix="mvptr-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model")
+            return upload_model_dir(folder, repo_id, private, token, commit_message, revision)
 
     # ----- inputs ---------------------------------------------------------------------------
     @property

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint.model_dir import defines_model
+from ..checkpoint.model_dir import LIMIT_KEYS, defines_model
 from ..checkpoint.task_dir import HEAD_FILE, TASK_FILE
 from ..core.config import Config, load_config, to_dict
 from ..core.errors import ConfigError, FormatError, MissingFileError, WrongTypeError
@@ -131,6 +131,12 @@ def index_config(meta: dict) -> Config:
     return load_config(None, [f"data.{k}={v}" for k, v in meta["data"].items() if k.startswith("max_")])
 
 
+def index_limits(meta: dict) -> dict[str, int]:
+    """The input limits the index was built with, by name: its embeddings were computed with
+    them, so a model that adds to it or searches it takes them over any others."""
+    return {k: v for k, v in meta["data"].items() if k in LIMIT_KEYS}
+
+
 def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Path, dict | None]:
     """A fresh temporary directory beside ``out`` (``out.tmp.<pid>.<random>``) holding, with
     ``add``, the region stores of the index at ``out`` (hard links: nothing in them is
@@ -210,7 +216,8 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
         features = str(Path(features).resolve())
         predictions = str(Path(predictions).resolve()) if predictions else ""
         read_from = (features, predictions)
-    model = Model.load(model_dir, index_config(old) if old else config, batch_size=batch_size, parse_phrases=False)
+    model = Model.from_pretrained(model_dir, None if old else config, limits=index_limits(old) if old else None,
+                                  batch_size=batch_size, parse_phrases=False)
     model.require_global_embeddings("an image search index")
     store = open_feature_store(*read_from, model.model.cfg.region_feat_dim)
     ids = list(store.ids())
@@ -298,7 +305,7 @@ class SearchIndex:
         self.coarse = CoarseIndex(emb, ivf, nprobe or coarse.get("nprobe"))
         self.recall = 1.0 if ivf is None else coarse.get("recall") if self.coarse.ivf.nprobe == coarse.get("nprobe") \
             else None
-        self.model = Model.load(model_dir, index_config(self.meta), parse_phrases=parse_phrases)
+        self.model = Model.from_pretrained(model_dir, limits=index_limits(self.meta), parse_phrases=parse_phrases)
         dim = self.model.model.cfg.region_feat_dim
         stores = self.meta["stores"]
         self.store = IndexStores([open_feature_store(s["features"], s["predictions"], dim) for s in stores],

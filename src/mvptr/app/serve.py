@@ -22,7 +22,7 @@ from ..core.errors import ConfigError
 from ..core.extras import MissingExtra, install_hint
 from .api import Model
 from .examples import index_detector
-from .search import SearchIndex, index_config
+from .search import SearchIndex, index_limits
 
 try:  # the serve extra: fastapi (with pydantic and starlette)
     from .server import LOOPBACK, create_app
@@ -116,7 +116,7 @@ def load_service(index_dir: str, model_dir: str | None = None, vqa_model: str | 
     index = SearchIndex(index_dir, model_dir=model_dir, nprobe=nprobe)
     vqa = None
     if vqa_model:
-        vqa = Model.load(vqa_model, index_config(index.meta))
+        vqa = Model.from_pretrained(vqa_model, limits=index_limits(index.meta))  # the index's images, cut alike
         if getattr(getattr(vqa.model, "task_head", None), "answers", None) is None:
             raise ConfigError(f"{vqa_model}: no VQA head (fine-tune one with `mvptr finetune vqa`)")
     found, no_detector = index_detector(index, detector, detector_kind)

@@ -36,6 +36,7 @@ from ..model.modeling import MVPTR
 from ..model.task_models import TaskModel
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import load_tokenizer
+from .hub import resolve_model_dir
 from .model_card import CARD_FILE, model_card
 
 MODEL_FILE = "model.safetensors"
@@ -96,6 +97,8 @@ class Bundle:
     trained: list[str] | None = None
     # what its runs noted for its model card (model_card.note_run, note_evaluation)
     card: dict = field(default_factory=dict)
+    # a fine-tuned model's task.json (task_dir.load_task_model); None for a pre-trained model
+    task: dict | None = None
 
     def save_pretrained(self, path: str | Path, training_state: dict | None = None) -> Path:
         return save_model_dir(path, self, training_state)
@@ -176,10 +179,12 @@ def save_pretrained(model: MVPTR, path: str | Path, tokenizer, phrase_vocab: Phr
     return save_model_dir(path, Bundle(model, tokenizer, phrase_vocab, list(tag_vocab)), training_state)
 
 
-def from_pretrained(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> MVPTR:
-    """The model of a model directory (:func:`load_model_dir` also gives the tokenizer and
-    vocabularies). Missing, unexpected or misshapen weights are an error."""
-    return load_model_dir(path, device, trust_pickle).model
+def from_pretrained(name_or_path: str | Path, device: str = "cpu", trust_pickle: bool = False, **hub) -> MVPTR:
+    """The model of a model directory or of a Hugging Face Hub repo id (``hub``: ``revision``,
+    ``cache_dir``, ``local_files_only``, ``token``; see :func:`.hub.resolve_model_dir`).
+    :func:`load_model_dir` also gives the tokenizer and vocabularies; ``task_dir.load_pretrained``
+    a fine-tuned model with its head. Missing, unexpected or misshapen weights are an error."""
+    return load_model_dir(resolve_model_dir(name_or_path, **hub), device, trust_pickle).model
 
 
 def load_weights(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -34,6 +34,9 @@ OFFICIAL_RENAMES = {
     "logit_scale": "logit_scale",
 }
 OFFICIAL_WORD_ROWS = 30522
+# the input limits of the released pre-training (paper 4.1: 35 tokens, 5 phrases, 50 regions, 20 tags),
+# recorded in the converted directory so that it loads with them and no config
+OFFICIAL_LIMITS = {"max_tokens": 35, "max_phrases": 5, "max_tags": 20, "max_regions": 50}
 
 
 def official_phrase_string(words) -> str:
@@ -146,7 +149,8 @@ def convert_official(src_dir: str | Path, out_dir: str | Path, trust_pickle: boo
     load_state_strict(model, state, str(weights))
     tokenizer = load_tokenizer(src if any((src / n).exists() for n in ("vocab.txt", "tokenizer.json")) else None)
     # the released model reads tags and phrases
-    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, [], {"use_tags": True, "use_phrases": True}))
+    save_model_dir(out_dir, Bundle(model, tokenizer, phrase_vocab, [], {"use_tags": True, "use_phrases": True},
+                                   dict(OFFICIAL_LIMITS)))
     return {
         "source": str(weights),
         "copied": len(filled),

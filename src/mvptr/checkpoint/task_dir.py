@@ -10,9 +10,10 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from ..core.fileio import load_json
+from .hub import resolve_model_dir
 from .model_dir import Bundle, load_model_dir, save_model_dir
 
-__all__ = ["HEAD_FILE", "TASK_FILE", "save_task_model", "read_task_model"]
+__all__ = ["HEAD_FILE", "TASK_FILE", "save_task_model", "read_task_model", "save_bundle"]
 
 HEAD_FILE, TASK_FILE = "task_head.safetensors", "task.json"
 
@@ -31,15 +32,24 @@ def save_task_model(path: str | Path, bundle: Bundle, info: dict) -> Path:
     return save_model_dir(path, bundle, extra=add_task_files, weights=encoders)
 
 
-def read_task_model(path: str | Path, device: str = "cpu",
-                    attach: Callable[[Bundle, dict], None] | None = None) -> Bundle:
-    """A model directory; with ``task.json``, ``attach(bundle, info)`` makes the model its task's
-    (the table of tasks knows how: ``mvptr.tasks.load_task_model``) and the saved head, when
-    there is one, is loaded into it."""
-    path = Path(path)
-    bundle = load_model_dir(path, device)
+def read_task_model(path: str | Path, device: str = "cpu", attach: Callable[[Bundle, dict], None] | None = None,
+                    trust_pickle: bool = False, **hub) -> Bundle:
+    """A model directory or a Hugging Face Hub repo id (``hub``: ``revision``, ``cache_dir``,
+    ``local_files_only``, ``token``); with ``task.json``, ``attach(bundle, info)`` makes the model
+    its task's (the table of tasks knows how: ``mvptr.tasks.load_task_model``) and the saved
+    head, when there is one, is loaded into it."""
+    path = resolve_model_dir(path, **hub)
+    bundle = load_model_dir(path, device, trust_pickle)
     if (path / TASK_FILE).exists() and attach is not None:
-        attach(bundle, load_json(path / TASK_FILE))
+        bundle.task = load_json(path / TASK_FILE)
+        attach(bundle, bundle.task)
         if hasattr(bundle.model, "task_head"):
             bundle.model.task_head.load_state_dict(load_file(str(path / HEAD_FILE), device=device))
     return bundle
+
+
+def save_bundle(path: str | Path, bundle: Bundle) -> Path:
+    """``bundle``'s model directory: with its task's head and task.json when it is fine-tuned."""
+    if bundle.task is not None:
+        return save_task_model(path, bundle, bundle.task)
+    return save_model_dir(path, bundle)

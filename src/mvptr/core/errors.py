@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 __all__ = ["MvptrError", "ConfigError", "WrongTypeError", "FormatError", "MissingFileError", "NotFiniteError",
-           "OutputDirError", "OutputExistsError", "UntrustedPickleError", "SkippedSamples", "skip_or_raise"]
+           "OutputDirError", "OutputExistsError", "HubError", "UntrustedPickleError", "SkippedSamples", "skip_or_raise"]
 
 
 class MvptrError(Exception):
@@ -63,6 +63,10 @@ class OutputDirError(MvptrError, OSError):
 
 class OutputExistsError(OutputDirError, FileExistsError):
     """An output that must not exist yet, and does: remove it or choose another path."""
+
+
+class HubError(MvptrError, OSError):
+    """A Hugging Face Hub repository that cannot be found, reached or written (the user's to fix)."""
 
 
 class SkippedSamples:

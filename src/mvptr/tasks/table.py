@@ -65,9 +65,10 @@ def task_recipe(name: str, cfg: Config, merged: bool = False) -> Recipe:
     return task.recipe(cfg, settings(cfg, task), merged)
 
 
-def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
-    """A model directory, as its task's model with the saved head when it has one (``task.json``
-    names the task, which must be registered)."""
+def load_task_model(path: str | Path, device: str = "cpu", trust_pickle: bool = False, **hub) -> Bundle:
+    """A model directory or a Hugging Face Hub repo id (``hub``: ``revision``, ``cache_dir``,
+    ``local_files_only``, ``token``), as its task's model with the saved head when it has one
+    (``task.json`` names the task, which must be registered)."""
     def attach(bundle: Bundle, info: dict) -> None:
         try:
             task = task_named(info["task"])
@@ -75,4 +76,4 @@ def load_task_model(path: str | Path, device: str = "cpu") -> Bundle:
             raise ConfigError(f"{Path(path) / 'task.json'}: {err}; register the task first") from None
         task.attach_head(bundle, info, init=False)
 
-    return read_task_model(path, device, attach)
+    return read_task_model(path, device, attach, trust_pickle, **hub)

@@ -85,6 +85,7 @@ def _finetune(cfg, name, bundle, out_dir, progress, overwrite, skipped) -> Finet
     model_dir = out_dir / "model"
     if distributed.active().main:
         save_task_model(model_dir, bundle, info)
+    bundle.task = info
     distributed.barrier()
     return FinetuneResult(result, model_dir, len(dataset), skip)
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mvptr.app.api import Model
 from mvptr.app.search import SearchIndex, build_index
 from mvptr.checkpoint.bert_init import new_bundle
-from mvptr.checkpoint.model_dir import save_model_dir
+from mvptr.checkpoint.model_dir import record_training, save_model_dir
 from mvptr.cli import main
 from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
@@ -35,6 +35,7 @@ def model_dir(world_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("api")
     cfg = load_config("tiny", world_args(out))
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
+    record_training(bundle, cfg.data, ["mcr_v", "mcr_s", "vsc"])  # the input limits, as a training run records
     return save_model_dir(out / "model", bundle)
 
 

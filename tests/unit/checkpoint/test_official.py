@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mvptr.checkpoint.model_dir import load_model_dir
 from mvptr.cli import main
-from mvptr.core.errors import UntrustedPickleError
+from mvptr.core.errors import ConfigError, UntrustedPickleError
 
 H, HEADS, FFN, LAYERS, FEAT, WORDS = 32, 4, 64, 2, 14, 30522
 # official phrase ids: rows after the words (with a gap), and one-word concepts reusing word rows
@@ -233,3 +233,23 @@ def test_the_api_runs_a_converted_model(tmp_path):
     a = model.encode_texts(["a man"], phrases=[[("wave", "big"), "man"]])
     b = model.encode_texts(["a man"], phrases=[["big wave", "man"]])
     assert a.hidden.shape[1] == 4 + 2 and torch.equal(a.hidden, b.hidden)
+
+
+def test_a_converted_checkpoint_is_one_from_pretrained_away(tmp_path):
+    """No config, no warning: the converted directory records the released pre-training's input limits."""
+    import warnings
+
+    from mvptr.app.api import Model
+    from mvptr.checkpoint.official import OFFICIAL_LIMITS
+
+    write_official(tmp_path / "official", official_state(True))
+    assert main(["convert", "official", str(tmp_path / "official"), str(tmp_path / "ours"), "--trust-pickle"]) == 0
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["limits"] == OFFICIAL_LIMITS
+    assert OFFICIAL_LIMITS == {"max_tokens": 35, "max_phrases": 5, "max_tags": 20, "max_regions": 50}  # paper 4.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = Model.from_pretrained(tmp_path / "ours", parse_phrases=False)
+    assert {k: getattr(model.cfg.data, k) for k in OFFICIAL_LIMITS} == OFFICIAL_LIMITS
+    assert model.cfg.model.layout == "official" and model.cfg.objectives.use_tags and model.cfg.objectives.use_phrases
+    with pytest.raises(ConfigError, match="max_tokens 60 \\+ max_phrases 5 exceed the model's 64 positions"):
+        Model.from_pretrained(tmp_path / "ours", limits={"max_tokens": 60})
