@@ -108,6 +108,9 @@ class DataConfig:
     # "391895"), then a JSON file mapping ids; "" = ids as written
     image_id_pattern: str = ""
     image_id_map: str = ""
+    # a JSON file {"groups": [[image id, ...], ...]}: the k-th captions of a group's images are
+    # drawn into the same pre-training batch, each the other's hard negative; "" = no groups
+    batch_groups: str = ""
 
 
 @dataclass
@@ -217,6 +220,9 @@ class DemoConfig:
     easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
     world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)
     probe_groups: int = 100  # Winoground-style groups of each kind `mvptr evaluate probes` renders (0: none)
+    # the fraction of training images that come as a scene and its half turn, every relation reversed
+    # (docs/DECISIONS.md, "Spatial relations on the demo world")
+    turned_pairs: float = 0.0
 
 
 @dataclass

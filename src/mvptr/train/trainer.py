@@ -67,10 +67,12 @@ class StepBatches(Sampler):
     Epoch e is a permutation seeded by (seed, e), so any step's batch can be rebuilt without
     the others. A step's global batch is cut into ``accum`` passes and each pass into
     ``world`` contiguous shares, in rank order, so gathering the shares rebuilds the pass.
+    With ``units`` (lists of indices covering 0..n-1 once, see ``data.batch_groups``) the
+    permutation is of the units, whose indices stay next to each other.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int,
-                 rank: int = 0, world: int = 1, accum: int = 1):
+                 rank: int = 0, world: int = 1, accum: int = 1, *, units: list[list[int]] | None = None):
         if batch_size % (world * accum):
             raise ValueError(f"batch size {batch_size} is not a multiple of "
                              f"{world} processes x {accum} accumulation steps")
@@ -78,6 +80,7 @@ class StepBatches(Sampler):
         self.rank, self.world, self.accum = rank, world, accum
         self.micro = batch_size // (world * accum)
         self.per_epoch = n // batch_size
+        self.units = units
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.accum
@@ -88,11 +91,17 @@ class StepBatches(Sampler):
             epoch, k = divmod(step, self.per_epoch)
             if epoch != perm_epoch:
                 g = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
-                perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+                perm, perm_epoch = self._permutation(g), epoch
             batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
             for micro in range(self.accum):
                 at = (micro * self.world + self.rank) * self.micro
                 yield [(step, micro, i) for i in batch[at : at + self.micro]]
+
+
+    def _permutation(self, g: torch.Generator) -> list[int]:
+        if self.units is None:
+            return torch.randperm(self.n, generator=g).tolist()
+        return [i for u in torch.randperm(len(self.units), generator=g).tolist() for i in self.units[u]]
 
 
 class _StepItems(Dataset):
@@ -341,7 +350,8 @@ def _train(bundle, recipe, dataset, collate, stage, out_dir, seed, resume, devic
         engine = DistributedDataParallel(objective, find_unused_parameters=True) if d.on else objective
     loader = DataLoader(
         _StepItems(dataset),
-        batch_sampler=StepBatches(len(dataset), stage.batch_size, seed, start, total, d.rank, d.world, accum),
+        batch_sampler=StepBatches(len(dataset), stage.batch_size, seed, start, total, d.rank, d.world, accum,
+                                  units=getattr(dataset, "units", None)),
         collate_fn=_SeededCollate(collate, seed, d.rank, d.world),
         num_workers=num_workers,
         pin_memory=device.startswith("cuda"),
