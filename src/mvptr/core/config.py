@@ -38,6 +38,10 @@ class ModelConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     region_feat_dim: int = 2054  # detector features + the 6 box numbers, as in VinVL
+    # how a region's vector is embedded: "concat" (paper, official code, Oscar/VinVL: one Linear of
+    # features and box numbers together) or "separate" (UNITER: the features and the 6 box numbers
+    # each through a Linear and a LayerNorm, then added), which keeps the box from being drowned
+    region_box: str = "concat"
     embed_dim: int = 768  # width of the global (VSC) embeddings
     temperature: float = 0.07  # initial VSC temperature (learnable)
     # what the global (VSC) embedding projects: the [CLS] output (paper) or the mean of all
