@@ -39,6 +39,10 @@ class ModelConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     region_feat_dim: int = 2054  # detector features + the 6 box numbers, as in VinVL
+    # how a region's vector is embedded: "concat" (paper, official code, Oscar/VinVL: one Linear of
+    # features and box numbers together) or "separate" (UNITER: the features and the 6 box numbers
+    # each through a Linear and a LayerNorm, then added), which keeps the box from being drowned
+    region_box: str = "concat"
     embed_dim: int = 768  # width of the global (VSC) embeddings
     temperature: float = 0.07  # initial VSC temperature (learnable)
     # what the global (VSC) embedding projects: the [CLS] output (paper) or the mean of all
@@ -112,6 +116,9 @@ class DataConfig:
     # "391895"), then a JSON file mapping ids; "" = ids as written
     image_id_pattern: str = ""
     image_id_map: str = ""
+    # a JSON file {"groups": [[image id, ...], ...]}: the k-th captions of a group's images are
+    # drawn into the same pre-training batch, each the other's hard negative; "" = no groups
+    batch_groups: str = ""
 
 
 @dataclass
@@ -224,6 +231,9 @@ class DemoConfig:
     easyvqa_images: int = 0  # easy-VQA images per split the demo converts (0 = all)
     world_seed: int = 0  # the demo world's scenes and captions (the top-level `seed` is training's)
     probe_groups: int = 100  # Winoground-style groups of each kind `mvptr evaluate probes` renders (0: none)
+    # the fraction of training images that come as a scene and its half turn, every relation reversed
+    # (docs/DECISIONS.md, "Spatial relations on the demo world")
+    turned_pairs: float = 0.0
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..formats.tags import read_tag_file
 from ..text.phrases import PhraseVocab
 from ..text.tokenizer import WordPieces, piece_positions
 from ..vision.stores import CorpusStores, open_store
+from .batch_groups import batch_units, load_batch_groups
 
 
 @dataclass
@@ -121,6 +122,9 @@ class PairDataset(Dataset):
         self.token_ids, self.phrase_ids, self.phrase_positions = token_ids, phrase_ids, phrase_positions
         ids = sorted({r.image_id for r in records})
         self.image_index = {image_id: i for i, image_id in enumerate(ids)}
+
+    # the sampler's units (see ``data.batch_groups``); None: every sample is a unit of its own
+    units: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -274,6 +278,8 @@ def build_pair_dataset(
     positions = [piece_positions(o, s) for o, s in zip(offsets, spans)]
     dataset = PairDataset(records, images, tokens, phrases, positions)
     dataset.corpus_counts = counts
+    if data.batch_groups:
+        dataset.units = batch_units(records, load_batch_groups(data.batch_groups))
     return dataset
 
 

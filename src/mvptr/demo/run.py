@@ -65,7 +65,8 @@ def prepare_data(cfg: Config, seconds: dict) -> None:
         with timed(seconds, "prepare"):
             if new_world:
                 generate_demo_world(data_dir, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test, seed=d.world_seed,
-                                    image_size=d.image_size, on_captions=parse_alongside if alongside else None)
+                                    image_size=d.image_size, turned_pairs=d.turned_pairs,
+                                    on_captions=parse_alongside if alongside else None)
             check_world(data_dir, d)
         with timed(seconds, "phrases"):  # what is left of them once the world is made
             if parsing:
@@ -81,7 +82,9 @@ def check_world(data_dir: Path, d) -> None:
                           f"`mvptr demo` made; set demo.data_dir to a new directory, or remove {data_dir}")
     made = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
     wanted = {"seed": d.world_seed, "image_size": d.image_size,
-              "splits": {"train": d.n_train, "val": d.n_val, "test": d.n_test}}
+              "splits": {"train": d.n_train, "val": d.n_val, "test": d.n_test},
+              "turned_pairs": int(d.turned_pairs * d.n_train / 2)}
+    made.setdefault("turned_pairs", 0)  # a world made before turned pairs existed has none
     differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
     if differ:
         changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 # circle, rectangle, triangle and the colours but purple are easy-VQA's. Words the
 # parser often reads as nouns after an adjective ("cross", "orange", "cyan") are avoided.
 __all__ = ["SHAPES", "COLORS", "SIZES", "RELATIONS", "SIDE_BY_SIDE", "WorldObject", "Caption", "render_scene",
-           "render_placed", "footprint", "relation", "make_captions"]
+           "render_turned_pair", "world_scenes", "render_placed", "footprint", "relation", "make_captions"]
 
 SHAPES = ("circle", "rectangle", "triangle", "square", "star", "diamond", "heart")
 COLORS = {
@@ -122,12 +122,10 @@ def _place(footprints: list[tuple[int, int]], image_size: int, rng: np.random.Ge
         else:
             return None
     return [(x, y) for x, y, _, _ in placed]
-def render_scene(rng: np.random.Generator, image_size: int = 96,
-                 distractor_prob: float = 0.2) -> tuple[np.ndarray, list[WorldObject]]:
-    """A random scene: (HxWx3 uint8 image, its shapes). No two shapes share shape and colour.
-
-    With probability ``distractor_prob`` a tiny blob that is no shape is added as well.
-    """
+def _layout(rng: np.random.Generator, image_size: int,
+            distractor_prob: float) -> tuple[list[tuple[str, str, str]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """A random scene's shapes (shape, colour, size), their footprints and their top-left corners;
+    a footprint past the shapes is the distractor blob."""
     n_objects = int(rng.choice([2, 3, 4], p=[0.4, 0.35, 0.25]))
     pairs = rng.permutation(len(SHAPES) * len(COLORS))[:n_objects]
     colors = list(COLORS)
@@ -140,10 +138,31 @@ def render_scene(rng: np.random.Generator, image_size: int = 96,
             footprints.append((d, d))
         corners = _place(footprints, image_size, rng)
         if corners is not None:
-            break
+            return kinds, footprints, corners
         kinds = kinds[:-1] if len(kinds) > 2 else kinds  # crowded: drop a shape and retry
 
+
+def render_scene(rng: np.random.Generator, image_size: int = 96,
+                 distractor_prob: float = 0.2) -> tuple[np.ndarray, list[WorldObject]]:
+    """A random scene: (HxWx3 uint8 image, its shapes). No two shapes share shape and colour.
+
+    With probability ``distractor_prob`` a tiny blob that is no shape is added as well.
+    """
+    kinds, footprints, corners = _layout(rng, image_size, distractor_prob)
     return _paint(rng, image_size, footprints, corners, kinds)
+
+
+def render_turned_pair(rng: np.random.Generator, image_size: int = 96, distractor_prob: float = 0.2
+                       ) -> tuple[tuple[np.ndarray, list[WorldObject]], tuple[np.ndarray, list[WorldObject]]]:
+    """A random scene and the same shapes placed as the scene turned half a turn about the image
+    centre (the shapes themselves stay upright): every spatial relation between two of them is
+    reversed, so a caption that states one is true of one image of the pair only. The half turn
+    keeps the margins and gaps the world asks for."""
+    kinds, footprints, corners = _layout(rng, image_size, distractor_prob)
+    turned = [(image_size - x - w, image_size - y - h) for (w, h), (x, y) in zip(footprints, corners)]
+    return _paint(rng, image_size, footprints, corners, kinds), _paint(rng, image_size, footprints, turned, kinds)
+
+
 def _paint(rng: np.random.Generator, image_size: int, footprints: list[tuple[int, int]],
            corners: list[tuple[int, int]], kinds: list[tuple[str, str, str]]) -> tuple[np.ndarray, list[WorldObject]]:
     """Draw shapes ``kinds`` (shape, colour, size) with the given footprints and top-left corners
@@ -218,7 +237,7 @@ def _assemble(parts: list, objects: list[WorldObject], rng: np.random.Generator)
     words.append(".")
     words[0] = words[0].capitalize()
     return Caption(words, mentions)
-def _relation_caption(objects: list[WorldObject], rng: np.random.Generator) -> Caption:
+def _relation_caption(objects: list[WorldObject], rng: np.random.Generator, directional: bool = False) -> Caption:
     pairs = [(i, j) for i in range(len(objects)) for j in range(i + 1, len(objects))]
     clear = [(i, j) for i, j in pairs if relation(objects[i], objects[j])[1] >= 1.5]
     i, j = (clear or pairs)[int(rng.integers(len(clear or pairs)))]
@@ -226,7 +245,7 @@ def _relation_caption(objects: list[WorldObject], rng: np.random.Generator) -> C
     # Every wording of the fact "i rel j" and of its mirror "j opposite(rel) i".
     options = [(i, r, j) for r in RELATIONS[rel]] + [(j, r, i) for r in RELATIONS[_OPPOSITE[rel]]]
     a, b = objects[i].box, objects[j].box
-    if rel in ("left", "right") and a[1] < b[3] and b[1] < a[3]:
+    if rel in ("left", "right") and a[1] < b[3] and b[1] < a[3] and not directional:
         options += [(i, r, j) for r in SIDE_BY_SIDE] + [(j, r, i) for r in SIDE_BY_SIDE]
     subj, words, obj = options[int(rng.integers(len(options)))]
     frames = [frame for frame, excluded in _FRAMES if words not in excluded]
@@ -248,15 +267,34 @@ def _gist(caption: Caption) -> str:
     """The caption without articles and with one word per size: near-duplicates share it."""
     synonym = {w: size for size, words in SIZE_WORDS.items() for w in words}
     return " ".join(synonym.get(w, w) for w in map(str.lower, caption.words) if w not in ("a", "the"))
-def make_captions(objects: list[WorldObject], rng: np.random.Generator, n: int = 5) -> list[Caption]:
+def make_captions(objects: list[WorldObject], rng: np.random.Generator, n: int = 5,
+                  directional: bool = False) -> list[Caption]:
     """``n`` captions that differ in more than articles and size synonyms; about three in
-    four of them tell a spatial relation."""
+    four of them tell a spatial relation. ``directional``: every one tells a relation with a
+    direction ("above", "left of", not "next to"), for the scenes of a turned pair."""
     captions: dict[str, Caption] = {}
     for _ in range(50 * n):
-        cap = _relation_caption(objects, rng) if rng.random() < 0.75 else _listing_caption(objects, rng)
+        if directional or rng.random() < 0.75:
+            cap = _relation_caption(objects, rng, directional)
+        else:
+            cap = _listing_caption(objects, rng)
         captions.setdefault(_gist(cap), cap)
         if len(captions) == n:
             break
     if len(captions) < n:
         raise RuntimeError(f"could not write {n} different captions for {objects}")
     return list(captions.values())
+
+
+def world_scenes(seed: int, n_images: int, image_size: int, distractor_prob: float = 0.2, paired: int = 0):
+    """The demo world's images in order, each (pixels, shapes, captions), from numpy generators
+    seeded by ``seed``; the first ``paired`` images (an even number) are turned pairs, each with
+    directional captions. The one source of a world's scenes: writing and replaying it agree."""
+    scene_seed, caption_seed = np.random.SeedSequence(seed).spawn(2)
+    scene_rng, caption_rng = np.random.default_rng(scene_seed), np.random.default_rng(caption_seed)
+    pair = None
+    for k in range(n_images):
+        if k < paired and k % 2 == 0:
+            pair = render_turned_pair(scene_rng, image_size, distractor_prob)
+        img, objs = pair[k % 2] if k < paired else render_scene(scene_rng, image_size, distractor_prob)
+        yield img, objs, make_captions(objs, caption_rng, directional=k < paired)

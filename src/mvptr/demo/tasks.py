@@ -30,7 +30,7 @@ from ..formats.captions import read_captions
 from ..formats.entities import write_flickr30k_entities
 from ..formats.snli_ve import VEPair, write_snli_ve
 from ..formats.vqa import write_vqa_annotations, write_vqa_questions
-from .scenes import COLORS, SHAPES, make_captions, relation, render_scene
+from .scenes import COLORS, SHAPES, relation, world_scenes
 
 __all__ = ["prepare_demo_tasks", "replay_world", "ve_path", "vqa_paths", "write_demo_tasks"]
 
@@ -181,13 +181,11 @@ def replay_world(data_dir: str | Path) -> tuple[list[str], list[str], list, list
     width = max(6, len(str(n_total - 1)))
     ids = [f"{i:0{width}d}" for i in range(n_total)]
     splits = ["train"] * counts["train"] + ["val"] * counts["val"] + ["test"] * counts["test"]
-    scene_seed, caption_seed = np.random.SeedSequence(world["seed"]).spawn(2)
-    scene_rng, caption_rng = np.random.default_rng(scene_seed), np.random.default_rng(caption_seed)
     objects, captions = [], []
-    for _ in ids:
-        _, objs = render_scene(scene_rng, world["image_size"], world.get("distractor_prob", 0.2))
+    for _, objs, caps in world_scenes(world["seed"], n_total, world["image_size"], world.get("distractor_prob", 0.2),
+                                      2 * world.get("turned_pairs", 0)):
         objects.append(objs)
-        captions.append(make_captions(objs, caption_rng))
+        captions.append(caps)
     written = {}
     for r in read_captions(data_dir / "captions.json"):
         written.setdefault(r.image_id, []).append(r.caption)

@@ -36,13 +36,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..core.config import DemoConfig
+from ..core.fileio import write_json
 from ..core.validation import check_world_size
 from ..formats.captions import write_karpathy_json
 from ..formats.entities import write_flickr30k_entities
 from ..formats.vinvl import write_vinvl_features, write_vinvl_predictions
 from ..vision.demo_detector import DemoDetector
 from ..vision.regions import box_iou
-from .scenes import COLORS, RELATIONS, SHAPES, SIDE_BY_SIDE, SIZE_WORDS, SIZES, WorldObject, make_captions, render_scene
+from .scenes import COLORS, RELATIONS, SHAPES, SIDE_BY_SIDE, SIZE_WORDS, SIZES, WorldObject, world_scenes
 from .tasks import write_demo_tasks
 
 __all__ = ["generate_demo_world"]
@@ -93,6 +94,18 @@ def write_entities(out: Path, ids: list, splits: list, images: list, objects: li
             width=img.shape[1], height=img.shape[0])
 
 
+def render_images(out: Path, ids: list[str], scenes, progress: bool) -> tuple[list, list, list]:
+    """Write each scene's pixels as ``<id>.png`` in ``out``; the scenes' (pixels, shapes, captions)."""
+    images, objects, captions = [], [], []
+    for image_id, (img, objs, caps) in zip(ids, tqdm(scenes, total=len(ids), desc="rendering scenes", unit="image",
+                                                     disable=not progress)):
+        Image.fromarray(img).save(out / f"{image_id}.png", compress_level=1)
+        images.append(img)
+        objects.append(objs)
+        captions.append(caps)
+    return images, objects, captions
+
+
 def generate_demo_world(
     out_dir: str | os.PathLike,
     n_train: int = DemoConfig.n_train,
@@ -104,6 +117,7 @@ def generate_demo_world(
     detector_epochs: int = 8,
     feat_dim: int = 128,
     distractor_prob: float = 0.2,
+    turned_pairs: float = DemoConfig.turned_pairs,
     progress: bool = True,
     on_captions: Callable[[], object] | None = None,
 ) -> dict:
@@ -112,26 +126,24 @@ def generate_demo_world(
 
     Deterministic given ``seed``: images and captions come from numpy generators seeded
     by it, and the detector is trained with it. Image ids are the zero-padded running
-    numbers of the train, then val, then test images.
+    numbers of the train, then val, then test images. A fraction ``turned_pairs`` of the
+    training images come in pairs, a scene and its half turn (see ``render_turned_pair``), whose
+    captions all state a directed relation; ``batch_groups.json`` lists the pairs (``data.batch_groups``
+    then puts the two in one batch).
     """
     check_world_size(n_train, n_val, n_test, image_size, {k: k for k in ("n_train", "n_val", "n_test", "image_size")})
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scene_seed, caption_seed = np.random.SeedSequence(seed).spawn(2)
-    scene_rng, caption_rng = np.random.default_rng(scene_seed), np.random.default_rng(caption_seed)
 
     n_total = n_train + n_val + n_test
     width = max(6, len(str(n_total - 1)))
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     ids = [f"{i:0{width}d}" for i in range(n_total)]
-    images, objects, captions = [], [], []
-    for image_id in tqdm(ids, desc="rendering scenes", unit="image", disable=not progress):
-        img, objs = render_scene(scene_rng, image_size, distractor_prob)
-        Image.fromarray(img).save(out / "images" / f"{image_id}.png", compress_level=1)
-        images.append(img)
-        objects.append(objs)
-        captions.append(make_captions(objs, caption_rng))
+    n_paired = 2 * int(turned_pairs * n_train / 2)
+    scenes = world_scenes(seed, n_total, image_size, distractor_prob, n_paired)
+    images, objects, captions = render_images(out / "images", ids, scenes, progress)
+    write_json(out / "batch_groups.json", {"groups": [ids[k:k + 2] for k in range(0, n_paired, 2)]})
 
     write_karpathy_json(out / "captions.json", [
         {"filename": f"{image_id}.png", "imgid": i, "split": split, "sentences": [c.raw for c in caps]}
@@ -161,6 +173,7 @@ def generate_demo_world(
         "size_words": {k: list(v) for k, v in SIZE_WORDS.items()},
         "relations": [r for words in RELATIONS.values() for r in words] + list(SIDE_BY_SIDE),
         "splits": {"train": n_train, "val": n_val, "test": n_test},
+        "turned_pairs": n_paired // 2,
         "num_objects": sum(len(o) for o in objects),
         "num_captions": sum(len(c) for c in captions),
         "num_regions": sum(len(r) for r in regions),

@@ -103,6 +103,27 @@ class FusedOutput:
         return self.hidden[:, self.text_len : self.region_start]
 
 
+BOX_DIMS = 6  # a region vector ends with VinVL's box numbers: x1, y1, x2, y2, width, height
+
+
+class RegionEmbedding(nn.Module):
+    """A region's detector features and its 6 box numbers (the vector's last 6), each through a
+    Linear and a LayerNorm, then added (UNITER's image embedding): the box gets as much of the
+    embedding as the features, where one Linear of both lets the wider features drown it."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.features = nn.Linear(cfg.region_feat_dim - BOX_DIMS, h)
+        self.features_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.box = nn.Linear(BOX_DIMS, h)
+        self.box_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+
+    def forward(self, region_feats: torch.Tensor) -> torch.Tensor:
+        appearance, box = region_feats[..., :-BOX_DIMS], region_feats[..., -BOX_DIMS:]
+        return self.features_norm(self.features(appearance)) + self.box_norm(self.box(box))
+
+
 class MVPTR(nn.Module):
     """The MVPTR network: embeddings, encoders and pre-training heads; no files, no tokenizer.
 
@@ -144,7 +165,9 @@ class MVPTR(nn.Module):
         self.official = cfg.layout == "official"
         self.merged = cfg.merged_attention
         self.embeddings = Embeddings(cfg, num_phrases)
-        self.region_embed = nn.Linear(cfg.region_feat_dim, h)
+        if cfg.region_box not in ("concat", "separate"):
+            raise ConfigError(f"model.region_box: unknown {cfg.region_box!r} (expected 'concat' or 'separate')")
+        self.region_embed = RegionEmbedding(cfg) if cfg.region_box == "separate" else nn.Linear(cfg.region_feat_dim, h)
         if self.official and cfg.region_layer_norm:
             self.region_norm = nn.LayerNorm(h, eps=cfg.region_layer_norm_eps)
         if self.merged:

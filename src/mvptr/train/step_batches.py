@@ -25,17 +25,20 @@ class StepBatches(Sampler):
     Epoch e is a permutation seeded by (seed, e), so any step's batch can be rebuilt without
     the others. A step's global batch is cut into ``accum`` passes and each pass into
     ``world`` contiguous shares, in rank order, so gathering the shares rebuilds the pass.
+    With ``units`` (lists of indices covering 0..n-1 once, see ``data.batch_groups``) the
+    permutation is of the units, whose indices stay next to each other.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, *,
-                 rank: int = 0, world: int = 1, accum: int = 1):
+                 rank: int = 0, world: int = 1, accum: int = 1, units: list[list[int]] | None = None):
         if batch_size % (world * accum):
             raise ConfigError(f"batch size {batch_size} is not a multiple of "
-                             f"{world} processes x {accum} accumulation steps")
+                              f"{world} processes x {accum} accumulation steps")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
         self.rank, self.world, self.accum = rank, world, accum
         self.micro = batch_size // (world * accum)
         self.per_epoch = n // batch_size
+        self.units = units
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.accum
@@ -46,11 +49,16 @@ class StepBatches(Sampler):
             epoch, k = divmod(step, self.per_epoch)
             if epoch != perm_epoch:
                 g = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
-                perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+                perm, perm_epoch = self._permutation(g), epoch
             batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
             for micro in range(self.accum):
                 at = (micro * self.world + self.rank) * self.micro
                 yield [(step, micro, i) for i in batch[at : at + self.micro]]
+
+    def _permutation(self, g: torch.Generator) -> list[int]:
+        if self.units is None:
+            return torch.randperm(self.n, generator=g).tolist()
+        return [i for u in torch.randperm(len(self.units), generator=g).tolist() for i in self.units[u]]
 
 
 class StepItems(Dataset):

@@ -274,7 +274,7 @@ def _engine(run: Run):
 def _loader(run: Run, collate) -> DataLoader:
     d, stage, seed, workers = run.dist, run.stage, run.options.seed, run.options.num_workers
     batches = StepBatches(len(run.dataset), stage.batch_size, seed, run.start, run.total, rank=d.rank, world=d.world,
-                          accum=stage.grad_accum_steps)
+                          accum=stage.grad_accum_steps, units=getattr(run.dataset, "units", None))
     return DataLoader(StepItems(run.dataset), batch_sampler=batches, collate_fn=SeededCollate(collate, seed, d.rank,
                       d.world), num_workers=workers, pin_memory=run.device.startswith("cuda"),
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
