@@ -30,10 +30,11 @@ from mvptr.app.search import build_index
 from mvptr.app.serve import load_service
 from mvptr.checkpoint.bert_init import new_bundle
 from mvptr.checkpoint.model_dir import save_model_dir
-from mvptr.checkpoint.task_dir import attach_head, save_task_model
+from mvptr.checkpoint.task_dir import save_task_model
 from mvptr.core.config import load_config
 from mvptr.data.builders import training_tag_vocab
 from mvptr.demo.world import generate_demo_world
+from mvptr.tasks import TASKS
 from mvptr.text.phrases import PhraseVocab, prepare_phrases
 
 QUERY = "a red circle left of a blue square"
@@ -54,7 +55,7 @@ def tiny_world(root: Path) -> tuple[Path, Path, Path]:
         f"data.phrase_vocab={world}/phrases/phrase_vocab.json", "seed=0"])
     bundle = new_bundle(cfg, PhraseVocab.load(cfg.data.phrase_vocab), training_tag_vocab(cfg))
     model = save_model_dir(root / "model", bundle)
-    attach_head(bundle, "vqa", ANSWERS)
+    TASKS["vqa"].attach_head(bundle, {"answers": ANSWERS})
     return world, model, save_task_model(root / "vqa", bundle, {"task": "vqa", "answers": ANSWERS})
 
 
