@@ -116,7 +116,7 @@ def main() -> None:
     text_image = torch.arange(args.check_images).repeat_interleave(args.per_image)
     sim = (images.emb @ texts.emb.t()).float().cpu()
     k_c, k_i = min(args.k_c, sim.shape[1]), min(args.k_i, sim.shape[0])
-    ours_small = evaluate_retrieval(model, texts, images, text_image, k_c, k_i, batch_size, progress=False)
+    ours_small = evaluate_retrieval(model, texts, images, text_image, k_c, k_i, batch_size=batch_size, progress=False)
     base_scores = one_query_at_a_time(model, texts, images, sim, k_c, k_i, range(sim.shape[0]), range(sim.shape[1]),
                                       "fp32")
     base_small = baseline_recall(base_scores, sim, text_image, k_c, k_i)
@@ -131,7 +131,8 @@ def main() -> None:
     t_encode = time.perf_counter() - t0
     text_image = torch.arange(args.images).repeat_interleave(args.per_image)
     t1 = time.perf_counter()
-    ours = evaluate_retrieval(model, texts, images, text_image, args.k_c, args.k_i, batch_size, progress=False,
+    ours = evaluate_retrieval(model, texts, images, text_image, args.k_c, args.k_i, batch_size=batch_size,
+                              progress=False,
                               precision=args.precision)
     sync(dev)
     t_rerank = time.perf_counter() - t1

@@ -14,28 +14,8 @@ from pathlib import Path
 SRC = Path(os.environ.get("MVPTR_SRC", Path(__file__).resolve().parents[2] / "src" / "mvptr"))
 MAX_LINES = 80
 MAX_POSITIONAL = 6
-# "path:function" -> (lines, positional parameters) today
-WAITING = {
-    "mvptr/app/search.py:_embed": (16, 8),
-    "mvptr/app/search.py:build_index": (26, 13),
-    "mvptr/data/pretrain.py:build_pair_dataset": (39, 7),  # callers in workflows/finetune.py
-    "mvptr/data/pretrain.py:__init__": (6, 8),  # ImageSource; callers in workflows/finetune.py
-    "mvptr/demo/ablate.py:run_ablation": (28, 7),
-    "mvptr/demo/tasks.py:write_demo_tasks": (25, 8),
-    "mvptr/eval/grounding.py:evaluate_grounding": (34, 7),
-    "mvptr/eval/matching.py:itm_separation": (20, 9),
-    "mvptr/eval/retrieval.py:itm_scores": (17, 7),
-    "mvptr/eval/retrieval.py:evaluate_retrieval": (52, 11),
-    "mvptr/eval/retrieval.py:all_pairs_retrieval": (17, 8),
-    "mvptr/eval/retrieval.py:rank_dataset": (13, 7),
-    "mvptr/text/phrases.py:prepare_phrases": (46, 11),
-    "mvptr/vision/demo_detector.py:__init__": (37, 8),
-    "mvptr/vision/demo_detector.py:fit": (73, 9),
-    "mvptr/vision/detect.py:extract_features": (64, 9),
-    "mvptr/vision/store_convert.py:convert_vinvl_to_memmap": (53, 7),
-    "mvptr/workflows/finetune.py:_finetune": (40, 7),
-    "mvptr/workflows/finetune.py:evaluate_task": (50, 8),
-}
+# "path:function" -> (lines, positional parameters) today; none is left
+WAITING: dict[str, tuple[int, int]] = {}
 
 
 def functions(src: Path = SRC):

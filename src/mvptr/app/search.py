@@ -151,7 +151,7 @@ def _start(out: Path, add: bool, model_dir: Path, fingerprint: str) -> tuple[Pat
 
 
 def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path | None, dim: int,
-           batch_size: int, progress: bool = False) -> int:
+           *, batch_size: int, progress: bool = False) -> int:
     """Write ``embeddings.npy``: the old index's rows, then those of ``ids``, into a memory map
     (``progress``: a progress bar of the images encoded)."""
     old = np.load(old_file, mmap_mode="r") if old_file else np.zeros((0, dim), np.float32)
@@ -169,7 +169,7 @@ def _embed(model: Model, store, ids: list[str], out_file: Path, old_file: Path |
 
 
 def build_index(model_dir: str | Path, out: str | Path, features: str | None = None, predictions: str | None = None,
-                config: str | None = None, images: str | None = None, detector: str | None = None,
+                config: str | None = None, images: str | None = None, *, detector: str | None = None,
                 batch_size: int = 64, image_dir: str | None = None, add: bool = False,
                 exact_limit: int | None = None, target_recall: float | None = None, progress: bool = False) -> dict:
     """Index a feature store (``features`` [+ ``predictions``]; ``image_dir``: where the image
@@ -235,7 +235,7 @@ def _build_index(model_dir, out: Path, add: bool, *, features, predictions, conf
         files.update(new_files)
     dim = model.model.cfg.embed_dim
     total = _embed(model, store, ids, tmp / "embeddings.npy", out / "embeddings.npy" if old else None, dim,
-                   batch_size, progress)
+                   batch_size=batch_size, progress=progress)
     (tmp / "ids.json").write_text(json.dumps(known + ids))
     (tmp / "files.json").write_text(json.dumps(files))
     before = (old or {}).get("coarse", {})

@@ -40,8 +40,9 @@ def _search(args) -> None:
                                           "--predictions": args.predictions, "--images": args.images,
                                           "--image-dir": args.image_dir})
         meta = build_index(args.model, args.out, args.features, args.predictions, args.config, args.images,
-                           args.detector, args.batch_size, args.image_dir, args.add, args.exact_limit,
-                           args.target_recall, progress=True)
+                           detector=args.detector, batch_size=args.batch_size, image_dir=args.image_dir,
+                           add=args.add, exact_limit=args.exact_limit, target_recall=args.target_recall,
+                           progress=True)
         c = meta["coarse"]
         stage = c["kind"] if c["kind"] == "exact" else (f"ivf, {c['nprobe']} of {c['nlist']} lists visited, recall@"
                                                         f"{c['recall_at']} {c['recall']:.3f}")

@@ -39,7 +39,7 @@ class ImageSource:
     (``gt_tags``); ``dedupe_tags`` keeps each class once (the official code's choice)."""
 
     def __init__(self, features: str, predictions: str, feat_dim: int, max_regions: int, max_tags: int,
-                 skip: SkippedSamples | None = None, gt_tags: GroundTruthTags | None = None,
+                 skip: SkippedSamples | None = None, *, gt_tags: GroundTruthTags | None = None,
                  dedupe_tags: bool = False):
         self.store = open_store(features, predictions, feat_dim, skip)
         self.max_regions, self.max_tags = max_regions, max_tags
@@ -191,7 +191,7 @@ def open_images(data: DataConfig, region_feat_dim: int, skip: SkippedSamples | N
     tags = ground_truth_tags(parts)
     if not data.corpora:
         return ImageSource(data.features, data.predictions, region_feat_dim, data.max_regions, data.max_tags, skip,
-                           tags, data.dedupe_tags)
+                           gt_tags=tags, dedupe_tags=data.dedupe_tags)
     stores = {c.name: open_store(c.features, c.predictions, region_feat_dim, skip) for c in parts}
     return ImageSource.of_store(CorpusStores(stores), data.max_regions, data.max_tags, tags, data.dedupe_tags)
 
@@ -242,7 +242,7 @@ def _check_images(records: list[CaptionRecord], images: ImageSource, where: str,
 
 def build_pair_dataset(
     data: DataConfig, pieces: WordPieces, vocab: PhraseVocab, region_feat_dim: int, split: str, max_images: int = 0,
-    skip: SkippedSamples | None = None,
+    *, skip: SkippedSamples | None = None,
 ) -> PairDataset:
     """The (caption, image) pairs of ``split`` over every corpus (see :func:`corpora`).
 

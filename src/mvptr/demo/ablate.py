@@ -120,7 +120,7 @@ def run_row(cfg: Config, progress: bool = True) -> dict:
 
 
 def run_ablation(preset: str, overrides: list[str], out_dir: str | Path | None = None, seeds: int = 3,
-                 rows: tuple[AblationRow, ...] = ROWS, progress: bool = True, budget: float = 1.0) -> dict:
+                 rows: tuple[AblationRow, ...] = ROWS, progress: bool = True, *, budget: float = 1.0) -> dict:
     """Every row with the same ``seeds`` training seeds, each at ``budget`` times the preset's
     training budget; writes ``ablation.json`` and ``ablation.md`` (with the command, the commit
     and the machine) in ``out_dir`` (default ``<out_dir>/ablation``)."""

@@ -146,7 +146,7 @@ def _hypotheses(objects, rng: np.random.Generator) -> list[tuple[str, str]]:
 
 
 def write_demo_tasks(out_dir: str | Path, ids: list[str], splits: list[str], objects: list, captions: list,
-                     image_size: int, seed: int = 0, questions_per_image: int = 3) -> dict:
+                     image_size: int, *, seed: int = 0, questions_per_image: int = 3) -> dict:
     """Write the VQA, SNLI-VE and (training-image) Flickr30k Entities files; return counts."""
     out = Path(out_dir)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
@@ -201,4 +201,4 @@ def prepare_demo_tasks(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     ids, splits, objects, captions = replay_world(data_dir)
     world = load_json(data_dir / "world.json")
-    return write_demo_tasks(data_dir, ids, splits, objects, captions, world["image_size"], world["seed"])
+    return write_demo_tasks(data_dir, ids, splits, objects, captions, world["image_size"], seed=world["seed"])

@@ -161,7 +161,7 @@ def generate_demo_world(
     write_vinvl_features(out / "features.tsv", ((i, r.features) for i, r in zip(ids, regions)))
     write_vinvl_predictions(out / "predictions.tsv", ((i, r.prediction()) for i, r in zip(ids, regions)))
 
-    tasks = write_demo_tasks(out, ids, splits, objects, captions, image_size, seed)
+    tasks = write_demo_tasks(out, ids, splits, objects, captions, image_size, seed=seed)
 
     test = slice(n_train + n_val, n_total)
     world = {

@@ -41,7 +41,7 @@ def choose_regions(model: MVPTR, batch: dict, mentions: list[list]) -> list[list
 @torch.no_grad()
 def evaluate_grounding(
     model: MVPTR, examples: list[dict], images, collate, batch_size: int = 64,
-    device: str = "cpu", protocol: str = "merged",
+    device: str = "cpu", *, protocol: str = "merged",
 ) -> dict:
     """Accuracy (%) of zero-shot or fine-tuned grounding, and the accuracy of a random region.
     Under torchrun each process takes its share of the examples and the counts are summed.

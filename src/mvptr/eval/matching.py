@@ -52,7 +52,7 @@ def first_caption_of_each_image(text_image: torch.Tensor) -> torch.Tensor:
 
 
 def itm_separation(model, texts: EncodedSet, images: EncodedSet, text_image: torch.Tensor, hard_k: int = 10,
-                   batch_size: int = 128, precision: str = "fp32", seed: int = 0,
+                   batch_size: int = 128, *, precision: str = "fp32", seed: int = 0,
                    captions: torch.Tensor | None = None) -> dict:
     """{"auc_random", "auc_hard", "captions", "hard_k"}: ITM log-odds of each caption with its
     own image against its random and its hard negative images (``text_image``: each caption's
@@ -66,7 +66,8 @@ def itm_separation(model, texts: EncodedSet, images: EncodedSet, text_image: tor
     random, hard = negative_images(sim[:, captions], text_image[captions], hard_k, seed)
     image_idx = torch.cat([text_image[captions], random, hard.flatten()])
     text_idx = torch.cat([captions, captions, captions.repeat_interleave(hard.shape[1])])
-    scores = itm_scores(model, texts, images, torch.stack([image_idx, text_idx], 1), batch_size, False, precision)
+    scores = itm_scores(model, texts, images, torch.stack([image_idx, text_idx], 1), batch_size, False,
+                        precision=precision)
     n = len(captions)
     pos, rand, hardest = scores[:n], scores[n : 2 * n], scores[2 * n :]
     return {"auc_random": round(auc(pos, rand), 4), "auc_hard": round(auc(pos, hardest), 4),

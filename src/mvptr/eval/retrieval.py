@@ -165,7 +165,7 @@ def encode_images(model: MVPTR, batches, device: str = "cpu") -> EncodedSet:
 @torch.no_grad()
 def itm_scores(
     model: MVPTR, texts: EncodedSet, images: EncodedSet, pairs: torch.Tensor, batch_size: int,
-    progress: bool = True, precision: str = "fp32",
+    progress: bool = True, *, precision: str = "fp32",
 ) -> torch.Tensor:
     """ITM log-odds of matching for (image, text) index pairs (P, 2), in batches of pairs
     drawn from any queries, reusing the cached uni-modal outputs. Under torchrun each process
@@ -209,7 +209,7 @@ def evaluate_retrieval(
     text_image: torch.Tensor,
     k_c: int,
     k_i: int,
-    batch_size: int = 128,
+    *, batch_size: int = 128,
     score: str = "itm",
     progress: bool = True,
     precision: str = "fp32",
@@ -224,7 +224,8 @@ def evaluate_retrieval(
         if score != "itm":
             raise ConfigError(f"eval.rerank_score={score}: the merged-attention model has no uni-modal similarity "
                               "to add; it ranks by ITM alone (set eval.rerank_score=itm)")
-        return all_pairs_retrieval(model, texts, images, text_image, batch_size, progress, precision, keep_pairs)
+        return all_pairs_retrieval(model, texts, images, text_image, batch_size, progress, precision=precision,
+                                   keep_pairs=keep_pairs)
     sim = (images.emb @ texts.emb.t()).float().cpu()  # (N_i, N_t)
     check_finite_scores(sim, "uni-modal similarity (rows: images, columns: captions)")
     positives = text_image[None, :] == torch.arange(len(sim))[:, None]
@@ -235,7 +236,7 @@ def evaluate_retrieval(
         return {"uni": uni}
     wanted, by_text = candidates(sim, k_c, k_i)
     pairs = torch.nonzero(wanted | by_text.t())  # each pair once
-    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
+    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision=precision)
     if torch.isnan(itm).any():
         first = pairs[torch.isnan(itm)][0].tolist()
         raise NotFiniteError(f"ITM scores: {int(torch.isnan(itm).sum())} of the {len(pairs)} re-ranked pairs are NaN "
@@ -270,14 +271,14 @@ def check_all_pairs(num_images: int, num_texts: int, subset_key: str, subset: in
 
 def all_pairs_retrieval(
     model: MVPTR, texts: EncodedSet, images: EncodedSet, text_image: torch.Tensor, batch_size: int = 128,
-    progress: bool = True, precision: str = "fp32", keep_pairs: bool = False,
+    progress: bool = True, *, precision: str = "fp32", keep_pairs: bool = False,
 ) -> dict:
     """Recall both ways with ITM log-odds for every (image, caption) pair: the merged model's
     ranking, with no coarse step. Returns {"itm": R, "pairs_scored": N_i * N_t}, and with
     ``keep_pairs`` the pairs: {"image", "text", "itm"} (P,) tensors."""
     n_i, n_t = len(images.hidden), len(texts.hidden)
     pairs = torch.cartesian_prod(torch.arange(n_i), torch.arange(n_t))
-    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision)
+    itm = itm_scores(model, texts, images, pairs, batch_size, progress, precision=precision)
     scores = itm.view(n_i, n_t)
     positives = text_image[None, :] == torch.arange(n_i)[:, None]
     out = {"itm": summarise(recall_at_k(scores, positives), recall_at_k(scores.t(), positives.t())),
@@ -302,7 +303,7 @@ def encode_dataset(cfg: Config, model, dataset, collate):
 
 @torch.no_grad()
 def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, keep_pairs: bool = False,
-                 subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
+                 *, subset: tuple[str, int] | None = None) -> tuple[dict, list[str]]:
     """Coarse-to-fine retrieval over a pair dataset's captions and images with ``cfg.eval``'s
     settings (the merged-attention model: ITM over every pair); returns the result and the
     image ids in the order of its indices. ``subset``: the key and value that limited the
@@ -311,6 +312,7 @@ def rank_dataset(cfg: Config, model, dataset, collate, progress: bool = True, ke
     if model.merged:
         check_all_pairs(len(dataset.image_index), len(dataset), *(subset or ("eval.max_images", e.max_images)))
     texts, images, text_image, image_ids = encode_dataset(cfg, model, dataset, collate)
-    result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, e.batch_size, e.rerank_score,
-                                progress, e.precision, keep_pairs)
+    result = evaluate_retrieval(model, texts, images, text_image, e.k_c, e.k_i, batch_size=e.batch_size,
+                                score=e.rerank_score,
+                                progress=progress, precision=e.precision, keep_pairs=keep_pairs)
     return result, image_ids

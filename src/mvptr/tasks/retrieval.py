@@ -30,7 +30,7 @@ class Retrieval(Task):
     def train_data(self, run: TaskRun):
         cfg, t = run.cfg, run.t
         dataset = build_pair_dataset(cfg.data, word_pieces(run), run.bundle.phrase_vocab, cfg.model.region_feat_dim,
-                                     t.train_split, t.max_train, run.skip)
+                                     t.train_split, t.max_train, skip=run.skip)
         return dataset, collator(cfg, run.bundle), {}
 
     def recipe(self, cfg: Config, t: TaskConfig, merged: bool = False) -> Recipe:
@@ -45,7 +45,7 @@ class Retrieval(Task):
         k_c, k_i and final score."""
         cfg, t, bundle = run.cfg, run.t, run.bundle
         dataset = build_pair_dataset(cfg.data, word_pieces(run), bundle.phrase_vocab, cfg.model.region_feat_dim,
-                                     t.eval_split, t.max_eval, run.skip)
+                                     t.eval_split, t.max_eval, skip=run.skip)
         result, image_ids = rank_dataset(cfg, bundle.model, dataset, collator(cfg, bundle), run.progress,
                                          keep_pairs=True, subset=("finetune.retrieval.max_eval", t.max_eval))
         pairs = result.pop("pair_scores", None)

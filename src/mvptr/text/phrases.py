@@ -322,7 +322,7 @@ def statistics(phrase_lists: Sequence[Sequence[Sequence[str]]], vocab: PhraseVoc
 def prepare_phrases(captions_path: str | os.PathLike, out_dir: str | os.PathLike,
                     min_count: int = 50, splits: Iterable[str] = ("train",),
                     batch_size: int = 256, n_process: int = 1,
-                    extractor: PhraseExtractor | None = None,
+                    *, extractor: PhraseExtractor | None = None,
                     chunk_size: int = 4096, skip: SkippedSamples | None = None,
                     part: tuple[int, int] | None = None, progress: bool = True) -> dict:
     """Parse all captions into ``out_dir/phrase_cache.jsonl``; build ``phrase_vocab.json``.

@@ -71,7 +71,7 @@ class DemoDetector(nn.Module):
         feat_dim: int = 128,
         crop_size: int = 24,
         fg_threshold: float = 40.0,
-        min_area: int = 10,
+        *, min_area: int = 10,
         context: float = 1.25,
     ):
         super().__init__()
@@ -186,7 +186,7 @@ class DemoDetector(nn.Module):
         seed: int = 0,
         batch_size: int = 128,
         lr: float = 3e-3,
-        holdout: float = 0.1,
+        *, holdout: float = 0.1,
         jitter: float = 0.08,
         progress: bool = True,
     ) -> dict:

@@ -133,7 +133,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 def extract_features(images_dir: str | Path, out_dir: str | Path, detector: str = "demo",
                      weights: str | Path | None = None, batch_size: int = 64, progress: bool = True,
-                     skip=None, device: str = "cpu", part: tuple[int, int] | None = None) -> dict:
+                     *, skip=None, device: str = "cpu", part: tuple[int, int] | None = None) -> dict:
     """Run a detector over every image file of ``images_dir`` and write VinVL files to ``out_dir``.
 
     Writes ``features.tsv`` and ``predictions.tsv`` (each with its ``.lineidx``) and

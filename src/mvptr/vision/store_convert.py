@@ -47,7 +47,7 @@ def _checked_image(feats: VinVLFeatures, preds: VinVLPredictions, image_id: str,
     return x, image
 def convert_vinvl_to_memmap(features_tsv, predictions_tsv, out_dir, feat_dim: int | None = None,
                             progress: bool = True, skip: SkippedSamples | None = None,
-                            part: tuple[int, int] | None = None) -> dict:
+                            *, part: tuple[int, int] | None = None) -> dict:
     """Write a memmap store from a VinVL TSV pair, one image at a time.
 
     Region data goes straight to files as it is read, so memory holds only a few numbers

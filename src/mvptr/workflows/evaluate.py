@@ -81,5 +81,6 @@ def itm_separation_on(cfg: Config, bundle: Bundle, hard_k: int = 10) -> dict:
     against a random and against its ``hard_k`` most similar other images (``mvptr.eval.matching``)."""
     model = bundle.model.eval()
     texts, images, text_image, _ = encode_dataset(cfg, model, eval_dataset(cfg, bundle), collator(cfg, bundle))
-    return itm_separation(model, texts, images, text_image, hard_k, cfg.eval.batch_size, cfg.eval.precision, cfg.seed,
-                          first_caption_of_each_image(text_image))
+    return itm_separation(model, texts, images, text_image, hard_k, cfg.eval.batch_size,
+                          precision=cfg.eval.precision, seed=cfg.seed,
+                          captions=first_caption_of_each_image(text_image))

@@ -62,10 +62,10 @@ def finetune(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path, progre
     bad samples go to ``skipped`` (a new one when not given) instead of raising. Torch's thread
     count and deterministic flag are the run's while it trains, the caller's again afterwards."""
     with torch_settings(cfg):
-        return _finetune(cfg, task, bundle, Path(out_dir), progress, overwrite, skipped)
+        return _finetune(cfg, task, bundle, Path(out_dir), progress, overwrite, skipped=skipped)
 
 
-def _finetune(cfg, name, bundle, out_dir, progress, overwrite, skipped) -> FinetuneResult:
+def _finetune(cfg, name, bundle, out_dir, progress, overwrite, *, skipped) -> FinetuneResult:
     skip = (skipped if skipped is not None else SkippedSamples()) if cfg.data.skip_bad else None
     task = task_named(name)
     cfg, t = setup(cfg, task, bundle)
@@ -105,7 +105,7 @@ def log_evaluation(cfg: Config, task: str, out_dir: str | Path, figures: dict, r
 @torch.no_grad()
 def evaluate_task(cfg: Config, task: str, bundle: Bundle, out_dir: str | Path | None = None,
                   progress: bool = True, mask_regions: bool | None = None,
-                  group_of: Callable[[str], str] | None = None, skipped: SkippedSamples | None = None) -> dict:
+                  *, group_of: Callable[[str], str] | None = None, skipped: SkippedSamples | None = None) -> dict:
     """Evaluate ``bundle`` on ``task``'s evaluation split; files (VQA results, retrieval pair
     scores) go to ``out_dir`` when given. ``mask_regions`` defaults to the task config's.
     ``group_of`` (SNLI-VE): a hypothesis's group; the accuracies of each group are added under

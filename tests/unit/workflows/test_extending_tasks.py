@@ -46,7 +46,7 @@ class CaptionPairs(Dataset):
     def __init__(self, run: TaskRun, split: str, limit: int):
         cfg = run.cfg
         self.pairs = build_pair_dataset(cfg.data, word_pieces(run), run.bundle.phrase_vocab,
-                                        cfg.model.region_feat_dim, split, limit, run.skip)
+                                        cfg.model.region_feat_dim, split, limit, skip=run.skip)
         self.labels = [parity(r.caption) for r in self.pairs.records]
 
     def __len__(self) -> int:
