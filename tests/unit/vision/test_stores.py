@@ -79,8 +79,8 @@ def test_exported_tsv_and_store_give_identical_batches(root):
     captions = pieces.captions(["a big red circle", "a small blue square left of a triangle", "two shapes"])
 
     def batches(images):
-        collate = Collator(pieces, vocab, CollateSettings(masking=Masking(words=0.3, phrases=0.3, tags=0.3)),
-                           num_phrases=4, vocab_size=30522, generator=torch.Generator().manual_seed(0))
+        collate = Collator(pieces, vocab, 4, 30522, CollateSettings(masking=Masking(words=0.3, phrases=0.3, tags=0.3)),
+                           torch.Generator().manual_seed(0))
         items = [{"input_ids": captions[k % 3], "phrases": [k % 4], "image_index": k, **images(image_id)}
                  for k, image_id in enumerate(ids)]
         return [collate(items[s:s + 8]) for s in range(0, len(items), 8)]
