@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mvptr.cli import parse
-from mvptr.core.config import load_config
+from mvptr.tasks import load_config  # the tasks' sections resolved and checked, as the command line does
 from mvptr.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -100,6 +100,7 @@ DATASETS = (
 
 # which setting reads which data set (the demo world's files are made by `mvptr prepare demo`)
 FILE_KEYS = {
+    "data.root": "the folder the preset's data paths lie under (${data.root}/...): one override moves them all",
     "data.captions": "prepare phrases, prepare vocab, pretrain, evaluate, finetune retrieval|grounding",
     "data.features": "pretrain, evaluate, finetune", "data.predictions": "pretrain, evaluate, finetune",
     "data.phrase_cache": "pretrain, evaluate, finetune retrieval|grounding (written by prepare phrases)",

@@ -72,7 +72,8 @@ def _pretrain_stage(cfg, stage, bundle, out_dir, *, resume, progress, skipped, o
             skipped.save(out_dir / "skipped.json")
     masking = stage_masking(cfg.objectives, list(stage.objectives))
     # config.json records its input limits and the objectives that trained its heads (those switched on)
-    trained = [o.name for o in active_objectives(list(stage.objectives), cfg.objectives)]
+    active = {o.name for o in active_objectives(list(stage.objectives), cfg.objectives)}
+    trained = [name for name in stage.objectives if name in active]  # in the stage's order
     record_training(bundle, cfg.data, trained)
     note_run(bundle.card, f"pre-training {stage.name}", data, trained, to_dict(cfg), on_demo_world(cfg))
     return train(bundle, recipe, dataset, collator(cfg, bundle, masking), stage, out_dir, seed=cfg.seed,
