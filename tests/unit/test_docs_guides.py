@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mvptr.cli import parse
-from mvptr.tasks import load_config  # the tasks' sections resolved and checked, as the command line does
 from mvptr.core.errors import ConfigError
+from mvptr.tasks import load_config  # the tasks' sections resolved and checked, as the command line does
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
