@@ -34,7 +34,8 @@ def folder(world, tmp_path):
     root.mkdir()
     for name in FILES:
         (shutil.copytree if (world / name).is_dir() else shutil.copy)(world / name, root / name)
-    args = [f"out_dir={tmp_path / 'run'}", f"data.root={root}", f"data.captions={root}/captions.json", f"data.features={root}/features.tsv",
+    args = [f"out_dir={tmp_path / 'run'}", f"data.root={root}", f"data.captions={root}/captions.json",
+            f"data.features={root}/features.tsv",
             f"data.predictions={root}/predictions.tsv", f"data.phrase_cache={root}/phrases/phrase_cache.jsonl",
             f"data.phrase_vocab={root}/phrases/phrase_vocab.json", f"eval.entities_dir={world}/flickr30k_entities"]
     return root, args
