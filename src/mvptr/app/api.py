@@ -124,9 +124,8 @@ def image_item(image, max_regions: int, max_tags: int) -> dict:
 
 
 def open_feature_store(features: str, predictions: str | None, feat_dim: int):
-    """A memmap store directory, or a VinVL features.tsv with its predictions.tsv."""
-    if not os.path.isdir(features) and not predictions:
-        raise ConfigError(f"{features}: a VinVL features file needs its predictions file (predictions.tsv)")
+    """A memmap store directory, or a VinVL features.tsv with its predictions.tsv (``open_store``
+    chooses the format and refuses a features.tsv without its predictions)."""
     return open_store(str(features), str(predictions or ""), feat_dim)
 
 

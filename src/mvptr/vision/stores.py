@@ -262,8 +262,8 @@ def open_store(features: str, predictions: str, feat_dim: int | None = None,
     if store_format(features) == "memmap":
         return MemmapStore(features, feat_dim)
     if not predictions:
-        raise ConfigError(f"{features}: a VinVL features.tsv needs its predictions.tsv (data.predictions, or "
-                          "--predictions)")
+        raise ConfigError(f"{features}: a VinVL features.tsv needs its predictions file, predictions.tsv "
+                          "(data.predictions, or --predictions)")
     return TSVStore(features, predictions, feat_dim, skip)
 
 
