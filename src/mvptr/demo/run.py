@@ -34,7 +34,7 @@ from .easyvqa import easyvqa_paths, prepare_easyvqa
 from .probe_set import build_probe_set
 from .report import build_report, report_markdown
 from .tasks import hypothesis_kind, prepare_demo_tasks, ve_path, vqa_paths
-from .world import generate_demo_world
+from .world import generate_demo_world, turned_pair_count
 
 
 @contextmanager
@@ -83,7 +83,7 @@ def check_world(data_dir: Path, d) -> None:
     made = json.loads((data_dir / "world.json").read_text(encoding="utf-8"))
     wanted = {"seed": d.world_seed, "image_size": d.image_size,
               "splits": {"train": d.n_train, "val": d.n_val, "test": d.n_test},
-              "turned_pairs": int(d.turned_pairs * d.n_train / 2)}
+              "turned_pairs": turned_pair_count(d.turned_pairs, d.n_train)}
     made.setdefault("turned_pairs", 0)  # a world made before turned pairs existed has none
     differ = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
     if differ:

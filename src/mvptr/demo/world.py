@@ -46,7 +46,7 @@ from ..vision.regions import box_iou
 from .scenes import COLORS, RELATIONS, SHAPES, SIDE_BY_SIDE, SIZE_WORDS, SIZES, WorldObject, world_scenes
 from .tasks import write_demo_tasks
 
-__all__ = ["generate_demo_world"]
+__all__ = ["generate_demo_world", "turned_pair_count"]
 
 
 
@@ -92,6 +92,11 @@ def write_entities(out: Path, ids: list, splits: list, images: list, objects: li
             [(c.words, [(s, e, k + 1) for s, e, k in c.mentions]) for c in caps],
             boxes={str(k + 1): [list(o.box)] for k, o in enumerate(objs)},
             width=img.shape[1], height=img.shape[0])
+
+
+def turned_pair_count(turned_pairs: float, n_train: int) -> int:
+    """How many turned pairs a world of ``n_train`` training images holds at the fraction ``turned_pairs``."""
+    return int(turned_pairs * n_train / 2)
 
 
 def render_images(out: Path, ids: list[str], scenes, progress: bool) -> tuple[list, list, list]:
@@ -140,7 +145,7 @@ def generate_demo_world(
     width = max(6, len(str(n_total - 1)))
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     ids = [f"{i:0{width}d}" for i in range(n_total)]
-    n_paired = 2 * int(turned_pairs * n_train / 2)
+    n_paired = 2 * turned_pair_count(turned_pairs, n_train)
     scenes = world_scenes(seed, n_total, image_size, distractor_prob, n_paired)
     images, objects, captions = render_images(out / "images", ids, scenes, progress)
     write_json(out / "batch_groups.json", {"groups": [ids[k:k + 2] for k in range(0, n_paired, 2)]})
