@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
-from ..core.config import CONFIG_DIR, Config, TaskConfig
+from ..core.config import Config, TaskConfig, load_config
 from ..core.errors import FormatError, MvptrError
 from ..data.pretrain import ImageSource, data_captions
 from ..data.tasks import TaskImages
@@ -30,24 +28,12 @@ from .doctor_data import Check
 FILE_FIELDS = ("questions", "annotations", "hypotheses", "features", "predictions")
 
 
-def _preset_yaml(preset: str) -> dict:
-    path = Path(preset)
-    if path.suffix not in (".yaml", ".yml") or not path.exists():
-        path = CONFIG_DIR / f"{preset}.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None
-    return data if isinstance(data, dict) else {}
-
-
 def named_tasks(preset: str | None, overrides: list[str]) -> list[str]:
-    """The tasks whose files the preset or an override names (``finetune.<task>.questions``, ...)."""
-    tasks = (_preset_yaml(preset).get("finetune") or {}) if preset else {}
-    named = [task for task, settings in tasks.items() if isinstance(settings, dict)
-             and any(settings.get(f) for f in FILE_FIELDS)]
-    for item in overrides:
-        parts = item.split("=", 1)[0].split(".")
-        if len(parts) == 3 and parts[0] == "finetune" and parts[2] in FILE_FIELDS:
-            named.append(parts[1])
-    return list(dict.fromkeys(named))
+    """The tasks whose files the preset or an override names (``finetune.<task>.questions``, ...):
+    the sections as they are written, before the tasks' defaults fill them in."""
+    written = load_config(preset, overrides).finetune
+    return [task for task, settings in written.items() if isinstance(settings, dict)
+            and any(settings.get(f) for f in FILE_FIELDS)]
 
 
 def _task_images(cfg: Config, t: TaskConfig) -> tuple[TaskImages, str]:
